@@ -1,0 +1,28 @@
+"""python -m analysis RESULTS [--out DIR]: aggregate a study's trial artifacts.
+
+RESULTS is a study folder written by `python -m study sweep` (<storage>/<name>), local or a URI
+pyarrow reads (s3://, gs://, file://). Writes tidy CSVs, PNG plots and report.md to --out
+(default RESULTS/report). Needs no torch and no Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="study folder or URI (<storage>/<name>)")
+    p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
+    args = p.parse_args(argv)
+    from .pipeline import aggregate
+    try:
+        print(aggregate(args.results, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

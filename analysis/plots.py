@@ -1,0 +1,182 @@
+"""One function per figure; each writes a titled, labelled PNG and returns its file name.
+
+Text from the data (class names, condition labels) is drawn literally: mathtext is off, so a `$`
+in a label can't turn into markup.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import wilson_interval  # noqa: E402
+
+STYLE = {"text.parse_math": False, "figure.dpi": 110, "axes.titlesize": 10, "axes.labelsize": 9,
+         "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8}
+NOISE_NODE = "noise"
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.4):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def _save(fig, out: Path, name: str, title: str) -> str:
+    fig.suptitle(title, fontsize=12)
+    fig.savefig(out / name)
+    plt.close(fig)
+    return name
+
+
+def _class_order(classes) -> list[str]:
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    found = list(dict.fromkeys(classes))
+    return [c for c in cifar if c in found] + sorted(c for c in found if c not in cifar)
+
+
+def absorption_heatmap(absorption: pd.DataFrame, out: Path) -> str:
+    with plt.rc_context(STYLE):
+        families = list(dict.fromkeys(absorption["noise"]))
+        fig, axes = _grid(len(families))
+        classes = _class_order(absorption["class"])
+        for i, (ax, f) in enumerate(zip(axes, families)):
+            table = (absorption[absorption["noise"] == f]
+                     .pivot_table(index=["condition", "seed"], columns="class", values="share")
+                     .reindex(columns=classes))
+            im = ax.imshow(table.to_numpy(dtype=float), aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                           interpolation="nearest")
+            ax.set_title(f)
+            ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+            if i % 4 == 0 and len(table) <= 40:
+                ax.set_yticks(range(len(table)), [f"{c} | seed {s}" for c, s in table.index], fontsize=6)
+            elif i % 4 == 0:
+                ax.set_ylabel(f"{len(table)} runs (by condition, seed)")
+            else:
+                ax.set_yticks([])
+        fig.colorbar(im, ax=axes[:len(families)], shrink=0.6, label="share of noise images")
+        return _save(fig, out, "absorption_heatmap.png",
+                     "Where noise goes: share of each noise family predicted as each class, one row per run")
+
+
+def absorber_frequency(absorbers: pd.DataFrame, class_sets: dict[str, list[str]], out: Path) -> str:
+    """class_sets: condition -> its trained classes (a class a condition lacks gets no bar)."""
+    with plt.rc_context(STYLE):
+        families = list(dict.fromkeys(absorbers["noise"]))
+        fig, axes = _grid(len(families))
+        conditions = list(dict.fromkeys(absorbers["condition"]))
+        classes = _class_order([c for cs in class_sets.values() for c in cs])
+        width = 0.8 / max(len(conditions), 1)
+        for ax, f in zip(axes, families):
+            sub = absorbers[absorbers["noise"] == f]
+            for j, cond in enumerate(conditions):
+                runs = sub[sub["condition"] == cond]
+                n = len(runs)
+                trained = np.array([c in class_sets[cond] for c in classes])
+                freq = [(runs["absorber"] == c).sum() for c in classes]
+                ci = np.array([wilson_interval(k, n) for k in freq]).T if n else np.zeros((2, len(classes)))
+                p = np.where(trained, np.array(freq) / max(n, 1), np.nan)
+                ci = np.where(trained, ci, np.nan)
+                x = np.arange(len(classes)) + (j - (len(conditions) - 1) / 2) * width
+                ax.bar(x, p, width, label=f"{cond} (n={n})",
+                       yerr=[p - ci[0], ci[1] - p] if n else None, capsize=2, error_kw={"lw": 0.8})
+            ax.set_title(f)
+            ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("fraction of runs (95% Wilson CI)")
+        axes[0].legend(loc="upper right")
+        return _save(fig, out, "absorber_frequency.png", "Which class absorbs each noise family, per condition")
+
+
+def consensus_mst(consensus: dict, out: Path, noise: str = "gaussian") -> str | None:
+    cells = [(c, tree) for (c, f), tree in consensus.items() if f == noise]
+    if not cells:
+        return None
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(cells), 5, 4.4)
+        for ax, (condition, tree) in zip(axes, cells):
+            g = nx.Graph()
+            for u, v, support in tree:
+                g.add_edge(u, v, support=support)
+            pos = nx.kamada_kawai_layout(g) if len(g) > 2 else nx.spring_layout(g, seed=0)
+            colours = ["tab:red" if n == NOISE_NODE else "tab:blue" for n in g.nodes]
+            shapes = [("s" if n == NOISE_NODE else "o") for n in g.nodes]
+            for shape in set(shapes):
+                nodes = [n for n, s in zip(g.nodes, shapes) if s == shape]
+                nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_shape=shape, ax=ax, node_size=420,
+                                       node_color=[c for n, c in zip(g.nodes, colours) if n in nodes], alpha=0.85)
+            widths = [1 + 5 * g.edges[e]["support"] for e in g.edges]
+            nx.draw_networkx_edges(g, pos, width=widths, ax=ax, edge_color="0.35")
+            nx.draw_networkx_labels(g, pos, font_size=7, ax=ax)
+            nx.draw_networkx_edge_labels(g, pos, {e: f"{g.edges[e]['support']:.0%}" for e in g.edges},
+                                         font_size=7, ax=ax)
+            ax.set_title(condition)
+            ax.axis("off")
+        return _save(fig, out, f"consensus_mst_{noise}.png", f"Consensus MST ({noise} noise, red square): "
+                     "edge width and label = share of runs whose MST has the edge")
+
+
+def distance_heatmap(mean_distances: dict[str, tuple[list[str], np.ndarray]], out: Path,
+                     noise: str = "gaussian") -> str | None:
+    if not mean_distances:
+        return None
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(mean_distances), 4.6, 4.2)
+        for ax, (condition, (nodes, mat)) in zip(axes, mean_distances.items()):
+            im = ax.imshow(mat, cmap="magma_r")
+            ax.set_xticks(range(len(nodes)), nodes, rotation=60, ha="right")
+            ax.set_yticks(range(len(nodes)), nodes)
+            ax.set_title(condition)
+            fig.colorbar(im, ax=ax, shrink=0.7, label="mean d = (1 - cos)/2")
+        return _save(fig, out, f"distance_heatmap_{noise}.png",
+                     f"Mean cosine distance between class means and the {noise}-noise mean")
+
+
+def trajectory(traj: pd.DataFrame, out: Path) -> str | None:
+    if traj.empty:
+        return None
+    with plt.rc_context(STYLE):
+        conditions = list(dict.fromkeys(traj["condition"]))
+        fig, axes = _grid(len(conditions))
+        for ax, cond in zip(axes, conditions):
+            sub = traj[traj["condition"] == cond]
+            stats = sub.groupby(["class", "epoch"])["share"].agg(["mean", "std", "count"]).reset_index()
+            for c in _class_order(sub["class"]):
+                s = stats[stats["class"] == c]
+                ax.plot(s["epoch"], s["mean"], marker=".", label=c)
+                sem = (s["std"] / np.sqrt(s["count"])).fillna(0)
+                ax.fill_between(s["epoch"], s["mean"] - sem, s["mean"] + sem, alpha=0.15)
+            ax.set_title(f"{cond} (n={sub['trial_id'].nunique()})")
+            ax.set_xlabel("epoch (0 = untrained)")
+            ax.set_ylabel("share of gaussian noise (mean +- sem)")
+            ax.set_ylim(0, 1)
+            ax.legend(fontsize=6, ncol=2)
+        return _save(fig, out, "trajectory.png", "How the absorber emerges during training (gaussian noise subset)")
+
+
+def accuracy_strip(runs: pd.DataFrame, out: Path) -> str | None:
+    done = runs[runs["status"] == "completed"]
+    if done.empty:
+        return None
+    with plt.rc_context(STYLE):
+        conditions = list(dict.fromkeys(done["condition"]))
+        fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(conditions)), 3.6))
+        rng = np.random.default_rng(0)
+        for i, cond in enumerate(conditions):
+            acc = done.loc[done["condition"] == cond, "test_accuracy"].to_numpy(dtype=float)
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(acc)), acc, s=16, alpha=0.8)
+            ax.errorbar(i + 0.25, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="k_", capsize=4)
+        ax.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right")
+        ax.set_ylabel("test accuracy (trained classes)")
+        return _save(fig, out, "accuracy.png", "Test accuracy per condition (dots: runs; bar: mean +- sd)")

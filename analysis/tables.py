@@ -1,0 +1,98 @@
+"""Tidy (long) tables from the run records: one row per run x thing measured."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .load import Loaded, show_value
+from .stats import p_top_share_uniform
+
+
+def _ids(run: dict) -> dict:
+    return {"trial_id": run["trial_id"], "condition": run["condition"], "seed": run["seed"]}
+
+
+def runs_table(data: Loaded) -> pd.DataFrame:
+    rows = []
+    for r in data.runs:
+        row = {"trial_id": r["trial_id"], "status": r["status"], "condition": r["condition"], "seed": r["seed"]}
+        row.update({a: show_value(v) for a, v in r["axes"].items() if a != "seed"})
+        row.update({"classes": show_value(r["classes"]), "test_accuracy": r["test_accuracy"],
+                    "train_seconds": r["train_seconds"], "diverged_at_epoch": r["diverged_at_epoch"],
+                    "warnings": " | ".join(r["warnings"])})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "condition", "seed",
+                                                         "test_accuracy", "train_seconds"])
+
+
+def completed(data: Loaded) -> list[dict]:
+    return [r for r in data.runs if r["status"] == "completed"]
+
+
+def absorption_table(data: Loaded) -> pd.DataFrame:
+    ids, fam, cls, share = [], [], [], []
+    for r in completed(data):
+        k = len(r["classes"])
+        for i, f in enumerate(r["families"]):
+            ids += [_ids(r)] * k
+            fam += [f] * k
+            cls += r["classes"]
+            share += list(r["absorption"][i])
+    df = pd.DataFrame(ids, columns=["trial_id", "condition", "seed"])
+    df["noise"], df["class"], df["share"] = fam, cls, share
+    return df
+
+
+def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
+    """Per run and noise family: the absorber, its share, the normalised entropy, and the
+    (descriptive) Monte Carlo p of the top share under a uniform multinomial."""
+    rows = []
+    for r in completed(data):
+        k = len(r["classes"])
+        for i, f in enumerate(r["families"]):
+            rows.append({**_ids(r), "noise": f, "absorber": r["absorber"][i],
+                         "top_share": r["top_share"][i], "entropy_norm": r["entropy_norm"][i],
+                         "mean_max_softmax": r["mean_max_softmax"][i], "n_classes": k,
+                         "p_uniform": p_top_share_uniform(r["top_share"][i], r["n_noise"], k, mc_draws)})
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", "absorber", "top_share",
+                                       "entropy_norm", "mean_max_softmax", "n_classes", "p_uniform"])
+
+
+def heldout_table(data: Loaded) -> pd.DataFrame:
+    rows = [{**_ids(r), "heldout_class": h, "class": c, "share": s}
+            for r in completed(data) for h, shares in r["heldout"].items() for c, s in shares.items()]
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "heldout_class", "class", "share"])
+
+
+def mst_edges_table(data: Loaded) -> pd.DataFrame:
+    rows = []
+    for r in completed(data):
+        for f, tree in zip(r["families"], r["mst"]):
+            for u, v, w in tree:
+                u, v = sorted((u, v))
+                rows.append({**_ids(r), "noise": f, "u": u, "v": v, "weight": w})
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", "u", "v", "weight"])
+
+
+def trajectory_table(data: Loaded) -> pd.DataFrame:
+    ids, epoch, cls, share = [], [], [], []
+    for r in data.runs:
+        k = len(r["classes"])
+        for e, shares in zip(r["trajectory_epochs"], r["trajectory"]):
+            ids += [_ids(r)] * k
+            epoch += [int(e)] * k
+            cls += r["classes"]
+            share += list(shares)
+    df = pd.DataFrame(ids, columns=["trial_id", "condition", "seed"])
+    df["epoch"], df["class"], df["share"] = epoch, cls, share
+    return df
+
+
+def problems_table(data: Loaded) -> pd.DataFrame:
+    return pd.DataFrame(data.problems, columns=["trial_id", "reason", "action"])
+
+
+def mean_distance(runs: list[dict], family: str) -> tuple[list[str], np.ndarray]:
+    """Nodes and the mean distance matrix over runs (all with the same class set)."""
+    mats = [r["distance"][r["families"].index(family)] for r in runs if family in r["families"]]
+    return runs[0]["nodes"], np.mean(mats, axis=0)

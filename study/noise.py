@@ -1,0 +1,144 @@
+"""Noise families: name -> fn(n, gen, ctx) -> float32 images (n, 3, 32, 32) in [0, 1] pixel units.
+
+Banks are generated on the CPU from `noise_seed` and the family's name, so every trial of a study,
+on any device, probes the very same images; the trial normalises them like its training data.
+Some families are deliberately not clipped to [0, 1] (gaussian, pink, phase_scrambled): clipping
+would change the statistic that defines them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+NOISE_FAMILIES: dict[str, Callable[[int, torch.Generator, "NoiseContext"], Tensor]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        NOISE_FAMILIES[name] = fn
+        return fn
+    return deco
+
+
+@dataclass(frozen=True)
+class NoiseContext:
+    mean: Tensor            # (3,) per-channel mean of the training images, [0, 1] units
+    std: Tensor             # (3,) per-channel std
+    natural: Tensor         # uint8 (M, 3, 32, 32) natural images for the scrambled families
+
+
+def family_seed(noise_seed: int, family: str) -> int:
+    """A stable 63-bit seed per (noise_seed, family): banks don't shift when families are added."""
+    digest = hashlib.sha256(f"{noise_seed}:{family}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_bank(family: str, n: int, noise_seed: int, ctx: NoiseContext) -> Tensor:
+    gen = torch.Generator().manual_seed(family_seed(noise_seed, family))
+    return NOISE_FAMILIES[family](n, gen, ctx).float().contiguous()
+
+
+def _channels(v: Tensor) -> Tensor:
+    return v.view(1, 3, 1, 1)
+
+
+def _natural(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    idx = torch.randint(0, len(ctx.natural), (n,), generator=gen)
+    return ctx.natural[idx].float() / 255
+
+
+def radial_frequency(h: int = 32, w: int = 32) -> Tensor:
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.fftfreq(w)[None, :]
+    return torch.sqrt(fy**2 + fx**2)
+
+
+@register("gaussian")
+def gaussian(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """The original question's noise: per-channel mean and std of the training set, unclipped."""
+    return _channels(ctx.mean) + _channels(ctx.std) * torch.randn(n, 3, 32, 32, generator=gen)
+
+
+@register("gaussian_clipped")
+def gaussian_clipped(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    return gaussian(n, gen, ctx).clamp(0, 1)
+
+
+@register("uniform")
+def uniform(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    return torch.rand(n, 3, 32, 32, generator=gen)
+
+
+@register("rademacher")
+def rademacher(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """mean +- std with equal odds: gaussian's first two moments, but only two values."""
+    signs = torch.randint(0, 2, (n, 3, 32, 32), generator=gen).float() * 2 - 1
+    return _channels(ctx.mean) + _channels(ctx.std) * signs
+
+
+@register("blobs")
+def blobs(n: int, gen: torch.Generator, ctx: NoiseContext, max_blobs: int = 6) -> Tensor:
+    """1..6 soft Gaussian blobs of random colour, size and place on a random plain background."""
+    img = torch.rand(n, 3, 1, 1, generator=gen).expand(n, 3, 32, 32).clone()
+    count = torch.randint(1, max_blobs + 1, (n,), generator=gen)
+    yy = torch.arange(32.0)[:, None]
+    xx = torch.arange(32.0)[None, :]
+    for j in range(max_blobs):
+        cy, cx = (torch.rand(n, 2, generator=gen) * 32).unbind(1)
+        sigma = 2 + 6 * torch.rand(n, generator=gen)
+        colour = torch.rand(n, 3, 1, 1, generator=gen)
+        d2 = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2
+        alpha = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2)) * (j < count)[:, None, None]
+        img = img * (1 - alpha[:, None]) + colour * alpha[:, None]
+    return img
+
+
+@register("salt_pepper")
+def salt_pepper(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """A plain image of the training mean colour with a random 5..50% of pixels black or white."""
+    density = 0.05 + 0.45 * torch.rand(n, 1, 1, 1, generator=gen)
+    u = torch.rand(n, 1, 32, 32, generator=gen)
+    img = _channels(ctx.mean).expand(n, 3, 32, 32)
+    img = torch.where(u < density / 2, torch.zeros(()), img)
+    return torch.where((u >= density / 2) & (u < density), torch.ones(()), img)
+
+
+@register("pink")
+def pink(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Amplitude ~ 1/f like natural images (power ~ 1/f^2), scaled to the data's mean and std."""
+    spectrum = torch.fft.fft2(torch.randn(n, 3, 32, 32, generator=gen))
+    f = radial_frequency()
+    scale = torch.where(f > 0, 1 / f.clamp_min(1e-12), torch.zeros(()))
+    img = torch.fft.ifft2(spectrum * scale).real
+    img = (img - img.mean(dim=(2, 3), keepdim=True)) / img.std(dim=(2, 3), keepdim=True)
+    return _channels(ctx.mean) + _channels(ctx.std) * img
+
+
+@register("phase_scrambled")
+def phase_scrambled(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Natural images with a random Fourier phase added (the same for all channels, as in vision
+    science), amplitude spectrum and mean colour kept exactly: natural statistics, no objects."""
+    src = _natural(n, gen, ctx)
+    # the phase of a real image's spectrum is odd-symmetric, so the result stays real
+    phase = torch.angle(torch.fft.fft2(torch.rand(n, 1, 32, 32, generator=gen)))
+    phase[..., 0, 0] = 0  # keep the mean colour
+    out = torch.fft.ifft2(torch.fft.fft2(src) * torch.exp(1j * phase))
+    return out.real
+
+
+@register("pixel_shuffled")
+def pixel_shuffled(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Natural images with their pixel positions permuted: colour histogram kept, structure gone."""
+    src = _natural(n, gen, ctx).view(n, 3, 1024)
+    perm = torch.argsort(torch.rand(n, 1024, generator=gen), dim=1)
+    return src.gather(2, perm[:, None, :].expand(n, 3, 1024)).view(n, 3, 32, 32)
+
+
+@register("constant")
+def constant(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Solid images of uniformly random colours."""
+    return torch.rand(n, 3, 1, 1, generator=gen).expand(n, 3, 32, 32)

@@ -1,0 +1,71 @@
+"""Probing a trained model: test accuracy, where each noise family goes, what held-out classes
+become, and the class/noise geometry of the penultimate features (distances and the MST)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .measure import (NOISE_NODE, absorption_summary, confusion_matrix, cosine_distance_matrix,
+                      minimum_spanning_tree, noise_neighbour, shares)
+
+Predict = Callable[..., tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_metrics(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, classes: list[str]):
+    """(json part, class means (K, D)) from the test set of the trained classes."""
+    k = len(classes)
+    pred = logits.argmax(1)
+    conf = confusion_matrix(y, pred, k)
+    per_class = conf.diagonal() / np.maximum(conf.sum(1), 1)
+    class_means = np.stack([feats[y == c].mean(0) for c in range(k)])
+    part = {"test_accuracy": float((pred == y).mean()),
+            "per_class_accuracy": {c: float(per_class[i]) for i, c in enumerate(classes)},
+            "confusion": conf.tolist(), "n_test": int(len(y))}
+    return part, class_means
+
+
+def geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]):
+    """Cosine distances d = (1 - cos)/2 between the K class means and the noise mean; the MST."""
+    nodes = list(classes) + [NOISE_NODE]
+    dist = cosine_distance_matrix(np.vstack([class_means, noise_mean[None]]))
+    tree = minimum_spanning_tree(dist, nodes)
+    return nodes, dist, tree
+
+
+def probe_family(predict: Predict, bank, classes: list[str], class_means: np.ndarray) -> dict:
+    """Everything one noise bank tells about the model; arrays under the `arrays` key."""
+    logits, feats = predict(bank)
+    pred = logits.argmax(1)
+    probs = softmax(logits)
+    noise_mean = feats.mean(0)
+    nodes, dist, tree = geometry(class_means, noise_mean, classes)
+    return {
+        "absorption": shares(pred, classes),
+        "summary": absorption_summary(pred, probs.max(1), classes),
+        "distance": {"nodes": nodes, "matrix": dist.tolist()},
+        "mst": tree,
+        "noise_neighbour": noise_neighbour(tree),
+        "arrays": {"pred": pred.astype(np.int16), "noise_mean": noise_mean, "distance": dist,
+                   "logits": logits, "features": feats},
+    }
+
+
+def heldout_table(predict: Predict, heldout_x: dict, classes: list[str], to_tensor) -> dict:
+    """For each held-out class: the share of its test images given to each trained class."""
+    out = {}
+    for name, images in heldout_x.items():
+        logits, _ = predict(to_tensor(images))
+        out[name] = shares(logits.argmax(1), classes)
+    return out
+
+
+def trajectory_point(predict: Predict, bank, classes: list[str], epoch: int) -> dict:
+    logits, _ = predict(bank)
+    return {"epoch": epoch, "shares": shares(logits.argmax(1), classes)}

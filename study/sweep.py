@@ -1,0 +1,269 @@
+"""The sweep layer on Ray Tune: which trial configs run where. The only module that imports Ray.
+
+A sweep file's grid becomes one `tune.grid_search` per axis; each Tune trial resolves its config,
+runs `study.trial.run_trial` with a callback that reports every epoch (with a checkpoint every
+`checkpoint_every` epochs) and writes its artifacts into its own trial folder in the storage.
+A trial whose trial.json is already complete there is not computed again, so re-running or
+resuming a study never double-counts a grid point.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import ArtifactDir, filesystem, json_safe
+from .config import NAME_CHECK, Sweep, _storage, load_sweep
+from .data import check_source
+from .errors import InputError
+
+STUDY_JSON = "study.json"     # the resolved sweep, written beside the trial folders
+CHECKPOINT_FILE = "state.pt"
+
+
+# ---------------------------------------------------------------- planning (no Ray needed)
+
+def trial_dirname(axes: dict) -> str:
+    """Short, readable, unique: `classes=cat.dog_seed=3`; a hash only when a value had to be
+    shortened or had characters a folder name should not carry."""
+    def show(v):
+        if isinstance(v, list):
+            return ".".join(show(x) for x in v)
+        return str(v)
+    raw = "_".join(f"{k}={show(v)}" for k, v in axes.items()) or "trial"
+    name = re.sub(r"[^A-Za-z0-9_.=-]", "-", raw)[:80]
+    if name != raw:
+        name += "_" + hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:6]
+    return name
+
+
+def experiment_uri(storage: str, name: str) -> str:
+    """<storage>/<name>, keeping a URI's query string (endpoint options) at the end."""
+    base, sep, query = storage.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def check_storage(storage: str) -> None:
+    """Fail before any trial starts if the results cannot be written there (creates nothing)."""
+    if "://" not in storage or storage.startswith("file://"):
+        path = Path(storage.removeprefix("file://")).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise InputError("run.storage", "is a file, not a folder", "a writable folder", storage)
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise InputError("run.storage", f"not writable ({probe} is read-only for this user)",
+                             "a writable folder or a bucket URI", storage)
+        return
+    fs, path = filesystem(storage)
+    bucket = path.split("/")[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except Exception as e:
+        raise InputError("run.storage", f"cannot reach the storage ({type(e).__name__}: {e})",
+                         "a reachable bucket; check the endpoint and credentials", storage) from None
+    if info.type.name == "NotFound":
+        raise InputError("run.storage", f"bucket {bucket!r} does not exist", "an existing bucket",
+                         storage)
+
+
+@dataclass
+class Plan:
+    sweep: Sweep
+    file: str
+    storage: str
+    points: list[dict]
+    dirnames: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    @property
+    def uri(self) -> str:
+        return experiment_uri(self.storage, self.name)
+
+    def concurrency(self) -> str:
+        cpu, gpu = self.sweep.resources["cpu"], self.sweep.resources["gpu"]
+        limits = [int((os.cpu_count() or 1) // cpu)]
+        if gpu:
+            try:
+                import torch
+                n_gpu = torch.cuda.device_count()
+            except ImportError:
+                n_gpu = 0
+            limits.append(int(n_gpu // gpu) if n_gpu else 0)
+        if self.sweep.run["max_concurrent"]:
+            limits.append(self.sweep.run["max_concurrent"])
+        here = max(0, min(limits))
+        return (f"{here} at once on this machine" if here else "none on this machine (no GPU "
+                "here); on a cluster as many as its resources allow")
+
+    def describe(self) -> str:
+        s = self.sweep
+        lines = [f"study {self.name} ({self.file})",
+                 f"grid: {len(self.points)} trials = " + " x ".join(f"{len(v)} {k}" for k, v in s.grid.items()),
+                 f"resources per trial: cpu {s.resources['cpu']}, gpu {s.resources['gpu']}",
+                 f"concurrency: {self.concurrency()}",
+                 f"storage: {self.uri}",
+                 f"data: {sorted({check_source(p['data_root']) for p in self.points})}",
+                 f"first trial ({self.dirnames[0]}):"]
+        lines += [f"  {k}: {json.dumps(v)}" for k, v in self.points[0].items()]
+        return "\n".join(lines)
+
+
+def prepare(path: str, sets: list[str] | None = None, storage: str | None = None,
+            name: str | None = None) -> Plan:
+    """Validate everything a sweep needs before anything runs."""
+    sweep = load_sweep(path, sets)
+    if name is not None:
+        sweep.name = NAME_CHECK(name, "--name")
+    if storage is not None:
+        sweep.run["storage"] = _storage(storage, "--storage")
+    points = sweep.points()
+    for root in sorted({p["data_root"] or "" for p in points}):
+        check_source(root or None)
+    if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
+        sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
+    check_storage(sweep.run["storage"])
+    dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
+    return Plan(sweep, str(path), sweep.run["storage"], points, dirnames)
+
+
+def study_record(plan: Plan) -> dict:
+    """study.json: what the aggregation needs to know about the design."""
+    s = plan.sweep
+    return json_safe({"name": plan.name, "file": plan.file, "axes": list(s.grid), "grid": s.grid,
+                      "trial": s.trial, "resources": s.resources, "run": s.run,
+                      "points": [{"dir": d, "axes": s.axis_values(p)}
+                                 for d, p in zip(plan.dirnames, plan.points)]})
+
+
+# ---------------------------------------------------------------- inside a Tune trial
+
+def _load_checkpoint(checkpoint, notes: list[str]):
+    """The saved state, or None (with a note) when there is none or it cannot be read."""
+    if checkpoint is None:
+        return None
+    import torch
+    try:
+        with checkpoint.as_directory() as d:
+            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, missing: start over rather than crash
+        notes.append(f"checkpoint {checkpoint.path} unreadable ({type(e).__name__}: {e}); "
+                     "restarted from scratch")
+        print(f"WARNING: {notes[-1]}")
+        return None
+
+
+def final_metrics(result: dict) -> dict:
+    gaussian = (result.get("absorber") or {}).get("gaussian") or {}
+    return {"status": result["status"], "test_accuracy": result.get("test_accuracy"),
+            "gaussian_absorber": gaussian.get("absorber"), "gaussian_share": gaussian.get("top_share"),
+            "done": True}
+
+
+def tune_trial(config: dict) -> None:
+    """The Tune function trainable: resolve, skip if done, resume if possible, run, report."""
+    import torch
+    from ray import tune
+
+    from .config import validate_trial
+    from .trial import run_trial
+
+    axes = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg = validate_trial({**config["_fixed"], **axes})
+    every = config["_checkpoint_every"]
+    storage = tune.get_context().get_storage()
+    out = ArtifactDir(storage.storage_filesystem, storage.trial_fs_path)
+    if out.completed():
+        print(f"{out}: trial.json already complete, not recomputed")
+        tune.report(final_metrics(out.read_json()))
+        return
+
+    notes: list[str] = []
+    resume = _load_checkpoint(tune.get_checkpoint(), notes)
+
+    def on_epoch(epoch: int, metrics: dict, snapshot) -> None:
+        metrics = {k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "seconds")}
+        if epoch % every and epoch != cfg["epochs"]:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(snapshot(), Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    result = run_trial(cfg, out, on_epoch=on_epoch, resume=resume, notes=notes)
+    tune.report(final_metrics(result))
+
+
+# ---------------------------------------------------------------- the driver
+
+def _init_ray(address: str | None) -> None:
+    import ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:  # a running cluster: connect, never start a second Ray
+        ray.init(address=address, log_to_driver=True)
+    else:        # a local Ray on this machine, reachable on loopback only
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+def build_tuner(plan: Plan, resume: bool):
+    from ray import tune
+
+    s = plan.sweep
+    trainable = tune.with_resources(tune_trial, {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
+    exp = plan.uri
+    if resume and tune.Tuner.can_restore(exp):
+        print(f"resuming {exp}")
+        return tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+    param_space = {axis: tune.grid_search(values) for axis, values in s.grid.items()}
+    param_space["_fixed"] = s.trial
+    param_space["_checkpoint_every"] = s.run["checkpoint_every"]
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=s.run["max_concurrent"],
+            reuse_actors=True,  # keeps the data (and compiled graphs) in the worker between trials
+            trial_dirname_creator=lambda t: trial_dirname({a: t.config[a] for a in s.grid}),
+            trial_name_creator=lambda t: trial_dirname({a: t.config[a] for a in s.grid}),
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage,
+            failure_config=tune.FailureConfig(max_failures=s.run["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,
+        ),
+    )
+
+
+def run(plan: Plan, resume: bool = False, report: bool = True, address: str | None = None) -> int:
+    start = time.perf_counter()
+    exp = ArtifactDir.at(plan.uri)
+    if not resume and exp.exists(STUDY_JSON):
+        print(f"note: {plan.uri} holds an earlier run of this study; its completed trials are "
+              "reused (use --resume to also continue interrupted ones from their checkpoints)")
+    exp.write_json(STUDY_JSON, study_record(plan))
+    _init_ray(address)
+    results = build_tuner(plan, resume).fit()
+    errors = [r for r in results if r.error is not None]
+    print(f"sweep {plan.name}: {len(results) - len(errors)} of {len(plan.points)} trials ended, "
+          f"{len(errors)} failed; {time.perf_counter() - start:.0f} s")
+    for r in errors:
+        print(f"  failed: {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
+    if report:
+        from analysis.pipeline import aggregate
+        out = experiment_uri(plan.storage, f"{plan.name}/report")
+        summary = aggregate(plan.uri, out)
+        print(summary)
+    return 0 if not errors else 1

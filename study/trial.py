@@ -1,0 +1,140 @@
+"""One trial: a plain function of a resolved config. Data -> train -> probe -> measure -> write.
+
+No Ray here. The sweep layer passes `on_epoch` (to report and checkpoint) and `resume` (the last
+checkpoint's state); run on its own, a trial needs neither.
+"""
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import probe
+from .artifacts import ARRAYS_NPZ, SCHEMA_VERSION, TRIAL_JSON, ArtifactDir
+from .config import trained_classes, validate_trial
+from .data import load_cifar10
+from .errors import InputError
+from .models import build_model
+from .noise import NOISE_FAMILIES, NoiseContext, make_bank
+from .provenance import code_revision, versions
+from .task import make_task
+from .train import Normalizer, Precision, Trainer, images_to_device, predict, resolve_device
+
+OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
+
+
+def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None = None,
+              resume: dict | None = None, notes: list[str] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Train and probe one model as `config` says; write trial.json + arrays.npz into `out`.
+
+    Returns the trial.json content. Status is `completed`, or `diverged` when the training loss
+    became non-finite (recorded, not raised). `notes` (e.g. a checkpoint that could not be read)
+    are kept in trial.json under `warnings`.
+    """
+    cfg = validate_trial(config)
+    out = ArtifactDir.at(out) if isinstance(out, str) else out
+    timing, t_start = {}, time.perf_counter()
+
+    # ---- data
+    device = resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    data = load_cifar10(cfg["data_root"], cfg["data_verify"])
+    classes = trained_classes(cfg)
+    task = make_task(data, classes, cfg["seed"], cfg["noise_seed"], cfg["train_subset"], cfg["test_subset"])
+    if cfg["batch_size"] > len(task.train_x):
+        raise InputError("batch_size", f"larger than the {len(task.train_x)} training images",
+                         f"1 <= batch_size <= {len(task.train_x)}", cfg["batch_size"])
+    mean, std = data.channel_stats()
+    normalize = Normalizer(mean, std, device)
+    precision = Precision(device, cfg["precision"], cfg["channels_last"])
+    noise_ctx = NoiseContext(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
+                             natural=torch.from_numpy(data.test_x).permute(0, 3, 1, 2))
+    gaussian_bank = make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx)
+    trajectory_bank = gaussian_bank[: cfg["n_trajectory"]]
+    timing["data_seconds"] = time.perf_counter() - t_start
+
+    # ---- model and training
+    model = build_model(cfg["model"], len(classes), cfg["seed"], cfg["pretrained"]).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer = Trainer(model, task.train_x, task.train_y, cfg, device, normalize, precision)
+    # images -> (logits, features) in eval mode
+    model_predict = partial(predict, model, normalize=normalize, precision=precision,
+                            batch_size=cfg["eval_batch_size"], device=device)
+    if resume is not None:
+        trainer.load_state_dict(resume["trainer"])
+        trajectory, history = list(resume["trajectory"]), list(resume["history"])
+        log(f"resumed from the checkpoint of epoch {trainer.epoch}")
+    else:
+        trajectory = [probe.trajectory_point(model_predict, trajectory_bank, classes, epoch=0)]
+        history = []
+    status, t_train = "completed", time.perf_counter()
+    while trainer.epoch < cfg["epochs"]:
+        metrics = trainer.run_epoch()
+        history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "lr_last")})
+        if not math.isfinite(metrics["train_loss"]):
+            status = "diverged"
+            log(f"epoch {trainer.epoch}: training loss is {metrics['train_loss']}: diverged")
+            break
+        trajectory.append(probe.trajectory_point(model_predict, trajectory_bank, classes, trainer.epoch))
+        log(f"epoch {trainer.epoch}/{cfg['epochs']}: loss {metrics['train_loss']:.4f}, "
+            f"train acc {metrics['train_accuracy']:.3f}, {metrics['seconds']:.1f} s")
+        if on_epoch is not None:
+            on_epoch(trainer.epoch, metrics, lambda: {"trainer": trainer.state_dict(),
+                                                      "trajectory": list(trajectory), "history": list(history)})
+    timing["train_seconds"] = time.perf_counter() - t_train
+
+    result = {
+        "schema": SCHEMA_VERSION, "status": status, "config": cfg,
+        "seed": cfg["seed"], "noise_seed": cfg["noise_seed"],
+        "classes": classes, "heldout_classes": task.heldout,
+        "n_train": int(len(task.train_x)), "train_history": history, "trajectory": trajectory,
+        "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+        "data": {"source": data.source, "kind": data.kind, "sha256": data.checksum},
+        "versions": versions(device), "code_revision": code_revision(),
+        "diverged_at_epoch": trainer.epoch if status == "diverged" else None,
+        "warnings": list(notes or []),
+    }
+    arrays = {}
+    if status == "completed":
+        t_probe = time.perf_counter()
+        result.update(_probe_all(cfg, task, model_predict, noise_ctx, gaussian_bank, arrays))
+        timing["probe_seconds"] = time.perf_counter() - t_probe
+    timing["total_seconds"] = time.perf_counter() - t_start
+    result["timing"] = timing
+    result["arrays"] = {"file": ARRAYS_NPZ, "sha256": out.write_npz(ARRAYS_NPZ, arrays)}
+    out.write_json(TRIAL_JSON, result)  # last: its presence marks the trial as done
+    return result
+
+
+def _probe_all(cfg, task, model_predict, noise_ctx, gaussian_bank, arrays) -> dict:
+    """Test metrics, every noise family, the held-out classes; fills `arrays` for the .npz."""
+    classes = task.classes
+    to_tensor = partial(images_to_device, device=torch.device("cpu"))
+    logits, feats = model_predict(to_tensor(task.test_x))
+    part, class_means = probe.test_metrics(logits, feats, task.test_y, classes)
+    arrays["class_means"] = class_means
+    arrays["confusion"] = np.asarray(part["confusion"])
+
+    families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
+    absorption, summary, distance, mst, neighbour, noise_means = {}, {}, {}, {}, {}, []
+    for family in families:
+        bank = gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], noise_ctx)
+        found = probe.probe_family(model_predict, bank, classes, class_means)
+        absorption[family], summary[family] = found["absorption"], found["summary"]
+        distance[family], mst[family] = found["distance"], found["mst"]
+        neighbour[family] = found["noise_neighbour"]
+        noise_means.append(found["arrays"]["noise_mean"])
+        arrays[f"pred_{family}"] = found["arrays"]["pred"]
+        arrays[f"distance_{family}"] = found["arrays"]["distance"]
+    arrays["noise_means"] = np.stack(noise_means)
+    arrays["noise_families"] = np.array(families)
+    heldout = probe.heldout_table(model_predict, task.heldout_x, classes, to_tensor)
+    return {**part, "noise_families": families, "absorption": absorption, "absorber": summary,
+            "distance": distance, "mst": mst, "noise_neighbour": neighbour, "heldout": heldout}

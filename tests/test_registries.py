@@ -1,0 +1,253 @@
+"""Every registry entry is tested for free: models, augmentations, noise families."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study import augment
+from study.augment import AUGMENTATIONS
+from study.errors import InputError
+from study.models import MODELS, build_model
+from study.noise import NOISE_FAMILIES, NoiseContext, make_bank, radial_frequency
+
+MEAN = torch.tensor([0.49, 0.48, 0.45])
+STD = torch.tensor([0.25, 0.24, 0.26])
+
+
+# ---------------------------------------------------------------- models
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_exposes_features_and_head(name):
+    model = build_model(name, num_classes=7, seed=0).eval()
+    x = torch.randn(4, 3, 32, 32)
+    feats = model.features(x)
+    assert feats.shape == (4, model.feature_dim)
+    assert model.head.in_features == model.feature_dim and model.head.out_features == 7
+    assert model.head.bias is not None  # the logit decomposition needs the bias
+    torch.testing.assert_close(model(x), model.head(feats))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_init_is_a_function_of_the_seed(name):
+    a, b, c = (build_model(name, 3, seed) for seed in (1, 1, 2))
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_resnet18_is_the_cifar_variant():
+    model = build_model("resnet18", 10, 0)
+    conv1 = model.features[0]
+    assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1)
+    assert isinstance(model.features[3], torch.nn.Identity)  # no max-pool
+    assert model.feature_dim == 512
+
+
+def test_resnet18_imagenet_loads_a_local_weights_file(tmp_path):
+    from torchvision.models import resnet18
+    torch.manual_seed(5)
+    reference = resnet18()
+    path = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("resnet18_imagenet", 10, 0, pretrained=str(path))
+    torch.testing.assert_close(model.features[0].weight, reference.conv1.weight)
+    assert model.head.out_features == 10
+
+
+@pytest.mark.parametrize("bad, message", [("/no/such/file.pth", "no such weights file"),
+                                          ("NOT_A_FILE", "no such weights file")])
+def test_resnet18_imagenet_bad_weights_are_clear_errors(bad, message):
+    with pytest.raises(InputError, match=message):
+        build_model("resnet18_imagenet", 10, 0, pretrained=bad)
+
+
+def test_resnet18_imagenet_offline_download_is_a_clear_error(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(InputError, match="local state_dict"):
+        build_model("resnet18_imagenet", 10, 0, pretrained="imagenet")
+
+
+# ---------------------------------------------------------------- augmentations
+
+def _batch(n=16, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_augmentation_keeps_shape_range_and_is_seeded(name):
+    x = _batch()
+    out1 = AUGMENTATIONS[name](x.clone(), torch.Generator().manual_seed(3))
+    out2 = AUGMENTATIONS[name](x.clone(), torch.Generator().manual_seed(3))
+    assert out1.shape == x.shape and out1.dtype == x.dtype
+    assert out1.min() >= 0 and out1.max() <= 1
+    torch.testing.assert_close(out1, out2)
+    if name != "none":
+        out3 = AUGMENTATIONS[name](x.clone(), torch.Generator().manual_seed(4))
+        assert not torch.equal(out1, out3)
+
+
+def test_none_is_identity():
+    x = _batch()
+    assert torch.equal(AUGMENTATIONS["none"](x, torch.Generator()), x)
+
+
+def test_flip_mirrors_about_half_the_images():
+    x = _batch(400)
+    out = augment.random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert bool((flipped | kept).all()) and 150 < int(flipped.sum()) < 250
+
+
+def test_crop_is_a_window_of_the_reflect_padded_image():
+    x = _batch(32)
+    out = augment.random_crop(x, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_cutout_blanks_one_square_of_at_most_16x16():
+    x = _batch(64)
+    out = augment.cutout(x, torch.Generator().manual_seed(2))
+    changed = (out != x).any(1)
+    for mask in changed:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys):
+            assert ys.max() - ys.min() < 16 and xs.max() - xs.min() < 16
+
+
+@pytest.mark.parametrize("pil_op, ours", [
+    ("equalize", lambda x: augment._equalize(x)),
+    ("autocontrast", lambda x: augment._autocontrast(x)),
+    ("solarize", lambda x: torch.where(x >= 128 / 255, 1 - x, x)),
+])
+def test_trivialaugment_ops_match_pil(pil_op, ours):
+    """Known answers: our batched ops against PIL's ImageOps on real-looking uint8 images."""
+    from PIL import Image, ImageOps
+    rng = np.random.default_rng(0)
+    imgs = (rng.beta(2, 5, size=(6, 32, 32, 3)) * 255).astype(np.uint8)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    got = (ours(x) * 255).round().permute(0, 2, 3, 1).numpy().astype(int)
+    for i in range(len(imgs)):
+        im = Image.fromarray(imgs[i])
+        ref = getattr(ImageOps, pil_op)(im, 128) if pil_op == "solarize" else getattr(ImageOps, pil_op)(im)
+        assert np.abs(np.asarray(ref).astype(int) - got[i]).max() <= 1
+
+
+# ---------------------------------------------------------------- noise families
+
+def _ctx(natural=None):
+    if natural is None:
+        natural = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (50, 3, 32, 32), dtype=np.uint8))
+    return NoiseContext(MEAN, STD, natural)
+
+
+def _one_natural_image():
+    yy, xx = np.mgrid[0:32, 0:32]
+    img = np.stack([np.sin(xx / 3) * 90 + 128, np.cos(yy / 5) * 90 + 128, (xx + yy) * 3.5], 0)
+    return torch.from_numpy(img.clip(0, 255).astype(np.uint8))[None]
+
+
+def _check_gaussian(x):
+    torch.testing.assert_close(x.mean((0, 2, 3)), MEAN, atol=0.005, rtol=0)
+    torch.testing.assert_close(x.std((0, 2, 3)), STD, atol=0.005, rtol=0)
+    assert x.min() < 0 and x.max() > 1  # unclipped, like the original question's noise
+
+
+def _check_clipped(x):
+    assert x.min() == 0 and x.max() == 1
+    torch.testing.assert_close(x.mean((0, 2, 3)), MEAN, atol=0.01, rtol=0)
+
+
+def _check_uniform(x):
+    assert x.min() >= 0 and x.max() <= 1
+    assert abs(x.mean() - 0.5) < 0.005 and abs(x.var() - 1 / 12) < 0.002
+
+
+def _check_rademacher(x):
+    for c in range(3):
+        values = torch.unique(x[:, c])
+        torch.testing.assert_close(values, torch.stack([MEAN[c] - STD[c], MEAN[c] + STD[c]]))
+
+
+def _check_blobs(x):
+    assert x.min() >= 0 and x.max() <= 1
+    # smooth: neighbouring pixels nearly equal, unlike white noise
+    corr = torch.corrcoef(torch.stack([x[..., :-1].flatten(), x[..., 1:].flatten()]))[0, 1]
+    assert corr > 0.95
+
+
+def _check_salt_pepper(x):
+    extreme = ((x == 0).all(1) | (x == 1).all(1)).float().mean((1, 2))
+    assert extreme.min() > 0.02 and extreme.max() < 0.6
+    rest = ~((x == 0).all(1) | (x == 1).all(1))
+    torch.testing.assert_close(x.permute(0, 2, 3, 1)[rest][0], MEAN)
+
+
+def power_slope(x):
+    """Slope of the radially averaged power spectrum in log-log (DC excluded)."""
+    power = (torch.fft.fft2(x - x.mean((2, 3), keepdim=True)).abs() ** 2).mean((0, 1))
+    f = radial_frequency()
+    bins = torch.round(f * 32).long()
+    radii = torch.arange(1, 16)
+    avg = torch.stack([power[bins == r].mean() for r in radii])
+    return np.polyfit(np.log(radii.numpy()), np.log(avg.numpy()), 1)[0]
+
+
+def _check_pink(x):
+    assert abs(power_slope(x) + 2) < 0.25
+    torch.testing.assert_close(x.mean((0, 2, 3)), MEAN, atol=0.01, rtol=0)
+
+
+def _check_phase_scrambled(x, source):
+    src = source.float() / 255
+    torch.testing.assert_close(torch.fft.fft2(x).abs(), torch.fft.fft2(src).abs().expand_as(x),
+                               atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(x.mean((2, 3)), src.mean((2, 3)).expand(len(x), 3), atol=1e-5, rtol=0)
+    assert not torch.allclose(x[0], src[0], atol=0.05)  # the structure is gone
+
+
+def _check_pixel_shuffled(x, source):
+    src = source.float() / 255
+    for img in x[:20]:
+        torch.testing.assert_close(img.flatten(1).sort(1).values, src[0].flatten(1).sort(1).values)
+        # the same permutation for all channels: RGB triples stay together
+        triples = {tuple(v) for v in img.flatten(1).T.tolist()}
+        assert triples == {tuple(v) for v in src[0].flatten(1).T.tolist()}
+
+
+def _check_constant(x):
+    assert (x == x[:, :, :1, :1]).all() and x.min() >= 0 and x.max() <= 1
+
+
+DEFINING = {"gaussian": _check_gaussian, "gaussian_clipped": _check_clipped, "uniform": _check_uniform,
+            "rademacher": _check_rademacher, "blobs": _check_blobs, "salt_pepper": _check_salt_pepper,
+            "pink": _check_pink, "phase_scrambled": _check_phase_scrambled,
+            "pixel_shuffled": _check_pixel_shuffled, "constant": _check_constant}
+
+
+def test_every_noise_family_has_a_defining_check():
+    assert set(DEFINING) == set(NOISE_FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(NOISE_FAMILIES))
+def test_noise_bank_shape_seed_and_defining_statistic(family):
+    source = _one_natural_image()
+    ctx = _ctx(source if family in ("phase_scrambled", "pixel_shuffled") else None)
+    x = make_bank(family, 2000, noise_seed=7, ctx=ctx)
+    assert x.shape == (2000, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert torch.equal(x, make_bank(family, 2000, noise_seed=7, ctx=ctx))        # same seed, same bank
+    assert not torch.equal(x, make_bank(family, 2000, noise_seed=8, ctx=ctx))    # new seed, new bank
+    check = DEFINING[family]
+    check(x, source) if family in ("phase_scrambled", "pixel_shuffled") else check(x)
+
+
+def test_white_noise_is_not_pink():
+    """The slope estimator itself can fail: white noise has a flat spectrum."""
+    assert abs(power_slope(torch.randn(500, 3, 32, 32))) < 0.2

@@ -1,0 +1,150 @@
+"""One trial end to end on tiny data: artifacts, determinism, divergence, resume, the CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from study.__main__ import main
+from study.artifacts import ArtifactDir
+from study.noise import NOISE_FAMILIES
+from study.trial import run_trial
+
+TOP_KEYS = {"config", "status", "seed", "noise_seed", "classes", "heldout_classes", "test_accuracy",
+            "per_class_accuracy", "confusion", "timing", "versions", "code_revision", "absorption",
+            "absorber", "mst", "distance", "noise_neighbour", "heldout", "trajectory", "arrays",
+            "normalization", "data", "train_history", "warnings"}
+VARIABLE = ("timing", "versions", "code_revision", "arrays")  # differ between identical runs
+
+
+def stable(result: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(result)).items() if k not in VARIABLE}
+
+
+@pytest.fixture(scope="module")
+def subset_trial(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trial")
+    cfg = {"model": "small_cnn", "epochs": 2, "batch_size": 40, "lr": 0.05, "n_noise": 40, "n_trajectory": 20,
+           "data_root": str(tiny_data), "data_verify": "shapes", "device": "cpu", "threads": 1,
+           "classes": ["dog", "cat", "bird"]}
+    return run_trial(cfg, str(out), log=lambda m: None), out
+
+
+def test_trial_json_holds_every_measurement(subset_trial):
+    result, out = subset_trial
+    on_disk = json.loads((out / "trial.json").read_text())
+    assert TOP_KEYS <= set(on_disk)
+    assert on_disk["status"] == "completed" and on_disk["classes"] == ["dog", "cat", "bird"]
+    assert 0 <= on_disk["test_accuracy"] <= 1
+    families = list(NOISE_FAMILIES)
+    assert list(on_disk["absorption"]) == families
+    for f in families:
+        shares = on_disk["absorption"][f]
+        assert list(shares) == ["dog", "cat", "bird"] and sum(shares.values()) == pytest.approx(1)
+        assert on_disk["distance"][f]["nodes"] == ["dog", "cat", "bird", "noise"]
+        matrix = np.array(on_disk["distance"][f]["matrix"])
+        assert matrix.shape == (4, 4) and np.allclose(matrix, matrix.T)
+        assert len(on_disk["mst"][f]) == 3 and all(u < v for u, v, _ in on_disk["mst"][f])
+    assert set(on_disk["heldout"]) == {"airplane", "automobile", "deer", "frog", "horse", "ship", "truck"}
+    assert all(sum(s.values()) == pytest.approx(1) for s in on_disk["heldout"].values())
+    assert [p["epoch"] for p in on_disk["trajectory"]] == [0, 1, 2]
+    assert on_disk["versions"]["torch"] and on_disk["code_revision"]["source_sha256"]
+    assert on_disk["config"]["seed"] == on_disk["seed"] == 0
+
+
+def test_arrays_match_the_json_and_its_checksum(subset_trial):
+    result, out = subset_trial
+    raw = (out / "arrays.npz").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == result["arrays"]["sha256"]
+    z = np.load(out / "arrays.npz")
+    assert z["class_means"].shape == (3, 128) and z["noise_means"].shape == (len(NOISE_FAMILIES), 128)
+    for f in NOISE_FAMILIES:
+        assert z[f"pred_{f}"].shape == (40,)
+        shares = np.bincount(z[f"pred_{f}"], minlength=3) / 40
+        assert np.allclose(shares, list(result["absorption"][f].values()))
+        assert np.allclose(z[f"distance_{f}"], result["distance"][f]["matrix"])
+
+
+def test_same_config_and_seed_give_identical_results(tiny_config, tmp_path):
+    cfg = tiny_config(epochs=2, noise=["gaussian", "uniform"])
+    a = run_trial(cfg, str(tmp_path / "a"), log=lambda m: None)
+    b = run_trial(cfg, str(tmp_path / "b"), log=lambda m: None)
+    assert stable(a) == stable(b)
+    c = run_trial(tiny_config(epochs=2, noise=["gaussian", "uniform"], seed=1), str(tmp_path / "c"),
+                  log=lambda m: None)
+    assert stable(c)["train_history"] != stable(a)["train_history"]
+
+
+def test_absurd_learning_rate_is_recorded_as_diverged(tiny_config, tmp_path):
+    result = run_trial(tiny_config(lr=1e12, epochs=3), str(tmp_path), log=lambda m: None)
+    assert result["status"] == "diverged" and result["diverged_at_epoch"] == 1
+    on_disk = json.loads((tmp_path / "trial.json").read_text())
+    assert on_disk["status"] == "diverged" and "absorption" not in on_disk
+
+
+def test_resume_from_a_snapshot_gives_the_uninterrupted_result(tiny_config, tmp_path):
+    cfg = tiny_config(epochs=3, noise=["gaussian"])
+    snapshots = {}
+
+    def keep(epoch, metrics, snapshot):
+        snapshots[epoch] = snapshot()
+
+    full = run_trial(cfg, str(tmp_path / "full"), on_epoch=keep, log=lambda m: None)
+    assert snapshots[1]["trainer"]["epoch"] == 1  # not a view of the live, later state
+    resumed = run_trial(cfg, str(tmp_path / "resumed"), resume=snapshots[1], log=lambda m: None)
+    assert stable(resumed) == stable(full)
+
+
+def test_trial_artifacts_go_to_any_pyarrow_filesystem(tiny_config, tmp_path):
+    out = ArtifactDir.at(f"file://{tmp_path}/uri-out")
+    run_trial(tiny_config(noise=["gaussian"]), out, log=lambda m: None)
+    assert out.completed() and (tmp_path / "uri-out" / "trial.json").exists()
+    assert not list((tmp_path / "uri-out").glob(".*tmp*"))  # no temporary files left behind
+
+
+# ---------------------------------------------------------------- the command line
+
+def write(tmp_path, cfg, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg) if isinstance(cfg, dict) else cfg)
+    return str(path)
+
+
+def test_cli_runs_one_trial(tiny_config, tmp_path, capsys):
+    path = write(tmp_path, tiny_config(noise=["gaussian"]))
+    assert main(["trial", path, "--out", str(tmp_path / "out"), "--set", "epochs=1"]) == 0
+    assert "status completed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "trial.json").read_text())["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"classes": ["cat", "unicorn"]}, "classes: unknown class 'unicorn'"),
+    ({"noise": ["gaussian", "plaid"]}, "noise: unknown name 'plaid'"),
+    ({"model": "vgg99"}, "model: unknown value"),
+    ({"augmentation": "mixup"}, "augmentation: unknown value"),
+    ({"learning_rate": 0.1}, "learning_rate: unknown key"),
+    ({"data_root": "/no/such/cifar"}, "data_root: no such file or folder"),
+    ({"epochs": 0}, "epochs: out of range"),
+    ({"lr": -0.1}, "lr: out of range"),
+    ({"classes": ["cat", "cat"]}, "given twice"),
+    ({"classes": ["cat"]}, "at least two classes"),
+    ({"train_subset": 100, "batch_size": 500}, "batch_size: larger than the training subset"),
+])
+def test_cli_bad_input_exits_2_before_training(tiny_config, tmp_path, capsys, change, expected):
+    path = write(tmp_path, tiny_config(**change))
+    assert main(["trial", path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_malformed_yaml_and_bad_set(tiny_config, tmp_path, capsys):
+    bad = write(tmp_path, "model: [small_cnn\n", "bad.yaml")
+    assert main(["trial", bad, "--out", str(tmp_path / "o")]) == 2
+    assert "YAML syntax error" in capsys.readouterr().err
+    good = write(tmp_path, tiny_config())
+    assert main(["trial", good, "--out", str(tmp_path / "o"), "--set", "epoch=2"]) == 2
+    assert "--set epoch: no such key" in capsys.readouterr().err
