@@ -48,13 +48,13 @@ def absorber_section(cons: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
             lines.append(f"- **{md(condition)}**: Gaussian noise goes to **{md(r['modal_absorber'])}** in "
                          f"{r['modal_count']}/{r['n_runs']} runs (mean top share {r['mean_top_share']:.2f}"
                          + (f" +- {r['sd_top_share']:.2f}" if np.isfinite(r["sd_top_share"]) else "")
-                         + f"); {verdict}: exact test vs {r['n_classes']} uniform classes, "
+                         + f"); {verdict}: test of the modal count vs {r['n_classes']} uniform classes, "
                          f"p = {fmt_p(r['p_value'])}, Holm-adjusted {fmt_p(t['p_adjusted'] if t is not None else None)}; "
                          f"agreement sum p_c^2 = {r['agreement']:.2f} [95% CI {r['agreement_ci_low']:.2f}, "
                          f"{r['agreement_ci_high']:.2f}] (1/K = {1 / r['n_classes']:.2f} by chance)"
                          + (f"; per-image Fleiss kappa {r['fleiss_kappa']:.2f}" if np.isfinite(r["fleiss_kappa"]) else "")
                          + ".")
-    lines += ["", "Every noise family, per condition (p: exact test of the modal absorber count; "
+    lines += ["", "Every noise family, per condition (p: Monte Carlo test of the modal absorber count; "
               "p_holm: Holm over the confirmatory family):", ""]
     show = cons.merge(tests[tests["hypothesis"] == "the absorber is the same across seeds"]
                       [["condition", "noise", "p_adjusted"]], on=["condition", "noise"], how="left")
@@ -154,7 +154,7 @@ def problems_section(runs: pd.DataFrame, problems: pd.DataFrame) -> list[str]:
     lines = ["## Failed, diverged and unreadable trials", ""]
     diverged = runs[runs["status"] == "diverged"]
     lines.append(f"{len(diverged)} diverged (excluded from all statistics)"
-                 + (": " + ", ".join(f"{md(t)} (epoch {e})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
+                 + (": " + ", ".join(f"{md(t)} (epoch {int(e)})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
                     if len(diverged) else "") + ".")
     lines.append("")
     lines.append(f"{len(problems)} problem(s) reading trial folders (see problems.csv):")
@@ -169,10 +169,11 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
 
 - **Absorber consistency** (confirmatory): H0 each run's absorber is an independent uniform draw
   from the K trained classes. Statistic: the modal absorber's count over the S runs of a
-  condition; exact p from the distribution of the maximum of a uniform multinomial (conservative
-  where the count is small: the attainable sizes are discrete). Effect: agreement sum p_c^2 with a
-  percentile bootstrap CI over runs (10^4 resamples); per-image Fleiss' and Randolph's kappa across
-  runs (descriptive, no p-value: images are not replicates).
+  condition, ties in the count ordered by the agreement sum n_c^2 (the count alone takes so few
+  values that the test would be far below its nominal size); p by Monte Carlo over 10^5 simulated
+  sets of S uniform draws. Effect: agreement sum p_c^2 (1/K by chance) with a percentile bootstrap
+  CI over runs (10^4 resamples); per-image Fleiss' and Randolph's kappa across runs (descriptive,
+  no p-value: images are not replicates).
 - **Per-run top share** (absorbers.csv, descriptive): Monte Carlo p under a uniform multinomial
   (10^4 draws); with thousands of images it is always tiny and is not used for inference.
 - **Absorber vs condition** (confirmatory), among conditions that train the same classes:

@@ -88,9 +88,10 @@ class ArtifactDir:
         self.write_bytes(name, json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
 
     def write_npz(self, name: str, arrays: dict[str, np.ndarray]) -> str:
-        """Write compressed arrays; returns their sha256 for trial.json to record."""
+        """Write the arrays (uncompressed: the aggregation reads thousands of them, and they are
+        small); returns their sha256 for trial.json to record."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez(buf, **arrays)
         data = buf.getvalue()
         self.write_bytes(name, data)
         return hashlib.sha256(data).hexdigest()

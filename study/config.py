@@ -355,8 +355,14 @@ class Sweep:
         axes = list(self.grid)
         out = []
         for values in itertools.product(*(self.grid[a] for a in axes)):
-            raw = {**self.trial, **dict(zip(axes, values))}
-            out.append(validate_trial(raw))
+            point = dict(zip(axes, values))
+            try:
+                out.append(validate_trial({**self.trial, **point}))
+            except InputError as e:  # name the section the bad key came from, and the grid point
+                key = e.where.split(".")[0]
+                section = "grid" if key in self.grid else "trial"
+                raise InputError(f"{section}.{e.where}", f"{e.problem} (grid point {point})",
+                                 e.allowed, e.value) from None
         return out
 
     def axis_values(self, cfg: dict) -> dict:
@@ -389,9 +395,10 @@ def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
         sections[section] = value
 
     trial = sections["trial"]
-    for k in trial:
+    for k, v in trial.items():
         if k not in _TRIAL_BY_NAME:
             raise InputError(f"trial.{k}", "unknown key", ", ".join(_TRIAL_BY_NAME))
+        _TRIAL_BY_NAME[k].check(v, f"trial.{k}")  # fixed keys first: their errors need no grid point
     grid = {}
     for axis, values in sections["grid"].items():
         if axis not in _TRIAL_BY_NAME:

@@ -52,7 +52,7 @@ def probe_family(predict: Predict, bank, classes: list[str], class_means: np.nda
         "distance": {"nodes": nodes, "matrix": dist.tolist()},
         "mst": tree,
         "noise_neighbour": noise_neighbour(tree),
-        "arrays": {"pred": pred.astype(np.int16), "noise_mean": noise_mean, "distance": dist,
+        "arrays": {"pred": pred.astype(np.uint8), "noise_mean": noise_mean, "distance": dist,
                    "logits": logits, "features": feats},
     }
 

@@ -73,6 +73,24 @@ def check_storage(storage: str) -> None:
                          storage)
 
 
+def check_data(points: list[dict]) -> None:
+    """Every data source the study names is readable, verified, and big enough for each grid
+    point (decoding it here also fills the cache the trials on this machine will read)."""
+    from .config import trained_classes
+    from .data import load_cifar10
+    from .task import check_task
+    for root, verify in sorted({(p["data_root"] or "", p["data_verify"]) for p in points}):
+        check_source(root or None)
+        data = load_cifar10(root or None, verify)
+        for p in points:
+            if (p["data_root"] or "", p["data_verify"]) == (root, verify):
+                try:
+                    check_task(data, p, trained_classes(p))
+                except InputError as e:
+                    raise InputError(f"trial.{e.where}", f"{e.problem} (grid point seed={p['seed']}, "
+                                     f"classes={p['classes']})", e.allowed, e.value) from None
+
+
 @dataclass
 class Plan:
     sweep: Sweep
@@ -127,8 +145,7 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
     if storage is not None:
         sweep.run["storage"] = _storage(storage, "--storage")
     points = sweep.points()
-    for root in sorted({p["data_root"] or "" for p in points}):
-        check_source(root or None)
+    check_data(points)
     if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
         sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
     check_storage(sweep.run["storage"])

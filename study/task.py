@@ -37,6 +37,21 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator, where:
     return np.sort(np.concatenate(picked))
 
 
+def check_task(data: Cifar10, cfg: dict, classes: list[str]) -> None:
+    """The checks make_task and the trainer would fail on, without copying any images."""
+    counts = np.bincount(data.train_y, minlength=10)[[CIFAR10_CLASSES.index(c) for c in classes]]
+    n_train = int(counts.sum())
+    if cfg["train_subset"] is not None:
+        quota = -(-cfg["train_subset"] // len(classes))
+        if quota > counts.min():
+            raise InputError("train_subset", f"asks for {quota} images of a class that has only "
+                             f"{counts.min()}", f"at most {counts.min() * len(classes)}", cfg["train_subset"])
+        n_train = cfg["train_subset"]
+    if cfg["batch_size"] > n_train:
+        raise InputError("batch_size", f"larger than the {n_train} training images",
+                         f"1 <= batch_size <= {n_train}", cfg["batch_size"])
+
+
 def make_task(data: Cifar10, classes: list[str], seed: int, noise_seed: int,
               train_subset: int | None = None, test_subset: int | None = None) -> Task:
     ids = [CIFAR10_CLASSES.index(c) for c in classes]

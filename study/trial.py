@@ -17,11 +17,10 @@ from . import probe
 from .artifacts import ARRAYS_NPZ, SCHEMA_VERSION, TRIAL_JSON, ArtifactDir
 from .config import trained_classes, validate_trial
 from .data import load_cifar10
-from .errors import InputError
 from .models import build_model
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .provenance import code_revision, versions
-from .task import make_task
+from .task import check_task, make_task
 from .train import Normalizer, Precision, Trainer, images_to_device, predict, resolve_device
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
@@ -46,10 +45,8 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
         torch.set_num_threads(cfg["threads"])
     data = load_cifar10(cfg["data_root"], cfg["data_verify"])
     classes = trained_classes(cfg)
+    check_task(data, cfg, classes)
     task = make_task(data, classes, cfg["seed"], cfg["noise_seed"], cfg["train_subset"], cfg["test_subset"])
-    if cfg["batch_size"] > len(task.train_x):
-        raise InputError("batch_size", f"larger than the {len(task.train_x)} training images",
-                         f"1 <= batch_size <= {len(task.train_x)}", cfg["batch_size"])
     mean, std = data.channel_stats()
     normalize = Normalizer(mean, std, device)
     precision = Precision(device, cfg["precision"], cfg["channels_last"])

@@ -1,0 +1,116 @@
+"""Synthetic trial artifacts with planted structure, in the exact layout a sweep writes.
+
+Used by the tests (does the aggregation recover what was planted? is it calibrated when nothing
+was?) and by the benchmark (10,000 trials). A planted condition has a known absorber, chosen by
+each run with a given probability, and a known tree whose edges are short in a given share of
+runs; everything else is drawn at random.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class Condition:
+    value: str                                  # the value of the study's one non-seed axis
+    classes: list[str] = field(default_factory=lambda: list(CIFAR10))
+    absorber: str | None = None                 # planted absorber (None: uniform at random)
+    p_absorber: float = 0.9                     # chance a run picks the planted absorber
+    tree: list[tuple[str, str]] | None = None   # planted MST edges over classes + noise
+    p_tree: float = 0.9                         # chance a run's distances follow the planted tree
+
+
+def _tree_distances(nodes: list[str], tree: list[tuple[str, str]] | None, rng) -> np.ndarray:
+    n = len(nodes)
+    d = rng.uniform(0.2, 0.6, (n, n))
+    if tree is not None:
+        for u, v in tree:
+            i, j = sorted((nodes.index(u), nodes.index(v)))
+            d[i, j] = rng.uniform(0.01, 0.1)
+    d = np.triu(d, 1)
+    return d + d.T
+
+
+def _mst(d: np.ndarray, nodes: list[str]) -> list[list]:
+    g = nx.Graph()
+    for i in range(len(nodes)):
+        for j in range(i + 1, len(nodes)):
+            g.add_edge(nodes[i], nodes[j], weight=float(d[i, j]))
+    return sorted([[*sorted((u, v)), w["weight"]] for u, v, w in nx.minimum_spanning_tree(g).edges(data=True)],
+                  key=lambda e: e[2])
+
+
+def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: int, rng) -> tuple[dict, dict]:
+    classes, k = cond.classes, len(cond.classes)
+    nodes = classes + ["noise"]
+    image_rng = np.random.default_rng(12345)  # the same "noise bank" in every run
+    image_pref = image_rng.integers(0, k, size=n_noise)
+    absorption, summary, mst, distance, arrays = {}, {}, {}, {}, {}
+    for f in families:
+        planted = cond.absorber is not None and rng.random() < cond.p_absorber
+        a = classes.index(cond.absorber) if planted else int(rng.integers(k))
+        top = rng.uniform(0.5, 0.95)
+        # each image goes to the run's absorber, or (sometimes) to its own preferred class
+        pred = np.where(rng.random(n_noise) < top, a, np.where(rng.random(n_noise) < 0.5, image_pref,
+                                                                 rng.integers(0, k, n_noise)))
+        shares = np.bincount(pred, minlength=k) / n_noise
+        absorption[f] = dict(zip(classes, shares.tolist()))
+        order = np.argmax(shares)
+        nz = shares[shares > 0]
+        summary[f] = {"absorber": classes[order], "top_share": float(shares[order]),
+                      "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)), "mean_max_softmax": 0.8}
+        use_tree = cond.tree is not None and rng.random() < cond.p_tree
+        d = _tree_distances(nodes, cond.tree if use_tree else None, rng)
+        mst[f] = _mst(d, nodes)
+        distance[f] = {"nodes": nodes, "matrix": d.tolist()}
+        arrays[f"pred_{f}"] = pred.astype(np.uint8)
+        arrays[f"distance_{f}"] = d
+    gauss = absorption[families[0]]
+    trajectory = [{"epoch": e, "shares": {c: (1 - e / epochs) / k + (e / epochs) * gauss[c] for c in classes}}
+                  for e in range(epochs + 1)]
+    heldout = {h: dict(zip(classes, rng.dirichlet(np.ones(k)).tolist())) for h in CIFAR10 if h not in classes}
+    trial = {"schema": 1, "status": "completed", "seed": seed, "noise_seed": 0, "classes": classes,
+             "heldout_classes": [h for h in CIFAR10 if h not in classes],
+             "test_accuracy": float(rng.uniform(0.7, 0.95)), "noise_families": families,
+             "absorption": absorption, "absorber": summary, "mst": mst, "distance": distance,
+             "trajectory": trajectory, "heldout": heldout, "timing": {"train_seconds": 1.0},
+             "warnings": []}
+    return trial, arrays
+
+
+def write_study(root: Path, conditions: list[Condition], seeds: int, *, axis: str = "augmentation",
+                families: tuple[str, ...] = ("gaussian", "uniform"), n_noise: int = 200, epochs: int = 3,
+                name: str = "synthetic", seed: int = 0) -> Path:
+    """Write <root>/<name>/ with study.json and one folder per (condition, seed)."""
+    rng = np.random.default_rng(seed)
+    study = Path(root) / name
+    study.mkdir(parents=True, exist_ok=True)
+    points = []
+    for cond in conditions:
+        for s in range(seeds):
+            trial_dir = f"{axis}={cond.value}_seed={s}"
+            axes = {axis: cond.value, "seed": s}
+            trial, arrays = _run(cond, s, list(families), n_noise, epochs, rng)
+            trial["config"] = {**axes, "classes": cond.classes, "n_noise": n_noise, "noise_seed": 0}
+            write_trial(study / trial_dir, trial, arrays)
+            points.append({"dir": trial_dir, "axes": axes})
+    (study / "study.json").write_text(json.dumps({"name": name, "axes": [axis, "seed"], "points": points}))
+    return study
+
+
+def write_trial(folder: Path, trial: dict, arrays: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (folder / "arrays.npz").write_bytes(buf.getvalue())
+    trial["arrays"] = {"file": "arrays.npz", "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    (folder / "trial.json").write_text(json.dumps(trial))

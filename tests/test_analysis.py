@@ -1,0 +1,142 @@
+"""The aggregation end to end: planted structure recovered, broken folders reported, no torch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from analysis.pipeline import aggregate
+from analysis.synthetic import Condition, write_study
+from conftest import ROOT
+
+PLANTED_TREE = [("airplane", "ship"), ("automobile", "truck"), ("ship", "truck"), ("bird", "airplane"),
+                ("cat", "dog"), ("deer", "horse"), ("dog", "horse"), ("frog", "bird"), ("cat", "frog"),
+                ("bird", "noise")]
+
+TABLES = ["runs", "absorption", "absorbers", "heldout", "mst_edges", "edge_frequency", "trajectory",
+          "tests", "problems", "consistency"]
+COLUMNS = {
+    "runs": ["trial_id", "status", "condition", "seed", "augmentation", "test_accuracy", "train_seconds"],
+    "absorption": ["trial_id", "condition", "seed", "noise", "class", "share"],
+    "absorbers": ["trial_id", "condition", "seed", "noise", "absorber", "top_share", "entropy_norm"],
+    "heldout": ["trial_id", "condition", "seed", "heldout_class", "class", "share"],
+    "mst_edges": ["trial_id", "condition", "seed", "noise", "u", "v", "weight"],
+    "edge_frequency": ["condition", "noise", "u", "v", "n_runs", "frequency", "p_value", "q_value"],
+    "trajectory": ["trial_id", "condition", "seed", "epoch", "class", "share"],
+    "tests": ["family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted", "effect",
+              "effect_name", "n_runs", "method"],
+    "problems": ["trial_id", "reason"],
+}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    study = write_study(root, [Condition("flip", absorber="bird", tree=PLANTED_TREE),
+                               Condition("none", absorber="cat", tree=PLANTED_TREE)], seeds=12)
+    summary = aggregate(str(study))
+    report = study / "report"
+    return study, report, {t: pd.read_csv(report / f"{t}.csv") for t in TABLES}, summary
+
+
+def test_every_table_plot_and_report_is_written(planted):
+    study, report, frames, summary = planted
+    for table, columns in COLUMNS.items():
+        assert set(columns) <= set(frames[table].columns), table
+    for png in ("absorption_heatmap.png", "absorber_frequency.png", "consensus_mst_gaussian.png",
+                "distance_heatmap_gaussian.png", "trajectory.png", "accuracy.png"):
+        assert (report / png).stat().st_size > 10_000, png
+    text = (report / "report.md").read_text()
+    for link in ["runs.csv", "tests.csv", "consensus_mst_gaussian.png"]:
+        assert f"({link})" in text
+    assert "24 runs (24 completed" in summary
+
+
+def test_planted_absorbers_are_recovered(planted):
+    _, _, frames, _ = planted
+    cons = frames["consistency"].set_index(["condition", "noise"])
+    assert cons.loc[("augmentation=flip", "gaussian"), "modal_absorber"] == "bird"
+    assert cons.loc[("augmentation=none", "gaussian"), "modal_absorber"] == "cat"
+    assert (cons["p_value"] < 1e-3).all()
+    tests = frames["tests"]
+    paired = tests[tests["hypothesis"] == "the absorber depends on the condition (paired seeds)"]
+    assert len(paired) == 2 and (paired["p_value"] < 0.01).all() and (paired["family"] == "confirmatory").all()
+
+
+def test_planted_tree_edges_are_reliable_and_others_are_not(planted):
+    _, report, frames, _ = planted
+    ef = frames["edge_frequency"]
+    cell = ef[(ef["condition"] == "augmentation=flip") & (ef["noise"] == "gaussian")]
+    edges = {tuple(sorted(e)) for e in PLANTED_TREE}
+    is_planted = cell.apply(lambda r: (r["u"], r["v"]) in edges, axis=1)
+    assert len(cell) == 55 and is_planted.sum() == 10
+    assert (cell.loc[is_planted, "q_value"] < 0.01).all()
+    assert (cell.loc[~is_planted, "q_value"] > 0.05).all()
+    assert "noise node hangs on **bird**" in (report / "report.md").read_text()
+
+
+def test_report_answers_in_plain_words(planted):
+    text = (planted[1] / "report.md").read_text()
+    assert "Gaussian noise goes to **bird** in" in text
+    assert "Holm-adjusted" in text and "## Methods" in text
+    assert "augmentation=flip vs augmentation=none" in text
+
+
+def test_broken_folders_are_reported_and_the_rest_aggregates(tmp_path):
+    study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=6)
+    (study / "augmentation=flip_seed=0" / "trial.json").unlink()                     # missing
+    t1 = study / "augmentation=flip_seed=1" / "trial.json"
+    t1.write_text(t1.read_text()[:500])                                              # truncated
+    (study / "augmentation=flip_seed=2" / "trial.json").write_text('{"status": "completed"}')  # invalid
+    (study / "augmentation=flip_seed=3" / "error.txt").write_text("Traceback...\nRuntimeError: CUDA OOM\n")
+    (study / "augmentation=flip_seed=3" / "trial.json").unlink()                     # failed in Tune
+    shutil.copytree(study / "augmentation=flip_seed=4", study / "augmentation=flip_seed=4_copy")  # duplicate
+    arrays = study / "augmentation=flip_seed=5" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-10])                                    # torn arrays
+    aggregate(str(study))
+    problems = pd.read_csv(study / "report" / "problems.csv").set_index("trial_id")
+    assert "no trial.json" in problems.loc["augmentation=flip_seed=0", "reason"]
+    assert "truncated or not JSON" in problems.loc["augmentation=flip_seed=1", "reason"]
+    assert "lacks" in problems.loc["augmentation=flip_seed=2", "reason"]
+    assert "CUDA OOM" in problems.loc["augmentation=flip_seed=3", "reason"]
+    assert "duplicate of grid point" in problems.loc["augmentation=flip_seed=4_copy", "reason"]
+    assert "sha256" in problems.loc["augmentation=flip_seed=5", "reason"]
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert sorted(runs["trial_id"]) == ["augmentation=flip_seed=4", "augmentation=flip_seed=5"]
+
+
+def test_diverged_runs_are_listed_and_excluded(tmp_path):
+    study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=4)
+    t = study / "augmentation=flip_seed=0" / "trial.json"
+    data = json.loads(t.read_text())
+    t.write_text(json.dumps({k: data[k] for k in ("seed", "classes", "config", "trajectory")}
+                            | {"status": "diverged", "diverged_at_epoch": 2}))
+    aggregate(str(study))
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert (runs["status"] == "diverged").sum() == 1
+    cons = pd.read_csv(study / "report" / "consistency.csv")
+    assert (cons["n_runs"] == 3).all()
+    assert "1 diverged (excluded from all statistics): augmentation=flip\\_seed=0 (epoch 2)" in \
+        (study / "report" / "report.md").read_text()
+
+
+def test_analysis_imports_no_torch():
+    code = ("import sys, analysis.pipeline, analysis.__main__; "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_command_line(tmp_path):
+    study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=3)
+    out = tmp_path / "elsewhere"
+    res = subprocess.run([sys.executable, "-m", "analysis", str(study), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.md").exists() and (out / "tests.csv").exists()
+    res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "no such folder" in res.stderr

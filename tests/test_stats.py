@@ -1,0 +1,163 @@
+"""The statistics against known answers, and their calibration under planted nulls."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from analysis import stats
+
+
+# ---------------------------------------------------------------- libraries vs known answers
+
+def test_fleiss_kappa_matches_fleiss_1971_worked_example():
+    """The textbook table (10 subjects, 14 raters, 5 categories): kappa = 0.210."""
+    table = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
+                      [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
+                      [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+    assert stats.image_agreement(table)["fleiss_kappa"] == pytest.approx(0.2099, abs=1e-4)
+    # Randolph's free-marginal kappa: (P_bar - 1/k) / (1 - 1/k) with P_bar = 0.378
+    assert stats.image_agreement(table)["randolph_kappa"] == pytest.approx((0.378 - 0.2) / 0.8, abs=1e-3)
+
+
+def test_corrections_match_hand_computation():
+    p = np.array([0.01, 0.04, 0.03, 0.20])
+    # Holm: sorted 0.01*4, 0.03*3, 0.04*2, 0.20*1, then cumulative max
+    np.testing.assert_allclose(stats.adjust(p, "holm"), [0.04, 0.09, 0.09, 0.20])
+    # BH: sorted p_(i) * m / i = 0.04, 0.06, 0.0533, 0.20, then cumulative min from the top
+    bh = np.array([0.04, 0.16 / 3, 0.16 / 3, 0.20])
+    np.testing.assert_allclose(stats.adjust(p, "fdr_bh"), bh)
+    # BY: BH times sum_{i<=m} 1/i = 25/12
+    np.testing.assert_allclose(stats.adjust(p, "fdr_by"), np.minimum(1, bh * 25 / 12))
+    assert np.isnan(stats.adjust([0.1, np.nan], "holm")[1])
+
+
+def test_stuart_maxwell_on_two_classes_is_mcnemar():
+    first = ["a"] * 10 + ["a"] * 8 + ["b"] * 2 + ["b"] * 5
+    second = ["a"] * 10 + ["b"] * 8 + ["a"] * 2 + ["b"] * 5
+    res = stats.stuart_maxwell(first, second)
+    assert res["statistic"] == pytest.approx((8 - 2) ** 2 / (8 + 2))
+
+
+def test_cochran_q_on_two_conditions_is_mcnemar():
+    x = np.array([[1, 1]] * 10 + [[1, 0]] * 8 + [[0, 1]] * 2 + [[0, 0]] * 5)
+    assert stats.cochran_q(x)["statistic"] == pytest.approx((8 - 2) ** 2 / (8 + 2))
+
+
+def test_consistency_p_value_matches_enumeration():
+    """Small S, K: the Monte Carlo p against the exact tail probability of the statistic."""
+    s, k = 5, 3
+    outcomes = np.array(list(itertools.product(range(k), repeat=s)))
+    counts = np.stack([np.bincount(o, minlength=k) for o in outcomes])
+    exact = stats.consistency_statistic(counts, s)
+    classes = ["a", "b", "c"]
+    for absorbers in (["a"] * 5, ["a", "a", "a", "b", "b"], ["a", "a", "b", "b", "c"]):
+        observed = stats.consistency_statistic(np.bincount([classes.index(x) for x in absorbers], minlength=k), s)
+        p = stats.absorber_consistency(absorbers, classes, boot=10)["p_value"]
+        assert p == pytest.approx(np.mean(exact >= observed - 1e-12), abs=0.004)
+
+
+def test_sign_flip_exact_enumeration():
+    # all 8 differences positive: only the all-plus and all-minus patterns are as extreme
+    assert stats.sign_flip(np.ones(8))["p_value"] == pytest.approx(2 / 2**8)
+    assert stats.sign_flip(np.zeros(5))["p_value"] == 1.0
+
+
+def test_permutation_chi2_cramers_v_perfect_association():
+    labels = ["bird"] * 10 + ["cat"] * 10
+    groups = ["a"] * 10 + ["b"] * 10
+    res = stats.permutation_chi2(labels, groups, perms=2000)
+    assert res["effect"] == pytest.approx(1.0) and res["p_value"] < 0.005  # exact p: 2 / C(20, 10)
+
+
+def test_edge_null_rate_is_two_over_n():
+    """Random (exchangeable) distances: every edge is in the MST with probability 2/n."""
+    from study.measure import minimum_spanning_tree
+    rng = np.random.default_rng(0)
+    n, runs = 5, 4000
+    counts = np.zeros((n, n))
+    nodes = [str(i) for i in range(n)]
+    for _ in range(runs):
+        d = np.triu(rng.random((n, n)), 1)
+        for u, v, _ in minimum_spanning_tree(d + d.T, nodes):
+            counts[int(u), int(v)] += 1
+    freq = counts[np.triu_indices(n, 1)] / runs
+    assert np.allclose(freq, 2 / n, atol=0.03)
+
+
+def test_tree_overlap_null_mean_and_planted_signal():
+    rng = np.random.default_rng(1)
+    n = 6
+    star = np.array([[0, j] for j in range(1, n)])
+    same = np.stack([star] * 10)
+    res = stats.tree_overlap_test(same, n, perms=999)
+    assert res["statistic"] == n - 1 and res["p_value"] < 0.01
+    assert res["null_mean"] == pytest.approx(2 * (n - 1) / n)
+    random_trees = np.stack([np.array([[p[i], p[i + 1]] for i in range(n - 1)])
+                             for p in (rng.permutation(n) for _ in range(200))])
+    assert stats.tree_overlap_test(random_trees, n, perms=999)["statistic"] == pytest.approx(2 * (n - 1) / n, abs=0.1)
+
+
+def test_mantel_detects_shared_structure():
+    rng = np.random.default_rng(2)
+    base = rng.random(45)
+    shared = base + rng.normal(0, 0.05, (8, 45))
+    assert stats.mantel_test(shared, n_nodes=10, perms=999)["p_value"] < 0.01
+    assert stats.mantel_test(rng.random((8, 45)), n_nodes=10, perms=999)["p_value"] > 0.01
+
+
+# ---------------------------------------------------------------- calibration under planted nulls
+# 1000 simulated studies each (fixed seed): the standard error of a rate near 0.05 is 0.007, so
+# the 0.03..0.07 band is about +-3 standard errors.
+
+ALPHA = 0.05
+SIMULATIONS = 1000
+
+
+@pytest.mark.parametrize("k, s", [(2, 20), (10, 20), (10, 40)])
+def test_absorber_consistency_is_calibrated(k, s):
+    rng = np.random.default_rng(10 + k)
+    classes = [f"c{i}" for i in range(k)]
+    rejections = 0
+    for _ in range(SIMULATIONS):
+        absorbers = [classes[i] for i in rng.integers(0, k, s)]
+        rejections += stats.absorber_consistency(absorbers, classes, boot=10)["p_value"] <= ALPHA
+    rate = rejections / SIMULATIONS
+    assert 0.03 <= rate <= 0.07, f"false-positive rate {rate}"
+
+
+def test_condition_dependence_is_calibrated():
+    rng = np.random.default_rng(20)
+    rejections = 0
+    for _ in range(SIMULATIONS):
+        absorbers = rng.integers(0, 10, 40)        # 2 conditions x 20 runs, absorbers uniform
+        groups = np.repeat([0, 1], 20)
+        rejections += stats.permutation_chi2(absorbers, groups, perms=499, seed=int(rng.integers(1 << 30)))["p_value"] <= ALPHA
+    assert 0.03 <= rejections / SIMULATIONS <= 0.07, rejections / SIMULATIONS
+
+
+def test_mst_tests_are_calibrated():
+    """Random distances (trees random): the per-edge binomial test and the overlap test."""
+    from study.measure import minimum_spanning_tree
+    rng = np.random.default_rng(30)
+    n, s = 6, 40
+    nodes = [str(i) for i in range(n)]
+    edge_rejections, overlap_rejections, edges_tested = 0, 0, 0
+    for sim in range(SIMULATIONS):
+        trees = []
+        for _ in range(s):
+            d = np.triu(rng.random((n, n)), 1)
+            trees.append([(int(u), int(v)) for u, v, _ in minimum_spanning_tree(d + d.T, nodes)])
+        counts = np.zeros((n, n), dtype=int)
+        for t in trees:
+            for u, v in t:
+                counts[u, v] += 1
+        for i, j in zip(*np.triu_indices(n, 1)):
+            edge_rejections += stats.edge_pvalue(int(counts[i, j]), s, n) <= ALPHA
+            edges_tested += 1
+        res = stats.tree_overlap_test(np.array(trees), n, perms=499, seed=sim)
+        overlap_rejections += res["p_value"] <= ALPHA
+    edge_size = stats.edge_pvalue(12, s, n)
+    assert 0.03 <= edge_rejections / edges_tested <= 0.07, (edge_rejections / edges_tested, edge_size)
+    assert 0.03 <= overlap_rejections / SIMULATIONS <= 0.07, overlap_rejections / SIMULATIONS

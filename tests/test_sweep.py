@@ -1,0 +1,99 @@
+"""Sweeps through real Ray Tune (local, 2 CPUs): the shipped smoke sweep at a tiny size, resume
+after the driver is killed, and `study check`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_overrides(tiny_data: Path, storage: Path) -> list[str]:
+    sets = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
+            "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_root": str(tiny_data),
+            "trial.data_verify": "shapes", "run.storage": str(storage)}
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def study_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "study", *args]
+
+
+def trial_files(study: Path) -> dict[str, Path]:
+    return {p.parent.name: p for p in study.glob("*/trial.json")}
+
+
+def test_check_describes_the_smoke_sweep(tiny_data, tmp_path):
+    res = subprocess.run(study_cmd("check", "sweeps/smoke.yaml", *tiny_overrides(tiny_data, tmp_path / "r")),
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "grid: 4 trials = 2 classes x 2 seed" in out
+    assert "resources per trial: cpu 1.0, gpu 0" in out and "at once" in out
+    assert "first trial (classes=all_seed=0)" in out and "  epochs: 1" in out
+    assert not (tmp_path / "r").exists()  # check writes nothing
+
+
+def test_smoke_sweep_runs_on_ray_and_writes_one_result_per_grid_point(tiny_data, tmp_path):
+    res = subprocess.run(study_cmd("sweep", "sweeps/smoke.yaml", *tiny_overrides(tiny_data, tmp_path)),
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = tmp_path / "smoke"
+    files = trial_files(study)
+    assert sorted(files) == ["classes=all_seed=0", "classes=all_seed=1", "classes=cat.dog_seed=0",
+                             "classes=cat.dog_seed=1"]
+    for name, f in files.items():
+        t = json.loads(f.read_text())
+        assert t["status"] == "completed" and len(t["absorption"]) == 10
+        assert t["config"]["seed"] == int(name[-1])
+        assert (f.parent / "arrays.npz").exists()
+    assert json.loads((study / "study.json").read_text())["axes"] == ["classes", "seed"]
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert len(runs) == 4 and set(runs["condition"]) == {"classes=all", "classes=cat.dog"}
+    assert (study / "report" / "report.md").exists()
+
+
+def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tmp_path):
+    sweep = {"name": "resumable",
+             "trial": {"model": "small_cnn", "epochs": 3, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
+                       "noise": ["gaussian", "uniform"], "data_root": str(tiny_data), "data_verify": "shapes",
+                       "device": "cpu", "classes": ["cat", "dog", "frog"]},
+             "grid": {"seed": [0, 1, 2, 3, 4, 5]},
+             "resources": {"cpu": 1, "gpu": 0},
+             "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1}}
+    path = tmp_path / "resumable.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    study = tmp_path / "resumable"
+    driver = subprocess.Popen(study_cmd("sweep", str(path), "--no-report"), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(trial_files(study)) < 2:
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(3)  # Ray's reaper takes the local cluster down with its driver
+    before = {name: hashlib.sha256(f.read_bytes()).hexdigest() for name, f in trial_files(study).items()}
+    assert 2 <= len(before) < 6, before
+
+    res = subprocess.run(study_cmd("sweep", str(path), "--resume"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resuming" in res.stdout
+    after = {name: hashlib.sha256(f.read_bytes()).hexdigest() for name, f in trial_files(study).items()}
+    assert sorted(after) == [f"seed={s}" for s in range(6)]
+    for name, digest in before.items():
+        assert after[name] == digest, f"{name} was recomputed"
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2, 3, 4, 5]
