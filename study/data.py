@@ -16,7 +16,7 @@ import os
 import pickle
 import tarfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -53,12 +53,16 @@ class Cifar10:
     kind: str         # torchvision | tree | tar
     checksum: str     # sha256 of the source
 
-    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std of the training images in [0, 1] units (float64)."""
+    @cached_property
+    def _stats(self) -> tuple[np.ndarray, np.ndarray]:
         x = self.train_x.reshape(-1, 3)
         mean = x.mean(axis=0, dtype=np.float64) / 255
         sq = np.einsum("ij,ij->j", x, x, dtype=np.float64) / len(x) / 255**2
         return mean, np.sqrt(sq - mean**2)
+
+    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std of the training images in [0, 1] units (float64)."""
+        return self._stats
 
 
 def cache_dir() -> Path:

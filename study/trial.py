@@ -1,12 +1,14 @@
 """One trial: a plain function of a resolved config. Data -> train -> probe -> measure -> write.
 
 No Ray here. The sweep layer passes `on_epoch` (to report and checkpoint) and `resume` (the last
-checkpoint's state); run on its own, a trial needs neither.
+checkpoint's state); run on its own, a trial needs neither. `setup` and `finish` are shared with
+the fused multi-seed trainer (study/fused.py), so both write the very same artifacts.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -16,14 +18,69 @@ import torch
 from . import probe
 from .artifacts import ARRAYS_NPZ, SCHEMA_VERSION, TRIAL_JSON, ArtifactDir
 from .config import trained_classes, validate_trial
-from .data import load_cifar10
+from .data import Cifar10, load_cifar10
 from .models import build_model
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .provenance import code_revision, versions
-from .task import check_task, make_task
+from .task import Task, check_task, make_task
 from .train import Normalizer, Precision, Trainer, images_to_device, predict, resolve_device
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs before its model exists."""
+    cfg: dict
+    device: torch.device
+    data: Cifar10
+    task: Task
+    normalize: Normalizer
+    precision: Precision
+    noise_ctx: NoiseContext
+    gaussian_bank: torch.Tensor
+    started: float = field(default_factory=time.perf_counter)
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.task.classes
+
+    @property
+    def trajectory_bank(self) -> torch.Tensor:
+        return self.gaussian_bank[: self.cfg["n_trajectory"]]
+
+    def predictor(self, model: torch.nn.Module):
+        """images -> (logits, penultimate features), in eval mode."""
+        return partial(predict, model, normalize=self.normalize, precision=self.precision,
+                       batch_size=self.cfg["eval_batch_size"], device=self.device)
+
+
+def setup(config: dict) -> TrialSetup:
+    cfg = validate_trial(config)
+    started = time.perf_counter()
+    device = resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    data = load_cifar10(cfg["data_root"], cfg["data_verify"])
+    classes = trained_classes(cfg)
+    check_task(data, cfg, classes)
+    task = make_task(data, classes, cfg["seed"], cfg["noise_seed"], cfg["train_subset"], cfg["test_subset"])
+    mean, std = data.channel_stats()
+    noise_ctx = NoiseContext(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
+                             natural=torch.from_numpy(data.test_x).permute(0, 3, 1, 2))
+    s = TrialSetup(cfg, device, data, task, Normalizer(mean, std, device),
+                   Precision(device, cfg["precision"], cfg["channels_last"]), noise_ctx,
+                   make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx), started=started)
+    s.timing["data_seconds"] = time.perf_counter() - started
+    return s
+
+
+def new_model(s: TrialSetup) -> torch.nn.Module:
+    model = build_model(s.cfg["model"], len(s.classes), s.cfg["seed"], s.cfg["pretrained"]).to(s.device)
+    return model.to(memory_format=torch.channels_last) if s.precision.channels_last else model
 
 
 def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None = None,
@@ -35,41 +92,17 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
     became non-finite (recorded, not raised). `notes` (e.g. a checkpoint that could not be read)
     are kept in trial.json under `warnings`.
     """
-    cfg = validate_trial(config)
-    out = ArtifactDir.at(out) if isinstance(out, str) else out
-    timing, t_start = {}, time.perf_counter()
-
-    # ---- data
-    device = resolve_device(cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    data = load_cifar10(cfg["data_root"], cfg["data_verify"])
-    classes = trained_classes(cfg)
-    check_task(data, cfg, classes)
-    task = make_task(data, classes, cfg["seed"], cfg["noise_seed"], cfg["train_subset"], cfg["test_subset"])
-    mean, std = data.channel_stats()
-    normalize = Normalizer(mean, std, device)
-    precision = Precision(device, cfg["precision"], cfg["channels_last"])
-    noise_ctx = NoiseContext(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
-                             natural=torch.from_numpy(data.test_x).permute(0, 3, 1, 2))
-    gaussian_bank = make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx)
-    trajectory_bank = gaussian_bank[: cfg["n_trajectory"]]
-    timing["data_seconds"] = time.perf_counter() - t_start
-
-    # ---- model and training
-    model = build_model(cfg["model"], len(classes), cfg["seed"], cfg["pretrained"]).to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainer = Trainer(model, task.train_x, task.train_y, cfg, device, normalize, precision)
-    # images -> (logits, features) in eval mode
-    model_predict = partial(predict, model, normalize=normalize, precision=precision,
-                            batch_size=cfg["eval_batch_size"], device=device)
+    s = setup(config)
+    cfg = s.cfg
+    model = new_model(s)
+    trainer = Trainer(model, s.task.train_x, s.task.train_y, cfg, s.device, s.normalize, s.precision)
+    model_predict = s.predictor(model)
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])
         trajectory, history = list(resume["trajectory"]), list(resume["history"])
         log(f"resumed from the checkpoint of epoch {trainer.epoch}")
     else:
-        trajectory = [probe.trajectory_point(model_predict, trajectory_bank, classes, epoch=0)]
+        trajectory = [probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, epoch=0)]
         history = []
     status, t_train = "completed", time.perf_counter()
     while trainer.epoch < cfg["epochs"]:
@@ -79,40 +112,48 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
             status = "diverged"
             log(f"epoch {trainer.epoch}: training loss is {metrics['train_loss']}: diverged")
             break
-        trajectory.append(probe.trajectory_point(model_predict, trajectory_bank, classes, trainer.epoch))
+        trajectory.append(probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, trainer.epoch))
         log(f"epoch {trainer.epoch}/{cfg['epochs']}: loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.3f}, {metrics['seconds']:.1f} s")
         if on_epoch is not None:
             on_epoch(trainer.epoch, metrics, lambda: {"trainer": trainer.state_dict(),
                                                       "trajectory": list(trajectory), "history": list(history)})
-    timing["train_seconds"] = time.perf_counter() - t_train
+    s.timing["train_seconds"] = time.perf_counter() - t_train
+    return finish(s, model, status, history, trajectory, trainer.epoch, notes, out)
 
+
+def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, trajectory: list,
+           epoch: int, notes: list[str] | None, out: ArtifactDir | str) -> dict:
+    """Probe a trained model (unless it diverged) and write its artifacts; returns trial.json."""
+    out = ArtifactDir.at(out) if isinstance(out, str) else out
+    cfg = s.cfg
+    mean, std = s.noise_ctx.mean.tolist(), s.noise_ctx.std.tolist()
     result = {
         "schema": SCHEMA_VERSION, "status": status, "config": cfg,
         "seed": cfg["seed"], "noise_seed": cfg["noise_seed"],
-        "classes": classes, "heldout_classes": task.heldout,
-        "n_train": int(len(task.train_x)), "train_history": history, "trajectory": trajectory,
-        "normalization": {"mean": mean.tolist(), "std": std.tolist()},
-        "data": {"source": data.source, "kind": data.kind, "sha256": data.checksum},
-        "versions": versions(device), "code_revision": code_revision(),
-        "diverged_at_epoch": trainer.epoch if status == "diverged" else None,
+        "classes": s.classes, "heldout_classes": s.task.heldout,
+        "n_train": int(len(s.task.train_x)), "train_history": history, "trajectory": trajectory,
+        "normalization": {"mean": mean, "std": std},
+        "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
+        "versions": versions(s.device), "code_revision": code_revision(),
+        "diverged_at_epoch": epoch if status == "diverged" else None,
         "warnings": list(notes or []),
     }
     arrays = {}
     if status == "completed":
         t_probe = time.perf_counter()
-        result.update(_probe_all(cfg, task, model_predict, noise_ctx, gaussian_bank, arrays))
-        timing["probe_seconds"] = time.perf_counter() - t_probe
-    timing["total_seconds"] = time.perf_counter() - t_start
-    result["timing"] = timing
+        result.update(_probe_all(s, s.predictor(model), arrays))
+        s.timing["probe_seconds"] = time.perf_counter() - t_probe
+    s.timing["total_seconds"] = time.perf_counter() - s.started
+    result["timing"] = s.timing
     result["arrays"] = {"file": ARRAYS_NPZ, "sha256": out.write_npz(ARRAYS_NPZ, arrays)}
     out.write_json(TRIAL_JSON, result)  # last: its presence marks the trial as done
     return result
 
 
-def _probe_all(cfg, task, model_predict, noise_ctx, gaussian_bank, arrays) -> dict:
+def _probe_all(s: TrialSetup, model_predict, arrays: dict) -> dict:
     """Test metrics, every noise family, the held-out classes; fills `arrays` for the .npz."""
-    classes = task.classes
+    cfg, task, classes = s.cfg, s.task, s.classes
     to_tensor = partial(images_to_device, device=torch.device("cpu"))
     logits, feats = model_predict(to_tensor(task.test_x))
     part, class_means = probe.test_metrics(logits, feats, task.test_y, classes)
@@ -122,7 +163,7 @@ def _probe_all(cfg, task, model_predict, noise_ctx, gaussian_bank, arrays) -> di
     families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
     absorption, summary, distance, mst, neighbour, noise_means = {}, {}, {}, {}, {}, []
     for family in families:
-        bank = gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], noise_ctx)
+        bank = s.gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx)
         found = probe.probe_family(model_predict, bank, classes, class_means)
         absorption[family], summary[family] = found["absorption"], found["summary"]
         distance[family], mst[family] = found["distance"], found["mst"]

@@ -1,0 +1,315 @@
+"""Training throughput, side by side in one run, and the accuracy check of the fast recipe.
+
+    python -m study.bench throughput [--out FILE.json] [--steps N] [--ks 2,4,8] [--size gpu|cpu]
+    python -m study.bench accuracy --seeds 4 [--epochs 18] [--lr 0.2] [--mode fused|packed|separate]
+
+throughput measures, on whatever device is present:
+  (a) baseline: the recipe most users write - torchvision DataLoader, PIL transforms in worker
+      processes, fp32, one ResNet-18;
+  (b) this project's trainer (data on the device, batched augmentation, bf16, channels_last,
+      fused SGD, no host sync in the step loop);
+  (c) packed: k trainer processes sharing the device; fused: k seeds as one array model;
+and prints images/s, s/epoch, trainings per device-hour at the recipe (probes included) and each
+ratio against (a). On a CPU it runs a reduced size (small_cnn, few batches) so CI can run it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_cifar10
+
+RECIPE_IMAGES = 50_000  # a training epoch of the recipe: all of CIFAR-10's training set
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sizes(size: str) -> dict:
+    if size == "gpu":
+        return {"model": "resnet18", "batch_size": 512, "steps": 40, "ks": [2, 4, 8], "workers": 8,
+                "epochs": 18, "device": "cuda", "n_noise": 5000}
+    # CPU: a reduced size that runs in CI (probes at 1/10 of the recipe's banks)
+    return {"model": "small_cnn", "batch_size": 64, "steps": 6, "ks": [2, 4], "workers": 2,
+            "epochs": 18, "device": "cpu", "n_noise": 500}
+
+
+def trial_config(p: dict, seed: int = 0, n_images: int | None = None) -> dict:
+    return {"model": p["model"], "batch_size": p["batch_size"], "epochs": 2, "seed": seed,
+            "train_subset": n_images, "device": p["device"], "data_verify": p.get("data_verify", "full"),
+            "data_root": p.get("data_root"), "n_noise": p["n_noise"], "lr": 0.2}
+
+
+# ---------------------------------------------------------------- (a) the usual recipe
+
+class _ArrayDataset(torch.utils.data.Dataset):
+    """CIFAR-10 arrays behind the usual per-image PIL pipeline (what torchvision.datasets.CIFAR10
+    does): decode to PIL, random crop, flip, ToTensor, Normalize, in DataLoader workers."""
+
+    def __init__(self, x, y, mean, std):
+        from torchvision import transforms
+        self.x, self.y = x, y
+        self.transform = transforms.Compose([
+            transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+            transforms.Normalize(mean.tolist(), std.tolist())])
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def baseline(p: dict) -> dict:
+    from .models import build_model
+    device = torch.device(p["device"])
+    data = load_cifar10(p.get("data_root"), p.get("data_verify", "full"))
+    mean, std = data.channel_stats()
+    loader = torch.utils.data.DataLoader(
+        _ArrayDataset(data.train_x, data.train_y, mean, std), batch_size=p["batch_size"], shuffle=True,
+        num_workers=p["workers"], pin_memory=device.type == "cuda", drop_last=True, persistent_workers=True)
+    model = build_model(p["model"], 10, 0).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    warmup, steps, done = 3, p["steps"], 0
+    for x, y in loader:
+        if done == warmup:
+            sync(device)
+            start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the usual per-step logging, a host sync
+        done += 1
+        if done == warmup + steps:
+            break
+    sync(device)
+    return _rate("a_baseline_dataloader_fp32", steps * p["batch_size"], time.perf_counter() - start, 1)
+
+
+# ---------------------------------------------------------------- (b), (c) this project
+
+def _trainer(p: dict, seed: int):
+    from .train import Trainer
+    from .trial import new_model, setup
+    s = setup(trial_config(p, seed, n_images=p["steps"] * p["batch_size"]))
+    model = new_model(s)
+    return Trainer(model, s.task.train_x, s.task.train_y, s.cfg, s.device, s.normalize, s.precision)
+
+
+def project(p: dict) -> dict:
+    trainer = _trainer(p, 0)
+    trainer.run_epoch()  # warm-up: cuDNN autotuning, allocator
+    sync(trainer.device)
+    start = time.perf_counter()
+    trainer.run_epoch()
+    sync(trainer.device)
+    return _rate("b_project_trainer", p["steps"] * p["batch_size"], time.perf_counter() - start, 1)
+
+
+def _packed_worker(p: dict, seed: int, barrier, queue) -> None:
+    if p["device"] == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // p["k"]))
+    trainer = _trainer(p, seed)
+    trainer.run_epoch()
+    sync(trainer.device)
+    barrier.wait()
+    start = time.time()
+    trainer.run_epoch()
+    sync(trainer.device)
+    queue.put((start, time.time()))
+
+
+def run_processes(ctx, target, arg_list: list[tuple], queue) -> list:
+    """Start one process per argument tuple and collect one result from each; a process that
+    dies without a result stops the benchmark with its exit code (instead of waiting forever)."""
+    procs = [ctx.Process(target=target, args=(*args, queue)) for args in arg_list]
+    for proc in procs:
+        proc.start()
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=5))
+        except Exception:  # queue.Empty: is everybody still alive?
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"{len(dead)} benchmark process(es) failed (exit code {dead[0].exitcode})")
+    for proc in procs:
+        proc.join()
+    return results
+
+
+def packed(p: dict, k: int) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(k)
+    spans = run_processes(ctx, _packed_worker, [({**p, "k": k}, seed, barrier) for seed in range(k)], ctx.Queue())
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    return _rate(f"c_packed_k{k}", k * p["steps"] * p["batch_size"], wall, k)
+
+
+def fused(p: dict, k: int) -> dict:
+    from .fused import FusedTrainer
+    from .trial import new_model, setup
+    setups = [setup(trial_config(p, seed, n_images=p["steps"] * p["batch_size"])) for seed in range(k)]
+    trainer = FusedTrainer(setups, [new_model(s) for s in setups])
+    trainer.run_epoch()
+    sync(trainer.device)
+    start = time.perf_counter()
+    trainer.run_epoch()
+    sync(trainer.device)
+    return _rate(f"c_fused_k{k}", k * p["steps"] * p["batch_size"], time.perf_counter() - start, k)
+
+
+def probe_seconds(p: dict) -> float:
+    """One model's probes at the recipe's sizes (10 noise families x 5000 images, the test set,
+    the held-out classes): the cost every training pays after its last epoch."""
+    from .trial import finish, new_model, setup
+    s = setup({**trial_config(p, 0, n_images=p["batch_size"]), "epochs": 1})
+    model = new_model(s)
+    with tempfile.TemporaryDirectory() as d:
+        finish(s, model, "completed", [], [], 1, None, d)  # warm-up
+        sync(s.device)
+        start = time.perf_counter()
+        finish(s, model, "completed", [], [], 1, None, d)
+        sync(s.device)
+    return time.perf_counter() - start
+
+
+def _rate(name: str, images: int, seconds: float, models: int) -> dict:
+    return {"name": name, "images_per_s": images / seconds, "models": models, "seconds": seconds}
+
+
+def throughput(p: dict) -> list[dict]:
+    rows = [baseline(p), project(p)]
+    for k in p["ks"]:
+        rows.append(packed(p, k))
+        rows.append(fused(p, k))
+    probe_s = probe_seconds(p)
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["s_per_epoch"] = RECIPE_IMAGES / r["images_per_s"] * r["models"]  # per model, wall
+        per_training = p["epochs"] * RECIPE_IMAGES / r["images_per_s"] + probe_s
+        r["seconds_per_training"] = per_training
+        r["trainings_per_hour"] = 3600 / per_training
+        r["speedup_vs_a"] = r["images_per_s"] / base
+    return rows, probe_s
+
+
+def print_table(rows: list[dict], p: dict, probe_s: float, device: str) -> str:
+    lines = [f"device: {device}; model {p['model']}, batch {p['batch_size']}, {p['steps']} timed steps per "
+             f"model; recipe: {p['epochs']} epochs x {RECIPE_IMAGES} images + probes ({probe_s:.1f} s, "
+             f"{p['n_noise']} images per noise family)",
+             f"{'setup':<28}{'images/s':>12}{'s/epoch':>10}{'s/training':>12}{'trainings/h':>13}{'x (a)':>8}"]
+    for r in rows:
+        lines.append(f"{r['name']:<28}{r['images_per_s']:>12.0f}{r['s_per_epoch']:>10.2f}"
+                     f"{r['seconds_per_training']:>12.1f}{r['trainings_per_hour']:>13.1f}{r['speedup_vs_a']:>8.2f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the accuracy check
+
+def _accuracy_worker(cfg: dict, out: str, queue) -> None:
+    from .trial import run_trial
+    result = run_trial(cfg, out, log=lambda m: None)
+    queue.put((cfg["seed"], result["test_accuracy"], result["timing"]))
+
+
+def accuracy(args) -> dict:
+    from .fused import run_fused_trials
+    from .trial import run_trial
+    cfg = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+           "device": "auto", "noise": "all", "n_noise": args.n_noise, "data_root": args.data_root,
+           "train_subset": args.train_subset, "n_trajectory": min(500, args.n_noise)}
+    seeds = list(range(args.seeds))
+    out = Path(args.results or tempfile.mkdtemp())
+    start = time.perf_counter()
+    if args.mode == "fused":
+        results = run_fused_trials([{**cfg, "seed": s} for s in seeds], [str(out / f"seed={s}") for s in seeds])
+        accs = [r["test_accuracy"] for r in results]
+    elif args.mode == "packed":
+        ctx = mp.get_context("spawn")
+        got = sorted(run_processes(ctx, _accuracy_worker, [({**cfg, "seed": s}, str(out / f"seed={s}")) for s in seeds],
+                                   ctx.Queue()))
+        accs = [a for _, a, _ in got]
+    else:
+        accs = [run_trial({**cfg, "seed": s}, str(out / f"seed={s}"), log=lambda m: None)["test_accuracy"]
+                for s in seeds]
+    wall = time.perf_counter() - start
+    summary = {"mode": args.mode, "seeds": seeds, "epochs": args.epochs, "lr": args.lr,
+               "test_accuracy": accs, "mean": statistics.mean(accs),
+               "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+               "wall_seconds": wall, "seconds_per_training": wall / len(seeds),
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    print(f"accuracy ({args.mode}, {args.epochs} epochs, lr {args.lr}): "
+          f"{summary['mean']:.4f} +- {summary['sd']:.4f} over {len(seeds)} seeds {['%.4f' % a for a in accs]}; "
+          f"{wall:.1f} s wall, {summary['seconds_per_training']:.1f} s per training (probes included)")
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--size", choices=["auto", "gpu", "cpu"], default="auto")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--ks", help="comma-separated packing factors, e.g. 2,4,8")
+    t.add_argument("--out", help="write the figures to this JSON file (and a .csv beside it)")
+    a = sub.add_parser("accuracy")
+    a.add_argument("--seeds", type=int, default=4)
+    a.add_argument("--epochs", type=int, default=18)
+    a.add_argument("--lr", type=float, default=0.2)
+    a.add_argument("--batch-size", type=int, default=512)
+    a.add_argument("--model", default="resnet18")
+    a.add_argument("--mode", choices=["fused", "packed", "separate"], default="fused")
+    a.add_argument("--train-subset", type=int, help="fewer training images (CPU checks of this command)")
+    a.add_argument("--n-noise", type=int, default=5000)
+    a.add_argument("--results", help="folder for the trials' artifacts (default: a temp folder)")
+    a.add_argument("--out", help="write the summary to this JSON file")
+    for sp in (t, a):
+        sp.add_argument("--data-root", default=None, help="CIFAR-10 copy (default: NOISESINK_DATA)")
+    args = ap.parse_args(argv)
+    if args.what == "accuracy":
+        summary = accuracy(args)
+        if args.out:
+            Path(args.out).write_text(json.dumps(summary, indent=1))
+        return 0
+    size = args.size if args.size != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    p = {**sizes(size), "data_root": args.data_root}
+    if args.steps:
+        p["steps"] = args.steps
+    if args.ks:
+        p["ks"] = [int(k) for k in args.ks.split(",")]
+    rows, probe_s = throughput(p)
+    device = torch.cuda.get_device_name() if p["device"] == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    print(print_table(rows, p, probe_s, device))
+    if args.out:
+        record = {"device": device, "params": p, "probe_seconds": probe_s, "rows": rows,
+                  "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        Path(args.out).write_text(json.dumps(record, indent=1))
+        import csv
+        with open(Path(args.out).with_suffix(".csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
