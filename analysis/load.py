@@ -171,6 +171,10 @@ def load(results: str, workers: int = 16) -> Loaded:
                   if i.type == pafs.FileType.Directory and i.base_name not in NOT_TRIALS
                   and not i.base_name.startswith("."))
     expected = [p["dir"] for p in study["points"]] if study else []
+    if study:  # a folder that is no grid point and holds no trial.json is not a trial (e.g. Tune's
+        # folder of a fused group of seeds): leave it out rather than report it
+        dirs = [d for d in dirs if d in expected or
+                fs.get_file_info(f"{root}/{d}/{TRIAL_JSON}").type == pafs.FileType.File]
     for d in expected:  # grid points whose folder never appeared
         if d not in dirs:
             dirs.append(d)

@@ -72,6 +72,12 @@ def optional(inner: Callable) -> Callable:
     return check
 
 
+def compile_mode(v, where):
+    if v in (False, True, "reduce-overhead", "max-autotune"):
+        return v
+    raise InputError(where, "unknown value", "false, true, reduce-overhead, max-autotune", v)
+
+
 def text(v, where):
     if not isinstance(v, str) or not v:
         raise InputError(where, "must be a non-empty string", "a string", v)
@@ -196,7 +202,9 @@ TRIAL_KEYS = [
         choice(["auto", "bf16", "fp32"])),
     Key("channels_last", True, "NHWC memory layout: faster convolutions on CUDA and (measured) "
         "1.5x faster on CPU with oneDNN", boolean),
-    Key("compile", False, "torch.compile the model (CUDA; compiled once per process)", boolean),
+    Key("compile", False, "CUDA only: false, true (torch.compile, compiled once per process and "
+        "reused by later trials), or a torch.compile mode: reduce-overhead (CUDA graphs), "
+        "max-autotune", compile_mode),
     Key("threads", 0, "CPU threads for torch; 0 leaves torch's default (or the sweep's cpu "
         "share)", integer(0)),
 ]
@@ -338,6 +346,7 @@ RUN_KEYS = {
     "max_concurrent": (None, optional(integer(1))),   # null: as many as the resources allow
     "max_failures": (2, integer(-1)),          # retries per trial after a crash (-1: forever)
     "checkpoint_every": (1, integer(1)),       # epochs between checkpoints (cheap: small models)
+    "fuse_seeds": (1, integer(1)),             # train up to this many seeds of a condition as one array
 }
 NAME_CHECK = pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "letters, digits, _ . - (<= 64 chars)")
 
@@ -422,6 +431,9 @@ def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
     resources = _section(sections["resources"], RESOURCE_KEYS, "resources")
     run = _section(sections["run"], RUN_KEYS, "run")
     sweep = Sweep(name=name, trial=trial, grid=grid, resources=resources, run=run)
+    if run["fuse_seeds"] > 1 and "seed" not in grid:
+        raise InputError("run.fuse_seeds", "fuses seeds, but `seed` is not a grid axis",
+                         "1, or a grid with a seed axis", run["fuse_seeds"])
     points = sweep.points()  # validates every grid point, cross-key rules included
     if resources["gpu"] == 0 and any(p["device"].startswith("cuda") for p in points):
         raise InputError("resources.gpu", "is 0 but trials ask for device cuda",

@@ -160,10 +160,11 @@ class FusedTrainer:
 
 
 def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
-                     log: Callable[[str], None] = print) -> list[dict]:
+                     log: Callable[[str], None] = print,
+                     on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train len(configs) seeds of one condition as one array; write each seed's artifacts as a
     separate trial would. A seed whose loss turns non-finite is recorded as diverged; the others
-    go on (its weights no longer influence theirs)."""
+    go on (its weights no longer influence theirs). `on_epoch(epoch, metrics)` reports progress."""
     setups = [setup(c) for c in configs]
     check_fusable([s.cfg for s in setups])
     models = [new_model(s) for s in setups]
@@ -188,6 +189,8 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
                                                           setups[i].classes, trainer.epoch))
         log(f"epoch {trainer.epoch}: losses {[round(x, 4) for x in metrics['train_loss']]}, "
             f"{metrics['seconds']:.1f} s for {len(setups)} models")
+        if on_epoch is not None:
+            on_epoch(trainer.epoch, metrics)
     train_seconds = time.perf_counter() - t_train
     trainer.model.split(models)
     results = []

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .artifacts import ArtifactDir, filesystem, json_safe
 from .config import NAME_CHECK, Sweep, _storage, load_sweep
 from .data import check_source
@@ -195,9 +197,11 @@ def tune_trial(config: dict) -> None:
     from .trial import run_trial
 
     axes = {k: v for k, v in config.items() if not k.startswith("_")}
+    storage = tune.get_context().get_storage()
+    if "_seeds" in config:
+        return _fused_tune_trial(axes, config, storage)
     cfg = validate_trial({**config["_fixed"], **axes})
     every = config["_checkpoint_every"]
-    storage = tune.get_context().get_storage()
     out = ArtifactDir(storage.storage_filesystem, storage.trial_fs_path)
     if out.completed():
         print(f"{out}: trial.json already complete, not recomputed")
@@ -220,6 +224,38 @@ def tune_trial(config: dict) -> None:
     tune.report(final_metrics(result))
 
 
+def _fused_tune_trial(axes: dict, config: dict, storage) -> None:
+    """Several seeds of one condition as one array model (run.fuse_seeds). Each seed's artifacts
+    go to its own grid-point folder, exactly where a separate trial would put them; seeds already
+    complete there are skipped. (No mid-training checkpoints: a crash retrains the array.)"""
+    from ray import tune
+
+    from .config import validate_trial
+    from .fused import run_fused_trials
+    todo = []
+    for seed in config["_seeds"]:
+        point = {**axes, "seed": seed}
+        out = ArtifactDir(storage.storage_filesystem,
+                          f"{storage.experiment_fs_path}/{trial_dirname(order_axes(point, config['_axes']))}")
+        if out.completed():
+            print(f"{out}: trial.json already complete, not recomputed")
+        else:
+            todo.append((validate_trial({**config["_fixed"], **point}), out))
+    if todo:
+        run_fused_trials([c for c, _ in todo], [o for _, o in todo],
+                         on_epoch=lambda e, m: tune.report({"epoch": e, "train_loss": float(np.mean(m["train_loss"])),
+                                                            "seconds": m["seconds"]}))
+    tune.report({"done": True, "fused_seeds": len(todo)})
+
+
+def order_axes(values: dict, axes: list[str]) -> dict:
+    return {a: values[a] for a in axes}
+
+
+def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
 # ---------------------------------------------------------------- the driver
 
 def _init_ray(address: str | None) -> None:
@@ -233,6 +269,15 @@ def _init_ray(address: str | None) -> None:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
 
 
+def tune_dirname(trial) -> str:
+    """A grid point's folder; a fused group's Tune folder is named after its seeds
+    (`fused_classes=all_seeds=0.1.2.3`) and holds only Tune's own files."""
+    c = trial.config
+    if "_seeds" in c:
+        return "fused_" + trial_dirname({**{a: c[a] for a in c["_axes"] if a != "seed"}, "seeds": c["_seeds"]})
+    return trial_dirname({a: c[a] for a in c["_axes"]})
+
+
 def build_tuner(plan: Plan, resume: bool):
     from ray import tune
 
@@ -242,8 +287,13 @@ def build_tuner(plan: Plan, resume: bool):
     if resume and tune.Tuner.can_restore(exp):
         print(f"resuming {exp}")
         return tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
-    param_space = {axis: tune.grid_search(values) for axis, values in s.grid.items()}
+    fuse = s.run["fuse_seeds"]
+    param_space = {axis: tune.grid_search(values) for axis, values in s.grid.items()
+                   if not (fuse > 1 and axis == "seed")}
+    if fuse > 1:  # one Tune trial per group of seeds of a condition
+        param_space["_seeds"] = tune.grid_search(seed_groups(s.grid["seed"], fuse))
     param_space["_fixed"] = s.trial
+    param_space["_axes"] = list(s.grid)
     param_space["_checkpoint_every"] = s.run["checkpoint_every"]
     return tune.Tuner(
         trainable,
@@ -251,8 +301,8 @@ def build_tuner(plan: Plan, resume: bool):
         tune_config=tune.TuneConfig(
             max_concurrent_trials=s.run["max_concurrent"],
             reuse_actors=True,  # keeps the data (and compiled graphs) in the worker between trials
-            trial_dirname_creator=lambda t: trial_dirname({a: t.config[a] for a in s.grid}),
-            trial_name_creator=lambda t: trial_dirname({a: t.config[a] for a in s.grid}),
+            trial_dirname_creator=tune_dirname,
+            trial_name_creator=tune_dirname,
         ),
         run_config=tune.RunConfig(
             name=plan.name,

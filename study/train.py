@@ -109,8 +109,9 @@ class Trainer:
         self.gen = seeded_generator(device, cfg["seed"], stream=1)
         self.epoch = 0
         self.forward = model
-        if cfg.get("compile") and device.type == "cuda":
-            self.forward = torch.compile(model)  # compiled graphs are cached per process
+        if cfg.get("compile") and device.type == "cuda":  # compiled graphs are cached per process
+            mode = cfg["compile"] if isinstance(cfg["compile"], str) else None
+            self.forward = torch.compile(model, mode=mode)
 
     def state_dict(self) -> dict:
         """A copy (not a view of live tensors) of everything needed to resume."""

@@ -97,3 +97,24 @@ def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tm
         assert after[name] == digest, f"{name} was recomputed"
     runs = pd.read_csv(study / "report" / "runs.csv")
     assert sorted(runs["seed"]) == [0, 1, 2, 3, 4, 5]
+
+
+def test_fused_seeds_write_the_same_grid_point_folders(tiny_data, tmp_path):
+    sweep = {"name": "fusedstudy",
+             "trial": {"model": "small_cnn", "epochs": 1, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
+                       "noise": ["gaussian"], "data_root": str(tiny_data), "data_verify": "shapes",
+                       "device": "cpu", "classes": ["cat", "dog"]},
+             "grid": {"seed": [0, 1, 2]},
+             "resources": {"cpu": 1, "gpu": 0},
+             "run": {"storage": str(tmp_path), "fuse_seeds": 2}}
+    path = tmp_path / "fused.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    res = subprocess.run(study_cmd("sweep", str(path)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = tmp_path / "fusedstudy"
+    assert sorted(trial_files(study)) == ["seed=0", "seed=1", "seed=2"]
+    assert sorted(p.name for p in study.glob("fused_*")) == ["fused_seeds=0.1", "fused_seeds=2"]
+    fused = json.loads((study / "seed=1" / "trial.json").read_text())
+    assert fused["timing"]["fused_models"] == 2 and fused["seed"] == 1
+    assert pd.read_csv(study / "report" / "problems.csv").empty
+    assert len(pd.read_csv(study / "report" / "runs.csv")) == 3
