@@ -16,3 +16,6 @@ class InputError(Exception):
         if allowed:
             msg += f"; allowed: {allowed}"
         super().__init__(msg)
+
+    def __reduce__(self):  # picklable and copyable, so it crosses process boundaries (Ray) intact
+        return (type(self), (self.where, self.problem, self.allowed, self.value))

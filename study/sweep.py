@@ -75,6 +75,19 @@ def check_storage(storage: str) -> None:
                          storage)
 
 
+def _absolute_data_paths(sweep: Sweep) -> None:
+    """Trials run in other working folders (Ray workers): a relative data path given to the
+    driver, in NOISESINK_DATA or in the sweep file, is made absolute here."""
+    env = os.environ.get("NOISESINK_DATA")
+    if env and "://" not in env:
+        os.environ["NOISESINK_DATA"] = str(Path(env).expanduser().resolve())
+    if sweep.trial.get("data_root"):
+        sweep.trial["data_root"] = str(Path(sweep.trial["data_root"]).expanduser().resolve())
+    if "data_root" in sweep.grid:
+        sweep.grid["data_root"] = [str(Path(v).expanduser().resolve()) if v else v
+                                   for v in sweep.grid["data_root"]]
+
+
 def check_data(points: list[dict]) -> None:
     """Every data source the study names is readable, verified, and big enough for each grid
     point (decoding it here also fills the cache the trials on this machine will read)."""
@@ -142,6 +155,7 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
             name: str | None = None) -> Plan:
     """Validate everything a sweep needs before anything runs."""
     sweep = load_sweep(path, sets)
+    _absolute_data_paths(sweep)
     if name is not None:
         sweep.name = NAME_CHECK(name, "--name")
     if storage is not None:
@@ -259,13 +273,18 @@ def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
 # ---------------------------------------------------------------- the driver
 
 def _init_ray(address: str | None) -> None:
-    import ray
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A local Ray listens on loopback only. Ray otherwise swaps 127.0.0.1 for the machine's
+        # routable address (for multi-node clusters); this setting, read when ray is first
+        # imported, keeps every server and every connection on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
     if ray.is_initialized():
         return
     if address:  # a running cluster: connect, never start a second Ray
         ray.init(address=address, log_to_driver=True)
-    else:        # a local Ray on this machine, reachable on loopback only
+    else:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
 
 
