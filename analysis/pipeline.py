@@ -16,28 +16,25 @@ from .report import write_report
 
 
 def kappa_counts(data: Loaded, groups: dict[str, list[dict]], workers: int = 16) -> dict:
-    """(condition, noise) -> (n_images, K) counts of the runs' per-image labels, streamed from
-    each run's arrays.npz so that no more than one run's arrays are held per worker."""
+    """(condition, noise) -> (n_images, K) counts of the runs' per-image labels. Arrays are read
+    in parallel, one condition at a time, so at most one condition's labels are in memory."""
     counts: dict[tuple[str, str], np.ndarray] = {}
-    jobs = [(c, r) for c, runs in groups.items() for r in runs]
 
-    def one(job):
-        condition, run = job
+    def preds(run):
         arrays = data.arrays(run)
-        if arrays is None:
-            return condition, run, {}
-        return condition, run, {f: arrays[f"pred_{f}"] for f in run["families"] if f"pred_{f}" in arrays}
+        return {} if arrays is None else {f: arrays[f"pred_{f}"] for f in run["families"] if f"pred_{f}" in arrays}
 
     with ThreadPoolExecutor(workers) as pool:
-        for condition, run, preds in pool.map(one, jobs):
-            k = len(run["classes"])
-            for f, pred in preds.items():
-                key = (condition, f)
-                if key not in counts:
-                    counts[key] = np.zeros((len(pred), k), dtype=np.int32)
-                if counts[key].shape != (len(pred), k):
-                    continue  # a bank of another size: cannot be compared image by image
-                np.add.at(counts[key], (np.arange(len(pred)), pred.astype(np.int64)), 1)
+        for condition, runs in groups.items():
+            labels = list(pool.map(preds, runs))
+            k = len(runs[0]["classes"])
+            for f in runs[0]["families"]:
+                stack = [p[f] for p in labels if f in p]
+                sizes = {len(x) for x in stack}
+                if len(sizes) != 1:
+                    continue  # banks of different sizes cannot be compared image by image
+                stack = np.stack(stack)                                   # (runs, images)
+                counts[(condition, f)] = np.stack([(stack == c).sum(0) for c in range(k)], axis=1)
     return counts
 
 
@@ -67,7 +64,7 @@ def aggregate(results: str, out: str | None = None) -> str:
         figures = [f for f in _figures(frames, groups, consensus, folder) if f]
         names = []
         for name, df in frames.items():
-            df.to_csv(folder / f"{name}.csv", index=False)
+            write_csv(df, folder / f"{name}.csv")
             names.append(f"{name}.csv")
         name = (data.study or {}).get("name") or Path(data.root).name
         report = write_report({"name": name, "root": results, "runs": frames["runs"],
@@ -82,14 +79,23 @@ def aggregate(results: str, out: str | None = None) -> str:
             f"{len(frames['problems'])} problem(s); report: {out}/report.md")
 
 
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """pyarrow's CSV writer: several times faster than pandas' for million-row tables."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    table = pa.Table.from_pandas(df.astype({c: str for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)}),
+                                 preserve_index=False)
+    pacsv.write_csv(table, path)
+
+
 def _figures(frames, groups, consensus, folder: Path) -> list:
     figures = []
     if len(frames["absorption"]):
         figures += [plots.absorption_heatmap(frames["absorption"], folder),
                     plots.absorber_frequency(frames["absorbers"], {c: r[0]["classes"] for c, r in groups.items()}, folder),
                     plots.consensus_mst(consensus, folder)]
-        distances = {c: tables.mean_distance(runs, "gaussian") for c, runs in groups.items()
-                     if "gaussian" in inference.families_of(runs)}
+        shown = [c for c, runs in groups.items() if "gaussian" in inference.families_of(runs)]
+        distances = {c: tables.mean_distance(groups[c], "gaussian") for c in shown[:plots.MAX_PANELS]}
         figures.append(plots.distance_heatmap(distances, folder))
     figures += [plots.trajectory(frames["trajectory"], folder), plots.accuracy_strip(frames["runs"], folder)]
     return figures

@@ -21,6 +21,14 @@ from .stats import wilson_interval  # noqa: E402
 STYLE = {"text.parse_math": False, "figure.dpi": 110, "axes.titlesize": 10, "axes.labelsize": 9,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8}
 NOISE_NODE = "noise"
+MAX_PANELS = 12      # per-condition figures show the first 12 conditions (all are in the CSVs)
+MAX_BAR_GROUPS = 6   # beyond this many conditions, absorber frequencies become a heatmap
+
+
+def _first(items: list, what: str = "conditions") -> tuple[list, str]:
+    if len(items) <= MAX_PANELS:
+        return items, ""
+    return items[:MAX_PANELS], f" (first {MAX_PANELS} of {len(items)} {what}; all are in the CSV tables)"
 
 
 def _grid(n: int, width: float = 4.2, height: float = 3.4):
@@ -53,7 +61,7 @@ def absorption_heatmap(absorption: pd.DataFrame, out: Path) -> str:
         classes = _class_order(absorption["class"])
         for i, (ax, f) in enumerate(zip(axes, families)):
             table = (absorption[absorption["noise"] == f]
-                     .pivot_table(index=["condition", "seed"], columns="class", values="share")
+                     .pivot_table(index=["condition", "seed"], columns="class", values="share", observed=True)
                      .reindex(columns=classes))
             im = ax.imshow(table.to_numpy(dtype=float), aspect="auto", vmin=0, vmax=1, cmap="viridis",
                            interpolation="nearest")
@@ -77,6 +85,9 @@ def absorber_frequency(absorbers: pd.DataFrame, class_sets: dict[str, list[str]]
         fig, axes = _grid(len(families))
         conditions = list(dict.fromkeys(absorbers["condition"]))
         classes = _class_order([c for cs in class_sets.values() for c in cs])
+        if len(conditions) > MAX_BAR_GROUPS:
+            plt.close(fig)
+            return _absorber_heatmap(absorbers, families, conditions, classes, class_sets, out)
         width = 0.8 / max(len(conditions), 1)
         for ax, f in zip(axes, families):
             sub = absorbers[absorbers["noise"] == f]
@@ -99,10 +110,33 @@ def absorber_frequency(absorbers: pd.DataFrame, class_sets: dict[str, list[str]]
         return _save(fig, out, "absorber_frequency.png", "Which class absorbs each noise family, per condition")
 
 
+def _absorber_heatmap(absorbers, families, conditions, classes, class_sets, out: Path) -> str:
+    """Many conditions: the fraction of runs with each absorber as a condition x class heatmap."""
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(families), 4.2, max(3.4, 0.12 * len(conditions) + 1.5))
+        for i, (ax, f) in enumerate(zip(axes, families)):
+            sub = absorbers[absorbers["noise"] == f]
+            table = pd.crosstab(sub["condition"].astype(str), sub["absorber"].astype(str), normalize="index")
+            table = table.reindex(index=conditions, columns=classes).fillna(0.0)
+            for r, cond in enumerate(conditions):  # classes a condition does not train: blank
+                table.iloc[r, [j for j, c in enumerate(classes) if c not in class_sets[cond]]] = np.nan
+            im = ax.imshow(table.to_numpy(dtype=float), aspect="auto", vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f)
+            ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+            if i % 4 == 0 and len(conditions) <= 60:
+                ax.set_yticks(range(len(conditions)), conditions, fontsize=5)
+            else:
+                ax.set_yticks([])
+        fig.colorbar(im, ax=axes[:len(families)], shrink=0.6, label="fraction of runs")
+        return _save(fig, out, "absorber_frequency.png",
+                     "Which class absorbs each noise family: fraction of runs, per condition")
+
+
 def consensus_mst(consensus: dict, out: Path, noise: str = "gaussian") -> str | None:
     cells = [(c, tree) for (c, f), tree in consensus.items() if f == noise]
     if not cells:
         return None
+    cells, note = _first(cells)
     with plt.rc_context(STYLE):
         fig, axes = _grid(len(cells), 5, 4.4)
         for ax, (condition, tree) in zip(axes, cells):
@@ -124,45 +158,50 @@ def consensus_mst(consensus: dict, out: Path, noise: str = "gaussian") -> str | 
             ax.set_title(condition)
             ax.axis("off")
         return _save(fig, out, f"consensus_mst_{noise}.png", f"Consensus MST ({noise} noise, red square): "
-                     "edge width and label = share of runs whose MST has the edge")
+                     "edge width and label = share of runs whose MST has the edge" + note)
 
 
 def distance_heatmap(mean_distances: dict[str, tuple[list[str], np.ndarray]], out: Path,
                      noise: str = "gaussian") -> str | None:
     if not mean_distances:
         return None
+    items, note = _first(list(mean_distances.items()))
     with plt.rc_context(STYLE):
-        fig, axes = _grid(len(mean_distances), 4.6, 4.2)
-        for ax, (condition, (nodes, mat)) in zip(axes, mean_distances.items()):
+        fig, axes = _grid(len(items), 4.6, 4.2)
+        for ax, (condition, (nodes, mat)) in zip(axes, items):
             im = ax.imshow(mat, cmap="magma_r")
             ax.set_xticks(range(len(nodes)), nodes, rotation=60, ha="right")
             ax.set_yticks(range(len(nodes)), nodes)
             ax.set_title(condition)
             fig.colorbar(im, ax=ax, shrink=0.7, label="mean d = (1 - cos)/2")
         return _save(fig, out, f"distance_heatmap_{noise}.png",
-                     f"Mean cosine distance between class means and the {noise}-noise mean")
+                     f"Mean cosine distance between class means and the {noise}-noise mean" + note)
 
 
 def trajectory(traj: pd.DataFrame, out: Path) -> str | None:
     if traj.empty:
         return None
     with plt.rc_context(STYLE):
-        conditions = list(dict.fromkeys(traj["condition"]))
+        conditions, note = _first(list(dict.fromkeys(traj["condition"])))
         fig, axes = _grid(len(conditions))
+        summary = (traj[traj["condition"].isin(conditions)]
+                   .groupby(["condition", "class", "epoch"], observed=True)["share"]
+                   .agg(["mean", "std", "count"]).reset_index())
+        runs = traj.groupby("condition", observed=True)["trial_id"].nunique()
         for ax, cond in zip(axes, conditions):
-            sub = traj[traj["condition"] == cond]
-            stats = sub.groupby(["class", "epoch"])["share"].agg(["mean", "std", "count"]).reset_index()
-            for c in _class_order(sub["class"]):
+            stats = summary[summary["condition"] == cond]
+            for c in _class_order(stats["class"]):
                 s = stats[stats["class"] == c]
                 ax.plot(s["epoch"], s["mean"], marker=".", label=c)
                 sem = (s["std"] / np.sqrt(s["count"])).fillna(0)
                 ax.fill_between(s["epoch"], s["mean"] - sem, s["mean"] + sem, alpha=0.15)
-            ax.set_title(f"{cond} (n={sub['trial_id'].nunique()})")
+            ax.set_title(f"{cond} (n={runs[cond]})")
             ax.set_xlabel("epoch (0 = untrained)")
             ax.set_ylabel("share of gaussian noise (mean +- sem)")
             ax.set_ylim(0, 1)
             ax.legend(fontsize=6, ncol=2)
-        return _save(fig, out, "trajectory.png", "How the absorber emerges during training (gaussian noise subset)")
+        return _save(fig, out, "trajectory.png", "How the absorber emerges during training (gaussian noise subset)"
+                     + note)
 
 
 def accuracy_strip(runs: pd.DataFrame, out: Path) -> str | None:

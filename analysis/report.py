@@ -115,7 +115,7 @@ def mst_section(edge_freq: pd.DataFrame, consensus: dict, tests: pd.DataFrame) -
 def distance_section(tests: pd.DataFrame) -> list[str]:
     lines = ["## Do the distance matrices agree across runs?", ""]
     for hyp in ("class-class distances agree across runs", "noise-class distances agree across runs"):
-        sub = tests[(tests["hypothesis"] == hyp) & (tests["noise"] == "gaussian")]
+        sub = tests[(tests["hypothesis"] == hyp) & tests["noise"].isin(["gaussian", "(all)"])]
         for row in sub.itertuples():
             lines.append(f"- {md(row.condition)}, {hyp.split(' distances')[0]} distances: mean pairwise "
                          f"Spearman {row.statistic:.2f} (p = {fmt_p(row.p_value)}, BH {fmt_p(row.p_adjusted)}, "
@@ -172,12 +172,13 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
   condition, ties in the count ordered by the agreement sum n_c^2 (the count alone takes so few
   values that the test would be far below its nominal size); p by Monte Carlo over 10^5 simulated
   sets of S uniform draws. Effect: agreement sum p_c^2 (1/K by chance) with a percentile bootstrap
-  CI over runs (10^4 resamples); per-image Fleiss' and Randolph's kappa across runs (descriptive,
+  CI over runs (2,000 resamples); per-image Fleiss' and Randolph's kappa across runs (descriptive,
   no p-value: images are not replicates).
 - **Per-run top share** (absorbers.csv, descriptive): Monte Carlo p under a uniform multinomial
   (10^4 draws); with thousands of images it is always tiny and is not used for inference.
 - **Absorber vs condition** (confirmatory), among conditions that train the same classes:
-  permutation chi-square of the absorber x condition table (10^4 relabellings), Cramer's V; with
+  permutation chi-square of the absorber x condition table (10^4 relabellings; fewer, never under
+  999, for very large studies), Cramer's V; with
   paired seeds, Stuart-Maxwell (2 conditions) or Cochran's Q (more) is the confirmatory test and
   the permutation test and a sign-flip test on shares are exploratory.
 - **MST edges**: for each condition and noise family, each of the C(K+1, 2) edges against the exact
@@ -186,7 +187,11 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
   (exploratory): mean pairwise shared edges against independent random relabelling of each run's
   tree (null mean 2K/(K+1)).
 - **Distances** (exploratory): Mantel-style mean pairwise Spearman correlation of the runs'
-  class-class block and, separately, of the noise row, against label permutation.
+  class-class block (once per condition: it does not depend on the noise family) and, separately,
+  of the noise row, against label permutation. The tree-overlap and noise-row permutation tests
+  run on the gaussian family (the question's noise); edge frequencies cover every family.
+  Permutation counts shrink from 9,999 to no fewer than 199 as studies grow (stated per row in
+  tests.csv); the p-values stay valid at any count.
 - **Noise neighbour** (exploratory): runs in which the class nearest to the noise mean is the
   absorber, binomial against 1/K.
 - **Clutter** (confirmatory, when measured): per-run Spearman across classes between a clutter

@@ -29,18 +29,31 @@ def completed(data: Loaded) -> list[dict]:
     return [r for r in data.runs if r["status"] == "completed"]
 
 
-def absorption_table(data: Loaded) -> pd.DataFrame:
-    ids, fam, cls, share = [], [], [], []
-    for r in completed(data):
-        k = len(r["classes"])
-        for i, f in enumerate(r["families"]):
-            ids += [_ids(r)] * k
-            fam += [f] * k
-            cls += r["classes"]
-            share += list(r["absorption"][i])
-    df = pd.DataFrame(ids, columns=["trial_id", "condition", "seed"])
-    df["noise"], df["class"], df["share"] = fam, cls, share
+def _long(runs: list[dict], per_run) -> pd.DataFrame:
+    """Build a long table column by column: per_run(run) -> dict of equal-length arrays; the run's
+    ids are repeated alongside. Text columns become categoricals (a 10,000-trial study has
+    millions of rows but few distinct names)."""
+    parts = [per_run(r) for r in runs]
+    lengths = np.array([len(next(iter(p.values()))) if p else 0 for p in parts], dtype=int)
+    cols = {"trial_id": np.repeat([r["trial_id"] for r in runs], lengths),
+            "condition": np.repeat([r["condition"] for r in runs], lengths),
+            "seed": np.repeat([r["seed"] for r in runs], lengths)}
+    keys = next((list(p) for p in parts if p), [])
+    for key in keys:
+        cols[key] = np.concatenate([np.asarray(p[key]) for p in parts if p])
+    df = pd.DataFrame(cols) if len(runs) else pd.DataFrame(columns=[*cols, *keys])
+    for key, col in df.items():
+        if col.dtype == object or pd.api.types.is_string_dtype(col):
+            df[key] = col.astype("category")
     return df
+
+
+def absorption_table(data: Loaded) -> pd.DataFrame:
+    def rows(r):
+        f, k = len(r["families"]), len(r["classes"])
+        return {"noise": np.repeat(r["families"], k), "class": np.tile(r["classes"], f),
+                "share": r["absorption"].ravel()}
+    return _long(completed(data), rows)
 
 
 def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
@@ -65,27 +78,19 @@ def heldout_table(data: Loaded) -> pd.DataFrame:
 
 
 def mst_edges_table(data: Loaded) -> pd.DataFrame:
-    rows = []
-    for r in completed(data):
-        for f, tree in zip(r["families"], r["mst"]):
-            for u, v, w in tree:
-                u, v = sorted((u, v))
-                rows.append({**_ids(r), "noise": f, "u": u, "v": v, "weight": w})
-    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", "u", "v", "weight"])
+    def rows(r):
+        edges = [(f, *sorted((u, v)), w) for f, tree in zip(r["families"], r["mst"]) for u, v, w in tree]
+        f, u, v, w = zip(*edges) if edges else ((), (), (), ())
+        return {"noise": list(f), "u": list(u), "v": list(v), "weight": np.array(w, dtype=float)}
+    return _long(completed(data), rows)
 
 
 def trajectory_table(data: Loaded) -> pd.DataFrame:
-    ids, epoch, cls, share = [], [], [], []
-    for r in data.runs:
-        k = len(r["classes"])
-        for e, shares in zip(r["trajectory_epochs"], r["trajectory"]):
-            ids += [_ids(r)] * k
-            epoch += [int(e)] * k
-            cls += r["classes"]
-            share += list(shares)
-    df = pd.DataFrame(ids, columns=["trial_id", "condition", "seed"])
-    df["epoch"], df["class"], df["share"] = epoch, cls, share
-    return df
+    def rows(r):
+        e, k = len(r["trajectory_epochs"]), len(r["classes"])
+        return {"epoch": np.repeat(r["trajectory_epochs"], k), "class": np.tile(r["classes"], e),
+                "share": r["trajectory"].ravel()}
+    return _long(data.runs, rows)
 
 
 def problems_table(data: Loaded) -> pd.DataFrame:

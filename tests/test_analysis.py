@@ -140,3 +140,10 @@ def test_command_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_aggregation_benchmark_script_runs_at_a_small_size():
+    res = subprocess.run([sys.executable, "benchmarks/aggregate_bench.py", "--trials", "200", "--conditions", "4",
+                          "--n-noise", "500"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "aggregation of 200 trials:" in res.stdout and "peak memory" in res.stdout
