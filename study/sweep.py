@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,8 +51,28 @@ def experiment_uri(storage: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
-def check_storage(storage: str) -> None:
-    """Fail before any trial starts if the results cannot be written there (creates nothing)."""
+def study_footprint(points: list[dict], keep_checkpoints: int = 2) -> int:
+    """Bytes a study will need in its storage, roughly: per trial its arrays and trial.json, and
+    `keep_checkpoints` checkpoints of weights + momentum (what Tune keeps)."""
+    from .config import trained_classes
+    from .models import build_model
+    from .noise import NOISE_FAMILIES
+    sizes = {}
+    total = 0
+    for p in points:
+        key = (p["model"], len(trained_classes(p)))
+        if key not in sizes:
+            model = build_model(p["model"], key[1], 0)
+            sizes[key] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        families = len(NOISE_FAMILIES) if p["noise"] == "all" else len(p["noise"])
+        artifacts = p["n_noise"] * families + 2_000_000          # per-image labels, json, matrices
+        total += artifacts + keep_checkpoints * 2 * sizes[key]   # weights + momentum per checkpoint
+    return total
+
+
+def check_storage(storage: str, needed_bytes: int = 0) -> None:
+    """Fail before any trial starts if the results cannot be written there (creates nothing):
+    a read-only or too small local folder, an unreachable or missing bucket."""
     if "://" not in storage or storage.startswith("file://"):
         path = Path(storage.removeprefix("file://")).expanduser().resolve()
         if path.exists() and not path.is_dir():
@@ -62,6 +83,11 @@ def check_storage(storage: str) -> None:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise InputError("run.storage", f"not writable ({probe} is read-only for this user)",
                              "a writable folder or a bucket URI", storage)
+        free = shutil.disk_usage(probe).free
+        if free < needed_bytes:
+            raise InputError("run.storage", f"only {free / 1e6:.0f} MB free at {probe}, the study needs "
+                             f"about {needed_bytes / 1e6:.0f} MB (artifacts and checkpoints)",
+                             "a folder on a disk with room, or a bucket URI", storage)
         return
     fs, path = filesystem(storage)
     bucket = path.split("/")[0]
@@ -164,7 +190,7 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
     check_data(points)
     if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
         sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
-    check_storage(sweep.run["storage"])
+    check_storage(sweep.run["storage"], study_footprint(points))
     dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
     return Plan(sweep, str(path), sweep.run["storage"], points, dirnames)
 
