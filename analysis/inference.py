@@ -2,7 +2,9 @@
 
 Families and corrections: `confirmatory` (absorber consistency, absorber vs condition, clutter vs
 absorption) Holm; `exploratory` (tree overlap, Mantel, noise neighbour, secondary paired tests)
-Benjamini-Hochberg; MST edges Benjamini-Yekutieli in edge_frequency.csv.
+Benjamini-Hochberg; `interventions` (training against noise, analysis/why.py) and `causal`
+(per-class interventions, analysis/causal.py) Holm each; MST edges Benjamini-Yekutieli in
+edge_frequency.csv.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from scipy import stats as sps
 from . import stats, trees
 from .tables import completed
 
-CORRECTION = {"confirmatory": "holm", "exploratory": "fdr_bh"}
+CORRECTION = {"confirmatory": "holm", "exploratory": "fdr_bh", "interventions": "holm", "causal": "holm"}
 TEST_COLUMNS = ["family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted",
                 "effect", "effect_name", "n_runs", "method"]
 
@@ -168,31 +170,6 @@ def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, dict, list[di
 
 def consensus_trees(edge_freq: pd.DataFrame) -> dict[tuple[str, str], list]:
     return {key: trees.consensus_tree(df) for key, df in edge_freq.groupby(["condition", "noise"], sort=False)}
-
-
-# ---------------------------------------------------------------- 6. clutter vs absorption
-
-def clutter(groups: dict[str, list[dict]]) -> list[dict]:
-    """When runs carry per-class clutter measures: per-run Spearman between each measure and the
-    gaussian absorption share across classes, sign-flip over runs (confirmatory); head bias and
-    weight norm go through the same test, as the confounds to compare with."""
-    tests = []
-    for condition, runs in groups.items():
-        with_clutter = [r for r in runs if "clutter" in r["extra"]]
-        if len(with_clutter) < 2 or len(runs[0]["classes"]) < 3:
-            continue
-        classes = runs[0]["classes"]
-        for f in families_of(with_clutter):
-            shares = np.array([r["absorption"][r["families"].index(f)] for r in with_clutter])
-            measures = sorted(set.intersection(*(set(r["extra"]["clutter"]["classes"]) for r in with_clutter)))
-            for m in measures:
-                values = np.array([[r["extra"]["clutter"]["classes"][m][c] for c in classes] for r in with_clutter])
-                res = stats.clutter_correlation(values, shares)
-                confound = m.startswith("head_")
-                tests.append(_row("exploratory" if confound else "confirmatory",
-                                  f"{m} predicts the share of {f} noise a class absorbs", condition, f, res,
-                                  "per-run Spearman across classes, sign-flip test over runs"))
-    return tests
 
 
 def finalize(rows: list[dict]) -> pd.DataFrame:

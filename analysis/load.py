@@ -36,6 +36,10 @@ def _read(fs, path: str) -> bytes:
 
 
 def show_value(v) -> str:
+    """A grid value as text for labels and folder names: [cat, dog] -> cat.dog,
+    {target: bird, kind: blur, strength: 1.0} -> bird.blur.1.0."""
+    if isinstance(v, dict):
+        return ".".join(show_value(x) for x in v.values())
     if isinstance(v, list):
         return ".".join(show_value(x) for x in v)
     return str(v)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from . import inference, plots, tables
+from . import causal, inference, plots, tables, why
 from .load import Loaded, load, open_results
 from .report import write_report
 
@@ -54,14 +54,25 @@ def aggregate(results: str, out: str | None = None) -> str:
     consistency, tests = inference.consistency(groups, kappa_counts(data, groups))
     dependence, notes = inference.condition_dependence(groups)
     edge_freq, _, geometry_tests = inference.geometry(groups)
-    test_rows = tests + dependence + geometry_tests + inference.clutter(groups)
+    why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
+                  "ood": why.ood_table(data), "frequency": why.frequency_table(data)}
+    why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
+    pairs = causal.pairs_table(data)
+    doses = causal.dose_table(pairs)
+    test_rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.intervention_tests(data)
+                 + causal.causal_tests(pairs))
     frames.update({"consistency": consistency, "edge_frequency": edge_freq,
                    "tests": inference.finalize(test_rows), "problems": tables.problems_table(data)})
+    frames.update({k: v for k, v in why_frames.items() if not v.empty})
+    if not pairs.empty:
+        frames.update({"causal_pairs": pairs, "causal_dose": doses})
     consensus = inference.consensus_trees(edge_freq) if len(edge_freq) else {}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         figures = [f for f in _figures(frames, groups, consensus, folder) if f]
+        figures += why.plots({**frames, **why_frames, "decomposition": why_frames["logit_decomposition"]}, folder, groups)
+        figures += [f for f in [causal.plot(doses, folder)] if f]
         names = []
         for name, df in frames.items():
             write_csv(df, folder / f"{name}.csv")
@@ -71,7 +82,12 @@ def aggregate(results: str, out: str | None = None) -> str:
                                "problems": frames["problems"], "consistency": consistency,
                                "tests": frames["tests"], "notes": notes, "edge_freq": edge_freq,
                                "consensus": consensus, "heldout": frames["heldout"],
-                               "trajectory": frames["trajectory"], "figures": figures, "tables": names})
+                               "trajectory": frames["trajectory"], "figures": figures, "tables": names,
+                               "extra_sections": [
+                                   why.report_section({**frames, **why_frames,
+                                                       "decomposition": why_frames["logit_decomposition"]},
+                                                      frames["tests"]),
+                                   causal.report_section(pairs, doses, frames["tests"])]})
         (folder / "report.md").write_text(report)
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == "completed").sum()) if len(frames["runs"]) else 0

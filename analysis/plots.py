@@ -219,3 +219,101 @@ def accuracy_strip(runs: pd.DataFrame, out: Path) -> str | None:
         ax.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right")
         ax.set_ylabel("test accuracy (trained classes)")
         return _save(fig, out, "accuracy.png", "Test accuracy per condition (dots: runs; bar: mean +- sd)")
+
+
+# ---------------------------------------------------------------- why this class?
+
+def clutter_scatter(clutter: pd.DataFrame, absorption: pd.DataFrame, out: Path, noise: str = "gaussian") -> str | None:
+    """Each clutter measure against the share of Gaussian noise a class absorbs (a dot per run and
+    class); the noise bank's own value as a dashed line."""
+    cls = clutter[clutter["set"] == "class"].astype({"name": str, "trial_id": str})
+    share = absorption[absorption["noise"] == noise].astype({"class": str, "trial_id": str})
+    merged = cls.merge(share, left_on=["trial_id", "name"], right_on=["trial_id", "class"])
+    if merged.empty:
+        return None
+    measures = list(dict.fromkeys(merged["measure"]))
+    bank = clutter[(clutter["set"] == "noise") & (clutter["name"].astype(str) == noise)].groupby("measure")["value"].mean()
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(measures), 3.6, 3.0)
+        classes = _class_order(merged["name"])
+        colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
+        for ax, m in zip(axes, measures):
+            sub = merged[merged["measure"] == m]
+            for c in classes:
+                s = sub[sub["name"] == c]
+                ax.scatter(s["value"], s["share"], s=10, alpha=0.7, color=colours[c], label=c)
+            if m in bank:
+                ax.axvline(bank[m], ls="--", color="k", lw=0.8)
+            ax.set_xlabel(m)
+            ax.set_ylabel(f"share of {noise} noise")
+            ax.set_ylim(-0.02, 1.02)
+        axes[0].legend(fontsize=6, ncol=2)
+        return _save(fig, out, "clutter_vs_absorption.png",
+                     f"Clutter of each class vs the share of {noise} noise it absorbs (dashed: the noise bank)")
+
+
+def ood_bars(ood: pd.DataFrame, out: Path) -> str:
+    """AUROC (in-distribution positive) per detector and OOD set, mean +- sd over runs."""
+    with plt.rc_context(STYLE):
+        conditions, note = _first(list(dict.fromkeys(ood["condition"])))
+        fig, axes = _grid(len(conditions), 6.5, 3.4)
+        for ax, cond in zip(axes, conditions):
+            sub = ood[ood["condition"] == cond]
+            table = sub.groupby(["ood_set", "detector"], observed=True)["auroc"].agg(["mean", "std"]).reset_index()
+            sets = list(dict.fromkeys(sub["ood_set"]))
+            dets = list(dict.fromkeys(sub["detector"]))
+            width = 0.8 / len(dets)
+            for j, d in enumerate(dets):
+                t = table[table["detector"] == d].set_index("ood_set").reindex(sets)
+                ax.bar(np.arange(len(sets)) + (j - (len(dets) - 1) / 2) * width, t["mean"], width,
+                       yerr=t["std"].fillna(0), capsize=1.5, label=d, error_kw={"lw": 0.6})
+            ax.axhline(0.5, color="k", lw=0.6, ls=":")
+            ax.set_xticks(range(len(sets)), sets, rotation=60, ha="right", fontsize=6)
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel("AUROC (ID positive)")
+            ax.set_title(cond)
+        axes[0].legend(fontsize=6, ncol=len(dets))
+        return _save(fig, out, "ood_auroc.png", "OOD detectors: AUROC against each noise family and held-out "
+                     "class (mean +- sd over runs; 0.5 = chance)" + note)
+
+
+def frequency_curves(freq: pd.DataFrame, out: Path) -> str:
+    with plt.rc_context(STYLE):
+        conditions, note = _first(list(dict.fromkeys(freq["condition"])))
+        fig, axes = _grid(len(conditions), 4.2, 3.2)
+        for ax, cond in zip(axes, conditions):
+            sub = freq[freq["condition"] == cond]
+            for kind, marker in (("lowpass", "o"), ("highpass", "s")):
+                s = sub[sub["kind"] == kind].groupby("cutoff")["gaussian_absorber_share"].agg(["mean", "std"])
+                ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker=marker, capsize=3, label=kind)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("cutoff (fraction of Nyquist)")
+            ax.set_ylabel("share to the gaussian absorber")
+            ax.set_title(cond)
+            ax.legend()
+        return _save(fig, out, "frequency_probes.png", "Band-limited Gaussian noise: does the same class "
+                     "absorb it? (mean +- sd over runs)" + note)
+
+
+def intervention_bars(absorbers: pd.DataFrame, runs: pd.DataFrame, out: Path) -> str | None:
+    merged = absorbers.astype({"trial_id": str}).merge(runs[["trial_id", "intervention"]].astype({"trial_id": str}),
+                                                       on="trial_id")
+    if merged.empty:
+        return None
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+        families = list(dict.fromkeys(merged["noise"]))
+        kinds = list(dict.fromkeys(merged["intervention"]))
+        width = 0.8 / len(kinds)
+        for j, k in enumerate(kinds):
+            s = merged[merged["intervention"] == k].groupby("noise", observed=True)["top_share"].agg(["mean", "std"])
+            s = s.reindex(families)
+            ax.bar(np.arange(len(families)) + (j - (len(kinds) - 1) / 2) * width, s["mean"], width,
+                   yerr=s["std"].fillna(0), capsize=1.5, label=k, error_kw={"lw": 0.6})
+        ax.set_xticks(range(len(families)), families, rotation=40, ha="right")
+        ax.set_ylabel("top share (mean +- sd over runs)")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7, ncol=len(kinds))
+        return _save(fig, out, "interventions.png", "Training interventions: how much noise the top class "
+                     "takes, per noise family (trained on Gaussian noise only)")

@@ -197,9 +197,20 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
 - **Clutter** (confirmatory, when measured): per-run Spearman across classes between a clutter
   measure and the absorption share, sign-flip test over runs; head bias and weight norm go through
   the same test as confounds (exploratory).
+- **Interventions** (own family, Holm): each training intervention against `none`, seeds paired
+  and every other axis equal; sign-flip on the paired change of the top real-class share, per
+  noise family (Gaussian was seen in training, the others were not).
+- **Is clutter causal?** (own family, Holm): per kind and strength, the per-seed mean over targets
+  of the paired change in the target's share and absorber status (sign-flip over seeds; with S
+  seeds the smallest attainable two-sided p is 2^(1-S)); a dose-response trend (per-seed Spearman
+  of dose vs target share, sign-flip over seeds); manipulation checks of the target's clutter
+  (exploratory).
+- **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
+  AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
+  threshold that accepts 95% of ID); reported as mean +- sd over runs.
 - Corrections: Holm within the confirmatory family, Benjamini-Hochberg within the exploratory
-  family, Benjamini-Yekutieli for MST edges. Diverged and unreadable runs are excluded, and counted
-  above.
+  family, Benjamini-Yekutieli for MST edges; Holm within the interventions and causal families.
+  Diverged and unreadable runs are excluded, and counted above.
 """
 
 

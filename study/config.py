@@ -78,6 +78,34 @@ def compile_mode(v, where):
     raise InputError(where, "unknown value", "false, true, reduce-overhead, max-autotune", v)
 
 
+def cutoff_list(v, where):
+    allowed = "a non-empty list of numbers 0 < c <= 1 (fractions of the Nyquist frequency)"
+    if not isinstance(v, list) or not v or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c <= 1 for c in v):
+        raise InputError(where, "invalid cutoffs", allowed, v)
+    return [float(c) for c in v]
+
+
+CLASS_INTERVENTION_RANGES = {"gaussian_noise": (0, 1), "blur": (0, 8), "label_noise": (0, 1),
+                             "subsample": (0.01, 1)}
+
+
+def class_intervention(v, where):
+    allowed = ("none, or a mapping {target: <trained class>, kind: gaussian_noise|blur|label_noise|"
+               "subsample, strength: <number>}")
+    if v == "none":
+        return "none"
+    if not isinstance(v, dict) or set(v) != {"target", "kind", "strength"}:
+        raise InputError(where, "must be `none` or have exactly the keys target, kind, strength", allowed, v)
+    if v["target"] not in CIFAR10_CLASSES:
+        raise InputError(f"{where}.target", "unknown class", ", ".join(CIFAR10_CLASSES), v["target"])
+    if v["kind"] not in CLASS_INTERVENTION_RANGES:
+        raise InputError(f"{where}.kind", "unknown value", ", ".join(CLASS_INTERVENTION_RANGES), v["kind"])
+    lo, hi = CLASS_INTERVENTION_RANGES[v["kind"]]
+    number(lo, hi)(v["strength"], f"{where}.strength")
+    return {"target": v["target"], "kind": v["kind"], "strength": float(v["strength"])}
+
+
 def text(v, where):
     if not isinstance(v, str) or not v:
         raise InputError(where, "must be a non-empty string", "a string", v)
@@ -141,6 +169,11 @@ def _augmentations():
     return AUGMENTATIONS
 
 
+def _interventions():
+    from .interventions import GLOBAL
+    return GLOBAL
+
+
 def _noise_families():
     from .noise import NOISE_FAMILIES
     return NOISE_FAMILIES
@@ -192,6 +225,22 @@ TRIAL_KEYS = [
         integer(10)),
     Key("eval_batch_size", 1024, "batch size for evaluation and probes (no gradients)",
         integer(1)),
+    Key("sample_per_class", 500, "training images per class for the clutter measures and for "
+        "fitting the OOD detectors (Mahalanobis, KNN)", integer(2)),
+    Key("n_frequency", 1000, "images per band-limited Gaussian probe (lowpass and highpass at "
+        "each cutoff)", integer(10)),
+    Key("frequency_cutoffs", [0.125, 0.25, 0.5], "cutoffs of the frequency probes, as fractions "
+        "of the Nyquist frequency", cutoff_list),
+    Key("intervention", "none", "train against noise: none, outlier_exposure (noise pushed to "
+        "the uniform distribution), noise_class (an extra class of noise), train_noise_aug "
+        "(Gaussian noise added to training images)", choice(lambda: list(_interventions()))),
+    Key("intervention_strength", None, "null for the intervention's default (outlier_exposure: "
+        "loss weight 0.5; noise_class: 1 noise image per 8; train_noise_aug: noise std up to 0.1)",
+        optional(number(0))),
+    Key("class_intervention", "none", "none, or {target: a trained class, kind: gaussian_noise | "
+        "blur | label_noise | subsample, strength: x}: changes only the target class's training "
+        "images (noise std, blur sigma in pixels, fraction of labels, fraction kept)",
+        class_intervention),
     Key("data_root", None, "CIFAR-10 copy: torchvision folder, image-folder tree or .tar; null: "
         "NOISESINK_DATA, else torchvision's download", optional(text)),
     Key("data_verify", "full", "full: require all of CIFAR-10 (50,000 + 10,000 images); shapes: "
@@ -248,6 +297,13 @@ def _cross_check(cfg: dict, where: str) -> None:
     if cfg["n_trajectory"] > cfg["n_noise"]:
         raise InputError(f"{where}n_trajectory", "larger than the noise bank",
                          f"<= n_noise ({cfg['n_noise']})", cfg["n_trajectory"])
+    ci = cfg["class_intervention"]
+    if ci != "none" and ci["target"] not in trained_classes(cfg):
+        raise InputError(f"{where}class_intervention.target", "is not a trained class",
+                         ", ".join(trained_classes(cfg)), ci["target"])
+    if cfg["intervention"] == "none" and cfg["intervention_strength"] is not None:
+        raise InputError(f"{where}intervention_strength", "set, but intervention is none",
+                         "null, or an intervention", cfg["intervention_strength"])
     if cfg["pretrained"] is not None and cfg["model"] != "resnet18_imagenet":
         raise InputError(f"{where}pretrained", f"only resnet18_imagenet takes pretrained weights, "
                          f"model is {cfg['model']}", "null", cfg["pretrained"])

@@ -96,6 +96,8 @@ class FusedClassifier(nn.Module):
 
 def check_fusable(configs: list[dict]) -> None:
     first = configs[0]
+    if first.get("intervention", "none") != "none" or first.get("class_intervention", "none") != "none":
+        raise ValueError("fused training runs no interventions; train these seeds as separate trials")
     for c in configs[1:]:
         differ = sorted(k for k in first if first[k] != c[k] and k not in PER_MODEL_KEYS)
         if differ:

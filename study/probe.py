@@ -23,10 +23,12 @@ def test_metrics(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, classes: 
     k = len(classes)
     pred = logits.argmax(1)
     conf = confusion_matrix(y, pred, k)
+    present = conf.sum(1) > 0  # a noise_class model has no test images of its extra class
     per_class = conf.diagonal() / np.maximum(conf.sum(1), 1)
-    class_means = np.stack([feats[y == c].mean(0) for c in range(k)])
+    class_means = np.stack([feats[y == c].mean(0) if present[c] else np.full(feats.shape[1], np.nan)
+                            for c in range(k)])
     part = {"test_accuracy": float((pred == y).mean()),
-            "per_class_accuracy": {c: float(per_class[i]) for i, c in enumerate(classes)},
+            "per_class_accuracy": {c: float(per_class[i]) if present[i] else None for i, c in enumerate(classes)},
             "confusion": conf.tolist(), "n_test": int(len(y))}
     return part, class_means
 
@@ -57,13 +59,15 @@ def probe_family(predict: Predict, bank, classes: list[str], class_means: np.nda
     }
 
 
-def heldout_table(predict: Predict, heldout_x: dict, classes: list[str], to_tensor) -> dict:
-    """For each held-out class: the share of its test images given to each trained class."""
-    out = {}
+def heldout_table(predict: Predict, heldout_x: dict, classes: list[str], to_tensor) -> tuple[dict, dict]:
+    """For each held-out class: the share of its test images given to each trained class; and
+    its (logits, features) for the OOD detectors."""
+    out, outputs = {}, {}
     for name, images in heldout_x.items():
-        logits, _ = predict(to_tensor(images))
+        logits, feats = predict(to_tensor(images))
         out[name] = shares(logits.argmax(1), classes)
-    return out
+        outputs[name] = (logits, feats)
+    return out, outputs
 
 
 def trajectory_point(predict: Predict, bank, classes: list[str], epoch: int) -> dict:

@@ -14,11 +14,11 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import AUGMENTATIONS
 from .errors import InputError
+from .interventions import TrainingIntervention, apply_class_intervention
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,16 +95,22 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg: dict,
                  device: torch.device, normalize: Normalizer, precision: Precision,
-                 batch_transform=None):
+                 classes: list[str] | None = None):
         self.model, self.cfg, self.device = model, cfg, device
         self.normalize, self.precision = normalize, precision
         self.x = images_to_device(train_x, device)
         self.y = torch.from_numpy(np.asarray(train_y, dtype=np.int64)).to(device)
+        self.class_intervention = None
+        if cfg.get("class_intervention", "none") != "none":  # changes the data once, before training
+            self.x, self.y, self.class_intervention = apply_class_intervention(
+                self.x, self.y, cfg["class_intervention"], classes, seeded_generator(device, cfg["seed"], stream=2))
+        self.intervention = TrainingIntervention(cfg.get("intervention", "none"), cfg.get("intervention_strength"),
+                                                 int(self.y.max()) + 1 if classes is None else len(classes),
+                                                 normalize.mean.view(3), normalize.std.view(3))
         self.batch_size = min(cfg["batch_size"], len(self.x))
         self.steps_per_epoch = len(self.x) // self.batch_size  # drop the ragged last batch
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
         self.augment = AUGMENTATIONS[cfg["augmentation"]]
-        self.batch_transform = batch_transform  # hook for interventions that act on batches
         self.optimizer = make_optimizer(model, cfg, device)
         self.gen = seeded_generator(device, cfg["seed"], stream=1)
         self.epoch = 0
@@ -126,9 +132,7 @@ class Trainer:
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.augment(self.x[idx].float().div_(255), self.gen)
-        y = self.y[idx]
-        if self.batch_transform is not None:
-            x, y = self.batch_transform(x, y, self.gen)
+        x, y = self.intervention.batch(x, self.y[idx], self.gen)
         return self.precision.layout(self.normalize(x)), y
 
     def run_epoch(self) -> dict:
@@ -144,16 +148,18 @@ class Trainer:
             lr = cfg["lr"] * lr_multiplier(step, self.total_steps, cfg["schedule"], cfg["warmup"])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x, y = self.batch(order[b * bs:(b + 1) * bs])
+            idx = order[b * bs:(b + 1) * bs]
+            x, y = self.batch(idx)
             with self.precision.autocast():
                 logits = self.forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
+                loss = self.intervention.loss(logits.float(), y, cfg["label_smoothing"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            n = len(idx)  # noise an intervention appends comes after the batch's own images
+            correct += (logits.detach()[:n].argmax(1) == y[:n]).sum()
+            seen += n
         self.epoch += 1
         train_loss = float(loss_sum) / self.steps_per_epoch  # the one host sync of the epoch
         return {"epoch": self.epoch, "train_loss": train_loss,

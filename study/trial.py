@@ -18,9 +18,13 @@ import torch
 from . import probe
 from .artifacts import ARRAYS_NPZ, SCHEMA_VERSION, TRIAL_JSON, ArtifactDir
 from .config import trained_classes, validate_trial
+from .clutter import measure_all
 from .data import Cifar10, load_cifar10
+from .explain import frequency_probes, logit_decomposition, noise_mean_images
+from .interventions import NOISE_CLASS
 from .models import build_model
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
+from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
 from .task import Task, check_task, make_task
 from .train import Normalizer, Precision, Trainer, images_to_device, predict, resolve_device
@@ -41,10 +45,14 @@ class TrialSetup:
     gaussian_bank: torch.Tensor
     started: float = field(default_factory=time.perf_counter)
     timing: dict = field(default_factory=dict)
+    interventions: dict = field(default_factory=dict)
+    train_data: tuple | None = None   # (uint8 NCHW, labels) as trained on, after any class intervention
 
     @property
     def classes(self) -> list[str]:
-        return self.task.classes
+        """The model's outputs: the trained classes, and the extra class of a noise_class trial."""
+        extra = [NOISE_CLASS] if self.cfg["intervention"] == "noise_class" else []
+        return self.task.classes + extra
 
     @property
     def trajectory_bank(self) -> torch.Tensor:
@@ -95,7 +103,10 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
     s = setup(config)
     cfg = s.cfg
     model = new_model(s)
-    trainer = Trainer(model, s.task.train_x, s.task.train_y, cfg, s.device, s.normalize, s.precision)
+    trainer = Trainer(model, s.task.train_x, s.task.train_y, cfg, s.device, s.normalize, s.precision,
+                      classes=s.task.classes)
+    s.interventions["class_intervention"] = trainer.class_intervention
+    s.train_data = (trainer.x, trainer.y)
     model_predict = s.predictor(model)
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])
@@ -138,11 +149,13 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         "versions": versions(s.device), "code_revision": code_revision(),
         "diverged_at_epoch": epoch if status == "diverged" else None,
         "warnings": list(notes or []),
+        "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
+                         "class_intervention": s.interventions.get("class_intervention")},
     }
     arrays = {}
     if status == "completed":
         t_probe = time.perf_counter()
-        result.update(_probe_all(s, s.predictor(model), arrays))
+        result.update(_probe_all(s, model, arrays))
         s.timing["probe_seconds"] = time.perf_counter() - t_probe
     s.timing["total_seconds"] = time.perf_counter() - s.started
     result["timing"] = s.timing
@@ -151,28 +164,90 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
     return result
 
 
-def _probe_all(s: TrialSetup, model_predict, arrays: dict) -> dict:
-    """Test metrics, every noise family, the held-out classes; fills `arrays` for the .npz."""
+def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
+    """Test metrics, every noise family, the held-out classes, and why noise goes where it goes
+    (clutter, logit decomposition, noise means, frequency probes, OOD detectors); fills `arrays`."""
     cfg, task, classes = s.cfg, s.task, s.classes
+    model_predict = s.predictor(model)
     to_tensor = partial(images_to_device, device=torch.device("cpu"))
-    logits, feats = model_predict(to_tensor(task.test_x))
-    part, class_means = probe.test_metrics(logits, feats, task.test_y, classes)
+    test_logits, test_feats = model_predict(to_tensor(task.test_x))
+    part, class_means = probe.test_metrics(test_logits, test_feats, task.test_y, classes)
+
+    sample_x, sample_y = clutter_sample(s)  # training images as trained on (after a class intervention)
+    sample_logits, sample_feats = model_predict(to_tensor(sample_x))
+    if cfg["intervention"] == "noise_class":  # its "class mean": the training noise it learned
+        noise_ref = explain_noise_class_reference(s)
+        class_means[-1] = model_predict(noise_ref)[1].mean(0)
+    detectors = Detectors(sample_feats, sample_y)
+    weight = model.head.weight.detach().float().cpu().numpy()
+    bias = model.head.bias.detach().float().cpu().numpy()
+    pixels = lambda x: (x.float() / 255).numpy() if x.dtype == torch.uint8 else x.numpy()  # noqa: E731
+    clutter_classes = {c: measure_all(pixels(to_tensor(sample_x[sample_y == i])), sample_feats[sample_y == i])
+                       for i, c in enumerate(task.classes)}
     arrays["class_means"] = class_means
     arrays["confusion"] = np.asarray(part["confusion"])
 
     families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
-    absorption, summary, distance, mst, neighbour, noise_means = {}, {}, {}, {}, {}, []
+    found_all, ood_sets, clutter_noise, decomposition = {}, {}, {}, {}
     for family in families:
         bank = s.gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx)
         found = probe.probe_family(model_predict, bank, classes, class_means)
-        absorption[family], summary[family] = found["absorption"], found["summary"]
-        distance[family], mst[family] = found["distance"], found["mst"]
-        neighbour[family] = found["noise_neighbour"]
-        noise_means.append(found["arrays"]["noise_mean"])
+        found_all[family] = found
+        logits, feats = found["arrays"]["logits"], found["arrays"]["features"]
+        ood_sets[family] = (logits, feats)
+        n = cfg["sample_per_class"]
+        clutter_noise[family] = measure_all(bank[:n].numpy(), feats[:n])
+        decomposition[family] = logit_decomposition(logits, feats, weight, bias, classes, test_feats)
+        means, counts = noise_mean_images(bank, found["arrays"]["pred"].astype(np.int64), len(classes))
+        arrays[f"noise_mean_images_{family}"], arrays[f"noise_mean_counts_{family}"] = means, counts
         arrays[f"pred_{family}"] = found["arrays"]["pred"]
         arrays[f"distance_{family}"] = found["arrays"]["distance"]
-    arrays["noise_means"] = np.stack(noise_means)
+    arrays["noise_means"] = np.stack([found_all[f]["arrays"]["noise_mean"] for f in families])
     arrays["noise_families"] = np.array(families)
-    heldout = probe.heldout_table(model_predict, task.heldout_x, classes, to_tensor)
-    return {**part, "noise_families": families, "absorption": absorption, "absorber": summary,
-            "distance": distance, "mst": mst, "noise_neighbour": neighbour, "heldout": heldout}
+    heldout, heldout_outputs = probe.heldout_table(model_predict, task.heldout_x, classes, to_tensor)
+    ood_sets.update({f"heldout:{c}": v for c, v in heldout_outputs.items()})
+    return {**part, "noise_families": families,
+            "absorption": {f: x["absorption"] for f, x in found_all.items()},
+            "absorber": {f: x["summary"] for f, x in found_all.items()},
+            "distance": {f: x["distance"] for f, x in found_all.items()},
+            "mst": {f: x["mst"] for f, x in found_all.items()},
+            "noise_neighbour": {f: x["noise_neighbour"] for f, x in found_all.items()},
+            "heldout": heldout,
+            "clutter": {"sample_per_class": int(cfg["sample_per_class"]),
+                        "classes": _by_measure(clutter_classes), "noise": clutter_noise},
+            "logit_decomposition": decomposition,
+            "frequency": frequency_probes(model_predict, cfg["n_frequency"], cfg["noise_seed"], s.noise_ctx,
+                                          cfg["frequency_cutoffs"], classes),
+            "ood": {"convention": "in-distribution (the trained classes' test images) is the positive "
+                                  "class; scores: higher = more in-distribution",
+                    "rows": evaluate(detectors, (test_logits, test_feats), ood_sets)}}
+
+
+def _by_measure(per_class: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{class: {measure: v}} -> {measure: {class: v}} (the layout the aggregation reads)."""
+    measures = next(iter(per_class.values())).keys()
+    return {m: {c: per_class[c][m] for c in per_class} for m in measures}
+
+
+def clutter_sample(s: TrialSetup) -> tuple[np.ndarray, np.ndarray]:
+    """Up to sample_per_class training images per trained class, chosen by noise_seed, from the
+    training set as the model saw it: a class intervention's changes are in the clutter measures."""
+    if s.train_data is not None:
+        x = s.train_data[0].cpu().permute(0, 2, 3, 1).numpy()
+        y = s.train_data[1].cpu().numpy()
+    else:
+        x, y = s.task.train_x, s.task.train_y
+    rng = np.random.default_rng([s.cfg["noise_seed"], 3])
+    picked = []
+    for c in range(len(s.task.classes)):
+        idx = np.flatnonzero(y == c)
+        picked.append(np.sort(rng.choice(idx, size=min(s.cfg["sample_per_class"], len(idx)), replace=False)))
+    idx = np.concatenate(picked)
+    return x[idx], y[idx]
+
+
+def explain_noise_class_reference(s: TrialSetup) -> torch.Tensor:
+    """Training-like noise (data mean and std) from its own seed, for the noise class's mean."""
+    gen = torch.Generator().manual_seed(s.cfg["noise_seed"] * 1_000_003 + 7)
+    return (s.noise_ctx.mean.view(1, 3, 1, 1) + s.noise_ctx.std.view(1, 3, 1, 1)
+            * torch.randn(min(2000, s.cfg["n_noise"]), 3, 32, 32, generator=gen))

@@ -89,7 +89,8 @@ def tiny_config(tiny_data):
     def make(**overrides):
         cfg = {"model": "small_cnn", "epochs": 1, "batch_size": 50, "lr": 0.05, "n_noise": 40,
                "n_trajectory": 20, "eval_batch_size": 256, "data_root": str(tiny_data),
-               "data_verify": "shapes", "device": "cpu", "threads": 1}
+               "data_verify": "shapes", "device": "cpu", "threads": 1, "sample_per_class": 20,
+               "n_frequency": 40}
         cfg.update(overrides)
         return cfg
     return make

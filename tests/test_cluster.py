@@ -160,7 +160,8 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage(loopback_cluster, tmp_
     c = loopback_cluster
     env, ray_bin = c["env"], c["ray"]
     sets = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
-            "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_verify": "shapes"}
+            "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_verify": "shapes",
+            "trial.sample_per_class": 20, "trial.n_frequency": 40}
     entry = ["python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
     entry += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     submitted = subprocess.run([ray_bin, "job", "submit", "--address", c["dashboard"], "--working-dir", str(ROOT),

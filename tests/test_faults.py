@@ -31,7 +31,8 @@ def fault_trial(tiny_data, **over) -> dict:
     """Slow enough per epoch (batch 10: 60 steps) to be interrupted mid-epoch."""
     cfg = {"model": "small_cnn", "epochs": 6, "batch_size": 10, "lr": 0.02, "n_noise": 40, "n_trajectory": 20,
            "noise": ["gaussian", "uniform"], "data_root": str(tiny_data), "data_verify": "shapes",
-           "device": "cpu", "threads": 1, "classes": ["cat", "dog", "ship"]}
+           "device": "cpu", "threads": 1, "classes": ["cat", "dog", "ship"], "sample_per_class": 20,
+           "n_frequency": 40}
     return {**cfg, **over}
 
 

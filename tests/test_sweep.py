@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 def tiny_overrides(tiny_data: Path, storage: Path) -> list[str]:
     sets = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
             "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_root": str(tiny_data),
-            "trial.data_verify": "shapes", "run.storage": str(storage)}
+            "trial.data_verify": "shapes", "run.storage": str(storage), "trial.sample_per_class": 20,
+            "trial.n_frequency": 40}
     return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
 
 
@@ -69,7 +70,8 @@ def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tm
     sweep = {"name": "resumable",
              "trial": {"model": "small_cnn", "epochs": 3, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
                        "noise": ["gaussian", "uniform"], "data_root": str(tiny_data), "data_verify": "shapes",
-                       "device": "cpu", "classes": ["cat", "dog", "frog"]},
+                       "device": "cpu", "classes": ["cat", "dog", "frog"], "sample_per_class": 20,
+                       "n_frequency": 40},
              "grid": {"seed": [0, 1, 2, 3, 4, 5]},
              "resources": {"cpu": 1, "gpu": 0},
              "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1}}
@@ -103,7 +105,7 @@ def test_fused_seeds_write_the_same_grid_point_folders(tiny_data, tmp_path):
     sweep = {"name": "fusedstudy",
              "trial": {"model": "small_cnn", "epochs": 1, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
                        "noise": ["gaussian"], "data_root": str(tiny_data), "data_verify": "shapes",
-                       "device": "cpu", "classes": ["cat", "dog"]},
+                       "device": "cpu", "classes": ["cat", "dog"], "sample_per_class": 20, "n_frequency": 40},
              "grid": {"seed": [0, 1, 2]},
              "resources": {"cpu": 1, "gpu": 0},
              "run": {"storage": str(tmp_path), "fuse_seeds": 2}}

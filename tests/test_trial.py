@@ -29,6 +29,7 @@ def subset_trial(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("trial")
     cfg = {"model": "small_cnn", "epochs": 2, "batch_size": 40, "lr": 0.05, "n_noise": 40, "n_trajectory": 20,
            "data_root": str(tiny_data), "data_verify": "shapes", "device": "cpu", "threads": 1,
+           "sample_per_class": 20, "n_frequency": 40,
            "classes": ["dog", "cat", "bird"]}
     return run_trial(cfg, str(out), log=lambda m: None), out
 

@@ -1,0 +1,275 @@
+"""Why this class? Tables, tests, figures and the report section for the per-trial "why"
+measurements: clutter, the logit decomposition, OOD detectors, frequency probes, interventions."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .inference import _row, families_of
+from .report import fmt_p, md
+from .tables import completed
+
+INTERVENTION_NOISE_CLASS = "noise_class"
+
+
+def _ids(r: dict) -> dict:
+    return {"trial_id": r["trial_id"], "condition": r["condition"], "seed": r["seed"]}
+
+
+def has(r: dict, key: str) -> bool:
+    return key in r.get("extra", {})
+
+
+# ---------------------------------------------------------------- tables
+
+def clutter_table(data) -> pd.DataFrame:
+    rows = []
+    for r in completed(data):
+        if not has(r, "clutter"):
+            continue
+        c = r["extra"]["clutter"]
+        for measure, per_class in c["classes"].items():
+            rows += [{**_ids(r), "set": "class", "name": k, "measure": measure, "value": v} for k, v in per_class.items()]
+        for family, measures in c["noise"].items():
+            rows += [{**_ids(r), "set": "noise", "name": family, "measure": m, "value": v} for m, v in measures.items()]
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "set", "name", "measure", "value"])
+
+
+DECOMPOSITION_COLUMNS = ["absorber", "n_images", "mean_margin", "mean_bias_part", "mean_weight_part",
+                         "bias_share_of_margin", "decided_by_bias", "noise_feature_norm", "test_feature_norm"]
+
+
+def decomposition_table(data) -> pd.DataFrame:
+    rows = [{**_ids(r), "noise": f, **{k: d.get(k) for k in DECOMPOSITION_COLUMNS}}
+            for r in completed(data) if has(r, "logit_decomposition")
+            for f, d in r["extra"]["logit_decomposition"].items()]
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", *DECOMPOSITION_COLUMNS])
+
+
+def ood_table(data) -> pd.DataFrame:
+    rows = [{**_ids(r), **row} for r in completed(data) if has(r, "ood") for row in r["extra"]["ood"]["rows"]]
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "detector", "ood_set", "auroc", "aupr_in",
+                                       "aupr_out", "fpr95"])
+
+
+def ood_summary(ood: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- sd over runs per condition, detector and OOD set."""
+    if ood.empty:
+        return pd.DataFrame(columns=["condition", "detector", "ood_set", "n_runs"])
+    g = ood.groupby(["condition", "detector", "ood_set"], observed=True)
+    out = g[["auroc", "aupr_in", "aupr_out", "fpr95"]].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    return out.assign(n_runs=g.size()).reset_index()
+
+
+def frequency_table(data) -> pd.DataFrame:
+    """Per run and band: the absorber, its share, and the share going to the run's own gaussian
+    absorber (does the same class keep absorbing as the spectrum changes?)."""
+    rows = []
+    for r in completed(data):
+        if not has(r, "frequency") or "gaussian" not in r["families"]:
+            continue
+        g_abs = r["absorber"][r["families"].index("gaussian")]
+        rows += [{**_ids(r), "kind": x["kind"], "cutoff": x["cutoff"], "absorber": x["absorber"],
+                  "top_share": x["top_share"], "gaussian_absorber": g_abs,
+                  "gaussian_absorber_share": x["shares"].get(g_abs, 0.0)} for x in r["extra"]["frequency"]]
+    return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "kind", "cutoff", "absorber", "top_share",
+                                       "gaussian_absorber", "gaussian_absorber_share"])
+
+
+def real_top_share(r: dict, family: str) -> float:
+    """The largest share going to a real (trained) class: a noise_class model's extra class is a
+    reject option, not an absorbing class."""
+    shares = r["absorption"][r["families"].index(family)]
+    return float(max(s for c, s in zip(r["classes"], shares) if c != INTERVENTION_NOISE_CLASS))
+
+
+# ---------------------------------------------------------------- tests
+
+def clutter_tests(groups: dict[str, list[dict]], family: str = "gaussian") -> list[dict]:
+    """Test 6: per run, Spearman across the trained classes between each clutter measure and the
+    share of `family` noise each class absorbs; sign-flip over runs (confirmatory). The head's
+    bias and weight norm go through the same test as the confounds (exploratory)."""
+    tests = []
+    for condition, runs in groups.items():
+        runs = [r for r in runs if has(r, "clutter") and has(r, "logit_decomposition") and family in r["families"]]
+        if len(runs) < 2:
+            continue
+        classes = [c for c in runs[0]["classes"] if c != INTERVENTION_NOISE_CLASS]
+        if len(classes) < 3:
+            continue  # a rank correlation over two classes says nothing
+        shares = np.array([[r["absorption"][r["families"].index(family)][r["classes"].index(c)] for c in classes]
+                           for r in runs])
+        measures = {m: np.array([[r["extra"]["clutter"]["classes"][m][c] for c in classes] for r in runs])
+                    for m in runs[0]["extra"]["clutter"]["classes"]}
+        dec = [r["extra"]["logit_decomposition"][family] for r in runs]
+        measures["head_bias"] = np.array([[d["bias"][c] for c in classes] for d in dec])
+        measures["head_weight_norm"] = np.array([[d["weight_norm"][c] for c in classes] for d in dec])
+        for m, values in measures.items():
+            res = stats.clutter_correlation(values, shares)
+            tests.append(_row("exploratory" if m.startswith("head_") else "confirmatory",
+                              f"{m} predicts the share of {family} noise a class absorbs", condition, family, res,
+                              "per-run Spearman across classes, sign-flip test over runs"))
+    return tests
+
+
+def intervention_tests(data) -> list[dict]:
+    """Each training intervention against `none`, seeds paired (and every other axis equal): does
+    it lower the share of the top real class, per noise family (seen: gaussian; unseen: others)?"""
+    if "intervention" not in data.axes:
+        return []
+    others = [a for a in data.axes if a not in ("intervention", "seed")]
+    runs = completed(data)
+    key = lambda r: (tuple(str(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
+    baseline = {key(r): r for r in runs if r["axes"]["intervention"] == "none"}
+    tests = []
+    for iv in sorted({r["axes"]["intervention"] for r in runs} - {"none"}):
+        pairs = [(baseline[key(r)], r) for r in runs if r["axes"]["intervention"] == iv and key(r) in baseline]
+        if len(pairs) < 2:
+            continue
+        for f in families_of([x for p in pairs for x in p]):
+            diffs = np.array([real_top_share(b, f) - real_top_share(a, f) for a, b in pairs])
+            single = [(real_top_share(a, f) > 0.5, real_top_share(b, f) > 0.5) for a, b in pairs]
+            res = stats.sign_flip(diffs)
+            seen = "seen in training" if f == "gaussian" else "unseen in training"
+            tests.append(_row("interventions", f"{iv} changes the top real-class share of {f} noise ({seen})",
+                              iv, f, {**res, "n_runs": len(pairs), "statistic": float(diffs.mean())},
+                              f"sign-flip on paired differences (seeds paired with none); single-class "
+                              f"absorption (> 50%) in {sum(a for a, _ in single)}/{len(single)} runs without, "
+                              f"{sum(b for _, b in single)}/{len(single)} with", effect_name="mean diff / sd"))
+    return tests
+
+
+# ---------------------------------------------------------------- figures
+
+def plots(frames: dict, out, groups: dict) -> list:
+    from . import plots as P
+    figures = []
+    if not frames["clutter"].empty:
+        figures.append(P.clutter_scatter(frames["clutter"], frames["absorption"], out))
+    if not frames["ood"].empty:
+        figures.append(P.ood_bars(frames["ood"], out))
+    if not frames["frequency"].empty:
+        figures.append(P.frequency_curves(frames["frequency"], out))
+    if "intervention" in frames["runs"].columns:
+        figures.append(P.intervention_bars(frames["absorbers"], frames["runs"], out))
+    return [f for f in figures if f]
+
+
+# ---------------------------------------------------------------- report
+
+def report_section(frames: dict, tests: pd.DataFrame) -> list[str]:
+    if frames["clutter"].empty and frames["decomposition"].empty and frames["ood"].empty:
+        return []
+    lines = ["## Why this class?", ""]
+    lines += _clutter_answer(frames, tests) + _background_answer(frames) + _learned_answer(frames)
+    lines += _ood_answer(frames) + _frequency_answer(frames) + _intervention_answer(tests)
+    lines += ["", "Tables: [clutter.csv](clutter.csv), [logit_decomposition.csv](logit_decomposition.csv), "
+              "[ood.csv](ood.csv), [ood_summary.csv](ood_summary.csv), [frequency.csv](frequency.csv)."]
+    return lines
+
+
+def _clutter_answer(frames, tests) -> list[str]:
+    t = tests[tests["hypothesis"].str.contains("predicts the share of gaussian", regex=False)]
+    lines = ["**1. Is the absorbing class the most cluttered one?** Per run, the Spearman correlation "
+             "across classes between each clutter measure and the share of Gaussian noise the class "
+             "absorbs; sign-flip over runs (Holm over the confirmatory family)."]
+    if t.empty:
+        lines.append("Not testable here (needs >= 2 runs and >= 3 classes per condition).")
+    for row in t.sort_values("p_value").head(12).itertuples():
+        lines.append(f"- {md(row.condition)}: {md(row.hypothesis.split(' predicts')[0])}: mean rho "
+                     f"{row.statistic:+.2f} (n = {row.n_runs} runs, p = {fmt_p(row.p_value)}, adjusted "
+                     f"{fmt_p(row.p_adjusted)}; {md(row.family)})")
+    return lines + [""]
+
+
+def _background_answer(frames) -> list[str]:
+    """Does noise look like the absorbing class? Compare each noise bank's clutter profile with
+    the classes': the class nearest in standardised clutter space, vs the absorber."""
+    c = frames["clutter"]
+    if c.empty:
+        return []
+    lines = ["**2. Does noise look like the absorbing class?** For each run, the trained class whose "
+             "pixel-space clutter profile (z-scored across classes) is nearest to the Gaussian bank's, "
+             "against the run's Gaussian absorber:"]
+    pixel = ["png_bits_per_pixel", "spectral_slope", "gradient_energy", "colorfulness", "intensity_std"]
+    absorbers = frames["absorbers"]
+    hits, n = 0, 0
+    for trial_id, sub in c[c["measure"].isin(pixel)].groupby("trial_id", observed=True):
+        cls = sub[sub["set"] == "class"].pivot(index="name", columns="measure", values="value")
+        noise = sub[(sub["set"] == "noise") & (sub["name"] == "gaussian")].set_index("measure")["value"]
+        if cls.empty or noise.empty or len(cls) < 2:
+            continue
+        mu, sd = cls.mean(), cls.std().replace(0, 1)
+        nearest = (((cls - mu) / sd - (noise[cls.columns] - mu) / sd) ** 2).sum(axis=1).idxmin()
+        a = absorbers[(absorbers["trial_id"] == trial_id) & (absorbers["noise"] == "gaussian")]["absorber"]
+        if len(a):
+            hits += int(nearest == a.iloc[0])
+            n += 1
+    if n:
+        lines.append(f"the nearest class is the absorber in {hits}/{n} runs (chance about 1/K). The mean "
+                     "noise image sent to each class is in the trial arrays (noise_mean_images_<family>).")
+    return lines + [""]
+
+
+def _learned_answer(frames) -> list[str]:
+    d = frames["decomposition"]
+    d = d[d["noise"] == "gaussian"]
+    if d.empty:
+        return []
+    return ["**3. What did the network learn?** At the Gaussian-noise features, logit_c = w_c . f + b_c. "
+            f"Over {len(d)} runs the head's bias supplies on average {d['bias_share_of_margin'].mean():.0%} "
+            f"of the absorber's margin over the runner-up, and the absorber wins "
+            f"{d['decided_by_bias'].mean():.0%} of its images only through its bias (the weight term "
+            f"favours the runner-up). Noise features have mean norm {d['noise_feature_norm'].mean():.2f} "
+            f"against {d['test_feature_norm'].mean():.2f} for test images "
+            f"(ratio {(d['noise_feature_norm'] / d['test_feature_norm']).mean():.2f}; below 1 means noise "
+            "features shrink toward a constant, as Kang et al. 2024 describe).", ""]
+
+
+def _ood_answer(frames) -> list[str]:
+    s = frames["ood_summary"]
+    if s.empty:
+        return []
+    g = s[s["ood_set"] == "gaussian"].sort_values("auroc_mean", ascending=False)
+    lines = ["**4. Is this out-of-distribution detection?** With in-distribution as the positive class "
+             "(AUROC: P(ID score > OOD score); FPR95: share of OOD accepted when 95% of ID is), per "
+             "detector on Gaussian noise (mean +- sd over runs):"]
+    for row in g.itertuples():
+        lines.append(f"- {md(row.condition)}, {row.detector}: AUROC {row.auroc_mean:.3f} +- "
+                     f"{0 if pd.isna(row.auroc_std) else row.auroc_std:.3f}, FPR95 {row.fpr95_mean:.3f} "
+                     f"(n = {row.n_runs})")
+    held = s[s["ood_set"].str.startswith("heldout:")]
+    if not held.empty:
+        best = held.groupby("detector")["auroc_mean"].mean().sort_values(ascending=False)
+        lines.append("Held-out classes (natural OOD), mean AUROC over classes: "
+                     + ", ".join(f"{d} {v:.3f}" for d, v in best.items()) + ".")
+    return lines + [""]
+
+
+def _frequency_answer(frames) -> list[str]:
+    f = frames["frequency"]
+    if f.empty:
+        return []
+    m = f.groupby(["kind", "cutoff"])["gaussian_absorber_share"].mean().reset_index()
+    parts = [f"{r.kind} {r.cutoff:g}: {r.gaussian_absorber_share:.0%}" for r in m.itertuples()]
+    return ["**5. Which frequencies carry the pull?** Share of band-limited Gaussian noise going to the "
+            "run's own Gaussian absorber (mean over runs): " + "; ".join(parts) + ".", ""]
+
+
+def _intervention_answer(tests: pd.DataFrame) -> list[str]:
+    t = tests[tests["family"] == "interventions"]
+    if t.empty:
+        return []
+    lines = ["**6. Do interventions remove single-class absorption, also for noise they never saw?** "
+             "Paired over seeds against `none` (Holm within the interventions family):"]
+    for row in t.itertuples():
+        counts = re.search(r"in (\d+/\d+) runs without, (\d+/\d+) with", row.method)
+        lines.append(f"- {md(row.condition)}, {md(row.noise)}{' (seen)' if row.noise == 'gaussian' else ''}: "
+                     f"single-class absorption in {counts.group(1)} runs without, {counts.group(2)} with; top "
+                     f"real-class share {row.statistic:+.2f} (sign-flip p = {fmt_p(row.p_value)}, Holm "
+                     f"{fmt_p(row.p_adjusted)}, n = {row.n_runs} pairs)")
+    return lines + [""]
