@@ -252,27 +252,31 @@ def clutter_scatter(clutter: pd.DataFrame, absorption: pd.DataFrame, out: Path, 
                      f"Clutter of each class vs the share of {noise} noise it absorbs (dashed: the noise bank)")
 
 
+def _grouped_bars(ax, data: pd.DataFrame, x: str, group: str, value: str, label_size: int, rotation: int) -> None:
+    """Mean +- sd of `value` over runs: a group of bars per `x`, a colour per `group`."""
+    xs, groups = list(dict.fromkeys(data[x].astype(str))), list(dict.fromkeys(data[group].astype(str)))
+    summary = data.astype({x: str, group: str}).groupby([group, x])[value].agg(["mean", "std"])
+    width = 0.8 / len(groups)
+    for j, g in enumerate(groups):
+        t = summary.loc[g].reindex(xs)
+        ax.bar(np.arange(len(xs)) + (j - (len(groups) - 1) / 2) * width, t["mean"], width,
+               yerr=t["std"].fillna(0), capsize=1.5, label=g, error_kw={"lw": 0.6})
+    ax.set_xticks(range(len(xs)), xs, rotation=rotation, ha="right", fontsize=label_size)
+
+
 def ood_bars(ood: pd.DataFrame, out: Path) -> str:
     """AUROC (in-distribution positive) per detector and OOD set, mean +- sd over runs."""
     with plt.rc_context(STYLE):
         conditions, note = _first(list(dict.fromkeys(ood["condition"])))
         fig, axes = _grid(len(conditions), 6.5, 3.4)
         for ax, cond in zip(axes, conditions):
-            sub = ood[ood["condition"] == cond]
-            table = sub.groupby(["ood_set", "detector"], observed=True)["auroc"].agg(["mean", "std"]).reset_index()
-            sets = list(dict.fromkeys(sub["ood_set"]))
-            dets = list(dict.fromkeys(sub["detector"]))
-            width = 0.8 / len(dets)
-            for j, d in enumerate(dets):
-                t = table[table["detector"] == d].set_index("ood_set").reindex(sets)
-                ax.bar(np.arange(len(sets)) + (j - (len(dets) - 1) / 2) * width, t["mean"], width,
-                       yerr=t["std"].fillna(0), capsize=1.5, label=d, error_kw={"lw": 0.6})
+            _grouped_bars(ax, ood[ood["condition"] == cond], x="ood_set", group="detector", value="auroc",
+                          label_size=6, rotation=60)
             ax.axhline(0.5, color="k", lw=0.6, ls=":")
-            ax.set_xticks(range(len(sets)), sets, rotation=60, ha="right", fontsize=6)
             ax.set_ylim(0, 1.02)
             ax.set_ylabel("AUROC (ID positive)")
             ax.set_title(cond)
-        axes[0].legend(fontsize=6, ncol=len(dets))
+        axes[0].legend(fontsize=6, ncol=ood["detector"].nunique())
         return _save(fig, out, "ood_auroc.png", "OOD detectors: AUROC against each noise family and held-out "
                      "class (mean +- sd over runs; 0.5 = chance)" + note)
 
@@ -303,17 +307,9 @@ def intervention_bars(absorbers: pd.DataFrame, runs: pd.DataFrame, out: Path) ->
         return None
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-        families = list(dict.fromkeys(merged["noise"]))
-        kinds = list(dict.fromkeys(merged["intervention"]))
-        width = 0.8 / len(kinds)
-        for j, k in enumerate(kinds):
-            s = merged[merged["intervention"] == k].groupby("noise", observed=True)["top_share"].agg(["mean", "std"])
-            s = s.reindex(families)
-            ax.bar(np.arange(len(families)) + (j - (len(kinds) - 1) / 2) * width, s["mean"], width,
-                   yerr=s["std"].fillna(0), capsize=1.5, label=k, error_kw={"lw": 0.6})
-        ax.set_xticks(range(len(families)), families, rotation=40, ha="right")
+        _grouped_bars(ax, merged, x="noise", group="intervention", value="top_share", label_size=8, rotation=40)
         ax.set_ylabel("top share (mean +- sd over runs)")
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7, ncol=len(kinds))
+        ax.legend(fontsize=7, ncol=merged["intervention"].nunique())
         return _save(fig, out, "interventions.png", "Training interventions: how much noise the top class "
                      "takes, per noise family (trained on Gaussian noise only)")
