@@ -108,11 +108,12 @@ def test_mantel_detects_shared_structure():
 
 
 # ---------------------------------------------------------------- calibration under planted nulls
-# 1000 simulated studies each (fixed seed): the standard error of a rate near 0.05 is 0.007, so
-# the 0.03..0.07 band is about +-3 standard errors.
+# Thousands of simulated studies (fixed seeds): with 4000 the standard error of a rate near 0.05
+# is 0.0035, so the 0.03..0.07 band is over +-5 standard errors around the nominal size. (The
+# exact sizes, from 20,000 simulations: test 2 0.041 at K=2, S=20 and 0.045-0.052 at K=10.)
 
 ALPHA = 0.05
-SIMULATIONS = 1000
+SIMULATIONS = 4000
 
 
 @pytest.mark.parametrize("k, s", [(2, 20), (10, 20), (10, 40)])
@@ -144,7 +145,7 @@ def test_mst_tests_are_calibrated():
     n, s = 6, 40
     nodes = [str(i) for i in range(n)]
     edge_rejections, overlap_rejections, edges_tested = 0, 0, 0
-    for sim in range(SIMULATIONS):
+    for sim in range(SIMULATIONS // 2):
         trees = []
         for _ in range(s):
             d = np.triu(rng.random((n, n)), 1)
@@ -160,4 +161,4 @@ def test_mst_tests_are_calibrated():
         overlap_rejections += res["p_value"] <= ALPHA
     edge_size = stats.edge_pvalue(12, s, n)
     assert 0.03 <= edge_rejections / edges_tested <= 0.07, (edge_rejections / edges_tested, edge_size)
-    assert 0.03 <= overlap_rejections / SIMULATIONS <= 0.07, overlap_rejections / SIMULATIONS
+    assert 0.03 <= overlap_rejections / (SIMULATIONS // 2) <= 0.07, overlap_rejections / (SIMULATIONS // 2)
