@@ -129,6 +129,19 @@ def check_data(points: list[dict]) -> None:
                                      f"classes={p['classes']})", e.allowed, e.value) from None
 
 
+def local_slots(sweep: Sweep) -> int:
+    """How many trials fit on this machine at once (its CPUs and GPUs, and run.max_concurrent)."""
+    cpu, gpu = sweep.resources["cpu"], sweep.resources["gpu"]
+    limits = [int((os.cpu_count() or 1) // cpu)]
+    if gpu:
+        import torch
+        n_gpu = torch.cuda.device_count()
+        limits.append(int(n_gpu // gpu) if n_gpu else 0)
+    if sweep.run["max_concurrent"]:
+        limits.append(sweep.run["max_concurrent"])
+    return max(0, min(limits))
+
+
 @dataclass
 class Plan:
     sweep: Sweep
@@ -146,18 +159,7 @@ class Plan:
         return experiment_uri(self.storage, self.name)
 
     def concurrency(self) -> str:
-        cpu, gpu = self.sweep.resources["cpu"], self.sweep.resources["gpu"]
-        limits = [int((os.cpu_count() or 1) // cpu)]
-        if gpu:
-            try:
-                import torch
-                n_gpu = torch.cuda.device_count()
-            except ImportError:
-                n_gpu = 0
-            limits.append(int(n_gpu // gpu) if n_gpu else 0)
-        if self.sweep.run["max_concurrent"]:
-            limits.append(self.sweep.run["max_concurrent"])
-        here = max(0, min(limits))
+        here = local_slots(self.sweep)
         return (f"{here} at once on this machine" if here else "none on this machine (no GPU "
                 "here); on a cluster as many as its resources allow")
 
@@ -187,8 +189,7 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
     check_data(points)
     if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
         sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
-    cpus = os.cpu_count() or 1
-    concurrent = min(len(points), sweep.run["max_concurrent"] or max(1, int(cpus // sweep.resources["cpu"])))
+    concurrent = min(len(points), max(1, local_slots(sweep)))
     check_storage(sweep.run["storage"], study_footprint(points, concurrent))
     dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
     return Plan(sweep, str(path), sweep.run["storage"], points, dirnames)
