@@ -75,7 +75,7 @@ def aggregate(results: str, out: str | None = None) -> str:
         figures += [f for f in [causal.plot(doses, folder)] if f]
         names = []
         for name, df in frames.items():
-            write_csv(df, folder / f"{name}.csv")
+            write_table(df, folder / name)
             names.append(f"{name}.csv")
         name = (data.study or {}).get("name") or Path(data.root).name
         report = write_report({"name": name, "root": results, "runs": frames["runs"],
@@ -95,13 +95,16 @@ def aggregate(results: str, out: str | None = None) -> str:
             f"{len(frames['problems'])} problem(s); report: {out}/report.md")
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """pyarrow's CSV writer: several times faster than pandas' for million-row tables."""
+def write_table(df: pd.DataFrame, stem: Path) -> None:
+    """<stem>.csv for any tool, and <stem>.parquet beside it, which keeps the dtypes (categories,
+    integers with gaps) and reads back in a fraction of the time. pyarrow writes both: several times
+    faster than pandas' CSV writer for million-row tables."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    table = pa.Table.from_pandas(df.astype({c: str for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)}),
-                                 preserve_index=False)
-    pacsv.write_csv(table, path)
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), stem.with_suffix(".parquet"))
+    plain = df.astype({c: str for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+    pacsv.write_csv(pa.Table.from_pandas(plain, preserve_index=False), stem.with_suffix(".csv"))
 
 
 def _figures(frames, groups, consensus, folder: Path) -> list:

@@ -238,6 +238,7 @@ def write_report(ctx: dict) -> str:
     for section in ctx.get("extra_sections", []):
         lines += section + [""]
     lines += problems_section(runs, ctx["problems"])
-    lines += [METHODS, "## Files", "", "Tables: " + ", ".join(f"[{t}]({t})" for t in ctx["tables"]), "",
+    lines += [METHODS, "## Files", "", "Tables: " + ", ".join(f"[{t}]({t})" for t in ctx["tables"]),
+              "(each also as `.parquet` beside it, with its dtypes kept)", "",
               "Figures:", ""] + [f"![{f}]({f})" for f in ctx["figures"]]
     return "\n".join(lines) + "\n"
