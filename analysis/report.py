@@ -178,9 +178,12 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
   (10^4 draws); with thousands of images it is always tiny and is not used for inference.
 - **Absorber vs condition** (confirmatory), among conditions that train the same classes:
   permutation chi-square of the absorber x condition table (10^4 relabellings; fewer, never under
-  999, for very large studies), Cramer's V; with
-  paired seeds, Stuart-Maxwell (2 conditions) or Cochran's Q (more) is the confirmatory test and
-  the permutation test and a sign-flip test on shares are exploratory.
+  999, for very large studies), Cramer's V. With paired seeds the confirmatory test is, for 2
+  conditions, marginal homogeneity of the paired absorbers by swapping each seed's two absorbers
+  (exact over the 2^m patterns of the m discordant seeds; statistic the squared differences of the
+  marginal counts, since Stuart-Maxwell's covariance-weighted statistic is constant when the few
+  discordances form a tree; it is given for reference), for more conditions Cochran's Q; the
+  permutation test and a sign-flip test on shares are exploratory.
 - **MST edges**: for each condition and noise family, each of the C(K+1, 2) edges against the exact
   chance rate 2/(K+1) under exchangeable node labels (one-sided binomial); Benjamini-Yekutieli
   over all edges. Consensus tree: maximum spanning tree of edge frequencies. Tree overlap

@@ -114,20 +114,42 @@ def permutation_chi2(labels: np.ndarray, groups: np.ndarray, perms: int | None =
             "effect": v, "effect_name": "cramers_v", "n_runs": int(n), "permutations": perms}
 
 
-def stuart_maxwell(first: list[str], second: list[str]) -> dict:
+def marginal_homogeneity(first: list[str], second: list[str], perms: int = 10_000, seed: int = 0) -> dict:
     """Paired (same seeds), two conditions. H0: the absorber's distribution is the same in both
-    (marginal homogeneity of the K x K table of paired absorbers); Stuart-Maxwell chi-square."""
-    from statsmodels.stats.contingency_tables import SquareTable
+    (marginal homogeneity of the K x K table of paired absorbers).
+
+    p: the paired permutation test, each seed's two absorbers swapped (H0 makes them
+    exchangeable), exact over the 2^m patterns of the m discordant seeds for m <= 16, Monte Carlo
+    beyond. Statistic: |d|^2, d the K differences of the marginal counts. Stuart-Maxwell's
+    d' V^-1 d is also returned (generalised inverse, df = rank V, so that it stays defined when a
+    class occurs only in agreeing pairs; equal to the textbook value wherever that exists), but it
+    is not the test: V is estimated from the same few discordant seeds, and when they form a tree
+    (each pair of classes seen once, usual with a handful of seeds) d' V^-1 d = m whatever their
+    directions, so it cannot see one class losing every seed. On 2 classes |d|^2 is 2x McNemar's
+    numerator and the test is the exact McNemar test."""
     cats = sorted(set(first) | set(second))
-    table = np.zeros((len(cats), len(cats)))
-    for x, y in zip(first, second):
-        table[cats.index(x), cats.index(y)] += 1
-    if len(cats) < 2 or all(x == y for x, y in zip(first, second)):
-        return {"statistic": 0.0, "p_value": 1.0, "df": 0}
-    res = SquareTable(table, shift_zeros=False).homogeneity(method="stuart_maxwell")
-    stat = float(res.statistic)
-    return {"statistic": stat, "p_value": float(res.pvalue) if np.isfinite(res.pvalue) else 1.0,
-            "df": int(res.df)}
+    discordant = [(cats.index(x), cats.index(y)) for x, y in zip(first, second) if x != y]
+    m = len(discordant)
+    if m == 0:
+        return {"statistic": 0.0, "p_value": 1.0, "discordant": 0, "stuart_maxwell": 0.0, "df": 0,
+                "p_asymptotic": 1.0}
+    step = np.zeros((m, len(cats)))                 # each discordant seed's contribution to d
+    step[np.arange(m), [i for i, _ in discordant]] += 1
+    step[np.arange(m), [j for _, j in discordant]] -= 1
+    d = step.sum(0)
+    observed = float(d @ d)
+    if m <= 16:
+        signs = 1 - 2 * ((np.arange(2**m)[:, None] >> np.arange(m)) & 1)
+        null = ((signs @ step) ** 2).sum(1)
+        p = float(np.mean(null >= observed - 1e-9))
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(perms, m))
+        p = mc_pvalue(((signs @ step) ** 2).sum(1), observed)
+    v = step.T @ step                               # Stuart-Maxwell's covariance of d
+    sm = float(d @ np.linalg.pinv(v) @ d)
+    df = int(np.linalg.matrix_rank(v))
+    return {"statistic": observed, "p_value": p, "discordant": m, "stuart_maxwell": sm, "df": df,
+            "p_asymptotic": float(sps.chi2.sf(sm, df))}
 
 
 def cochran_q(indicator: np.ndarray) -> dict:
