@@ -117,7 +117,8 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
                 q = stats.cochran_q(indicator)
                 tests.append(_row("confirmatory", f"P(absorber = {pooled}) differs between conditions "
                                   "(paired seeds)", label, f, {**q, "n_runs": len(common)},
-                                  "Cochran's Q, seeds paired", effect=float(indicator.mean()),
+                                  f"Cochran's Q, seeds paired; p by permuting each seed's row across conditions "
+                                  f"({q['permutations']} permutations)", effect=float(indicator.mean()),
                                   effect_name=f"share of runs absorbing to {pooled}"))
     if len(by_classes) > 1:
         notes.append("Conditions that train different class sets are not compared by absorber "

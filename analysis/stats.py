@@ -152,15 +152,25 @@ def marginal_homogeneity(first: list[str], second: list[str], perms: int = 10_00
             "p_asymptotic": float(sps.chi2.sf(sm, df))}
 
 
-def cochran_q(indicator: np.ndarray) -> dict:
+def cochran_q(indicator: np.ndarray, perms: int | None = None, seed: int = 0) -> dict:
     """Paired, >= 2 conditions. H0: P(absorber is the pooled modal class) is the same in every
-    condition. `indicator`: (runs/seeds, conditions) of 0/1."""
+    condition. `indicator`: (runs/seeds, conditions) of 0/1. Statistic: Cochran's Q (statsmodels).
+    p: each seed's row permuted across conditions (H0 makes them exchangeable), Monte Carlo; the
+    chi-square approximation needs more discordant seeds than a study usually has, so it is kept
+    only for reference. Q only grows with the sum of squared column totals once the row totals
+    are fixed, so the null compares that sum."""
     from statsmodels.stats.contingency_tables import cochrans_q
     x = np.asarray(indicator)
-    if np.all(x == x[:, :1]):  # no run differs between conditions: nothing to test
-        return {"statistic": 0.0, "p_value": 1.0}
+    mixed = x[~np.all(x == x[:, :1], axis=1)]       # seeds where the conditions disagree
+    if len(mixed) == 0:
+        return {"statistic": 0.0, "p_value": 1.0, "p_asymptotic": 1.0, "permutations": 0}
     res = cochrans_q(x)
-    return {"statistic": float(res.statistic), "p_value": float(res.pvalue)}
+    perms = perms or permutation_budget(*mixed.shape, cap=1e7, least=999)
+    shuffled = np.random.default_rng(seed).permuted(np.broadcast_to(mixed, (perms, *mixed.shape)), axis=2)
+    null = (shuffled.sum(1).astype(float) ** 2).sum(1)
+    observed = float((mixed.sum(0).astype(float) ** 2).sum())
+    return {"statistic": float(res.statistic), "p_value": mc_pvalue(null, observed),
+            "p_asymptotic": float(res.pvalue), "permutations": perms}
 
 
 def sign_flip(diffs: np.ndarray, perms: int = 10_000, seed: int = 0) -> dict:
