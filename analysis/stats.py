@@ -194,6 +194,16 @@ def sign_flip(diffs: np.ndarray, perms: int = 10_000, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------- 4. MST stability
 
+def poisson_binomial_sf(hits: int, chances: list[float]) -> float:
+    """P(X >= hits) for X a sum of independent Bernoulli(chances[i]): an exact one-sided test of
+    how many runs hit when each run has its own chance (runs with different K). Equal chances
+    give the binomial tail."""
+    pmf = np.array([1.0])
+    for q in chances:
+        pmf = np.convolve(pmf, [1 - q, q])
+    return float(min(1.0, pmf[hits:].sum()))
+
+
 def edge_pvalue(count: int, n_runs: int, n_nodes: int) -> float:
     """H0: the edge is in a run's tree with the probability every edge has when node labels are
     exchangeable, (n-1)/C(n,2) = 2/n (n = K+1 nodes). One-sided exact binomial test."""

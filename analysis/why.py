@@ -197,7 +197,7 @@ def _background_answer(frames) -> list[str]:
              "against the run's Gaussian absorber:"]
     pixel = ["png_bits_per_pixel", "spectral_slope", "gradient_energy", "colorfulness", "intensity_std"]
     absorbers = frames["absorbers"]
-    hits, n = 0, 0
+    hits, n, chances = 0, 0, []
     for trial_id, sub in c[c["measure"].isin(pixel)].groupby("trial_id", observed=True):
         cls = sub[sub["set"] == "class"].pivot(index="name", columns="measure", values="value")
         noise = sub[(sub["set"] == "noise") & (sub["name"] == "gaussian")].set_index("measure")["value"]
@@ -209,8 +209,11 @@ def _background_answer(frames) -> list[str]:
         if len(a):
             hits += int(nearest == a.iloc[0])
             n += 1
+            chances.append(1 / len(cls))
     if n:
-        lines.append(f"the nearest class is the absorber in {hits}/{n} runs (chance about 1/K). The mean "
+        p = stats.poisson_binomial_sf(hits, chances)
+        lines.append(f"the nearest class is the absorber in {hits}/{n} runs (chance 1/K per run; exact "
+                     f"one-sided test of the count, p = {fmt_p(p)}, exploratory, uncorrected). The mean "
                      "noise image sent to each class is in the trial arrays (noise_mean_images_<family>).")
     return lines + [""]
 

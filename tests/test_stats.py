@@ -86,6 +86,14 @@ def test_paired_homogeneity_sees_one_class_losing_every_seed():
     assert stats.marginal_homogeneity(["a", "b"], ["a", "b"])["p_value"] == 1.0
 
 
+def test_poisson_binomial_tail_is_the_binomial_for_equal_chances_and_exact_otherwise():
+    assert stats.poisson_binomial_sf(5, [0.1] * 16) == pytest.approx(sps.binom.sf(4, 16, 0.1))
+    # two runs with chances 1/2 and 1/10: P(both) = 0.05, P(at least one) = 1 - 0.45 = 0.55
+    assert stats.poisson_binomial_sf(2, [0.5, 0.1]) == pytest.approx(0.05)
+    assert stats.poisson_binomial_sf(1, [0.5, 0.1]) == pytest.approx(0.55)
+    assert stats.poisson_binomial_sf(0, [0.5, 0.1]) == pytest.approx(1.0)
+
+
 def test_cochran_q_on_two_conditions_is_mcnemar():
     x = np.array([[1, 1]] * 10 + [[1, 0]] * 8 + [[0, 1]] * 2 + [[0, 0]] * 5)
     res = stats.cochran_q(x)
