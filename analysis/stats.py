@@ -192,8 +192,6 @@ def sign_flip(diffs: np.ndarray, perms: int = 10_000, seed: int = 0) -> dict:
     return {"statistic": float(d.mean()), "p_value": p, "effect": float(d.mean() / sd) if sd > 0 else 0.0}
 
 
-# ---------------------------------------------------------------- 4. MST stability
-
 def poisson_binomial_sf(hits: int, chances: list[float]) -> float:
     """P(X >= hits) for X a sum of independent Bernoulli(chances[i]): an exact one-sided test of
     how many runs hit when each run has its own chance (runs with different K). Equal chances
@@ -203,6 +201,8 @@ def poisson_binomial_sf(hits: int, chances: list[float]) -> float:
         pmf = np.convolve(pmf, [1 - q, q])
     return float(min(1.0, pmf[hits:].sum()))
 
+
+# ---------------------------------------------------------------- 4. MST stability
 
 def edge_pvalue(count: int, n_runs: int, n_nodes: int) -> float:
     """H0: the edge is in a run's tree with the probability every edge has when node labels are
