@@ -124,7 +124,9 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
 
 
 def dose_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% CI over seeds of the target's share at each dose (0 = the baselines)."""
+    """Mean and 95% CI over seeds of the target's share at each dose (0 = the baselines): the t
+    interval over seeds, cut to [0, 1] where a share can lie (a percentile bootstrap would stay in
+    range too, but covers too little with a handful of seeds)."""
     if pairs.empty:
         return pd.DataFrame()
     rows = []
@@ -135,7 +137,7 @@ def dose_table(pairs: pd.DataFrame) -> pd.DataFrame:
             n, m = len(per_seed), per_seed.mean()
             half = sps.t.ppf(0.975, n - 1) * per_seed.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
             rows.append({"group": group, "kind": kind, "dose": d, "n_seeds": n, "mean_target_share": m,
-                         "ci_low": m - half, "ci_high": m + half})
+                         "ci_low": max(0.0, m - half), "ci_high": min(1.0, m + half)})
     return pd.DataFrame(rows)
 
 

@@ -90,6 +90,8 @@ def test_causal_tables_tests_figure_and_report(causal_report):
     assert (pairs["clutter_gradient_energy"] < pairs["baseline_clutter_gradient_energy"]).all()
     doses = pd.read_csv(r / "causal_dose.csv")
     assert sorted(doses["dose"]) == [0.0, 1.0, 2.0] and (doses["n_seeds"] == 3).all()
+    assert ((0 <= doses["ci_low"]) & (doses["ci_low"] <= doses["mean_target_share"])
+            & (doses["mean_target_share"] <= doses["ci_high"]) & (doses["ci_high"] <= 1)).all()
     tests = pd.read_csv(r / "tests.csv")
     causal = tests[tests["family"] == "causal"]
     assert len(causal) == 2 * 2 + 1 and causal["p_adjusted"].notna().all()
