@@ -101,7 +101,8 @@ def absorber_frequency(absorbers: pd.DataFrame, class_sets: dict[str, list[str]]
                 ci = np.where(trained, ci, np.nan)
                 x = np.arange(len(classes)) + (j - (len(conditions) - 1) / 2) * width
                 ax.bar(x, p, width, label=f"{cond} (n={n})",
-                       yerr=[p - ci[0], ci[1] - p] if n else None, capsize=2, error_kw={"lw": 0.8})
+                       yerr=np.clip([p - ci[0], ci[1] - p], 0, None) if n else None, capsize=2,
+                       error_kw={"lw": 0.8})
             ax.set_title(f)
             ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
             ax.set_ylim(0, 1.05)

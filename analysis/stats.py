@@ -331,11 +331,12 @@ def adjust(pvalues, method: str) -> np.ndarray:
     return out
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for a fraction of runs (statsmodels' formula), set exactly to 0 at
+    k = 0 and 1 at k = n: rounding leaves those bounds a hair past p itself (statsmodels gives
+    2.8e-17 for 0 of 7), which a plot's error bar then refuses as negative."""
+    from statsmodels.stats.proportion import proportion_confint
     if n == 0:
         return (np.nan, np.nan)
-    p = successes / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (float(centre - half), float(centre + half))
+    low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    return (0.0 if successes == 0 else float(low), 1.0 if successes == n else float(high))

@@ -223,14 +223,17 @@ def _learned_answer(frames) -> list[str]:
     d = d[d["noise"] == "gaussian"]
     if d.empty:
         return []
-    return ["**3. What did the network learn?** At the Gaussian-noise features, logit_c = w_c . f + b_c. "
-            f"Over {len(d)} runs the head's bias supplies on average {d['bias_share_of_margin'].mean():.0%} "
-            f"of the absorber's margin over the runner-up, and the absorber wins "
-            f"{d['decided_by_bias'].mean():.0%} of its images only through its bias (the weight term "
-            f"favours the runner-up). Noise features have mean norm {d['noise_feature_norm'].mean():.2f} "
-            f"against {d['test_feature_norm'].mean():.2f} for test images "
-            f"(ratio {(d['noise_feature_norm'] / d['test_feature_norm']).mean():.2f}; below 1 means noise "
-            "features shrink toward a constant, as Kang et al. 2024 describe).", ""]
+    lines = ["**3. What did the network learn?** At the Gaussian-noise features, logit_c = w_c . f + b_c: "
+             "the share of the absorber's margin over the runner-up that the head's bias supplies, the "
+             "share of its images it wins only through its bias (the weight term favours the runner-up), "
+             "and the mean feature norm of noise against test images (a ratio below 1: noise features "
+             "shrink toward a constant, as Kang et al. 2024 describe). Mean over runs:"]
+    for condition, sub in d.groupby("condition", observed=True, sort=True):
+        lines.append(f"- {md(condition)}: bias share {sub['bias_share_of_margin'].mean():.0%}, decided by "
+                     f"the bias {sub['decided_by_bias'].mean():.0%}, feature norm {sub['noise_feature_norm'].mean():.2f} "
+                     f"vs {sub['test_feature_norm'].mean():.2f} (ratio "
+                     f"{(sub['noise_feature_norm'] / sub['test_feature_norm']).mean():.2f}; n = {len(sub)} runs)")
+    return lines + [""]
 
 
 def _ood_answer(frames) -> list[str]:

@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,6 +388,11 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     if report:
         from analysis.pipeline import aggregate
         out = experiment_uri(plan.storage, f"{plan.name}/report")
-        summary = aggregate(plan.uri, out)
-        print(summary)
+        try:
+            print(aggregate(plan.uri, out))
+        except Exception:  # the trials are safe in storage; say so, and how to aggregate again
+            traceback.print_exc()
+            print(f"error: the trials finished and are kept in {plan.uri}, but the aggregation failed "
+                  f"(traceback above). Fix the cause, then run: python -m analysis {plan.uri}", file=sys.stderr)
+            return 1
     return 0 if not errors else 1

@@ -68,6 +68,15 @@ def test_parquet_beside_each_csv_holds_the_same_rows(planted, table):
     pd.testing.assert_frame_equal(roundtrip, csv, check_dtype=False)
 
 
+def test_unanimous_runs_plot_with_their_interval(tmp_path):
+    """Every one of 6 runs picks the same absorber: the Wilson bound sits exactly at 1 (rounding
+    once put it below the observed fraction, and matplotlib refused the negative error bar)."""
+    study = write_study(tmp_path, [Condition("flip", absorber="bird", p_absorber=1.0),
+                                   Condition("none", absorber="bird", p_absorber=1.0)], seeds=6)
+    aggregate(str(study))
+    assert (study / "report" / "absorber_frequency.png").stat().st_size > 10_000
+
+
 def test_planted_absorbers_are_recovered(planted):
     _, _, frames, _ = planted
     cons = frames["consistency"].set_index(["condition", "noise"])

@@ -94,6 +94,16 @@ def test_poisson_binomial_tail_is_the_binomial_for_equal_chances_and_exact_other
     assert stats.poisson_binomial_sf(0, [0.5, 0.1]) == pytest.approx(1.0)
 
 
+def test_wilson_interval_known_answer_and_bounds():
+    # Newcombe (1998), table I: 81/263 -> 0.2553 to 0.3662; 15/148 -> 0.0624 to 0.1605
+    assert stats.wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert stats.wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    for n in range(1, 60):                     # the bounds hold p itself, inside [0, 1]
+        for k in range(n + 1):
+            low, high = stats.wilson_interval(k, n)
+            assert 0 <= low <= k / n <= high <= 1, (k, n)
+
+
 def test_cochran_q_on_two_conditions_is_mcnemar():
     x = np.array([[1, 1]] * 10 + [[1, 0]] * 8 + [[0, 1]] * 2 + [[0, 0]] * 5)
     res = stats.cochran_q(x)

@@ -120,3 +120,22 @@ def test_fused_seeds_write_the_same_grid_point_folders(tiny_data, tmp_path):
     assert fused["timing"]["fused_models"] == 2 and fused["seed"] == 1
     assert pd.read_csv(study / "report" / "problems.csv").empty
     assert len(pd.read_csv(study / "report" / "runs.csv")) == 3
+
+
+def test_a_failing_aggregation_keeps_the_trials_and_says_how_to_rerun_it(tiny_data, tmp_path, monkeypatch, capsys):
+    """In process, with Tune stubbed out: the trials are done, then the aggregation raises. The
+    driver exits 1 and names the command that aggregates the kept trials again."""
+    import analysis.pipeline
+    from study import sweep
+
+    plan = sweep.prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
+    monkeypatch.setattr(sweep, "_init_ray", lambda address: None)
+    monkeypatch.setattr(sweep, "build_tuner", lambda plan, resume: type("T", (), {"fit": lambda self: []})())
+
+    def broken(*args):
+        raise ValueError("a plot refused its data")
+    monkeypatch.setattr(analysis.pipeline, "aggregate", broken)
+    assert sweep.run(plan) == 1
+    err = capsys.readouterr().err
+    assert "a plot refused its data" in err and f"python -m analysis {plan.uri}" in err
+    assert (Path(plan.uri) / "study.json").exists()
