@@ -102,9 +102,22 @@ def write_table(df: pd.DataFrame, stem: Path) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), stem.with_suffix(".parquet"))
     plain = df.astype({c: str for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # a column of mixed types (a grid axis such as [null, 3000, all]): its values as text
+        table = pa.Table.from_pandas(_mixed_as_text(df), preserve_index=False)
+        plain = _mixed_as_text(plain)
+    pq.write_table(table, stem.with_suffix(".parquet"))
     pacsv.write_csv(pa.Table.from_pandas(plain, preserve_index=False), stem.with_suffix(".csv"))
+
+
+def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
+    mixed = [c for c in df.columns if df[c].dtype == object
+             and len({type(v) for v in df[c] if v is not None and not (isinstance(v, float) and np.isnan(v))}) > 1]
+    return df.assign(**{c: df[c].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+                        for c in mixed})
 
 
 def _figures(frames, groups, consensus, folder: Path) -> list:

@@ -68,6 +68,16 @@ def test_parquet_beside_each_csv_holds_the_same_rows(planted, table):
     pd.testing.assert_frame_equal(roundtrip, csv, check_dtype=False)
 
 
+def test_a_column_of_mixed_types_is_written_as_text(tmp_path):
+    from analysis.pipeline import write_table
+    df = pd.DataFrame({"train_subset": [None, 3000, "all"], "share": [0.1, 0.2, 0.3]})
+    write_table(df, tmp_path / "runs")
+    back = pd.read_parquet(tmp_path / "runs.parquet")
+    assert back["train_subset"].isna().tolist() == [True, False, False]
+    assert list(back["train_subset"])[1:] == ["3000", "all"] and list(back["share"]) == [0.1, 0.2, 0.3]
+    assert pd.read_csv(tmp_path / "runs.csv")["train_subset"].tolist()[1:] == ["3000", "all"]
+
+
 def test_unanimous_runs_plot_with_their_interval(tmp_path):
     """Every one of 6 runs picks the same absorber: the Wilson bound sits exactly at 1 (rounding
     once put it below the observed fraction, and matplotlib refused the negative error bar)."""
