@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import write_image_tree, write_torchvision_folder
+from conftest import ROOT, write_image_tree, write_torchvision_folder
 from study import data as data_mod
 from study.data import CIFAR10_CLASSES, load_cifar10, resolve_source
 from study.errors import InputError
@@ -40,6 +40,22 @@ def test_tree_and_tar_decode_to_the_same_arrays(tmp_path):
     np.testing.assert_array_equal(a.train_x, b.train_x)
     np.testing.assert_array_equal(a.test_y, b.test_y)
     assert a.train_y.tolist() == sorted(a.train_y.tolist())  # CIFAR-10 label order
+
+
+def test_device_packing_round_trips_to_the_same_arrays(tmp_path):
+    """benchmarks/device_data.py: tar -> JPEG-bytes .npz (small enough to carry) -> tar."""
+    import runpy
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "device_data.py"))
+    tree = write_image_tree(tmp_path / "tree", 3, 2)
+    tar_path = tmp_path / "data.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        tf.add(tree / "train", arcname="train")
+        tf.add(tree / "test", arcname="test")
+    tool["pack"](str(tar_path), str(tmp_path / "blob.npz"))
+    tool["unpack"](str(tmp_path / "blob.npz"), str(tmp_path / "back.tar"))
+    a, b = fresh_load(tar_path), fresh_load(tmp_path / "back.tar")
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    np.testing.assert_array_equal(a.test_y, b.test_y)
 
 
 def test_full_verification_names_what_is_off(tmp_path):
