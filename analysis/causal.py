@@ -15,7 +15,7 @@ from scipy import stats as sps
 from . import stats
 from .inference import _row
 from .report import fmt_p, md
-from .tables import completed
+from .tables import completed, paired_with_none
 
 AXIS = "class_intervention"
 NOISE = "gaussian"
@@ -33,17 +33,12 @@ def pairs_table(data) -> pd.DataFrame:
     """One row per intervened run, with the same seed's baseline run (every other axis equal)."""
     if AXIS not in data.axes:
         return pd.DataFrame()
-    others = [a for a in data.axes if a not in (AXIS, "seed")]
     runs = [r for r in completed(data) if NOISE in r["families"]]
-    key = lambda r: (tuple(str(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
-    baseline = {key(r): r for r in runs if r["axes"][AXIS] == "none"}
     rows = []
-    for r in runs:
+    for b, r, others in paired_with_none(runs, data.axes, AXIS):
         spec = r["axes"][AXIS]
-        if spec == "none" or key(r) not in baseline:
-            continue
-        b, t = baseline[key(r)], spec["target"]
-        row = {"trial_id": r["trial_id"], "baseline_id": b["trial_id"], "group": ", ".join(key(r)[0]) or "all",
+        t = spec["target"]
+        row = {"trial_id": r["trial_id"], "baseline_id": b["trial_id"], "group": ", ".join(others) or "all",
                "seed": r["seed"], "target": t, "kind": spec["kind"], "strength": spec["strength"],
                "dose": dose(spec["kind"], spec["strength"]),
                "share": _share(r, t), "baseline_share": _share(b, t),
@@ -95,8 +90,8 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                           "sign-flip over seeds of the per-seed change in the share of targets that absorb "
                           "(paired with the same seed's network without intervention)", effect_name="mean diff / sd"))
         for m, direction in INTENDED.get(kind, {}).items():
-            diffs = (sub.groupby("seed")[f"clutter_{m}"].mean() - sub.groupby("seed")[f"baseline_clutter_{m}"].mean())
-            diffs = diffs.dropna().to_numpy()
+            per_seed_clutter = sub.groupby("seed")[[f"clutter_{m}", f"baseline_clutter_{m}"]].mean()
+            diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()
             if len(diffs) >= 2:
                 res = stats.sign_flip(diffs)
                 tests.append(_row("exploratory", f"{kind} at {strength:g} moves the target's {m} "
@@ -108,8 +103,9 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             continue
         rhos = []
         for _, s in sub.groupby("seed"):
-            doses = np.concatenate([[0.0], s.groupby("dose")["share"].mean().index.to_numpy()])
-            shares = np.concatenate([[s["baseline_share"].mean()], s.groupby("dose")["share"].mean().to_numpy()])
+            by_dose = s.groupby("dose")["share"].mean()
+            doses = np.concatenate([[0.0], by_dose.index.to_numpy()])
+            shares = np.concatenate([[s["baseline_share"].mean()], by_dose.to_numpy()])
             if np.ptp(shares) > 0:
                 rhos.append(sps.spearmanr(doses, shares).statistic)
             else:

@@ -71,7 +71,8 @@ def aggregate(results: str, out: str | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         figures = [f for f in _figures(frames, groups, consensus, folder) if f]
-        figures += why.plots({**frames, **why_frames, "decomposition": why_frames["logit_decomposition"]}, folder, groups)
+        with_why = {**frames, **why_frames}  # frames keeps only the non-empty why tables
+        figures += why.plots(with_why, folder, groups)
         figures += [f for f in [causal.plot(doses, folder)] if f]
         names = []
         for name, df in frames.items():
@@ -84,9 +85,7 @@ def aggregate(results: str, out: str | None = None) -> str:
                                "consensus": consensus, "heldout": frames["heldout"],
                                "trajectory": frames["trajectory"], "figures": figures, "tables": names,
                                "extra_sections": [
-                                   why.report_section({**frames, **why_frames,
-                                                       "decomposition": why_frames["logit_decomposition"]},
-                                                      frames["tests"]),
+                                   why.report_section(with_why, frames["tests"]),
                                    causal.report_section(pairs, doses, frames["tests"])]})
         (folder / "report.md").write_text(report)
         _upload(folder, out)
@@ -114,10 +113,10 @@ def write_table(df: pd.DataFrame, stem: Path) -> None:
 
 
 def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
-    mixed = [c for c in df.columns if df[c].dtype == object
-             and len({type(v) for v in df[c] if v is not None and not (isinstance(v, float) and np.isnan(v))}) > 1]
-    return df.assign(**{c: df[c].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-                        for c in mixed})
+    def missing(v):
+        return v is None or (isinstance(v, float) and np.isnan(v))
+    mixed = [c for c in df.columns if df[c].dtype == object and len({type(v) for v in df[c] if not missing(v)}) > 1]
+    return df.assign(**{c: df[c].map(lambda v: None if missing(v) else str(v)) for c in mixed})
 
 
 def _figures(frames, groups, consensus, folder: Path) -> list:

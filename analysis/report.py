@@ -183,8 +183,8 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
   (exact over the 2^m patterns of the m discordant seeds; statistic the squared differences of the
   marginal counts, since Stuart-Maxwell's covariance-weighted statistic is constant when the few
   discordances form a tree; it is given for reference), for more conditions Cochran's Q with p
-  by permuting each seed's row across conditions; the
-  permutation test and a sign-flip test on shares are exploratory.
+  by permuting each seed's row across conditions; the permutation test and a sign-flip test on
+  shares are exploratory.
 - **MST edges**: for each condition and noise family, each of the C(K+1, 2) edges against the exact
   chance rate 2/(K+1) under exchangeable node labels (one-sided binomial); Benjamini-Yekutieli
   over all edges. Consensus tree: maximum spanning tree of edge frequencies. Tree overlap

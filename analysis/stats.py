@@ -114,6 +114,20 @@ def permutation_chi2(labels: np.ndarray, groups: np.ndarray, perms: int | None =
             "effect": v, "effect_name": "cramers_v", "n_runs": int(n), "permutations": perms}
 
 
+EXACT_SIGN_FLIPS = 16  # up to 2^16 sign patterns are enumerated; beyond, Monte Carlo
+
+
+def sign_flip_pvalue(null_of, n: int, observed: float, perms: int, seed: int) -> float:
+    """p of `observed` when each of n paired units may flip its sign (swap its pair) under H0.
+    null_of(signs) -> the statistic for each row of +-1 signs. Exact over all 2^n patterns for
+    n <= EXACT_SIGN_FLIPS, else Monte Carlo over `perms` random patterns."""
+    if n <= EXACT_SIGN_FLIPS:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+        return float(np.mean(null_of(signs) >= observed - 1e-12))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(perms, n))
+    return mc_pvalue(null_of(signs), observed)
+
+
 def marginal_homogeneity(first: list[str], second: list[str], perms: int = 10_000, seed: int = 0) -> dict:
     """Paired (same seeds), two conditions. H0: the absorber's distribution is the same in both
     (marginal homogeneity of the K x K table of paired absorbers).
@@ -138,13 +152,7 @@ def marginal_homogeneity(first: list[str], second: list[str], perms: int = 10_00
     step[np.arange(m), [j for _, j in discordant]] -= 1
     d = step.sum(0)
     observed = float(d @ d)
-    if m <= 16:
-        signs = 1 - 2 * ((np.arange(2**m)[:, None] >> np.arange(m)) & 1)
-        null = ((signs @ step) ** 2).sum(1)
-        p = float(np.mean(null >= observed - 1e-9))
-    else:
-        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(perms, m))
-        p = mc_pvalue(((signs @ step) ** 2).sum(1), observed)
+    p = sign_flip_pvalue(lambda signs: ((signs @ step) ** 2).sum(1), m, observed, perms, seed)
     v = step.T @ step                               # Stuart-Maxwell's covariance of d
     sm = float(d @ np.linalg.pinv(v) @ d)
     df = int(np.linalg.matrix_rank(v))
@@ -181,13 +189,7 @@ def sign_flip(diffs: np.ndarray, perms: int = 10_000, seed: int = 0) -> dict:
     observed = abs(d.mean()) if n else 0.0
     if n == 0 or np.all(d == 0):
         return {"statistic": observed, "p_value": 1.0, "effect": 0.0}
-    if n <= 16:
-        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
-        null = np.abs(signs @ d / n)
-        p = float(np.mean(null >= observed - 1e-12))
-    else:
-        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(perms, n))
-        p = mc_pvalue(np.abs(signs @ d / n), observed)
+    p = sign_flip_pvalue(lambda signs: np.abs(signs @ d / n), n, observed, perms, seed)
     sd = d.std(ddof=1) if n > 1 else 0.0
     return {"statistic": float(d.mean()), "p_value": p, "effect": float(d.mean() / sd) if sd > 0 else 0.0}
 

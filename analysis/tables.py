@@ -8,7 +8,7 @@ from .load import Loaded, show_value
 from .stats import p_top_share_uniform
 
 
-def _ids(run: dict) -> dict:
+def run_ids(run: dict) -> dict:
     return {"trial_id": run["trial_id"], "condition": run["condition"], "seed": run["seed"]}
 
 
@@ -27,6 +27,15 @@ def runs_table(data: Loaded) -> pd.DataFrame:
 
 def completed(data: Loaded) -> list[dict]:
     return [r for r in data.runs if r["status"] == "completed"]
+
+
+def paired_with_none(runs: list[dict], axes: list[str], axis: str) -> list[tuple[dict, dict, tuple]]:
+    """(baseline, run, others) for each run whose `axis` is not `none` and that has a baseline:
+    the run of the same seed, every other axis equal (`others`: their values), `axis` = none."""
+    others = [a for a in axes if a not in (axis, "seed")]
+    key = lambda r: (tuple(str(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
+    baseline = {key(r): r for r in runs if r["axes"][axis] == "none"}
+    return [(baseline[key(r)], r, key(r)[0]) for r in runs if r["axes"][axis] != "none" and key(r) in baseline]
 
 
 def _long(runs: list[dict], per_run) -> pd.DataFrame:
@@ -63,7 +72,7 @@ def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
     for r in completed(data):
         k = len(r["classes"])
         for i, f in enumerate(r["families"]):
-            rows.append({**_ids(r), "noise": f, "absorber": r["absorber"][i],
+            rows.append({**run_ids(r), "noise": f, "absorber": r["absorber"][i],
                          "top_share": r["top_share"][i], "entropy_norm": r["entropy_norm"][i],
                          "mean_max_softmax": r["mean_max_softmax"][i], "n_classes": k,
                          "p_uniform": p_top_share_uniform(r["top_share"][i], r["n_noise"], k, mc_draws)})
@@ -72,7 +81,7 @@ def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
 
 
 def heldout_table(data: Loaded) -> pd.DataFrame:
-    rows = [{**_ids(r), "heldout_class": h, "class": c, "share": s}
+    rows = [{**run_ids(r), "heldout_class": h, "class": c, "share": s}
             for r in completed(data) for h, shares in r["heldout"].items() for c, s in shares.items()]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "heldout_class", "class", "share"])
 

@@ -10,13 +10,9 @@ import pandas as pd
 from . import stats
 from .inference import _row, families_of
 from .report import fmt_p, md
-from .tables import completed
+from .tables import completed, paired_with_none, run_ids
 
 INTERVENTION_NOISE_CLASS = "noise_class"
-
-
-def _ids(r: dict) -> dict:
-    return {"trial_id": r["trial_id"], "condition": r["condition"], "seed": r["seed"]}
 
 
 def has(r: dict, key: str) -> bool:
@@ -32,9 +28,9 @@ def clutter_table(data) -> pd.DataFrame:
             continue
         c = r["extra"]["clutter"]
         for measure, per_class in c["classes"].items():
-            rows += [{**_ids(r), "set": "class", "name": k, "measure": measure, "value": v} for k, v in per_class.items()]
+            rows += [{**run_ids(r), "set": "class", "name": k, "measure": measure, "value": v} for k, v in per_class.items()]
         for family, measures in c["noise"].items():
-            rows += [{**_ids(r), "set": "noise", "name": family, "measure": m, "value": v} for m, v in measures.items()]
+            rows += [{**run_ids(r), "set": "noise", "name": family, "measure": m, "value": v} for m, v in measures.items()]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "set", "name", "measure", "value"])
 
 
@@ -43,14 +39,14 @@ DECOMPOSITION_COLUMNS = ["absorber", "n_images", "mean_margin", "mean_bias_part"
 
 
 def decomposition_table(data) -> pd.DataFrame:
-    rows = [{**_ids(r), "noise": f, **{k: d.get(k) for k in DECOMPOSITION_COLUMNS}}
+    rows = [{**run_ids(r), "noise": f, **{k: d.get(k) for k in DECOMPOSITION_COLUMNS}}
             for r in completed(data) if has(r, "logit_decomposition")
             for f, d in r["extra"]["logit_decomposition"].items()]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", *DECOMPOSITION_COLUMNS])
 
 
 def ood_table(data) -> pd.DataFrame:
-    rows = [{**_ids(r), **row} for r in completed(data) if has(r, "ood") for row in r["extra"]["ood"]["rows"]]
+    rows = [{**run_ids(r), **row} for r in completed(data) if has(r, "ood") for row in r["extra"]["ood"]["rows"]]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "detector", "ood_set", "auroc", "aupr_in",
                                        "aupr_out", "fpr95"])
 
@@ -73,7 +69,7 @@ def frequency_table(data) -> pd.DataFrame:
         if not has(r, "frequency") or "gaussian" not in r["families"]:
             continue
         g_abs = r["absorber"][r["families"].index("gaussian")]
-        rows += [{**_ids(r), "kind": x["kind"], "cutoff": x["cutoff"], "absorber": x["absorber"],
+        rows += [{**run_ids(r), "kind": x["kind"], "cutoff": x["cutoff"], "absorber": x["absorber"],
                   "top_share": x["top_share"], "gaussian_absorber": g_abs,
                   "gaussian_absorber_share": x["shares"].get(g_abs, 0.0)} for x in r["extra"]["frequency"]]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "kind", "cutoff", "absorber", "top_share",
@@ -121,13 +117,10 @@ def intervention_tests(data) -> list[dict]:
     it lower the share of the top real class, per noise family (seen: gaussian; unseen: others)?"""
     if "intervention" not in data.axes:
         return []
-    others = [a for a in data.axes if a not in ("intervention", "seed")]
-    runs = completed(data)
-    key = lambda r: (tuple(str(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
-    baseline = {key(r): r for r in runs if r["axes"]["intervention"] == "none"}
+    all_pairs = paired_with_none(completed(data), data.axes, "intervention")
     tests = []
-    for iv in sorted({r["axes"]["intervention"] for r in runs} - {"none"}):
-        pairs = [(baseline[key(r)], r) for r in runs if r["axes"]["intervention"] == iv and key(r) in baseline]
+    for iv in sorted({r["axes"]["intervention"] for _, r, _ in all_pairs}):
+        pairs = [(b, r) for b, r, _ in all_pairs if r["axes"]["intervention"] == iv]
         if len(pairs) < 2:
             continue
         for f in families_of([x for p in pairs for x in p]):
@@ -162,7 +155,7 @@ def plots(frames: dict, out, groups: dict) -> list:
 # ---------------------------------------------------------------- report
 
 def report_section(frames: dict, tests: pd.DataFrame) -> list[str]:
-    if frames["clutter"].empty and frames["decomposition"].empty and frames["ood"].empty:
+    if frames["clutter"].empty and frames["logit_decomposition"].empty and frames["ood"].empty:
         return []
     lines = ["## Why this class?", ""]
     lines += _clutter_answer(frames, tests) + _background_answer(frames) + _learned_answer(frames)
@@ -219,7 +212,7 @@ def _background_answer(frames) -> list[str]:
 
 
 def _learned_answer(frames) -> list[str]:
-    d = frames["decomposition"]
+    d = frames["logit_decomposition"]
     d = d[d["noise"] == "gaussian"]
     if d.empty:
         return []

@@ -193,8 +193,7 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
             f"{metrics['seconds']:.1f} s for {len(setups)} models")
         if on_epoch is not None:
             on_epoch(trainer.epoch, metrics)
-    train_seconds = time.perf_counter() - t_train
-    trainer.model.split(models)
+    train_seconds = time.perf_counter() - t_train  # `models` hold the last epoch's weights (split above)
     results = []
     for i, (s, mdl, out) in enumerate(zip(setups, models, outs)):
         s.timing["train_seconds"] = train_seconds / len(setups)  # amortized share of the array

@@ -84,6 +84,11 @@ def blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
 
 
+def _to_uint8(x: Tensor) -> Tensor:
+    """[0, 1] floats back to the stored uint8 pixels."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def apply_class_intervention(x: Tensor, y: Tensor, spec: dict, classes: list[str],
                              gen: torch.Generator) -> tuple[Tensor, Tensor, dict]:
     """x: uint8 (N, 3, H, W) training images on the device, y: labels. Changes only images of
@@ -96,12 +101,12 @@ def apply_class_intervention(x: Tensor, y: Tensor, spec: dict, classes: list[str
         imgs = x[idx].float() / 255
         noisy = imgs + strength * torch.randn(imgs.shape, device=x.device, generator=gen)
         x = x.clone()
-        x[idx] = (noisy.clamp(0, 1) * 255).round().to(torch.uint8)
+        x[idx] = _to_uint8(noisy)
         record["touched"] = int(len(idx))
     elif kind == "blur":
         x = x.clone()
         for chunk in idx.split(4096):
-            x[chunk] = (blur(x[chunk].float() / 255, strength).clamp(0, 1) * 255).round().to(torch.uint8)
+            x[chunk] = _to_uint8(blur(x[chunk].float() / 255, strength))
         record["touched"] = int(len(idx))
     elif kind == "label_noise":
         n = int(round(strength * len(idx)))

@@ -174,7 +174,8 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
     part, class_means = probe.test_metrics(test_logits, test_feats, task.test_y, classes)
 
     sample_x, sample_y = clutter_sample(s)  # training images as trained on (after a class intervention)
-    sample_logits, sample_feats = model_predict(to_tensor(sample_x))
+    sample = to_tensor(sample_x)
+    _, sample_feats = model_predict(sample)
     if cfg["intervention"] == "noise_class":  # its "class mean": the training noise it learned
         noise_ref = explain_noise_class_reference(s)
         class_means[-1] = model_predict(noise_ref)[1].mean(0)
@@ -182,7 +183,7 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
     weight = model.head.weight.detach().float().cpu().numpy()
     bias = model.head.bias.detach().float().cpu().numpy()
     pixels = lambda x: (x.float() / 255).numpy() if x.dtype == torch.uint8 else x.numpy()  # noqa: E731
-    clutter_classes = {c: measure_all(pixels(to_tensor(sample_x[sample_y == i])), sample_feats[sample_y == i])
+    clutter_classes = {c: measure_all(pixels(sample[sample_y == i]), sample_feats[sample_y == i])
                        for i, c in enumerate(task.classes)}
     arrays["class_means"] = class_means
     arrays["confusion"] = np.asarray(part["confusion"])
