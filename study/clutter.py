@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from .noise import radial_frequency
+
 PIXEL_MEASURES: dict[str, Callable[[np.ndarray], float]] = {}
 FEATURE_MEASURES: dict[str, Callable[[np.ndarray], float]] = {}
 
@@ -53,8 +55,7 @@ def png_bits_per_pixel(x: np.ndarray) -> float:
 def radial_power(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Radially averaged power spectrum (mean removed) at integer radii 1..15 (DC excluded)."""
     power = np.abs(np.fft.fft2(gray - gray.mean(axis=(1, 2), keepdims=True))) ** 2
-    fy, fx = np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(32), indexing="ij")
-    radius = np.round(np.sqrt(fy**2 + fx**2) * 32).astype(int)
+    radius = np.round(radial_frequency().numpy() * 32).astype(int)
     radii = np.arange(1, 16)
     mean_power = power.mean(axis=0)
     return radii, np.array([mean_power[radius == r].mean() for r in radii])

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import logsumexp, softmax
 
 KNN_K = 50  # Sun et al. (2022) use k = 50 for CIFAR-10
-
-
-def _logsumexp(z: np.ndarray) -> np.ndarray:
-    m = z.max(axis=1, keepdims=True)
-    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
 class Detectors:
@@ -44,11 +40,10 @@ class Detectors:
 
     def scores(self, logits: np.ndarray, feats: np.ndarray) -> dict[str, np.ndarray]:
         z = np.asarray(logits, dtype=np.float64)
-        probs = np.exp(z - _logsumexp(z)[:, None])
         return {
-            "msp": probs.max(axis=1),                              # Hendrycks & Gimpel 2017
+            "msp": softmax(z, axis=1).max(axis=1),                 # Hendrycks & Gimpel 2017
             "max_logit": z.max(axis=1),                            # Hendrycks et al. 2022
-            "energy": _logsumexp(z),                               # Liu et al. 2020 (-energy, T = 1)
+            "energy": logsumexp(z, axis=1),                        # Liu et al. 2020 (-energy, T = 1)
             "mahalanobis": -self.mahalanobis.predict_features(
                 torch.from_numpy(np.asarray(feats, dtype=np.float32))).numpy().astype(np.float64),
             "knn": self._knn(feats).astype(np.float64),            # Sun et al. 2022
