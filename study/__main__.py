@@ -1,9 +1,12 @@
-"""noisesink's command line.
+"""noisesink's command line: the installed `noisesink` command (also `python -m study`).
 
-    python -m study trial CONFIG.yaml --out DIR [--set key=value ...]
-    python -m study check SWEEP.yaml [--set section.key=value ...]
-    python -m study sweep SWEEP.yaml [--storage PATH_OR_URI] [--name NAME] [--set ...]
-                                     [--resume] [--no-report] [--address RAY_ADDRESS]
+    noisesink trial CONFIG.yaml --out DIR [--set key=value ...]
+    noisesink check SWEEP.yaml [--set section.key=value ...]
+    noisesink sweep SWEEP.yaml [--storage PATH_OR_URI] [--name NAME] [--set ...]
+                               [--resume] [--no-report] [--address RAY_ADDRESS]
+    noisesink analyze RESULTS [--out DIR]          (the aggregation: python -m analysis)
+    noisesink bench throughput|accuracy ...        (the benchmark: python -m study.bench)
+    noisesink init DIR                             (copy the shipped sweeps and configs)
 
 Bad input (config, sweep file, data source, storage) exits with code 2 and one message that names
 the key or file, the bad value and what is allowed, before any training starts.
@@ -11,15 +14,46 @@ the key or file, the bad value and what is allowed, before any training starts.
 from __future__ import annotations
 
 import argparse
+import importlib
+import shutil
 import sys
+from pathlib import Path
 
 from .errors import InputError
 
+# Commands that are another module's own command line, passed through unchanged:
+# name -> (module with main(argv), help). Each module also runs as `python -m <module>`.
+DELEGATED = {
+    "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures and report.md"),
+    "bench": ("study.bench", "measure training throughput and the recipe's accuracy"),
+}
+SHIPPED = ("sweeps", "configs")   # folders of YAML files that `noisesink init` copies
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("noisesink")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def shipped(folder: str) -> Path:
+    """A shipped folder: inside the package in an installed wheel (study/sweeps), beside it in a
+    checkout or an editable install (sweeps/)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / folder, here.parent / folder):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    raise FileNotFoundError(f"the shipped {folder}/ is missing from this installation ({here})")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study", description="noisesink: why do image "
+    p = argparse.ArgumentParser(prog="noisesink", description="noisesink: why do image "
                                 "classifiers send noise to one class?")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("trial", help="train and probe one model")
     t.add_argument("config", help="trial config YAML (keys: see README)")
@@ -41,14 +75,25 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--no-report", action="store_true", help="skip the aggregation at the end")
             s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a "
                            "local Ray)")
+    for name, (module, help_) in DELEGATED.items():
+        sub.add_parser(name, help=f"{help_} (noisesink {name} --help)", add_help=False)
+    i = sub.add_parser("init", help="copy the shipped sweeps/ and configs/ into a folder, to run "
+                       "and edit outside a git checkout")
+    i.add_argument("dir", help="folder to create or fill (existing files are never overwritten)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:  # its own parser, its own --help
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return module.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "trial":
             return _trial(args)
+        if args.command == "init":
+            return _init(Path(args.dir))
         from . import sweep  # the only module that imports Ray
         plan = sweep.prepare(args.sweep, args.set, storage=args.storage, name=args.name)
         if args.command == "check":
@@ -73,6 +118,20 @@ def _trial(args) -> int:
     print(f"status {result['status']}; test accuracy {result.get('test_accuracy', float('nan')):.4f}"
           + (f"; gaussian noise -> {summary['absorber']} ({summary['top_share']:.1%})" if summary else "")
           + f"; wrote {out}/trial.json")
+    return 0
+
+
+def _init(dest: Path) -> int:
+    sources = {f"{folder}/{f.name}": f for folder in SHIPPED for f in sorted(shipped(folder).glob("*.yaml"))}
+    clashes = [name for name in sources if (dest / name).exists()]
+    if clashes:
+        raise InputError(str(dest / clashes[0]), f"already exists ({len(clashes)} of the "
+                         f"{len(sources)} shipped files do)", "an empty or new folder")
+    for name, src in sources.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / name)
+    print(f"wrote {len(sources)} files to {dest}: " + ", ".join(f"{f}/" for f in SHIPPED)
+          + f"\nnext: cd {dest} && noisesink check sweeps/smoke.yaml")
     return 0
 
 

@@ -241,8 +241,8 @@ TRIAL_KEYS = [
         "blur | label_noise | subsample, strength: x}: changes only the target class's training "
         "images (noise std, blur sigma in pixels, fraction of labels, fraction kept)",
         class_intervention),
-    Key("data_root", None, "CIFAR-10 copy: torchvision folder, image-folder tree or .tar; null: "
-        "NOISESINK_DATA, else torchvision's download", optional(text)),
+    Key("data_root", None, "CIFAR-10 copy: torchvision folder, image-folder tree, .tar, or a URI "
+        "of a .tar (s3://...); null: NOISESINK_DATA, else torchvision's download", optional(text)),
     Key("data_verify", "full", "full: require all of CIFAR-10 (50,000 + 10,000 images); shapes: "
         "check classes and image size only (test fixtures)", choice(["full", "shapes"])),
     Key("device", "auto", "auto (cuda when present), cpu, cuda or cuda:N",

@@ -3,9 +3,12 @@
 Sources, in order of precedence: the config's `data_root`, the environment variable
 NOISESINK_DATA, a copy torchvision already downloaded into the cache folder, torchvision's
 download. A source is a torchvision folder (`cifar-10-batches-py` or its parent), an image-folder
-tree (`train/<class>/*`, `test/<class>/*`) or a `.tar` of such a tree. Decoded arrays are cached
-under the user cache folder, keyed by the sha256 of the source, never beside the source (which
-may be read-only).
+tree (`train/<class>/*`, `test/<class>/*`), a `.tar` of such a tree, or the URI of such a .tar
+(`s3://bucket/cifar10.tar`, anything pyarrow opens), fetched once per node into the cache.
+Decoded arrays are cached under the user cache folder, keyed by the sha256 of the source, never
+beside the source (which may be read-only). Fetching, torchvision's download and decoding run
+under one file lock per cache folder, so trials starting together on a fresh node do the work
+once and the others wait for it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import shutil
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
@@ -30,7 +36,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CACHE_FORMAT = 1  # bump when the cached array layout changes
 SOURCE_HELP = ("set `data_root` in the config or NOISESINK_DATA to a CIFAR-10 copy: a "
                "`cifar-10-batches-py` folder (or its parent), an image-folder tree with "
-               "train/<class>/ and test/<class>/, or a .tar of such a tree")
+               "train/<class>/ and test/<class>/, a .tar of such a tree, or the URI of such a "
+               ".tar (s3://bucket/cifar10.tar)")
 # torchvision's md5 sums of the original files: a copy in this format must be the original.
 TORCHVISION_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
@@ -73,17 +80,75 @@ def cache_dir() -> Path:
     return Path(base) / "noisesink"
 
 
+@contextmanager
+def node_lock():
+    """Exclusive use of the cache folder across processes (flock: released when the process
+    dies). Not reentrant: never nest it."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def is_uri(source: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
+
+
+def _remote_file(uri: str, where: str):
+    """(filesystem, path, info) of the object a data URI names; InputError when it cannot be
+    reached or is not one file."""
+    from .artifacts import filesystem
+    try:
+        fs, path = filesystem(uri)
+        info = fs.get_file_info(path)
+    except InputError as e:
+        raise InputError(where, e.problem, SOURCE_HELP, uri) from None
+    except Exception as e:  # unreachable endpoint, refused credentials
+        raise InputError(where, f"cannot reach the data ({type(e).__name__}: {e})", SOURCE_HELP,
+                         uri) from None
+    if info.type.name == "NotFound":
+        raise InputError(where, "no such object", SOURCE_HELP, uri)
+    if info.type.name != "File":
+        raise InputError(where, "names a folder; a URI must name one .tar", SOURCE_HELP, uri)
+    return fs, path, info
+
+
+def fetch(uri: str, where: str = "data_root") -> tuple[Path, bool]:
+    """The local copy of the object at `uri` in the cache folder, and whether this call fetched
+    it. One fetch per node and object version (its size and modification time): the other
+    processes wait on the lock and reuse the copy."""
+    fs, path, info = _remote_file(uri, where)
+    version = f"{uri}\0{info.size}\0{info.mtime_ns}"
+    key = hashlib.sha256(version.encode()).hexdigest()[:16]
+    dest = cache_dir() / "sources" / f"{key}-{PurePosixPath(path).name}"
+    with node_lock():
+        if dest.exists():
+            return dest, False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(f"{dest.name}.part{os.getpid()}")
+        with fs.open_input_stream(path) as src, open(part, "wb") as out:
+            for block in iter(lambda: src.read(1 << 22), b""):
+                out.write(block)
+        os.replace(part, dest)  # complete or absent, even if this process dies mid-copy
+    return dest, True
+
+
 # ---------------------------------------------------------------- finding the source
 
-def resolve_source(data_root: str | None) -> tuple[str, Path] | None:
-    """(kind, path) of the CIFAR-10 copy to use, or None when torchvision must download it."""
+def resolve_source(data_root: str | None) -> tuple[str, Path | str] | None:
+    """(kind, path) of the CIFAR-10 copy to use, or None when torchvision must download it; for
+    a URI ("uri", the URI), checked to name one object but not fetched."""
     where = "data_root"
     if data_root is None and os.environ.get("NOISESINK_DATA"):
         data_root, where = os.environ["NOISESINK_DATA"], "NOISESINK_DATA"
     if data_root is None:
         cached = cache_dir() / "torchvision" / "cifar-10-batches-py"
         return ("torchvision", cached) if (cached / "test_batch").exists() else None
-    path = Path(data_root).expanduser()
+    if is_uri(data_root) and not data_root.startswith("file://"):
+        _remote_file(data_root, where)
+        return "uri", data_root
+    path = Path(data_root.removeprefix("file://")).expanduser()
     if not path.exists():
         raise InputError(where, "no such file or folder", SOURCE_HELP, str(path))
     if path.is_file():
@@ -259,13 +324,23 @@ def _check_torchvision_md5(path: Path) -> None:
 
 
 def _download(root: Path) -> Path:
+    """torchvision's download into root/cifar-10-batches-py. Call it under node_lock(): the
+    archive is unpacked beside the final folder and renamed into place, so a reader never sees a
+    half-written copy."""
+    final = root / "cifar-10-batches-py"
+    if (final / "test_batch").exists():  # another process finished it while this one waited
+        return final
+    staging = root / f".download{os.getpid()}"
     try:
         from torchvision.datasets import CIFAR10
-        CIFAR10(str(root), train=True, download=True)
+        CIFAR10(str(staging), train=True, download=True)
+        os.replace(staging / "cifar-10-batches-py", final)
     except Exception as e:  # offline, proxy, disk: all end the same way for the user
         raise InputError("data source", f"no local CIFAR-10 copy was given and torchvision's "
                          f"download failed ({type(e).__name__}: {e})", SOURCE_HELP) from None
-    return root / "cifar-10-batches-py"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 # ---------------------------------------------------------------- the cached arrays
@@ -305,20 +380,24 @@ def load_cifar10(data_root: str | None = None, verify: str = "full") -> Cifar10:
     """
     found = resolve_source(data_root)
     if found is None:
-        found = ("torchvision", _download(cache_dir() / "torchvision"))
+        with node_lock():
+            found = ("torchvision", _download(cache_dir() / "torchvision"))
     kind, path = found
+    source = str(path)  # what trial.json records: the URI, not this node's copy of it
+    if kind == "uri":
+        path, _ = fetch(source, "NOISESINK_DATA" if data_root is None else "data_root")
+        if not tarfile.is_tarfile(path):
+            raise InputError(source, "the object is not a tar archive", SOURCE_HELP)
+        kind = "tar"
     if kind == "torchvision" and verify == "full":
         _check_torchvision_md5(path)
     checksum = source_checksum(kind, path)
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    file = folder / f"cifar10-v{CACHE_FORMAT}-{checksum[:24]}.npz"
-    with open(folder / ".lock", "w") as lock:  # one process decodes, the others wait and reuse
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    file = cache_dir() / f"cifar10-v{CACHE_FORMAT}-{checksum[:24]}.npz"
+    with node_lock():  # one process decodes, the others wait and reuse
         if not file.exists():
             _write_cache(file, _decode(kind, path))
     with np.load(file) as z:
         arrays = (z["train_x"], z["train_y"], z["test_x"], z["test_y"])
     if verify == "full":
-        verify_counts(arrays, str(path))
-    return Cifar10(*arrays, source=str(path), kind=kind, checksum=checksum)
+        verify_counts(arrays, source)
+    return Cifar10(*arrays, source=source, kind=kind, checksum=checksum)
