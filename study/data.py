@@ -330,6 +330,8 @@ def _download(root: Path) -> Path:
     final = root / "cifar-10-batches-py"
     if (final / "test_batch").exists():  # another process finished it while this one waited
         return final
+    for stale in root.glob(".download*"):  # left by a process killed mid-download (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = root / f".download{os.getpid()}"
     try:
         from torchvision.datasets import CIFAR10
