@@ -24,9 +24,13 @@ INTENDED = {"gaussian_noise": {"png_bits_per_pixel": +1, "gradient_energy": +1, 
             "blur": {"png_bits_per_pixel": -1, "gradient_energy": -1, "spectral_slope": -1}}
 
 
+KEPT_FRACTION = ("subsample", "majority")  # kinds whose strength is a fraction of images kept
+
+
 def dose(kind: str, strength: float) -> float:
-    """0 = no intervention; subsample's strength is the fraction kept, so its dose is 1 - kept."""
-    return 1 - strength if kind == "subsample" else strength
+    """0 = no intervention; for subsample (the target's images) and majority (every other class's)
+    the strength is the fraction kept, so the dose is 1 - kept."""
+    return 1 - strength if kind in KEPT_FRACTION else strength
 
 
 def pairs_table(data) -> pd.DataFrame:
@@ -150,7 +154,7 @@ def plot(doses: pd.DataFrame, out) -> str | None:
                 s = s.sort_values("dose")
                 ax.plot(s["dose"], s["mean_target_share"], marker="o", label=kind)
                 ax.fill_between(s["dose"], s["ci_low"], s["ci_high"], alpha=0.2)
-            ax.set_xlabel("dose (strength; 1 - fraction kept for subsample; 0 = none)")
+            ax.set_xlabel("dose (strength; 1 - fraction kept for subsample and majority; 0 = none)")
             ax.set_ylabel(f"share of {NOISE} noise to the target")
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(g)
@@ -183,7 +187,8 @@ def report_section(pairs: pd.DataFrame, doses: pd.DataFrame, tests: pd.DataFrame
                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)")
     lines += ["", "What this cannot conclude: each intervention changes more than \"clutter\" (added "
               "noise also shifts the class's colour statistics; blur removes detail that may carry the "
-              "class's identity; label noise and subsampling change the class prior and its margin), so "
+              "class's identity; label noise, subsampling and majority change the class prior and its "
+              "margin, and the last two the number of training steps too), so "
               "a positive result says that *this* change to a class's data moves noise toward it, not "
               "which property does. A null result with few seeds bounds only large effects; the CPU smoke "
               "version trains small networks on a subset and shows that the pipeline works, not the "

@@ -7,6 +7,7 @@
     noisesink analyze RESULTS [--out DIR]          (the aggregation: python -m analysis)
     noisesink bench throughput|accuracy ...        (the benchmark: python -m study.bench)
     noisesink init DIR                             (copy the shipped sweeps and configs)
+    noisesink initbias [--nets 200] [--images 100] [--settings S ...] [--out DIR]
 
 Bad input (config, sweep file, data source, storage) exits with code 2 and one message that names
 the key or file, the bad value and what is allowed, before any training starts.
@@ -80,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="copy the shipped sweeps/ and configs/ into a folder, to run "
                        "and edit outside a git checkout")
     i.add_argument("dir", help="folder to create or fill (existing files are never overwritten)")
+
+    from .initbias import DEFAULT_SETTINGS
+    b = sub.add_parser("initbias", help="initial guessing bias of untrained networks (no training)")
+    b.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), metavar="SETTING",
+                   help="ACTIVATION-POOL-NORM[.MODE]-INPUTS, e.g. relu-max-none-centered "
+                   "(default: the paper's contrasts and every normalization)")
+    b.add_argument("--nets", type=int, default=200, help="independently initialised networks per setting "
+                   "(seeds 0..nets-1; the paper's protocol: >= 200)")
+    b.add_argument("--images", type=int, default=100, help="test images (class-balanced) and noise images "
+                   "per network")
+    b.add_argument("--model", default="small_cnn", help="a model with architecture factors")
+    b.add_argument("--noise-seed", type=int, default=0, help="seeds the test images and the noise, as in the trials")
+    b.add_argument("--data-root", help="CIFAR-10 copy (default: NOISESINK_DATA)")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--out", default="results/initbias", help="folder (or URI) for the CSVs, figures and report")
     return p
 
 
@@ -94,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return _trial(args)
         if args.command == "init":
             return _init(Path(args.dir))
+        if args.command == "initbias":
+            return _initbias(args)
         from . import sweep  # the only module that imports Ray
         plan = sweep.prepare(args.sweep, args.set, storage=args.storage, name=args.name)
         if args.command == "check":
@@ -132,6 +150,17 @@ def _init(dest: Path) -> int:
         shutil.copyfile(src, dest / name)
     print(f"wrote {len(sources)} files to {dest}: " + ", ".join(f"{f}/" for f in SHIPPED)
           + f"\nnext: cd {dest} && noisesink check sweeps/smoke.yaml")
+    return 0
+
+
+def _initbias(args) -> int:
+    from .data import check_source
+    from .initbias import run
+    check_source(args.data_root)
+    record = run(args.settings, args.nets, args.images, args.out, noise_seed=args.noise_seed,
+                 data_root=args.data_root, threads=args.threads, model=args.model)
+    print(f"{len(record['settings'])} settings x {record['nets']} networks in {record['measure_seconds']:.0f} s; "
+          f"wrote {args.out}/initbias.md")
     return 0
 
 

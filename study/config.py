@@ -87,12 +87,12 @@ def cutoff_list(v, where):
 
 
 CLASS_INTERVENTION_RANGES = {"gaussian_noise": (0, 1), "blur": (0, 8), "label_noise": (0, 1),
-                             "subsample": (0.01, 1)}
+                             "subsample": (0.01, 1), "majority": (0.01, 1)}
 
 
 def class_intervention(v, where):
     allowed = ("none, or a mapping {target: <trained class>, kind: gaussian_noise|blur|label_noise|"
-               "subsample, strength: <number>}")
+               "subsample|majority, strength: <number>}")
     if v == "none":
         return "none"
     if not isinstance(v, dict) or set(v) != {"target", "kind", "strength"}:
@@ -164,6 +164,27 @@ def _models():
     return MODELS
 
 
+def _factor_options(factor: str) -> Callable[[], list[str]]:
+    def names():
+        from .models import FACTORS
+        return list(FACTORS[factor])
+    return names
+
+
+def model_name(v, where):
+    """A registry name, or timm:<name> for any model timm knows."""
+    from .models import TIMM_PREFIX, _timm
+    if isinstance(v, str) and v.startswith(TIMM_PREFIX):
+        if not _timm().is_model(v[len(TIMM_PREFIX):]):
+            raise InputError(where, "unknown timm model", "timm:<a name from timm.list_models()>, e.g. "
+                             "timm:resnet18, timm:convnext_atto, timm:vit_tiny_patch16_224", v)
+        return v
+    names = list(_models())
+    if not isinstance(v, str) or v not in names:
+        raise InputError(where, "unknown value", ", ".join(names) + ", or timm:<name>", v)
+    return v
+
+
 def _augmentations():
     from .augment import AUGMENTATIONS
     return AUGMENTATIONS
@@ -193,10 +214,19 @@ TRIAL_KEYS = [
     Key("seed", 0, "seeds weight init, data order, augmentation and the train subset", integer(0)),
     Key("classes", "all", "`all` or a list of CIFAR-10 classes, labelled 0..K-1 in the order "
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
-    Key("model", "resnet18", "registry name; resnet18 (CIFAR stem) is the original question's "
-        "network", choice(lambda: list(_models()))),
-    Key("pretrained", None, "resnet18_imagenet only: `imagenet` (torchvision's weights) or a "
-        "path to a saved state_dict; null trains from scratch", optional(text)),
+    Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
+        "stem) is the original question's network", model_name),
+    Key("activation", None, "relu, gelu or tanh (small_cnn and resnet18); null keeps the model's "
+        "own (relu): ReLU's non-zero mean is what biases untrained networks (Francazi et al. 2024)",
+        optional(choice(_factor_options("activation")))),
+    Key("pool", None, "max or avg: small_cnn's every pooling, resnet18's global one; null keeps "
+        "the model's own (small_cnn max, resnet18 avg): max-pooling amplifies that bias",
+        optional(choice(_factor_options("pool")))),
+    Key("norm", None, "batch, group, layer (GroupNorm with 1 group) or none (small_cnn and "
+        "resnet18); null keeps the model's own (batch)", optional(choice(_factor_options("norm")))),
+    Key("pretrained", None, "resnet18_imagenet and timm models: `imagenet` (the library's "
+        "weights, downloaded) or a path to a saved weights file; null trains from scratch",
+        optional(text)),
     Key("epochs", 18, "passes over the training set; 18 reaches ~93% with resnet18 and this "
         "recipe", integer(1)),
     Key("batch_size", 512, "large enough to fill a GPU, small enough to converge in few epochs",
@@ -238,8 +268,9 @@ TRIAL_KEYS = [
         "loss weight 0.5; noise_class: 1 noise image per 8; train_noise_aug: noise std up to 0.1)",
         optional(number(0))),
     Key("class_intervention", "none", "none, or {target: a trained class, kind: gaussian_noise | "
-        "blur | label_noise | subsample, strength: x}: changes only the target class's training "
-        "images (noise std, blur sigma in pixels, fraction of labels, fraction kept)",
+        "blur | label_noise | subsample | majority, strength: x}: changes only the target class's "
+        "training images (noise std, blur sigma in pixels, fraction of labels, fraction kept), or, "
+        "for majority, keeps all of them and a fraction x of every other class's",
         class_intervention),
     Key("data_root", None, "CIFAR-10 copy: torchvision folder, image-folder tree, .tar, or a URI "
         "of a .tar (s3://...); null: NOISESINK_DATA, else torchvision's download", optional(text)),
@@ -304,9 +335,15 @@ def _cross_check(cfg: dict, where: str) -> None:
     if cfg["intervention"] == "none" and cfg["intervention_strength"] is not None:
         raise InputError(f"{where}intervention_strength", "set, but intervention is none",
                          "null, or an intervention", cfg["intervention_strength"])
-    if cfg["pretrained"] is not None and cfg["model"] != "resnet18_imagenet":
-        raise InputError(f"{where}pretrained", f"only resnet18_imagenet takes pretrained weights, "
-                         f"model is {cfg['model']}", "null", cfg["pretrained"])
+    from .models import FACTOR_MODELS, TIMM_PREFIX
+    if cfg["pretrained"] is not None and not (cfg["model"] == "resnet18_imagenet"
+                                              or cfg["model"].startswith(TIMM_PREFIX)):
+        raise InputError(f"{where}pretrained", f"only resnet18_imagenet and timm models take "
+                         f"pretrained weights, model is {cfg['model']}", "null", cfg["pretrained"])
+    for factor in ("activation", "pool", "norm"):
+        if cfg[factor] is not None and cfg["model"] not in FACTOR_MODELS:
+            raise InputError(f"{where}{factor}", f"model {cfg['model']} has no architecture factors",
+                             f"null, or model: {' | '.join(sorted(FACTOR_MODELS))}", cfg[factor])
 
 
 # ---------------------------------------------------------------- YAML and --set
@@ -491,6 +528,10 @@ def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
         raise InputError("run.fuse_seeds", "fuses seeds, but `seed` is not a grid axis",
                          "1, or a grid with a seed axis", run["fuse_seeds"])
     points = sweep.points()  # validates every grid point, cross-key rules included
+    timm_points = [p["model"] for p in points if p["model"].startswith("timm:")]
+    if run["fuse_seeds"] > 1 and timm_points:
+        raise InputError("run.fuse_seeds", f"fused training covers the registry's models, not timm's "
+                         f"({timm_points[0]})", "1 for timm models", run["fuse_seeds"])
     if resources["gpu"] == 0 and any(p["device"].startswith("cuda") for p in points):
         raise InputError("resources.gpu", "is 0 but trials ask for device cuda",
                          "gpu > 0, or trial.device: auto/cpu", 0)

@@ -61,8 +61,15 @@ def _fuse(modules: list[nn.Module]) -> nn.Module:
             getattr(fused, name).copy_(torch.cat([getattr(x, name) for x in modules]))
         fused.num_batches_tracked.copy_(b.num_batches_tracked)
         return fused
+    if isinstance(first, nn.GroupNorm):  # groups never straddle two models: each keeps its own statistics
+        g = first
+        fused = nn.GroupNorm(m * g.num_groups, m * g.num_channels, g.eps, g.affine)
+        if g.affine:
+            for name in ("weight", "bias"):
+                getattr(fused, name).data = torch.cat([getattr(x, name).detach() for x in modules]).clone()
+        return fused
     if list(first.parameters(recurse=False)):
-        raise TypeError(f"cannot fuse {type(first).__name__}: only Conv2d, BatchNorm2d and parameter-free "
+        raise TypeError(f"cannot fuse {type(first).__name__}: only Conv2d, BatchNorm2d, GroupNorm and parameter-free "
                         "layers (activations, pooling, flatten) can run side by side")
     fused = copy.copy(first)  # parameter-free: ReLU, pooling, Flatten, Identity, containers
     fused._modules = {name: _fuse([x._modules[name] for x in modules]) for name in first._modules}

@@ -3,7 +3,10 @@
 Global (`intervention`, does training against noise remove absorption?):
   none | outlier_exposure | noise_class | train_noise_aug
 Per class (`class_intervention`, is clutter the cause?): change only one trained class's
-training images: gaussian_noise | blur | label_noise | subsample, by `strength`.
+training images: gaussian_noise | blur | label_noise | subsample, by `strength`; or change its
+frequency the other way (`majority`: the target keeps all its images, every other class keeps the
+fraction `strength` of its own), so that it becomes the most frequent class (Kang et al. 2024:
+far-from-data inputs go to the class the prior favours).
 
 Both act on the training device, seeded from the trial's `seed`; test images are never touched.
 The training noise is Gaussian with the data's per-channel mean and std, drawn from the trainer's
@@ -23,7 +26,7 @@ GLOBAL_DEFAULT_STRENGTH = {
     "noise_class": 0.125,     # noise images added per training image (1 per 8)
     "train_noise_aug": 0.1,   # max std of the Gaussian noise added to a training image, [0, 1] units
 }
-CLASS_KINDS = ("gaussian_noise", "blur", "label_noise", "subsample")
+CLASS_KINDS = ("gaussian_noise", "blur", "label_noise", "subsample", "majority")
 NOISE_CLASS = "noise_class"   # the extra class's name in a noise_class trial
 
 
@@ -123,4 +126,18 @@ def apply_class_intervention(x: Tensor, y: Tensor, spec: dict, classes: list[str
         x, y = x[keep], y[keep]
         record["touched"] = int(len(dropped))
         record["kept"] = keep_n
+    elif kind == "majority":  # each other class thinned on its own, so they stay balanced among themselves
+        keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
+        kept = {}
+        for c in range(len(classes)):
+            if c == target:
+                continue
+            members = torch.nonzero(y == c).flatten()
+            keep_n = int(round(strength * len(members)))
+            keep[members[torch.randperm(len(members), device=x.device, generator=gen)[keep_n:]]] = False
+            kept[classes[c]] = keep_n
+        x, y = x[keep], y[keep]
+        record["touched"] = int((~keep).sum())
+        record["kept"] = kept
+        record["target_share"] = float((y == target).float().mean())
     return x, y, record

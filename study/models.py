@@ -1,10 +1,17 @@
-"""Model registry: name -> constructor(num_classes, pretrained) -> Classifier.
+"""Model registry: name -> constructor(num_classes, pretrained, **factors) -> Classifier.
 
 Every model is `features` (image -> penultimate vector) followed by a linear `head`, kept apart
 so that the probes can read the features, and the logit decomposition the head's weights and bias.
+
+Architecture factors (trial keys `activation`, `pool`, `norm`; grid axes like any key) switch the
+causes the literature names for a biased untrained network (Francazi et al., ICML 2024) on and off
+in the models registered with `factors=True`; null keeps the model's own. `timm:<name>` builds any
+timm model for 32x32 images and K classes, split the same way.
 """
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -15,11 +22,40 @@ from torch import Tensor
 from .errors import InputError
 
 MODELS: dict[str, Callable[..., "Classifier"]] = {}
+FACTOR_MODELS: set[str] = set()   # the registry entries that take activation / pool / norm
+TIMM_PREFIX = "timm:"
+
+# factor -> option -> what it builds; every option of every factor is a registry of its own
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+}
+POOLS: dict[str, tuple[Callable[[int], nn.Module], Callable[[int], nn.Module]]] = {
+    "max": (nn.MaxPool2d, nn.AdaptiveMaxPool2d),      # (downsampling by k, global to k x k)
+    "avg": (nn.AvgPool2d, nn.AdaptiveAvgPool2d),
+}
 
 
-def register(name: str):
+def _groups(channels: int) -> int:
+    """Wu & He (2018)'s 32 groups, fewer below 128 channels so a group keeps >= 4 channels."""
+    return math.gcd(32, channels // 4)
+
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda c: nn.GroupNorm(_groups(c), c),
+    "layer": lambda c: nn.GroupNorm(1, c),   # LayerNorm of a conv map: over (C, H, W) per image
+    "none": lambda c: nn.Identity(),
+}
+FACTORS = {"activation": ACTIVATIONS, "pool": POOLS, "norm": NORMS}
+
+
+def register(name: str, factors: bool = False):
     def deco(fn):
         MODELS[name] = fn
+        if factors:
+            FACTOR_MODELS.add(name)
         return fn
     return deco
 
@@ -30,39 +66,80 @@ class Classifier(nn.Module):
         self.features = features
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
+        self.architecture: dict = {}   # what was built (resolved factors), recorded in trial.json
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
 
-def build_model(name: str, num_classes: int, seed: int, pretrained: str | None = None) -> Classifier:
-    """The same (name, num_classes, seed) always gives the same initial weights."""
+def build_model(name: str, num_classes: int, seed: int, pretrained: str | None = None,
+                activation: str | None = None, pool: str | None = None, norm: str | None = None) -> Classifier:
+    """The same (name, num_classes, seed, factors) always gives the same initial weights; models
+    that differ only in their factors draw the same random numbers, so seed s of every variant
+    starts from the same weights wherever their shapes agree (paired comparisons)."""
+    factors = {"activation": activation, "pool": pool, "norm": norm}
+    given = {k: v for k, v in factors.items() if v is not None}
+    if given and name not in FACTOR_MODELS:
+        raise InputError(next(iter(given)), f"model {name} has no architecture factors",
+                         f"null, or a model among {', '.join(sorted(FACTOR_MODELS))}", next(iter(given.values())))
     torch.manual_seed(seed)
-    return MODELS[name](num_classes=num_classes, pretrained=pretrained)
+    if name.startswith(TIMM_PREFIX):
+        model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained)
+    else:
+        model = MODELS[name](num_classes=num_classes, pretrained=pretrained, **given)
+    model.architecture = {"model": name, **model.architecture,
+                          "parameters": sum(p.numel() for p in model.parameters()),
+                          "feature_dim": model.feature_dim}
+    return model
+
+
+def factors_of(cfg: dict) -> dict:
+    """The architecture factors of a resolved trial config, as build_model takes them."""
+    return {k: cfg[k] for k in FACTORS}
+
+
+def _scale_for_no_norm(features: nn.Module, activation: str) -> None:
+    """Without normalization nothing rescales the signal between layers; PyTorch's default conv
+    init (variance 1/(3 fan_in)) would shrink it ~6x per ReLU layer. Each conv's weights are
+    rescaled (same draws, so the pairing by seed holds) to std gain/sqrt(fan_in), the
+    variance-preserving choice for the activation (gain: sqrt 2 for relu and gelu, 5/3 for tanh)."""
+    gain = nn.init.calculate_gain("tanh" if activation == "tanh" else "relu")
+    with torch.no_grad():
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.mul_(gain / math.sqrt(fan_in) / m.weight.std())
 
 
 # ---------------------------------------------------------------- small_cnn
 
-def _conv_bn(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+def _conv_block(c_in: int, c_out: int, downsample: bool, activation: str, pool: str, norm: str) -> list[nn.Module]:
     layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))  # pool before BN: BN then sees the smaller map (cheaper)
-    return layers + [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    if downsample:
+        layers.append(POOLS[pool][0](2))  # pool before the norm: it then sees the smaller map (cheaper)
+    return layers + [NORMS[norm](c_out), ACTIVATIONS[activation]()]
 
 
-@register("small_cnn")
-def small_cnn(num_classes: int, pretrained: str | None = None, widths=(32, 64, 128)) -> Classifier:
+@register("small_cnn", factors=True)
+def small_cnn(num_classes: int, pretrained: str | None = None, widths=(32, 64, 128),
+              activation: str = "relu", pool: str = "max", norm: str = "batch") -> Classifier:
     """A VGG-like net in the spirit of airbench: ~67 MMAC per image, >= 60% on CIFAR-10 in a few
-    CPU minutes. 32 -> 16 -> 8 -> 4 pixels, global max pool, `widths[-1]`-d features."""
+    CPU minutes. 32 -> 16 -> 8 -> 4 pixels, global pooling, `widths[-1]`-d features. `pool` is
+    every pooling (the three 2x2 and the global one); no conv has a bias."""
     w0, w1, w2 = widths
+    block = partial(_conv_block, activation=activation, pool=pool, norm=norm)
     features = nn.Sequential(
-        *_conv_bn(3, w0, pool=False),
-        *_conv_bn(w0, w1, pool=True), *_conv_bn(w1, w1, pool=False),
-        *_conv_bn(w1, w2, pool=True), *_conv_bn(w2, w2, pool=False),
-        *_conv_bn(w2, w2, pool=True),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        *block(3, w0, downsample=False),
+        *block(w0, w1, downsample=True), *block(w1, w1, downsample=False),
+        *block(w1, w2, downsample=True), *block(w2, w2, downsample=False),
+        *block(w2, w2, downsample=True),
+        POOLS[pool][1](1), nn.Flatten(),
     )
-    return Classifier(features, w2, num_classes)
+    if norm == "none":
+        _scale_for_no_norm(features, activation)
+    model = Classifier(features, w2, num_classes)
+    model.architecture = {"activation": activation, "pool": pool, "norm": norm}
+    return model
 
 
 # ---------------------------------------------------------------- resnet18 (CIFAR variant)
@@ -72,16 +149,26 @@ def _resnet_features(net: nn.Module) -> nn.Sequential:
                          net.layer3, net.layer4, net.avgpool, nn.Flatten())
 
 
-@register("resnet18")
-def resnet18_cifar(num_classes: int, pretrained: str | None = None) -> Classifier:
+@register("resnet18", factors=True)
+def resnet18_cifar(num_classes: int, pretrained: str | None = None, activation: str = "relu",
+                   pool: str = "avg", norm: str = "batch") -> Classifier:
     """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool
-    (He et al. 2016, sec. 4.2), so 32x32 inputs keep 4x4 maps before the 512-d pooling."""
+    (He et al. 2016, sec. 4.2), so 32x32 inputs keep 4x4 maps before the 512-d pooling. `pool`
+    is the global pooling (the CIFAR stem has no other); `norm` every normalization layer."""
     from torchvision.models import resnet18
-    net = resnet18(num_classes=num_classes)
+    net = resnet18(num_classes=num_classes, norm_layer=NORMS[norm])
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    model = Classifier(_resnet_features(net), 512, num_classes)
+    net.avgpool = POOLS[pool][1](1)
+    for m in list(net.modules()):  # the stem's and every BasicBlock's activation (used twice there)
+        if isinstance(getattr(m, "relu", None), nn.ReLU):
+            m.relu = ACTIVATIONS[activation]()
+    features = _resnet_features(net)
+    if norm == "none":
+        _scale_for_no_norm(features, activation)
+    model = Classifier(features, 512, num_classes)
     model.head = net.fc
+    model.architecture = {"activation": activation, "pool": pool, "norm": norm}
     return model
 
 
@@ -128,3 +215,66 @@ def _imagenet_state(pretrained: str) -> dict:
         raise InputError("pretrained", "file is not a torchvision resnet18 state_dict",
                          "a state_dict with keys conv1.weight, layer1.0..., fc.weight", pretrained)
     return state
+
+
+# ---------------------------------------------------------------- any timm model
+
+class TimmFeatures(nn.Module):
+    """A timm model up to its classifier: forward_features, then the head's pooling (and norm,
+    for ConvNeXt-like heads) with pre_logits=True, i.e. exactly what its classifier reads."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+
+def timm_model(name: str, num_classes: int, pretrained: str | None = None) -> Classifier:
+    """timm's `name` with K outputs for 32x32 images: models with a fixed input size (ViT, Swin,
+    ...) are built for 32x32 (timm resamples pretrained position embeddings), the others take
+    any size as they are (an ImageNet stem shrinks 32x32 hard: timm's resnet18 ends at 1x1).
+    `pretrained`: `imagenet` (timm's default weights, downloaded) or a local weights file; the
+    classifier is always new. The classifier must be a linear layer (the logit decomposition
+    reads its weights and bias); it becomes `head`, the rest `features`."""
+    timm = _timm()
+    if not timm.is_model(name):
+        raise InputError("model", "unknown timm model", "timm:<a name from timm.list_models()>, e.g. "
+                         "timm:resnet18, timm:convnext_atto, timm:vit_tiny_patch16_224", TIMM_PREFIX + name)
+    kwargs = {"num_classes": num_classes}
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = 32
+    if pretrained is not None and pretrained != "imagenet":
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise InputError("pretrained", "no such weights file", f"imagenet, or the path of a {name} "
+                             "weights file (.pth, .bin or .safetensors)", pretrained)
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        net = timm.create_model(name, pretrained=pretrained is not None, **kwargs)
+    except Exception as e:  # offline download, a file for another model, a model that cannot take 32x32
+        what = "weights could not be loaded" if pretrained is not None else "could not be built"
+        raise InputError("model" if pretrained is None else "pretrained",
+                         f"timm model {name}: {what} ({type(e).__name__}: {str(e)[:300]})",
+                         "a timm model that builds for 32x32 images; for weights offline, a local file: "
+                         "pretrained: /path/to/weights", pretrained or TIMM_PREFIX + name) from None
+    head = net.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise InputError("model", f"timm model {name}'s classifier is a {type(head).__name__}, not a "
+                         "linear layer (the logit decomposition needs its weights and bias)",
+                         "a timm model whose get_classifier() is nn.Linear", TIMM_PREFIX + name)
+    model = Classifier(TimmFeatures(net), head.in_features, num_classes)
+    model.head = head  # shared with net (timm's own forward stays intact); parameters() counts it once
+    model.architecture = {"timm": timm.__version__}
+    return model
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise InputError("model", "timm is not installed", "pip install timm (a noisesink dependency)",
+                         "timm:...") from None
+    return timm

@@ -56,13 +56,13 @@ def study_footprint(points: list[dict], concurrent: int, keep_checkpoints: int =
     the checkpoints (weights + momentum, `keep_checkpoints` each) of the trials running at once;
     a finished trial's checkpoints are deleted."""
     from .config import trained_classes
-    from .models import build_model
+    from .models import build_model, factors_of
     from .noise import NOISE_FAMILIES
     sizes, artifacts = {}, 0
     for p in points:
-        key = (p["model"], len(trained_classes(p)))
-        if key not in sizes:
-            model = build_model(p["model"], key[1], 0)
+        key = (p["model"], len(trained_classes(p)), *factors_of(p).values())
+        if key not in sizes:  # builds every model once: one that cannot be built fails here, before any trial
+            model = build_model(p["model"], key[1], 0, **factors_of(p))
             sizes[key] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         families = len(NOISE_FAMILIES) if p["noise"] == "all" else len(p["noise"])
         artifacts += p["n_noise"] * families * 2 + 3_000_000    # labels, noise-mean images, json

@@ -22,7 +22,7 @@ from .clutter import measure_all
 from .data import Cifar10, load_cifar10
 from .explain import frequency_probes, logit_decomposition, noise_mean_images
 from .interventions import NOISE_CLASS
-from .models import build_model
+from .models import build_model, factors_of
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
@@ -87,7 +87,8 @@ def setup(config: dict) -> TrialSetup:
 
 
 def new_model(s: TrialSetup) -> torch.nn.Module:
-    model = build_model(s.cfg["model"], len(s.classes), s.cfg["seed"], s.cfg["pretrained"]).to(s.device)
+    model = build_model(s.cfg["model"], len(s.classes), s.cfg["seed"], s.cfg["pretrained"],
+                        **factors_of(s.cfg)).to(s.device)
     return model.to(memory_format=torch.channels_last) if s.precision.channels_last else model
 
 
@@ -143,7 +144,8 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         "schema": SCHEMA_VERSION, "status": status, "config": cfg,
         "seed": cfg["seed"], "noise_seed": cfg["noise_seed"],
         "classes": s.classes, "heldout_classes": s.task.heldout,
-        "n_train": int(len(s.task.train_x)), "train_history": history, "trajectory": trajectory,
+        "n_train": int(len(s.task.train_x)), "architecture": model.architecture,
+        "train_history": history, "trajectory": trajectory,
         "normalization": {"mean": mean, "std": std},
         "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
         "versions": versions(s.device), "code_revision": code_revision(),

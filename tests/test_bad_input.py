@@ -92,6 +92,13 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "--set on a missing key": (None, ["--set", "trial.epoch=2"], "--set trial.epoch: no such key"),
     "--set on a missing section": (None, ["--set", "training.epochs=2"], "--set training.epochs: no such key"),
     "cuda without gpu resources": (edit("trial.device", "cuda"), [], "resources.gpu: is 0 but trials ask for device cuda"),
+    "unknown activation": (edit("trial.activation", "swish"), [], "trial.activation: unknown value (got 'swish')"),
+    "unknown norm in the grid": (edit("grid.norm", ["batch", "weight"]), [], "grid.norm[1]: unknown value (got 'weight')"),
+    "factor on a model without factors": (lambda s, d: s["trial"].update(model="resnet18_imagenet", norm="group"), [],
+                                          "trial.norm: model resnet18_imagenet has no architecture factors"),
+    "unknown timm model": (edit("trial.model", "timm:resnet_nineteen"), [], "trial.model: unknown timm model"),
+    "timm model fused": (lambda s, d: (s["trial"].update(model="timm:test_resnet"), s["run"].update(fuse_seeds=2)),
+                         [], "run.fuse_seeds: fused training covers the registry's models, not timm's"),
 }
 
 

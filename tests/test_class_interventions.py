@@ -63,6 +63,24 @@ def test_subsample_keeps_exactly_the_stated_fraction(fraction):
     assert torch.equal(x2[y2 != 2], x[y != 2])
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
+def test_majority_keeps_the_target_and_the_stated_fraction_of_every_other_class(fraction):
+    x, y, x2, y2, rec = run("majority", fraction)
+    counts = torch.bincount(y2, minlength=3).tolist()
+    assert counts == [round(fraction * 200), round(fraction * 200), 200]
+    assert rec["kept"] == {"cat": round(fraction * 200), "dog": round(fraction * 200)}
+    assert rec["touched"] == 400 - 2 * round(fraction * 200)
+    assert rec["target_share"] == pytest.approx(200 / sum(counts))
+    assert torch.equal(x2[y2 == 2], x[y == 2])  # the target's images untouched and all there
+    kept_rows = {tuple(r.flatten()[:64].tolist()) for r in x2[y2 == 0]}
+    assert kept_rows <= {tuple(r.flatten()[:64].tolist()) for r in x[y == 0]}  # a subset, not new images
+
+
+def test_majority_makes_the_target_the_most_frequent_class_in_the_causal_dose():
+    from analysis.causal import dose
+    assert dose("majority", 0.25) == 0.75 and dose("subsample", 0.25) == 0.75 and dose("blur", 2.0) == 2.0
+
+
 def test_same_seed_same_change():
     a, b = run("label_noise", 0.3, seed=5), run("label_noise", 0.3, seed=5)
     assert torch.equal(a[3], b[3])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from study.fused import FusedClassifier, FusedTrainer, check_fusable, run_fused_trials
-from study.models import MODELS, build_model
+from study.models import FACTORS, MODELS, build_model
 from study.train import Trainer
 from study.trial import new_model, run_trial, setup
 
@@ -21,16 +21,21 @@ from study.trial import new_model, run_trial, setup
 LOSS_RTOL, ACCURACY_ATOL, SHARE_ATOL = 0.01, 0.05, 0.10
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_array_forward_equals_the_separate_models_and_splits_back(name):
-    models = [build_model(name, 5, seed).eval() for seed in (0, 1, 2)]
+# every registry model, and the small CNN with each non-default factor option (GroupNorm fuses too)
+FUSABLE = [(name, {}) for name in sorted(MODELS)] + [
+    ("small_cnn", {f: o}) for f, opts in FACTORS.items() for o in opts if o not in ("relu", "max", "batch")]
+
+
+@pytest.mark.parametrize("name, options", FUSABLE, ids=[f"{n}-{o}" for n, o in FUSABLE])
+def test_array_forward_equals_the_separate_models_and_splits_back(name, options):
+    models = [build_model(name, 5, seed, **options).eval() for seed in (0, 1, 2)]
     fused = FusedClassifier([copy.deepcopy(m) for m in models]).eval()
     xs = [torch.randn(3, 3, 32, 32) for _ in models]
     with torch.no_grad():
         out = fused(torch.cat(xs, dim=1))
         for i, m in enumerate(models):
             torch.testing.assert_close(out[:, i], m(xs[i]), atol=2e-5, rtol=1e-4)
-    back = fused.split([build_model(name, 5, 99) for _ in models])
+    back = fused.split([build_model(name, 5, 99, **options) for _ in models])
     for a, b in zip(back, models):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)

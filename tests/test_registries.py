@@ -8,7 +8,7 @@ import torch
 from study import augment
 from study.augment import AUGMENTATIONS
 from study.errors import InputError
-from study.models import MODELS, build_model
+from study.models import FACTOR_MODELS, FACTORS, MODELS, build_model
 from study.noise import NOISE_FAMILIES, NoiseContext, make_bank, radial_frequency
 
 MEAN = torch.tensor([0.49, 0.48, 0.45])
@@ -17,22 +17,189 @@ STD = torch.tensor([0.25, 0.24, 0.26])
 
 # ---------------------------------------------------------------- models
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_exposes_features_and_head(name):
-    model = build_model(name, num_classes=7, seed=0).eval()
+# every registry entry as it is, every option of every architecture factor on each model that
+# takes factors, and a few small timm models (a ResNet, a ConvNeXt, a ViT: timm's own test nets)
+TIMM_MODELS = ["timm:test_resnet", "timm:test_convnext", "timm:test_vit"]
+VARIANTS = ([(name, {}) for name in sorted(MODELS)]
+            + [(name, {factor: option}) for name in sorted(FACTOR_MODELS) for factor in FACTORS
+               for option in FACTORS[factor]]
+            + [(name, {}) for name in TIMM_MODELS])
+IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=IDS)
+def test_model_exposes_features_and_head(name, options):
+    model = build_model(name, num_classes=7, seed=0, **options).eval()
     x = torch.randn(4, 3, 32, 32)
     feats = model.features(x)
     assert feats.shape == (4, model.feature_dim)
     assert model.head.in_features == model.feature_dim and model.head.out_features == 7
     assert model.head.bias is not None  # the logit decomposition needs the bias
-    torch.testing.assert_close(model(x), model.head(feats))
+    torch.testing.assert_close(model(x), model.head(feats), rtol=0, atol=0)
+    assert model.architecture["model"] == name
+    assert model.architecture["parameters"] == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_init_is_a_function_of_the_seed(name):
-    a, b, c = (build_model(name, 3, seed) for seed in (1, 1, 2))
+@pytest.mark.parametrize("name, options", VARIANTS, ids=IDS)
+def test_model_init_is_a_function_of_the_seed(name, options):
+    a, b, c = (build_model(name, 3, seed, **options) for seed in (1, 1, 2))
     pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+# ---------------------------------------------------------------- architecture factors
+
+def _outputs_of(model, kind, x):
+    """The outputs of every module of type `kind` in model.features for input x (train mode)."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), o.detach().clone())))
+             for m in model.features.modules() if isinstance(m, kind)]
+    model.train()
+    model.features(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def _check_activation(model, option, x):
+    kind = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "tanh": torch.nn.Tanh}[option]
+    others = [k for k in (torch.nn.ReLU, torch.nn.GELU, torch.nn.Tanh) if k is not kind]
+    assert not any(isinstance(m, tuple(others)) for m in model.modules())
+    outs = [o for _, o in _outputs_of(model, kind, x)]
+    assert len(outs) >= 5
+    low = torch.cat([o.flatten() for o in outs]).min().item()
+    # ReLU >= 0; GELU's minimum is -0.17 (and it does go negative); tanh in (-1, 1)
+    assert {"relu": low == 0, "gelu": -0.1701 < low < 0, "tanh": -1 < low < -0.5}[option]
+
+
+def _check_pool(model, option, x):
+    reduce = {"max": lambda t: t.amax(dim=(2, 3)), "avg": lambda t: t.mean(dim=(2, 3))}[option]
+    globals_ = _outputs_of(model, (torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveAvgPool2d), x)
+    assert len(globals_) == 1
+    i, o = globals_[0]
+    torch.testing.assert_close(o.flatten(1), reduce(i))
+    local = [m for m in model.features.modules() if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d))]
+    assert all(isinstance(m, {"max": torch.nn.MaxPool2d, "avg": torch.nn.AvgPool2d}[option]) for m in local)
+
+
+def _check_norm(model, option, x):
+    if option == "none":
+        assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in model.modules())
+        convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+        for m in convs:  # variance-preserving: std = gain / sqrt(fan_in)
+            gain = torch.nn.init.calculate_gain("relu")
+            assert m.weight.std().item() == pytest.approx(gain / m.weight[0].numel() ** 0.5, rel=1e-4)
+        return
+    kind = torch.nn.BatchNorm2d if option == "batch" else torch.nn.GroupNorm
+    pairs = _outputs_of(model, kind, x)
+    assert len(pairs) >= 5
+    for _, o in pairs:  # the defining statistic: zero mean over what the norm normalizes over
+        c = o.shape[1]
+        if option == "batch":
+            m = o.mean(dim=(0, 2, 3))
+        elif option == "layer":
+            m = o.mean(dim=(1, 2, 3))
+        else:
+            groups = [mod for mod in model.features.modules() if isinstance(mod, torch.nn.GroupNorm)
+                      and mod.num_channels == c][0].num_groups
+            assert 1 < groups <= 32 and c // groups >= 4
+            m = o.reshape(len(o), groups, -1).mean(-1)
+        assert m.abs().max().item() < 1e-4
+
+
+DEFINING_FACTOR = {"activation": _check_activation, "pool": _check_pool, "norm": _check_norm}
+
+
+def test_every_factor_has_a_defining_check():
+    assert set(DEFINING_FACTOR) == set(FACTORS)
+
+
+@pytest.mark.parametrize("name, factor, option", [(n, f, o) for n in sorted(FACTOR_MODELS) for f in FACTORS
+                                                  for o in FACTORS[f]])
+def test_factor_option_does_what_it_says(name, factor, option):
+    model = build_model(name, 10, seed=0, **{factor: option})
+    DEFINING_FACTOR[factor](model, option, torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+
+
+def test_factor_variants_of_a_seed_start_from_the_same_draws():
+    """Seed s of every variant draws the same numbers: the weights of a tanh or avg-pool variant
+    equal the default's, and without normalization they are the same draws rescaled."""
+    base = build_model("small_cnn", 10, 4)
+    for options in ({"activation": "tanh"}, {"pool": "avg"}, {"norm": "group"}, {"norm": "none"}):
+        other = build_model("small_cnn", 10, 4, **options)
+        wa = [m.weight for m in base.features.modules() if isinstance(m, torch.nn.Conv2d)]
+        wb = [m.weight for m in other.features.modules() if isinstance(m, torch.nn.Conv2d)]
+        for a, b in zip(wa, wb):
+            ratio = b / a
+            torch.testing.assert_close(ratio, torch.full_like(ratio, ratio.flatten()[0].item()))
+        torch.testing.assert_close(other.head.weight, base.head.weight, rtol=0, atol=0)
+
+
+def test_the_default_factors_build_the_default_model():
+    explicit = build_model("small_cnn", 10, 2, activation="relu", pool="max", norm="batch")
+    default = build_model("small_cnn", 10, 2)
+    assert str(explicit) == str(default)
+    for a, b in zip(explicit.state_dict().values(), default.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_factors_on_a_model_without_them_are_a_clear_error():
+    with pytest.raises(InputError, match="no architecture factors"):
+        build_model("resnet18_imagenet", 10, 0, norm="group")
+
+
+# ---------------------------------------------------------------- timm models
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_model_is_timms_model_split_at_its_classifier(name):
+    """Known answer: the same seed gives timm's own model, whose logits (its own forward) equal
+    head(features) exactly, with features = the pooled pre-logits its classifier reads."""
+    import timm
+    torch.manual_seed(3)
+    kwargs = {"img_size": 32} if timm.models.get_pretrained_cfg(name[5:]).fixed_input_size else {}
+    reference = timm.create_model(name[5:], num_classes=6, **kwargs).eval()
+    model = build_model(name, 6, seed=3).eval()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        pre = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(model.features(x), pre, rtol=0, atol=0)
+        torch.testing.assert_close(model.head(model.features(x)), reference(x), rtol=0, atol=0)
+    assert model.head is model.features.net.get_classifier()
+    assert model.architecture["timm"] == timm.__version__
+
+
+def test_timm_pretrained_weights_come_from_a_local_file(tmp_path):
+    import timm
+    torch.manual_seed(9)
+    source = timm.create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("timm:test_resnet", 10, 0, pretrained=str(path))
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    mine = model.features.net.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in backbone.items())
+    assert model.head.out_features == 10  # a new classifier for the trained classes
+
+
+@pytest.mark.parametrize("name, pretrained, message", [
+    ("timm:no_such_model", None, "unknown timm model"),
+    ("timm:test_resnet", "/no/such/weights.pth", "no such weights file"),
+])
+def test_timm_bad_input_is_a_clear_error(name, pretrained, message):
+    with pytest.raises(InputError, match=message):
+        build_model(name, 10, 0, pretrained=pretrained)
+
+
+def test_timm_download_offline_is_a_clear_error(monkeypatch):
+    import timm.models._builder as builder
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
+    with pytest.raises(InputError, match="pretrained: /path/to/weights"):
+        build_model("timm:resnet18", 10, 0, pretrained="imagenet")
 
 
 def test_resnet18_is_the_cifar_variant():

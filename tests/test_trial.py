@@ -16,7 +16,7 @@ from study.trial import run_trial
 TOP_KEYS = {"config", "status", "seed", "noise_seed", "classes", "heldout_classes", "test_accuracy",
             "per_class_accuracy", "confusion", "timing", "versions", "code_revision", "absorption",
             "absorber", "mst", "distance", "noise_neighbour", "heldout", "trajectory", "arrays",
-            "normalization", "data", "train_history", "warnings"}
+            "normalization", "data", "train_history", "warnings", "architecture"}
 VARIABLE = ("timing", "versions", "code_revision", "arrays")  # differ between identical runs
 
 
@@ -79,6 +79,20 @@ def test_same_config_and_seed_give_identical_results(tiny_config, tmp_path):
     assert stable(c)["train_history"] != stable(a)["train_history"]
 
 
+def test_architecture_factors_are_trained_and_recorded(tiny_config, tmp_path):
+    result = run_trial(tiny_config(activation="tanh", pool="avg", norm="layer", noise=["gaussian"]), str(tmp_path),
+                       log=lambda m: None)
+    on_disk = json.loads((tmp_path / "trial.json").read_text())
+    assert result["status"] == "completed"
+    assert {k: on_disk["config"][k] for k in ("activation", "pool", "norm")} == {"activation": "tanh", "pool": "avg",
+                                                                                 "norm": "layer"}
+    arch = on_disk["architecture"]
+    assert (arch["model"], arch["activation"], arch["pool"], arch["norm"]) == ("small_cnn", "tanh", "avg", "layer")
+    default = json.loads(json.dumps(run_trial(tiny_config(noise=["gaussian"]), str(tmp_path / "d"),
+                                              log=lambda m: None)))
+    assert default["config"]["norm"] is None and default["architecture"]["norm"] == "batch"
+
+
 def test_absurd_learning_rate_is_recorded_as_diverged(tiny_config, tmp_path):
     result = run_trial(tiny_config(lr=1e12, epochs=3), str(tmp_path), log=lambda m: None)
     assert result["status"] == "diverged" and result["diverged_at_epoch"] == 1
@@ -125,6 +139,10 @@ def test_cli_runs_one_trial(tiny_config, tmp_path, capsys):
     ({"classes": ["cat", "unicorn"]}, "classes: unknown class 'unicorn'"),
     ({"noise": ["gaussian", "plaid"]}, "noise: unknown name 'plaid'"),
     ({"model": "vgg99"}, "model: unknown value"),
+    ({"model": "timm:vgg99"}, "model: unknown timm model"),
+    ({"norm": "instance"}, "norm: unknown value"),
+    ({"model": "resnet18_imagenet", "pool": "max"}, "pool: model resnet18_imagenet has no architecture factors"),
+    ({"pretrained": "imagenet"}, "pretrained: only resnet18_imagenet and timm models take pretrained weights"),
     ({"augmentation": "mixup"}, "augmentation: unknown value"),
     ({"learning_rate": 0.1}, "learning_rate: unknown key"),
     ({"data_root": "/no/such/cifar"}, "data_root: no such file or folder"),
