@@ -2,9 +2,9 @@
 
 Families and corrections: `confirmatory` (absorber consistency, absorber vs condition, clutter vs
 absorption) Holm; `exploratory` (tree overlap, Mantel, noise neighbour, secondary paired tests)
-Benjamini-Hochberg; `interventions` (training against noise, analysis/why.py) and `causal`
-(per-class interventions, analysis/causal.py) Holm each; MST edges Benjamini-Yekutieli in
-edge_frequency.csv.
+Benjamini-Hochberg; `interventions` (training against noise, analysis/why.py), `causal`
+(per-class interventions, analysis/causal.py) and `factors` (architecture and class frequency,
+analysis/factors.py) Holm each; MST edges Benjamini-Yekutieli in edge_frequency.csv.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from scipy import stats as sps
 from . import stats, trees
 from .tables import completed
 
-CORRECTION = {"confirmatory": "holm", "exploratory": "fdr_bh", "interventions": "holm", "causal": "holm"}
-TEST_COLUMNS = ["family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted",
+CORRECTION = {"confirmatory": "holm", "exploratory": "fdr_bh", "interventions": "holm", "causal": "holm",
+              "factors": "holm"}
+TEST_COLUMNS = ["test", "family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted",
                 "effect", "effect_name", "n_runs", "method"]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from . import causal, inference, plots, tables, why
+from . import causal, factors, inference, plots, tables, why
 from .load import Loaded, load, open_results
 from .report import write_report
 
@@ -59,13 +59,17 @@ def aggregate(results: str, out: str | None = None) -> str:
     why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
     pairs = causal.pairs_table(data)
     doses = causal.dose_table(pairs)
+    factor_pairs = factors.pairs_table(data)
     test_rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.intervention_tests(data)
-                 + causal.causal_tests(pairs))
+                 + causal.causal_tests(pairs) + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
     frames.update({"consistency": consistency, "edge_frequency": edge_freq,
                    "tests": inference.finalize(test_rows), "problems": tables.problems_table(data)})
     frames.update({k: v for k, v in why_frames.items() if not v.empty})
     if not pairs.empty:
         frames.update({"causal_pairs": pairs, "causal_dose": doses})
+    factor_table = factors.factor_table(factor_pairs, frames["tests"])
+    if not factor_pairs.empty:
+        frames.update({"factor_pairs": factor_pairs, "factors": factor_table})
     consensus = inference.consensus_trees(edge_freq) if len(edge_freq) else {}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +90,8 @@ def aggregate(results: str, out: str | None = None) -> str:
                                "trajectory": frames["trajectory"], "figures": figures, "tables": names,
                                "extra_sections": [
                                    why.report_section(with_why, frames["tests"]),
-                                   causal.report_section(pairs, doses, frames["tests"])]})
+                                   causal.report_section(pairs, doses, frames["tests"]),
+                                   factors.report_section(factor_table, frames["tests"])]})
         (folder / "report.md").write_text(report)
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == "completed").sum()) if len(frames["runs"]) else 0

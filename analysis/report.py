@@ -209,6 +209,14 @@ replicates. Every trial of a study probes the same noise banks (fixed `noise_see
   seeds the smallest attainable two-sided p is 2^(1-S)); a dose-response trend (per-seed Spearman
   of dose vs target share, sign-flip over seeds); manipulation checks of the target's clutter
   (exploratory).
+- **Which factor moves the absorber?** (own family, Holm): each level of an architecture factor
+  (activation, pool, norm, model) or of class frequency (class_intervention majority, subsample)
+  against the axis's first value, seeds paired and every other axis equal. Absorber: marginal
+  homogeneity of the paired absorbers, each seed's pairs (one per stratum of the other axes) swapped
+  as a whole, exact; top share and epoch-0 top share: sign-flip over seeds of the per-seed mean
+  paired difference, with a 95% t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
+  untrained network's favourite class is the absorber: binomial against 1/K per condition
+  (exploratory).
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
   AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
   threshold that accepts 95% of ID); reported as mean +- sd over runs.

@@ -1,0 +1,217 @@
+"""Which factor moves the absorber? For every factor that is a grid axis (activation, pool, norm,
+model, and class frequency through class_intervention's majority and subsample kinds), each level
+against the axis's first value (the reference; list the default first), seeds paired and every
+other axis equal: does it change the absorber, the top share, and the untrained network's bias?
+
+The unit of replication is the seed: in a factorial grid a seed's networks in different strata
+share its initial weights, so each test first reduces a seed's pairs to one number (or one vector),
+and its p comes from flipping whole seeds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from . import stats
+from .inference import _row
+from .load import show_value
+from .report import fmt_p, md
+from .tables import completed
+
+NOISE = "gaussian"
+ARCHITECTURE_AXES = ("activation", "pool", "norm", "model")
+FREQUENCY_KINDS = ("majority", "subsample")   # class_intervention kinds that change a class's frequency
+FAMILY = "factors"
+ALPHA = 0.05
+
+
+def factor_axes(data) -> list[str]:
+    axes = [a for a in ARCHITECTURE_AXES if a in data.axes]
+    if "class_intervention" in data.axes and any(
+            isinstance(v, dict) and v.get("kind") in FREQUENCY_KINDS for v in _levels(data, "class_intervention")):
+        axes.append("class_intervention")
+    return axes
+
+
+def _levels(data, axis: str) -> list:
+    """The axis's values in the order the sweep lists them (the first is the reference)."""
+    grid = (data.study or {}).get("grid") or {}
+    if axis in grid:
+        return list(grid[axis])
+    return list({show_value(r["axes"][axis]): r["axes"][axis] for r in completed(data)}.values())
+
+
+def _epoch0_top_share(r) -> float:
+    return float(r["trajectory"][0].max()) if len(r["trajectory"]) and r["trajectory_epochs"][0] == 0 else np.nan
+
+
+def _epoch0_favourite(r) -> str | None:
+    if not len(r["trajectory"]) or r["trajectory_epochs"][0] != 0:
+        return None
+    return r["classes"][int(np.argmax(r["trajectory"][0]))]
+
+
+def pairs_table(data) -> pd.DataFrame:
+    """One row per (factor, level, stratum, seed): the reference run and the level's run."""
+    runs = [r for r in completed(data) if NOISE in r["families"]]
+    rows = []
+    for axis in factor_axes(data):
+        levels = _levels(data, axis)
+        ref = levels[0]
+        others = [a for a in data.axes if a not in (axis, "seed")]
+        key = lambda r: (tuple(show_value(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
+        base = {key(r): r for r in runs if show_value(r["axes"][axis]) == show_value(ref)}
+        for level in levels[1:]:
+            if axis == "class_intervention" and not (isinstance(level, dict) and level.get("kind") in FREQUENCY_KINDS):
+                continue
+            for r in runs:
+                if show_value(r["axes"][axis]) != show_value(level) or key(r) not in base:
+                    continue
+                b = base[key(r)]
+                i, j = b["families"].index(NOISE), r["families"].index(NOISE)
+                rows.append({"factor": axis, "level": show_value(level), "reference": show_value(ref),
+                             "stratum": ", ".join(f"{a}={v}" for a, v in zip(others, key(r)[0])) or "all",
+                             "seed": r["seed"], "trial_id": r["trial_id"], "reference_id": b["trial_id"],
+                             "absorber": r["absorber"][j], "reference_absorber": b["absorber"][i],
+                             "top_share": float(r["top_share"][j]), "reference_top_share": float(b["top_share"][i]),
+                             "epoch0_top_share": _epoch0_top_share(r), "reference_epoch0_top_share": _epoch0_top_share(b),
+                             "test_accuracy": r["test_accuracy"], "reference_test_accuracy": b["test_accuracy"]})
+    return pd.DataFrame(rows)
+
+
+def _per_seed_diff(sub: pd.DataFrame, value: str) -> np.ndarray:
+    d = (sub[value] - sub[f"reference_{value}"]).groupby(sub["seed"]).mean()
+    return d.dropna().to_numpy()
+
+
+def _t_interval(d: np.ndarray) -> tuple[float, float]:
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return (float(d.mean()), float(d.mean())) if len(d) else (np.nan, np.nan)
+    half = float(sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def factor_tests(pairs: pd.DataFrame) -> list[dict]:
+    """Per factor and level, three tests in the `factors` family (Holm):
+    - absorber: H0 the absorber's distribution is the same at the level and the reference, each
+      seed's labels exchangeable (marginal homogeneity, whole seeds swapped);
+    - top share: H0 the per-seed mean paired difference in the Gaussian top share is symmetric
+      about 0 (sign-flip over seeds);
+    - epoch-0 bias: the same for the untrained network's top share of Gaussian noise (epoch 0 of
+      the trajectory); a data factor leaves the untrained network as it is (difference 0, p = 1).
+    With S seeds the smallest attainable p is 2^(1-S) for each."""
+    tests = []
+    if pairs.empty:
+        return tests
+    for (factor, level), sub in pairs.groupby(["factor", "level"], sort=False):
+        seeds = sub["seed"].nunique()
+        if seeds < 2:
+            continue
+        label = f"{factor}={level} vs {sub['reference'].iloc[0]}"
+        mh = stats.marginal_homogeneity_clustered(sub["reference_absorber"].tolist(), sub["absorber"].tolist(),
+                                                  sub["seed"].tolist())
+        changed = float((sub["absorber"] != sub["reference_absorber"]).mean())
+        modal = f"{sub['reference_absorber'].mode().iloc[0]} -> {sub['absorber'].mode().iloc[0]}"
+        row = _row(FAMILY, f"{label}: changes the absorber", label, NOISE,
+                   {"statistic": mh["statistic"], "p_value": mh["p_value"], "effect": changed, "n_runs": seeds},
+                   f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; {mh['contributing_clusters']} "
+                   f"of {seeds} seeds contribute); modal absorber {modal}; {len(sub)} pairs in "
+                   f"{sub['stratum'].nunique()} strata", effect_name="share of pairs with another absorber")
+        tests.append({**row, "test": "factor_absorber"})
+        for value, test_id, what in (("top_share", "factor_top_share", f"the top share of {NOISE} noise"),
+                                     ("epoch0_top_share", "factor_epoch0_bias",
+                                      f"the untrained network's top share of {NOISE} noise (epoch 0)")):
+            d = _per_seed_diff(sub, value)
+            if len(d) < 2:
+                continue
+            res = stats.sign_flip(d)
+            lo, hi = _t_interval(d)
+            row = _row(FAMILY, f"{label}: changes {what}", label, NOISE,
+                       {**res, "statistic": float(d.mean()), "n_runs": len(d)},
+                       f"sign-flip over seeds of the per-seed mean paired difference; 95% t interval "
+                       f"[{lo:+.3f}, {hi:+.3f}]", effect_name="mean diff / sd")
+            tests.append({**row, "test": test_id, "ci_low": lo, "ci_high": hi})
+    return tests
+
+
+def favourite_tests(groups: dict[str, list[dict]]) -> list[dict]:
+    """Exploratory, per condition: is the untrained network's favourite class (epoch 0, Gaussian
+    noise) the class that absorbs after training? H0 the trained absorber is independent of the
+    favourite, hitting it with chance 1/K; binomial over the condition's runs (independent seeds)."""
+    tests = []
+    for condition, runs in groups.items():
+        runs = [r for r in runs if NOISE in r["families"] and _epoch0_favourite(r) is not None]
+        if len(runs) < 2:
+            continue
+        k = len(runs[0]["classes"])
+        hits = sum(_epoch0_favourite(r) == r["absorber"][r["families"].index(NOISE)] for r in runs)
+        p = float(sps.binomtest(hits, len(runs), 1 / k, alternative="greater").pvalue)
+        row = _row("exploratory", "the untrained network's favourite class is the trained absorber", condition,
+                   NOISE, {"statistic": hits, "p_value": p, "effect": hits / len(runs), "n_runs": len(runs)},
+                   f"binomial test vs 1/K = {1 / k:.2f}", effect_name="share of runs")
+        tests.append({**row, "test": "epoch0_favourite_is_absorber"})
+    return tests
+
+
+def factor_table(pairs: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+    """Per factor and level: the three answers with their estimates, n, p and Holm p."""
+    rows = []
+    if pairs.empty:
+        return pd.DataFrame()
+    t = tests[tests["family"] == FAMILY]
+    for (factor, level), sub in pairs.groupby(["factor", "level"], sort=False):
+        label = f"{factor}={level} vs {sub['reference'].iloc[0]}"
+        row = {"factor": factor, "level": level, "reference": sub["reference"].iloc[0],
+               "n_seeds": sub["seed"].nunique(), "n_pairs": len(sub),
+               "reference_modal_absorber": sub["reference_absorber"].mode().iloc[0],
+               "modal_absorber": sub["absorber"].mode().iloc[0],
+               "pairs_with_other_absorber": float((sub["absorber"] != sub["reference_absorber"]).mean()),
+               "reference_top_share": float(sub["reference_top_share"].mean()), "top_share": float(sub["top_share"].mean()),
+               "reference_epoch0_top_share": float(sub["reference_epoch0_top_share"].mean()),
+               "epoch0_top_share": float(sub["epoch0_top_share"].mean()),
+               "reference_test_accuracy": float(sub["reference_test_accuracy"].mean()),
+               "test_accuracy": float(sub["test_accuracy"].mean()),
+               "min_attainable_p": 2.0 ** (1 - sub["seed"].nunique())}
+        for test_id, short in (("factor_absorber", "absorber"), ("factor_top_share", "top_share"),
+                               ("factor_epoch0_bias", "epoch0")):
+            hit = t[(t["condition"] == label) & (t["test"] == test_id)]
+            row[f"{short}_p"] = float(hit["p_value"].iloc[0]) if len(hit) else np.nan
+            row[f"{short}_p_holm"] = float(hit["p_adjusted"].iloc[0]) if len(hit) else np.nan
+            if short != "absorber" and len(hit):
+                row[f"{short}_diff"] = float(hit["statistic"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_section(table: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["## Which factor moves the absorber?", "",
+             "Each level against the axis's reference (its first value), seeds paired and every other axis "
+             "equal; per seed the pairs are averaged over the other axes first. Three questions per level: does "
+             "it change which class absorbs Gaussian noise (marginal homogeneity of the paired absorbers, whole "
+             "seeds swapped), its top share (sign-flip over seeds), and the untrained network's bias (the top "
+             "share at epoch 0, sign-flip over seeds)? Holm over the factors family.", ""]
+    for r in table.itertuples():
+        def verdict(p):
+            return "**yes**" if np.isfinite(p) and p < ALPHA else "no evidence"
+        lines.append(
+            f"- **{md(r.factor)} = {md(r.level)}** (vs {md(r.reference)}; n = {r.n_seeds} seeds, {r.n_pairs} pairs; "
+            f"smallest attainable p {r.min_attainable_p:.2g}; test accuracy {r.reference_test_accuracy:.2f} -> "
+            f"{r.test_accuracy:.2f}): "
+            f"absorber {verdict(r.absorber_p_holm)} ({md(r.reference_modal_absorber)} -> {md(r.modal_absorber)}, "
+            f"{r.pairs_with_other_absorber:.0%} of pairs differ; p = {fmt_p(r.absorber_p)}, Holm "
+            f"{fmt_p(r.absorber_p_holm)}); "
+            f"top share {verdict(r.top_share_p_holm)} ({r.reference_top_share:.2f} -> {r.top_share:.2f}; "
+            f"p = {fmt_p(r.top_share_p)}, Holm {fmt_p(r.top_share_p_holm)}); "
+            f"epoch-0 bias {verdict(r.epoch0_p_holm)} ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
+            f"p = {fmt_p(r.epoch0_p)}, Holm {fmt_p(r.epoch0_p_holm)}).")
+    fav = tests[tests["test"] == "epoch0_favourite_is_absorber"]
+    if not fav.empty:
+        lines += ["", "Does the untrained network's favourite class (epoch 0) become the absorber? "
+                  "(binomial vs 1/K per condition, exploratory):"]
+        lines += [f"- {md(r.condition)}: {int(r.statistic)}/{r.n_runs} runs (p = {fmt_p(r.p_value)}, "
+                  f"BH {fmt_p(r.p_adjusted)})" for r in fav.itertuples()]
+    lines += ["", "Table: [factors.csv](factors.csv), pairs: [factor_pairs.csv](factor_pairs.csv)."]
+    return lines
