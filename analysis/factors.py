@@ -35,11 +35,13 @@ def factor_axes(data) -> list[str]:
 
 
 def _levels(data, axis: str) -> list:
-    """The axis's values in the order the sweep lists them (the first is the reference)."""
+    """The axis's values in the order the sweep lists them (the first is the reference); without
+    the sweep's grid (an older study.json), in the order of the trial folders, `none` first."""
     grid = (data.study or {}).get("grid") or {}
     if axis in grid:
         return list(grid[axis])
-    return list({show_value(r["axes"][axis]): r["axes"][axis] for r in completed(data)}.values())
+    found = list({show_value(r["axes"][axis]): r["axes"][axis] for r in completed(data)}.values())
+    return sorted(found, key=lambda v: v != "none") if axis == "class_intervention" else found
 
 
 def _epoch0_top_share(r) -> float:
