@@ -149,16 +149,17 @@ def plot(doses: pd.DataFrame, out) -> str | None:
     with plt.rc_context(P.STYLE):
         groups = list(dict.fromkeys(doses["group"]))
         fig, axes = P._grid(len(groups), 4.6, 3.4)
+        legend = {}
         for ax, g in zip(axes, groups):
             for kind, s in doses[doses["group"] == g].groupby("kind"):
                 s = s.sort_values("dose")
-                ax.plot(s["dose"], s["mean_target_share"], marker="o", label=kind)
+                legend[kind], = ax.plot(s["dose"], s["mean_target_share"], marker="o", label=kind)
                 ax.fill_between(s["dose"], s["ci_low"], s["ci_high"], alpha=0.2)
             ax.set_xlabel("dose (strength; 1 - fraction kept for subsample and majority; 0 = none)")
             ax.set_ylabel(f"share of {NOISE} noise to the target")
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(g)
-            ax.legend()
+        P._legend_outside(fig, list(legend.values()), list(legend), title="intervention")
         return P._save(fig, out, "causal_dose_response.png", "Per-class interventions: the share of Gaussian "
                        "noise the target class absorbs, by dose (mean and 95% CI over seeds)")
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,33 +17,47 @@ from .load import Loaded, load, open_results
 from .report import write_report
 
 
-def kappa_counts(data: Loaded, groups: dict[str, list[dict]], workers: int = 16) -> dict:
-    """(condition, noise) -> (n_images, K) counts of the runs' per-image labels. Arrays are read
-    in parallel, one condition at a time, so at most one condition's labels are in memory."""
+def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
+                workers: int = 16) -> tuple[dict, dict]:
+    """One pass over the runs' arrays.npz, read in parallel one condition at a time (so at most
+    one condition's arrays are in memory): (condition, noise) -> (n_images, K) counts of the runs'
+    per-image labels, for the kappas; and, for the conditions in `gallery`, their mean images."""
     counts: dict[tuple[str, str], np.ndarray] = {}
+    images: dict[str, tables.MeanImages] = {}
 
-    def preds(run):
+    def needed(run, pictures: bool):
         arrays = data.arrays(run)
-        return {} if arrays is None else {f: arrays[f"pred_{f}"] for f in run["families"] if f"pred_{f}" in arrays}
+        if arrays is None:
+            return None
+        return {k: v for k, v in arrays.items() if k.startswith("pred_")
+                or (pictures and (k.startswith("noise_mean_") or k == "class_mean_images"))}
 
     with ThreadPoolExecutor(workers) as pool:
         for condition, runs in groups.items():
-            labels = list(pool.map(preds, runs))
+            pictures = condition in gallery
+            arrays = list(pool.map(lambda r: needed(r, pictures), runs))
+            if pictures:
+                images[condition] = tables.mean_images(runs, arrays)
             k = len(runs[0]["classes"])
             for f in runs[0]["families"]:
-                stack = [p[f] for p in labels if f in p]
+                stack = [a[f"pred_{f}"] for a in arrays if a is not None and f"pred_{f}" in a]
                 sizes = {len(x) for x in stack}
                 if len(sizes) != 1:
                     continue  # banks of different sizes cannot be compared image by image
                 stack = np.stack(stack)                                   # (runs, images)
                 counts[(condition, f)] = np.stack([(stack == c).sum(0) for c in range(k)], axis=1)
-    return counts
+    return counts, images
 
 
-def aggregate(results: str, out: str | None = None) -> str:
+def aggregate(results: str, out: str | None = None, log: Callable[[str], None] | None = print) -> str:
     """Aggregate a study folder (local or URI) into CSVs, PNGs and report.md under `out`
-    (default: <results>/report). Returns a one-paragraph summary."""
+    (default: <results>/report). Returns a one-paragraph summary; `log` gets a progress line per
+    stage, with its counts and the seconds since the start (None: silent)."""
+    progress = _Progress(log)
+    progress(f"loading trial folders from {results}")
     data = load(results)
+    progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
+             f"{len(data.problems)} trial folder(s) with problems")
     if out is None:  # <the study folder>/report, as a URI when the results came as one
         _, given = open_results(results)
         out = _join(results, data.root[len(given.rstrip("/")):].lstrip("/") + "/report") \
@@ -51,7 +67,10 @@ def aggregate(results: str, out: str | None = None) -> str:
     frames = {"runs": tables.runs_table(data), "absorption": tables.absorption_table(data),
               "absorbers": tables.absorbers_table(data), "heldout": tables.heldout_table(data),
               "mst_edges": tables.mst_edges_table(data), "trajectory": tables.trajectory_table(data)}
-    consistency, tests = inference.consistency(groups, kappa_counts(data, groups))
+    progress(f"tables: {sum(len(f) for f in frames.values())} rows; reading the arrays of "
+             f"{sum(len(r) for r in groups.values())} runs in {len(groups)} conditions")
+    label_counts, gallery = read_arrays(data, groups, list(groups)[:plots.MAX_GALLERY_CONDITIONS])
+    consistency, tests = inference.consistency(groups, label_counts)
     dependence, notes = inference.condition_dependence(groups)
     edge_freq, _, geometry_tests = inference.geometry(groups)
     why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
@@ -71,13 +90,15 @@ def aggregate(results: str, out: str | None = None) -> str:
     if not factor_pairs.empty:
         frames.update({"factor_pairs": factor_pairs, "factors": factor_table})
     consensus = inference.consensus_trees(edge_freq) if len(edge_freq) else {}
+    progress(f"tests: {len(frames['tests'])} in tests.csv, {len(edge_freq)} MST edges; drawing figures")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        figures = [f for f in _figures(frames, groups, consensus, folder) if f]
+        figures = [f for f in _figures(frames, groups, consensus, gallery, folder) if f]
         with_why = {**frames, **why_frames}  # frames keeps only the non-empty why tables
         figures += why.plots(with_why, folder, groups)
         figures += [f for f in [causal.plot(doses, folder)] if f]
+        progress(f"figures: {len(figures)} drawn; writing {len(frames)} tables and the report")
         names = []
         for name, df in frames.items():
             write_table(df, folder / name)
@@ -93,10 +114,22 @@ def aggregate(results: str, out: str | None = None) -> str:
                                    causal.report_section(pairs, doses, frames["tests"]),
                                    factors.report_section(factor_table, frames["tests"])]})
         (folder / "report.md").write_text(report)
+        progress(f"writing {len(list(folder.iterdir()))} files to {out}")
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == "completed").sum()) if len(frames["runs"]) else 0
     return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {results}; "
             f"{len(frames['problems'])} problem(s); report: {out}/report.md")
+
+
+class _Progress:
+    """A line per stage of the aggregation, prefixed with the seconds since it began."""
+
+    def __init__(self, log: Callable[[str], None] | None):
+        self.log, self.started = log, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.log is not None:
+            self.log(f"[aggregate {time.perf_counter() - self.started:7.1f} s] {message}")
 
 
 def write_table(df: pd.DataFrame, stem: Path) -> None:
@@ -124,7 +157,7 @@ def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: df[c].map(lambda v: None if missing(v) else str(v)) for c in mixed})
 
 
-def _figures(frames, groups, consensus, folder: Path) -> list:
+def _figures(frames, groups, consensus, gallery, folder: Path) -> list:
     figures = []
     if len(frames["absorption"]):
         figures += [plots.absorption_heatmap(frames["absorption"], folder),
@@ -133,7 +166,10 @@ def _figures(frames, groups, consensus, folder: Path) -> list:
         shown = [c for c, runs in groups.items() if "gaussian" in inference.families_of(runs)]
         distances = {c: tables.mean_distance(groups[c], "gaussian") for c in shown[:plots.MAX_PANELS]}
         figures.append(plots.distance_heatmap(distances, folder))
-    figures += [plots.trajectory(frames["trajectory"], folder), plots.accuracy_strip(frames["runs"], folder)]
+    figures += [plots.trajectory(frames["trajectory"], folder), plots.absorber_strips(frames["trajectory"], folder),
+                plots.accuracy_strip(frames["runs"], folder)]
+    families = dict.fromkeys(f for g in gallery.values() for f in g.noise)
+    figures += [plots.mean_image_gallery(gallery, f, folder) for f in families]
     return figures
 
 

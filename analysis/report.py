@@ -137,17 +137,43 @@ def heldout_section(heldout: pd.DataFrame) -> list[str]:
     return lines
 
 
-def trajectory_section(traj: pd.DataFrame) -> list[str]:
+def trajectory_section(traj: pd.DataFrame, per_seed_up_to: int = 12) -> list[str]:
+    """Per condition and seed: the class the untrained net (epoch 0) favoured and its share, and
+    the class the trained net favours; a count per class when there are many seeds."""
     if traj.empty:
         return []
     lines = ["## When does the absorber appear during training?", ""]
-    for condition, sub in traj.groupby("condition", sort=False):
-        mean = sub.groupby(["epoch", "class"])["share"].mean().unstack()
-        first, last = mean.iloc[0], mean.iloc[-1]
-        lines.append(f"- {md(condition)}: untrained nets send Gaussian noise mostly to {md(first.idxmax())} "
-                     f"({first.max():.0%} mean share), after epoch {mean.index[-1]} to {md(last.idxmax())} "
-                     f"({last.max():.0%}).")
-    return lines + [""]
+    for condition, sub in traj.groupby("condition", sort=False, observed=True):
+        wide = sub.pivot_table(index=["seed", "epoch"], columns="class", values="share", observed=True)
+        seeds = list(dict.fromkeys(wide.index.get_level_values(0)))
+        first = {seed: wide.loc[seed].iloc[0] for seed in seeds}
+        last = {seed: wide.loc[seed].dropna(how="all").iloc[-1] for seed in seeds}
+        final = int(wide.index.get_level_values(1).max())
+        if len(seeds) <= per_seed_up_to:
+            untrained = "; ".join(f"seed {seed} {_leader(first[seed])}" for seed in seeds)
+            trained = "; ".join(f"seed {seed} {_leader(last[seed])}" for seed in seeds)
+        else:
+            untrained, trained = _tally(first), _tally(last)
+        lines.append(f"- **{md(condition)}** (n = {len(seeds)} runs): untrained (epoch 0), the nets favour "
+                     f"{untrained}; after training (epoch {final}): {trained}.")
+    return lines + ["", "Every run, epoch by epoch: absorber_over_training.png and trajectory.csv.", ""]
+
+
+def _leader(shares: pd.Series) -> str:
+    """`cat (100.0%)`, or a tie: `a tie of cat and dog (50.0% each)`."""
+    top = shares.max()
+    leaders = [md(c) for c, v in shares.items() if v == top]
+    if len(leaders) > 1:
+        return f"a tie of {' and '.join(leaders)} ({top:.1%} each)"
+    return f"{leaders[0]} ({top:.1%})"
+
+
+def _tally(leaders: dict) -> str:
+    """`cat in 40 run(s) (median share 87%), dog in 35 run(s) (...)`, most frequent first."""
+    rows = [(str(shares.idxmax()), shares.max()) for shares in leaders.values()]
+    by = pd.DataFrame(rows, columns=["c", "share"]).groupby("c")["share"].agg(["size", "median"])
+    return ", ".join(f"{md(c)} in {int(r['size'])} run(s) (median share {r['median']:.0%})"
+                     for c, r in by.sort_values("size", ascending=False).iterrows())
 
 
 def problems_section(runs: pd.DataFrame, problems: pd.DataFrame) -> list[str]:

@@ -16,12 +16,14 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
+from .load import show_value
+
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass
 class Condition:
-    value: str                                  # the value of the study's one non-seed axis
+    value: object                               # the value of the study's one non-seed axis
     classes: list[str] = field(default_factory=lambda: list(CIFAR10))
     absorber: str | None = None                 # planted absorber (None: uniform at random)
     p_absorber: float = 0.9                     # chance a run picks the planted absorber
@@ -87,20 +89,73 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
     return trial, arrays
 
 
+# the "why" measurements a real trial stores (study/clutter.py, study/ood.py, study/explain.py)
+CLUTTER_MEASURES = {"png_bits_per_pixel": (16, 20), "spectral_slope": (-3.0, -2.4), "gradient_energy": (0.01, 0.03),
+                    "colorfulness": (0.1, 0.15), "intensity_std": (0.16, 0.25), "feature_trace": (0.13, 0.35),
+                    "participation_ratio": (2, 14), "twonn_dimension": (6, 18), "centroid_distance": (0.35, 0.57)}
+DETECTORS = ("msp", "max_logit", "energy", "mahalanobis", "knn")
+CUTOFFS = (0.125, 0.25, 0.5)
+
+
+def _why(trial: dict, arrays: dict, rng) -> None:
+    """Plant the "why" measurements beside a synthetic run's absorption: random clutter (the noise
+    bank's own values sometimes far outside the classes' range, as with real noise), a logit
+    decomposition, OOD rows, frequency probes, and mean images (each class a colour; the noise
+    sent to a class tinted toward it)."""
+    classes, families = trial["classes"], trial["noise_families"]
+    k = len(classes)
+    trial["clutter"] = {"sample_per_class": 50,
+                        "classes": {m: dict(zip(classes, rng.uniform(lo, hi, k).tolist()))
+                                    for m, (lo, hi) in CLUTTER_MEASURES.items()},
+                        "noise": {f: {m: float(rng.uniform(lo, hi + 3 * (hi - lo)))
+                                      for m, (lo, hi) in CLUTTER_MEASURES.items()} for f in families}}
+    trial["logit_decomposition"] = {f: {
+        "absorber": trial["absorber"][f]["absorber"], "n_images": int(trial["config"]["n_noise"]),
+        "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.uniform(0, 1)),
+        "mean_weight_part": float(rng.uniform(0, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.6)),
+        "decided_by_bias": float(rng.uniform(0, 0.3)), "noise_feature_norm": float(rng.uniform(2, 5)),
+        "test_feature_norm": float(rng.uniform(5, 8)), "bias": dict(zip(classes, rng.normal(0, 0.1, k).tolist())),
+        "weight_norm": dict(zip(classes, rng.uniform(0.8, 1.2, k).tolist())),
+        "cos_weight_noise_mean": dict(zip(classes, rng.uniform(-0.2, 0.4, k).tolist()))} for f in families}
+    sets = list(families) + [f"heldout:{h}" for h in trial["heldout_classes"]]
+    trial["ood"] = {"rows": [{"detector": d, "ood_set": o, "auroc": float(a), "aupr_in": float(a),
+                              "aupr_out": float(1 - a), "fpr95": float(rng.uniform(0, 1))}
+                             for d in DETECTORS for o in sets for a in [rng.beta(4, 2)]]}
+    trial["frequency"] = []
+    for kind in ("lowpass", "highpass"):
+        for c in CUTOFFS:
+            shares = rng.dirichlet(np.ones(k))
+            trial["frequency"].append({"kind": kind, "cutoff": c, "absorber": classes[int(shares.argmax())],
+                                       "top_share": float(shares.max()), "shares": dict(zip(classes, shares.tolist()))})
+    colours = np.random.default_rng(7).uniform(0.15, 0.85, (len(CIFAR10), 3))  # a colour per class, every run
+    colour = np.array([colours[CIFAR10.index(c)] if c in CIFAR10 else np.full(3, 0.5) for c in classes])
+    ramp = np.broadcast_to(np.linspace(-0.1, 0.1, 32)[None, :, None, None], (1, 32, 32, 1))  # top to bottom
+    arrays["class_mean_images"] = (np.clip(colour[:, None, None] + ramp, 0, 1) * 255).astype(np.uint8)
+    arrays["class_mean_counts"] = np.full(k, 50)
+    for f in families:
+        counts = np.bincount(arrays[f"pred_{f}"], minlength=k)
+        tint = 0.5 + 0.1 * (colour - 0.5)[:, None, None] + rng.normal(0, 0.02, (k, 32, 32, 3))
+        arrays[f"noise_mean_images_{f}"] = (np.clip(tint, 0, 1) * 255).astype(np.uint8) * (counts > 0)[:, None, None, None]
+        arrays[f"noise_mean_counts_{f}"] = counts
+
+
 def write_study(root: Path, conditions: list[Condition], seeds: int, *, axis: str = "augmentation",
                 families: tuple[str, ...] = ("gaussian", "uniform"), n_noise: int = 200, epochs: int = 3,
-                name: str = "synthetic", seed: int = 0) -> Path:
-    """Write <root>/<name>/ with study.json and one folder per (condition, seed)."""
+                name: str = "synthetic", seed: int = 0, why: bool = False) -> Path:
+    """Write <root>/<name>/ with study.json and one folder per (condition, seed); `why` adds the
+    "why" measurements (clutter, logit decomposition, OOD, frequency probes, mean images)."""
     rng = np.random.default_rng(seed)
     study = Path(root) / name
     study.mkdir(parents=True, exist_ok=True)
     points = []
     for cond in conditions:
         for s in range(seeds):
-            trial_dir = f"{axis}={cond.value}_seed={s}"
+            trial_dir = f"{axis}={show_value(cond.value)}_seed={s}"
             axes = {axis: cond.value, "seed": s}
             trial, arrays = _run(cond, s, list(families), n_noise, epochs, rng)
             trial["config"] = {**axes, "classes": cond.classes, "n_noise": n_noise, "noise_seed": 0}
+            if why:
+                _why(trial, arrays, rng)
             write_trial(study / trial_dir, trial, arrays)
             points.append({"dir": trial_dir, "axes": axes})
     (study / "study.json").write_text(json.dumps({"name": name, "axes": [axis, "seed"], "points": points}))

@@ -1,6 +1,8 @@
 """Tidy (long) tables from the run records: one row per run x thing measured."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -110,3 +112,45 @@ def mean_distance(runs: list[dict], family: str) -> tuple[list[str], np.ndarray]
     """Nodes and the mean distance matrix over runs (all with the same class set)."""
     mats = [r["distance"][r["families"].index(family)] for r in runs if family in r["families"]]
     return runs[0]["nodes"], np.mean(mats, axis=0)
+
+
+@dataclass
+class MeanImages:
+    """One condition's mean images over its runs: per noise family, the mean noise image each
+    class received over all runs' images (K, 32, 32, 3 in [0, 1]), how many images that is, and
+    in how many runs the class got any; per trained class, its mean training image (the mean of
+    the runs' means; empty when the trials did not store them)."""
+    classes: list[str]
+    runs: int = 0
+    noise: dict = field(default_factory=dict)
+    class_images: dict = field(default_factory=dict)
+
+
+def mean_images(runs: list[dict], arrays: list[dict | None]) -> MeanImages:
+    """Pool `noise_mean_images_<family>` (weighted by `noise_mean_counts_<family>`) and
+    `class_mean_images` over the runs of one condition (the same classes in every run)."""
+    classes = runs[0]["classes"]
+    out = MeanImages(classes)
+    sums: dict[str, list] = {}
+    training: dict[str, list] = {}
+    for run, a in zip(runs, arrays):
+        if a is None:
+            continue
+        out.runs += 1
+        for f in run["families"]:
+            if f"noise_mean_images_{f}" not in a:
+                continue
+            counts = a[f"noise_mean_counts_{f}"].astype(np.int64)
+            images = a[f"noise_mean_images_{f}"].astype(np.float64) / 255
+            total, n, with_any = sums.setdefault(f, [np.zeros(images.shape), np.zeros(len(counts), np.int64),
+                                                     np.zeros(len(counts), np.int64)])
+            total += images * counts[:, None, None, None]
+            n += counts
+            with_any += counts > 0
+        if "class_mean_images" in a:  # the trained classes, in order (no noise_class)
+            for c, image in zip(classes, a["class_mean_images"]):
+                training.setdefault(c, []).append(image.astype(np.float64) / 255)
+    for f, (total, n, with_any) in sums.items():
+        out.noise[f] = (total / np.maximum(n, 1)[:, None, None, None], n, with_any)
+    out.class_images = {c: np.mean(v, axis=0) for c, v in training.items()}
+    return out

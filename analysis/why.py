@@ -142,7 +142,8 @@ def plots(frames: dict, out, groups: dict) -> list:
     from . import plots as P
     figures = []
     if not frames["clutter"].empty:
-        figures.append(P.clutter_scatter(frames["clutter"], frames["absorption"], out))
+        figures.append(P.clutter_scatter(frames["clutter"], frames["absorption"],
+                                         {c: r[0]["classes"] for c, r in groups.items()}, out))
     if not frames["ood"].empty:
         figures.append(P.ood_bars(frames["ood"], out))
     if not frames["frequency"].empty:

@@ -46,8 +46,8 @@ def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarra
 
 
 def noise_mean_images(bank: torch.Tensor, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The mean noise image given to each class (uint8, (K, 32, 32, 3); black where none) and
-    how many images each mean is over."""
+    """The mean image (of a noise bank, or of training images) given to each class (uint8,
+    (K, 32, 32, 3); black where none) and how many images each mean is over."""
     x = bank.numpy() if isinstance(bank, torch.Tensor) else bank
     counts = np.bincount(pred, minlength=k)
     means = np.zeros((k, 32, 32, 3), dtype=np.uint8)

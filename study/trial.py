@@ -188,6 +188,9 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
     clutter_classes = {c: measure_all(pixels(sample[sample_y == i]), sample_feats[sample_y == i])
                        for i, c in enumerate(task.classes)}
     arrays["class_means"] = class_means
+    # each class's mean training image as trained on, shown beside the mean noise image it receives
+    arrays["class_mean_images"], arrays["class_mean_counts"] = noise_mean_images(
+        pixels(sample), np.asarray(sample_y, dtype=np.int64), len(task.classes))
     arrays["confusion"] = np.asarray(part["confusion"])
 
     families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]

@@ -10,6 +10,7 @@ import yaml
 
 from study.__main__ import main
 from study.artifacts import ArtifactDir
+from study.data import CIFAR10_CLASSES
 from study.noise import NOISE_FAMILIES
 from study.trial import run_trial
 
@@ -62,6 +63,10 @@ def test_arrays_match_the_json_and_its_checksum(subset_trial):
     assert hashlib.sha256(raw).hexdigest() == result["arrays"]["sha256"]
     z = np.load(out / "arrays.npz")
     assert z["class_means"].shape == (3, 128) and z["noise_means"].shape == (len(NOISE_FAMILIES), 128)
+    # the mean training image of each class: the tiny data colours class c's channel c % 3 brightest
+    assert z["class_mean_images"].shape == (3, 32, 32, 3) and list(z["class_mean_counts"]) == [20, 20, 20]
+    brightest = z["class_mean_images"].reshape(3, -1, 3).mean(1).argmax(1)
+    assert list(brightest) == [CIFAR10_CLASSES.index(c) % 3 for c in ["dog", "cat", "bird"]]
     for f in NOISE_FAMILIES:
         assert z[f"pred_{f}"].shape == (40,)
         shares = np.bincount(z[f"pred_{f}"], minlength=3) / 40
