@@ -3,11 +3,17 @@
 RESULTS is a study folder written by `python -m study sweep` (<storage>/<name>), local or a URI
 pyarrow reads (s3://, gs://, file://). Writes tidy CSVs, PNG plots and report.md to --out
 (default RESULTS/report). Needs no torch and no Ray.
+
+Bad input (a folder that holds no study, a file, an unreachable URI, a malformed study.json, an
+--out that cannot be written) exits with code 2 and one message, before any table is computed;
+a trial folder that cannot be used is a row of problems.csv, and the rest is aggregated.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import aggregate
     try:
         print(aggregate(args.results, args.out))
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,11 +9,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+
+from .errors import InputError
 
 STUDY_JSON, TRIAL_JSON, ARRAYS_NPZ = "study.json", "trial.json", "arrays.npz"
 NOT_TRIALS = {"report"}
@@ -25,9 +30,42 @@ REQUIRED_COMPLETED = ("test_accuracy", "absorption", "absorber", "mst", "distanc
 
 def open_results(results: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in results:
-        import os
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(results))
     return pafs.FileSystem.from_uri(results)
+
+
+def check_writable(location: str, where: str, allowed: str = "a writable folder or a bucket URI") -> None:
+    """Fail before any work if results cannot be written at `location` (creates nothing): a local
+    path that is a file, lies under a file or is read-only; a bucket that is unreachable or absent."""
+    if "://" not in location or location.startswith("file://"):
+        path = Path(location.removeprefix("file://")).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise InputError(where, "is a file, not a folder", allowed, location)
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise InputError(where, f"lies under {probe}, which is a file, not a folder", allowed, location)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise InputError(where, f"not writable ({probe} is read-only for this user)", allowed, location)
+        return
+    try:
+        fs, path = open_results(location)
+    except Exception as e:  # pyarrow: malformed URI, unknown scheme
+        raise InputError(where, f"cannot open ({type(e).__name__}: {str(e).splitlines()[0]})", allowed,
+                         location) from None
+    bucket = path.split("/")[0]
+    if not bucket:
+        raise InputError(where, "names no bucket", allowed, location)
+    try:
+        info = fs.get_file_info(bucket)
+    except Exception as e:
+        raise InputError(where, f"cannot reach the storage ({type(e).__name__}: {str(e).splitlines()[0]})",
+                         "a reachable bucket; check the endpoint and credentials", location) from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(where, f"bucket {bucket!r} does not exist", "an existing bucket", location)
+    if path.rstrip("/") != bucket and fs.get_file_info(path).type == pafs.FileType.File:
+        raise InputError(where, "is an object (a file), not a prefix", allowed, location)
 
 
 def _read(fs, path: str) -> bytes:
@@ -59,22 +97,68 @@ class Loaded:
     runs: list[dict] = field(default_factory=list)       # completed or diverged, one per grid point
     problems: list[dict] = field(default_factory=list)   # trial_id, reason, action
     fs: pafs.FileSystem | None = None
+    _bad_arrays: set = field(default_factory=set)        # trials whose arrays.npz was refused
 
     def arrays(self, run: dict) -> dict[str, np.ndarray] | None:
-        """The run's arrays.npz (checked against trial.json's sha256), or None with a problem."""
-        path = f"{self.root}/{run['trial_id']}/{ARRAYS_NPZ}"
+        """The run's arrays.npz, checked against the sha256 trial.json records, or None with a
+        problem (one per trial, however often its arrays are asked for)."""
+        tid = run["trial_id"]
+        if tid in self._bad_arrays:
+            return None
         try:
-            data = _read(self.fs, path)
-        except OSError as e:
-            self.problems.append({"trial_id": run["trial_id"], "reason": f"arrays.npz unreadable ({e})",
-                                  "action": "arrays ignored"})
+            data = _read(self.fs, f"{self.root}/{tid}/{ARRAYS_NPZ}")
+            if not run.get("arrays_sha256"):
+                raise _Unusable("trial.json records no sha256 for arrays.npz, so it cannot be verified")
+            if hashlib.sha256(data).hexdigest() != run["arrays_sha256"]:
+                raise _Unusable("arrays.npz does not match the sha256 in trial.json (torn or altered)")
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (_Unusable, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            reason = str(e) if isinstance(e, _Unusable) else f"arrays.npz unreadable ({type(e).__name__}: {e})"
+            self._bad_arrays.add(tid)
+            self.problems.append({"trial_id": tid, "reason": reason, "action": "arrays ignored"})
             return None
-        if run.get("arrays_sha256") and hashlib.sha256(data).hexdigest() != run["arrays_sha256"]:
-            self.problems.append({"trial_id": run["trial_id"], "reason": "arrays.npz does not match "
-                                  "the sha256 in trial.json (torn or altered)", "action": "arrays ignored"})
-            return None
-        with np.load(io.BytesIO(data)) as z:
-            return {k: z[k] for k in z.files}
+
+
+class _Unusable(ValueError):
+    """A trial artifact the aggregation must not use; the message is the problem's reason."""
+
+
+def _refuse_constant(name: str):
+    """json.loads accepts NaN and Infinity, which no JSON writer of ours emits (non-finite values
+    are written as null): a file holding them was written or edited by something else."""
+    raise _Unusable(f"trial.json holds {name}, which is not JSON (this project writes null for a "
+                    "missing or non-finite value)")
+
+
+def _unit_interval(values, what: str) -> None:
+    x = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(x)) or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+        raise _Unusable(f"trial.json's {what} has values outside [0, 1] or missing")
+
+
+def _plausible(run: dict) -> None:
+    """What the statistics take for granted: shares and accuracies in [0, 1], each noise family's
+    shares summing to 1, finite distances, absorbers among the classes."""
+    classes = run["classes"]
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
+        raise _Unusable(f"trial.json's classes are not >= 2 distinct names: {classes!r}")
+    if run["trajectory"].size:
+        _unit_interval(run["trajectory"], "trajectory")
+    if run["status"] != "completed":
+        return
+    _unit_interval([run["test_accuracy"]], "test_accuracy")
+    _unit_interval(run["absorption"], "absorption")
+    off = np.abs(run["absorption"].sum(axis=1) - 1)
+    if off.max(initial=0) > 1e-3:
+        raise _Unusable(f"trial.json's absorption of {run['families'][int(off.argmax())]} does not sum to 1")
+    _unit_interval(run["top_share"], "absorber top_share")
+    _unit_interval(run["entropy_norm"], "absorber entropy_norm")
+    if not np.all(np.isfinite(run["distance"])) or run["distance"].min(initial=0) < 0:
+        raise _Unusable("trial.json's distance matrices hold negative or missing values")
+    stray = [a for a in run["absorber"] if a not in classes]
+    if stray:
+        raise _Unusable(f"trial.json names absorber {stray[0]!r}, which is not one of its classes")
 
 
 def _compact(trial_id: str, t: dict) -> dict:
@@ -126,7 +210,9 @@ def _load_one(fs, root: str, trial_id: str):
     except OSError as e:
         return None, {"trial_id": trial_id, "reason": f"trial.json unreadable ({e})", "action": "excluded"}
     try:
-        t = json.loads(raw)
+        t = json.loads(raw, parse_constant=_refuse_constant)
+    except _Unusable as e:
+        return None, {"trial_id": trial_id, "reason": str(e), "action": "excluded"}
     except (ValueError, UnicodeDecodeError) as e:
         return None, {"trial_id": trial_id, "reason": f"trial.json is truncated or not JSON ({e})",
                       "action": "excluded"}
@@ -141,51 +227,128 @@ def _load_one(fs, root: str, trial_id: str):
     if t["status"] not in ("completed", "diverged"):
         return None, {"trial_id": trial_id, "reason": f"status {t['status']!r}", "action": "excluded"}
     try:
-        return _compact(trial_id, t), None
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+        run = _compact(trial_id, t)
+        _plausible(run)
+        return run, None
+    except _Unusable as e:
+        return None, {"trial_id": trial_id, "reason": str(e), "action": "excluded"}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         return None, {"trial_id": trial_id, "reason": f"trial.json malformed ({type(e).__name__}: {e})",
                       "action": "excluded"}
 
 
-def _find_root(fs, path: str) -> str:
+STUDY_HELP = ("a study folder written by `python -m study sweep` (<storage>/<name>, holding study.json "
+              "and one folder per trial), local or s3://bucket/prefix, gs://bucket/prefix")
+
+
+def _info(fs, path: str, results: str):
+    """get_file_info, with an unreachable store (endpoint, credentials, network) as an InputError."""
+    if not path.strip("/"):
+        raise InputError(results, "names no bucket", STUDY_HELP)
+    try:
+        return fs.get_file_info(path)
+    except (OSError, ValueError) as e:  # pyarrow: network, credentials; ArrowInvalid for a bad path
+        raise InputError(results, f"cannot reach the storage ({type(e).__name__}: {str(e).splitlines()[0]})",
+                         "a reachable location; check the endpoint and credentials") from None
+
+
+def _find_root(fs, path: str, results: str) -> str:
     """The study folder: RESULTS itself, or its only subfolder holding a study.json."""
+    kind = _info(fs, path, results).type
+    if kind == pafs.FileType.NotFound:
+        raise InputError(results, "no such folder", STUDY_HELP)
+    if kind != pafs.FileType.Directory:
+        raise InputError(results, "is a file, not a study folder", STUDY_HELP)
     if fs.get_file_info(f"{path}/{STUDY_JSON}").type == pafs.FileType.File:
         return path
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    if not infos and fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{path}: no such folder")
     studies = [i.path for i in infos if i.type == pafs.FileType.Directory
                and fs.get_file_info(f"{i.path}/{STUDY_JSON}").type == pafs.FileType.File]
     if len(studies) == 1 and not any(fs.get_file_info(f"{i.path}/{TRIAL_JSON}").type == pafs.FileType.File
                                      for i in infos if i.type == pafs.FileType.Directory):
         return studies[0]
     if len(studies) > 1:
-        raise ValueError(f"{path} holds several studies ({', '.join(s.rsplit('/', 1)[-1] for s in studies)}); "
-                         "point at one of them")
+        raise InputError(results, f"holds several studies ({', '.join(s.rsplit('/', 1)[-1] for s in studies)})",
+                         "one of them")
     return path
 
 
-def load(results: str, workers: int = 16) -> Loaded:
-    fs, path = open_results(results)
-    root = _find_root(fs, path.rstrip("/"))
-    study = None
-    if fs.get_file_info(f"{root}/{STUDY_JSON}").type == pafs.FileType.File:
-        study = json.loads(_read(fs, f"{root}/{STUDY_JSON}"))
+def _read_study(fs, root: str) -> dict | None:
+    """study.json, checked for what the loader relies on; None when there is none."""
+    where = f"{root}/{STUDY_JSON}"
+    if fs.get_file_info(where).type != pafs.FileType.File:
+        return None
+    allowed = "the study.json `python -m study sweep` writes: {name, axes: [...], points: [{dir, axes}, ...]}"
+    try:
+        study = json.loads(_read(fs, where), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise InputError(where, f"unreadable or not JSON ({type(e).__name__}: {e})", allowed) from None
+    if not isinstance(study, dict):
+        raise InputError(where, "is not a JSON object", allowed)
+    points, axes = study.get("points"), study.get("axes")
+    if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
+        raise InputError(where, "has no list of axes", allowed, axes)
+    if not isinstance(points, list) or not points:
+        raise InputError(where, "lists no grid points", allowed, points)
+    for i, point in enumerate(points):
+        d = point.get("dir") if isinstance(point, dict) else None
+        if (not isinstance(d, str) or not isinstance(point.get("axes"), dict)
+                or any(part in ("", ".", "..") for part in d.split("/"))):  # never a path out of the study
+            raise InputError(f"{where}: points[{i}]", "not {dir: <a folder in the study>, axes: {...}}",
+                             allowed, point)
+    return study
+
+
+def _trial_dirs(fs, root: str, study: dict | None) -> list[str]:
+    """The folders to read: every grid point of study.json and every other folder holding a
+    trial.json; without a study.json, every folder (a folder without trial.json is a problem)."""
     dirs = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
                   if i.type == pafs.FileType.Directory and i.base_name not in NOT_TRIALS
                   and not i.base_name.startswith("."))
-    expected = [p["dir"] for p in study["points"]] if study else []
-    if study:  # a folder that is no grid point and holds no trial.json is not a trial (e.g. Tune's
-        # folder of a fused group of seeds): leave it out rather than report it
-        dirs = [d for d in dirs if d in expected or
-                fs.get_file_info(f"{root}/{d}/{TRIAL_JSON}").type == pafs.FileType.File]
-    for d in expected:  # grid points whose folder never appeared
-        if d not in dirs:
-            dirs.append(d)
+    with_trial = [d for d in dirs if fs.get_file_info(f"{root}/{d}/{TRIAL_JSON}").type == pafs.FileType.File]
+    if study is None:
+        return dirs if with_trial else []
+    # a folder that is no grid point and holds no trial.json is not a trial (e.g. Tune's folder of
+    # a fused group of seeds): leave it out rather than report it
+    expected = [p["dir"] for p in study["points"]]
+    return sorted(set(expected) | set(with_trial))
+
+
+@dataclass
+class Source:
+    """Where a study's artifacts are, checked before any of them is read."""
+    results: str
+    fs: pafs.FileSystem
+    root: str
+    study: dict | None
+    dirs: list[str]
+
+
+def open_study(results: str) -> Source:
+    """RESULTS -> the study folder, its study.json and its trial folders; an unusable RESULTS (no
+    such folder, a file, an unreachable URI, a malformed study.json, no study at all) is an
+    InputError, raised before anything is aggregated."""
+    try:
+        fs, path = open_results(results)
+    except Exception as e:  # pyarrow: unknown scheme, malformed URI, missing credentials provider
+        raise InputError(results, f"cannot open ({type(e).__name__}: {str(e).splitlines()[0]})", STUDY_HELP) from None
+    root = _find_root(fs, path.rstrip("/"), results)
+    study = _read_study(fs, root)
+    dirs = _trial_dirs(fs, root, study)
+    if not dirs:
+        raise InputError(results, "holds no study: no study.json and no trial folder with a trial.json",
+                         STUDY_HELP)
+    return Source(results, fs, root, study, dirs)
+
+
+def load(results: str | Source, workers: int = 16) -> Loaded:
+    src = results if isinstance(results, Source) else open_study(results)
+    fs, root, study = src.fs, src.root, src.study
     with ThreadPoolExecutor(workers) as pool:
-        loaded = list(pool.map(lambda d: _load_one(fs, root, d), dirs))
+        loaded = list(pool.map(lambda d: _load_one(fs, root, d), src.dirs))
     runs = [r for r, _ in loaded if r is not None]
     problems = [p for _, p in loaded if p is not None]
+    expected = [p["dir"] for p in study["points"]] if study else []
     axes = list(study["axes"]) if study else _varying_keys(runs)
     out = Loaded(root=root, study=study, axes=axes, problems=problems, fs=fs)
     out.runs = _dedupe(runs, axes, expected, out.problems)

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from . import causal, factors, inference, plots, tables, why
-from .load import Loaded, load, open_results
+from .load import Loaded, check_writable, load, open_results, open_study
 from .report import write_report
 
 
@@ -53,15 +53,19 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     """Aggregate a study folder (local or URI) into CSVs, PNGs and report.md under `out`
     (default: <results>/report). Returns a one-paragraph summary; `log` gets a progress line per
     stage, with its counts and the seconds since the start (None: silent)."""
-    progress = _Progress(log)
-    progress(f"loading trial folders from {results}")
-    data = load(results)
-    progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
-             f"{len(data.problems)} trial folder(s) with problems")
+    src = open_study(results)  # an unusable RESULTS or --out ends here, before any work
+    where = "--out"
     if out is None:  # <the study folder>/report, as a URI when the results came as one
         _, given = open_results(results)
-        out = _join(results, data.root[len(given.rstrip("/")):].lstrip("/") + "/report") \
-            if "://" in results else f"{data.root}/report"
+        out = _join(results, src.root[len(given.rstrip("/")):].lstrip("/") + "/report") \
+            if "://" in results else f"{src.root}/report"
+        where = "report folder (RESULTS/report; choose another with --out)"
+    check_writable(out, where, "a writable folder or a bucket URI")
+    progress = _Progress(log)
+    progress(f"loading trial folders from {results}")
+    data = load(src)
+    progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
+             f"{len(data.problems)} trial folder(s) with problems")
     groups = inference.by_condition(data)
 
     frames = {"runs": tables.runs_table(data), "absorption": tables.absorption_table(data),

@@ -7,6 +7,8 @@ so a new entry is accepted here without touching this file.
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,31 @@ from .errors import InputError
 # ---------------------------------------------------------------- validators
 # Each takes (value, where) and returns the normalised value or raises InputError.
 
+def _number_as_text(v, where, allowed: str, whole: bool = False) -> None:
+    """YAML 1.1 (PyYAML) reads `1e-3` and `5e4` as text: a float needs a dot in its mantissa.
+    Say so, and how to write it, instead of a bare "must be a number"."""
+    if not isinstance(v, str):
+        return
+    try:
+        x = float(v.replace("_", ""))
+    except ValueError:
+        return
+    if not math.isfinite(x):  # "nan", "inf": text that is no number to suggest
+        return
+    if whole and x.is_integer():
+        fix = str(int(x))
+    else:  # YAML 1.1's float: a dot in the mantissa and a signed exponent (1.0e-3, 5.0e+4)
+        mantissa, _, exponent = v.lower().replace("_", "").partition("e")
+        mantissa += "" if "." in mantissa else ".0"
+        fix = f"{mantissa}e{int(exponent):+d}" if exponent.lstrip("+-").isdigit() else repr(x)
+    raise InputError(where, f"YAML reads {v} as text, not a number (YAML's exponent form needs a dot "
+                     f"and a sign: write {fix})", allowed, v)
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Callable:
     def check(v, where):
         if isinstance(v, bool) or not isinstance(v, int):
+            _number_as_text(v, where, _range(lo, hi), whole=True)
             raise InputError(where, "must be a whole number", _range(lo, hi), v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise InputError(where, "out of range", _range(lo, hi), v)
@@ -33,8 +57,9 @@ def integer(lo: int | None = None, hi: int | None = None) -> Callable:
 
 def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable:
     def check(v, where):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            raise InputError(where, "must be a number", _range(lo, hi, lo_open), v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            _number_as_text(v, where, _range(lo, hi, lo_open))
+            raise InputError(where, "must be a finite number", _range(lo, hi, lo_open), v)
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             raise InputError(where, "out of range", _range(lo, hi, lo_open), v)
         return float(v)
@@ -202,6 +227,8 @@ def _noise_families():
 
 # ---------------------------------------------------------------- the trial schema
 
+MAX_SEED = 2**63 - 1  # seeds are stored in 64-bit integer columns (tables, Parquet) and seed torch
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -211,7 +238,7 @@ class Key:
 
 
 TRIAL_KEYS = [
-    Key("seed", 0, "seeds weight init, data order, augmentation and the train subset", integer(0)),
+    Key("seed", 0, "seeds weight init, data order, augmentation and the train subset", integer(0, MAX_SEED)),
     Key("classes", "all", "`all` or a list of CIFAR-10 classes, labelled 0..K-1 in the order "
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
     Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
@@ -250,7 +277,7 @@ TRIAL_KEYS = [
     Key("n_noise", 5000, "images per noise family (one bank per family from noise_seed)",
         integer(10)),
     Key("noise_seed", 0, "seeds the noise banks and the test subset, separately from `seed`, "
-        "so every trial of a study sees the same probe images", integer(0)),
+        "so every trial of a study sees the same probe images", integer(0, MAX_SEED)),
     Key("n_trajectory", 500, "gaussian images whose absorption is tracked after every epoch",
         integer(10)),
     Key("eval_batch_size", 1024, "batch size for evaluation and probes (no gradients)",
@@ -348,17 +375,67 @@ def _cross_check(cfg: dict, where: str) -> None:
 
 # ---------------------------------------------------------------- YAML and --set
 
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "no such file", "a YAML file")
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` then overriding a key is YAML's own override, not a slip
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first on line {first.line + 1}); "
+                        "YAML would keep only the last", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, every syntax problem (a duplicate key included) as one InputError
+    naming `where` and the line."""
+    loader = _StrictLoader(text)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(str(path), f"YAML syntax error{at}: {getattr(e, 'problem', e)}",
-                         "valid YAML") from None
+        raise InputError(where, f"YAML syntax error{at}: {e.problem}", "valid YAML") from None
+    except yaml.YAMLError as e:  # ReaderError: a control character, e.g. a binary file
+        raise InputError(where, f"YAML syntax error: {str(e).splitlines()[0]}", "valid YAML") from None
+    finally:
+        loader.dispose()
+
+
+def read_text(path: str | Path, kind: str) -> str:
+    """A config file's text; a missing, unreadable, binary or non-UTF-8 file is an InputError."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(str(path), "is a folder, not a file", kind)
+    if not path.is_file():
+        raise InputError(str(path), "no such file", kind)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(str(path), f"cannot be read ({e.strerror})", kind) from None
+    if b"\0" in data[:8192]:
+        raise InputError(str(path), "is a binary file, not text", kind)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(str(path), f"is not UTF-8 text (byte {data[e.start]:#04x} on line {line})",
+                         f"{kind}, saved as UTF-8") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    text = read_text(path, "a YAML file")
+    data = parse_yaml(text, str(path))
     if data is None:
         raise InputError(str(path), "file is empty", "a YAML mapping of config keys")
     if not isinstance(data, dict):
@@ -371,27 +448,27 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], value parsed as YAML, so `[0,1]` is a list)."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise InputError(f"--set {item}", "expected key=value", "e.g. --set trial.epochs=2")
-    try:
-        parsed = yaml.safe_load(value) if value else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.split("."), parsed
+        raise InputError(f"--set {item}", "expected key=value", "e.g. --set epochs=2")
+    return key.split("."), (parse_yaml(value, f"--set {key}") if value else None)
 
 
-def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool]) -> dict:
-    """Apply --set overrides onto a copy of `data`; `known(path)` says whether a path exists."""
+def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool],
+               hint: Callable[[list[str]], str]) -> dict:
+    """Apply --set overrides onto a copy of `data`; `known(path)` says whether a path exists,
+    `hint(path)` what to write instead when it does not."""
     data = _deepcopy(data)
     for item in sets or []:
         path, value = parse_set(item)
         if not known(path):
-            raise InputError(f"--set {'.'.join(path)}", "no such key", "an existing key path, "
-                             "e.g. trial.epochs, grid.seed, resources.gpu, run.storage")
+            raise InputError(f"--set {'.'.join(path)}", "no such key", hint(path))
         node = data
         for part in path[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # `trial:` left empty in the file
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise InputError(f"--set {'.'.join(path)}", "parent is not a mapping")
+                raise InputError(f"--set {'.'.join(path)}", f"`{part}` in the file is not a mapping",
+                                 "a YAML mapping", node)
         node[path[-1]] = value
     return data
 
@@ -403,8 +480,15 @@ def _deepcopy(x):
 
 def load_trial_config(path: str | Path, sets: list[str] | None = None) -> dict:
     data = read_yaml(path)
-    data = apply_sets(data, sets, lambda p: len(p) == 1 and p[0] in _TRIAL_BY_NAME)
+    data = apply_sets(data, sets, lambda p: len(p) == 1 and p[0] in _TRIAL_BY_NAME, _trial_set_hint)
     return validate_trial(data)
+
+
+def _trial_set_hint(path: list[str]) -> str:
+    """The trial command's --set takes bare trial keys (the sweep's takes section.key)."""
+    if len(path) == 2 and path[0] in ("trial", "grid") and path[1] in _TRIAL_BY_NAME:
+        return f"a trial key without a section: --set {path[1]}=..."
+    return "a trial key (no section), e.g. --set epochs=2, --set seed=3; keys: " + ", ".join(_TRIAL_BY_NAME)
 
 
 # ---------------------------------------------------------------- the sweep schema
@@ -414,19 +498,28 @@ SWEEP_SECTIONS = {"name", "trial", "grid", "resources", "run"}
 
 
 def _storage(v, where):
-    if not isinstance(v, str) or not v:
-        raise InputError(where, "must be a path or URI", "a local path or "
-                         + ", ".join(f"{s}://" for s in STORAGE_SCHEMES), v)
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", v)
-    if scheme and scheme.group(1).lower() not in STORAGE_SCHEMES:
-        raise InputError(where, f"unknown storage scheme {scheme.group(1)!r}", "a local path or "
-                         + ", ".join(f"{s}://" for s in STORAGE_SCHEMES), v)
+    allowed = "a local path or " + ", ".join(f"{s}://bucket/prefix" for s in STORAGE_SCHEMES if s != "file") + \
+        ", file:///absolute/path"
+    if not isinstance(v, str) or not v.strip():
+        raise InputError(where, "must be a path or URI", allowed, v)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(/[^?#]*)?", v)
+    if scheme is None and "://" in v:
+        raise InputError(where, "malformed URI", allowed, v)
+    if scheme:
+        name, host, rest = scheme.group(1).lower(), scheme.group(2), scheme.group(3) or ""
+        if name not in STORAGE_SCHEMES:
+            raise InputError(where, f"unknown storage scheme {scheme.group(1)!r}", allowed, v)
+        if name == "file" and (host not in ("", "localhost") or not rest.strip("/")):
+            raise InputError(where, "a file:// URI needs an absolute path (file:///path)", allowed, v)
+        if name not in ("file", "mock") and not host:
+            raise InputError(where, f"no bucket after {name}://", allowed, v)
     return v
 
 
 def _gpu(v, where):
     allowed = "0, a fraction 0 < gpu <= 1 (trials share a GPU), or a whole number of GPUs"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        _number_as_text(v, where, allowed)
         raise InputError(where, "must be a non-negative number", allowed, v)
     if v > 1 and v != int(v):
         raise InputError(where, "Ray shares a GPU only in fractions <= 1", allowed, v)
@@ -440,7 +533,14 @@ RUN_KEYS = {
     "max_failures": (2, integer(-1)),          # retries per trial after a crash (-1: forever)
     "checkpoint_every": (1, integer(1)),       # epochs between checkpoints (cheap: small models)
     "fuse_seeds": (1, integer(1)),             # train up to this many seeds of a condition as one array
+    # on a cluster, stop the study when trials have waited this long (s) for a node and none runs:
+    # no node fits a trial; generous, since an autoscaler takes minutes to add one (null: wait forever)
+    "pending_timeout": (1800, optional(number(0, lo_open=True))),
 }
+# The largest study `check` and `sweep` accept: every point is validated and listed in study.json,
+# and the aggregation is measured up to 10,000 trials (README); a bigger grid is almost always a
+# mistake (an axis listed instead of a value), found before building the points.
+MAX_GRID_POINTS = 10_000
 NAME_CHECK = pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "letters, digits, _ . - (<= 64 chars)")
 
 
@@ -482,6 +582,12 @@ def _sweep_path_known(path: list[str]) -> bool:
             or (section == "run" and key in RUN_KEYS))
 
 
+def _sweep_set_hint(path: list[str]) -> str:
+    if len(path) == 1 and path[0] in _TRIAL_BY_NAME:
+        return f"a section and a key: --set trial.{path[0]}=... (fixed) or --set grid.{path[0]}=[...] (an axis)"
+    return "section.key, e.g. trial.epochs, grid.seed, resources.gpu, run.storage; or name"
+
+
 def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
     unknown = [k for k in data if k not in SWEEP_SECTIONS]
     if unknown:
@@ -512,15 +618,24 @@ def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
         if not values:
             raise InputError(f"grid.{axis}", "empty axis: the study would have no trials",
                              "a non-empty list")
+        if len(values) > MAX_GRID_POINTS:
+            raise InputError(f"grid.{axis}", f"{len(values):,} values, more than a study may have "
+                             f"points", f"at most {MAX_GRID_POINTS:,} grid points in all")
+        seen = {}
         for i, v in enumerate(values):  # each value on its own, so the error names it
-            _TRIAL_BY_NAME[axis].check(v, f"grid.{axis}[{i}]")
-        if any(values.count(v) > 1 for v in values):
-            raise InputError(f"grid.{axis}", "a value is listed twice (a duplicated grid point)",
-                             "distinct values", values)
+            checked = _TRIAL_BY_NAME[axis].check(v, f"grid.{axis}[{i}]")
+            first = seen.setdefault(json.dumps(checked, sort_keys=True), i)
+            if first != i:
+                raise InputError(f"grid.{axis}", f"value {v!r} is listed twice ([{first}] and [{i}]): a "
+                                 "duplicated grid point", "distinct values")
         if axis in trial:
             raise InputError(f"grid.{axis}", "also fixed in `trial`; give it in one place only")
         grid[axis] = values
 
+    size = math.prod(len(v) for v in grid.values())
+    if size > MAX_GRID_POINTS:  # counted from the axes: never build a billion points to say so
+        raise InputError("grid", f"{size:,} grid points (" + " x ".join(f"{len(v)} {a}" for a, v in grid.items())
+                         + ")", f"at most {MAX_GRID_POINTS:,} points; split the study or shorten an axis")
     resources = _section(sections["resources"], RESOURCE_KEYS, "resources")
     run = _section(sections["run"], RUN_KEYS, "run")
     sweep = Sweep(name=name, trial=trial, grid=grid, resources=resources, run=run)
@@ -550,5 +665,5 @@ def _section(given: dict, schema: dict, section: str) -> dict:
 
 def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
     data = read_yaml(path)
-    data = apply_sets(data, sets, _sweep_path_known)
+    data = apply_sets(data, sets, _sweep_path_known, _sweep_set_hint)
     return validate_sweep(data, str(path))

@@ -20,9 +20,11 @@ import pickle
 import re
 import shutil
 import tarfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -84,8 +86,7 @@ def cache_dir() -> Path:
 def node_lock():
     """Exclusive use of the cache folder across processes (flock: released when the process
     dies). Not reentrant: never nest it."""
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = usable_cache_dir()
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -269,6 +270,14 @@ def _stack(tree, source: str) -> tuple[np.ndarray, ...]:
 
 
 def _read_tar(path: Path) -> tuple[np.ndarray, ...]:
+    try:
+        return _read_tar_members(path)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # truncated, corrupt, unreadable
+        raise InputError(str(path), f"cannot read the archive, it is truncated or corrupt ({type(e).__name__}: "
+                         f"{e})", "a complete .tar of the image-folder tree") from None
+
+
+def _read_tar_members(path: Path) -> tuple[np.ndarray, ...]:
     with tarfile.open(path, "r:*") as tf:
         members = tf.getmembers()
         for m in members:
@@ -282,6 +291,13 @@ def _read_tar(path: Path) -> tuple[np.ndarray, ...]:
         return _stack(_collect(entries, str(path)), str(path))
 
 
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(str(path), f"cannot be read ({e.strerror})", "readable image files") from None
+
+
 def _read_tree(path: Path) -> tuple[np.ndarray, ...]:
     root = path.resolve()
     entries = []
@@ -289,8 +305,41 @@ def _read_tree(path: Path) -> tuple[np.ndarray, ...]:
         if p.is_file():
             if not p.resolve().is_relative_to(root):
                 raise InputError(str(p), "link points outside the data folder", "regular files")
-            entries.append((p.relative_to(path).as_posix(), p.read_bytes))
+            entries.append((p.relative_to(path).as_posix(), partial(_read_file, p)))
     return _stack(_collect(entries, str(path)), str(path))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles; a pickle can run any code when loaded. Only the
+    objects such a batch is made of (a dict of bytes, lists and numpy arrays) may be built."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to build {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (uint8 NHWC images, int64 labels), checked; any flaw names the file."""
+    allowed = "an original CIFAR-10 python batch (data_batch_1..5, test_batch)"
+    try:
+        with open(file, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
+            AttributeError, ImportError) as e:
+        raise InputError(str(file), f"not a readable CIFAR-10 batch, truncated or corrupt "
+                         f"({type(e).__name__}: {e})", allowed) from None
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise InputError(str(file), f"rows of {data.shape[1:]} {data.dtype} values, CIFAR-10 has 3072 "
+                         "uint8 values (32x32x3)", allowed)
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu" or (
+            len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise InputError(str(file), f"{len(data)} images but labels of shape {labels.shape} "
+                         f"({labels.dtype}) outside 0..9", allowed)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
 
 
 def _read_torchvision(path: Path) -> tuple[np.ndarray, ...]:
@@ -302,14 +351,9 @@ def _read_torchvision(path: Path) -> tuple[np.ndarray, ...]:
             if not file.exists():
                 raise InputError(str(file), "missing file of the torchvision CIFAR-10 format",
                                  "data_batch_1..5 and test_batch from cifar-10-python.tar.gz")
-            with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")  # the format is a pickle (as in torchvision)
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072:
-                raise InputError(str(file), f"rows of {data.shape[1:]} values, CIFAR-10 has 3072 "
-                                 "(32x32x3)", "CIFAR-10 batches")
-            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            x, y = _read_batch(file)
+            xs.append(x)
+            ys.append(y)
         out += [np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)]
     return tuple(out)
 
@@ -367,10 +411,42 @@ def _decode(kind: str, path: Path) -> tuple[np.ndarray, ...]:
     return _read_torchvision(path)
 
 
+def usable_cache_dir() -> Path:
+    """cache_dir(), created; a path that is a file, lies under one or is not writable is an
+    InputError naming it and how to choose another."""
+    folder = cache_dir()
+    where = "NOISESINK_CACHE" if os.environ.get("NOISESINK_CACHE") else "cache folder"
+    allowed = "a writable folder; set NOISESINK_CACHE to choose another"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(where, "is a file, or lies under a file, not a folder", allowed, str(folder)) from None
+    except OSError as e:
+        raise InputError(where, f"cannot be created ({e.strerror})", allowed, str(folder)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(where, "is not writable for this user", allowed, str(folder))
+    return folder
+
+
+def _read_cache(file: Path) -> tuple[np.ndarray, ...] | None:
+    try:
+        with np.load(file) as z:
+            return z["train_x"], z["train_y"], z["test_x"], z["test_y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"WARNING: decoded-data cache {file} unreadable ({type(e).__name__}: {e}); decoding the source again")
+        return None
+
+
 def _write_cache(file: Path, arrays: tuple[np.ndarray, ...]) -> None:
     tmp = file.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, train_x=arrays[0], train_y=arrays[1], test_x=arrays[2], test_y=arrays[3])
-    os.replace(tmp, file)
+    try:
+        np.savez(tmp, train_x=arrays[0], train_y=arrays[1], test_x=arrays[2], test_y=arrays[3])
+        os.replace(tmp, file)
+    except OSError as e:  # a full disk, a quota: the cache is ours, the folder the user's to choose
+        tmp.unlink(missing_ok=True)
+        raise InputError("cache folder", f"cannot write the decoded data ({e.strerror})",
+                         "a folder with about 200 MB free; set NOISESINK_CACHE to choose another",
+                         str(file.parent)) from None
 
 
 @lru_cache(maxsize=2)
@@ -396,10 +472,10 @@ def load_cifar10(data_root: str | None = None, verify: str = "full") -> Cifar10:
     checksum = source_checksum(kind, path)
     file = cache_dir() / f"cifar10-v{CACHE_FORMAT}-{checksum[:24]}.npz"
     with node_lock():  # one process decodes, the others wait and reuse
-        if not file.exists():
-            _write_cache(file, _decode(kind, path))
-    with np.load(file) as z:
-        arrays = (z["train_x"], z["train_y"], z["test_x"], z["test_y"])
+        arrays = _read_cache(file) if file.exists() else None
+        if arrays is None:  # absent, or unreadable (a disk error, a copy cut short): decode again
+            arrays = _decode(kind, path)
+            _write_cache(file, arrays)
     if verify == "full":
         verify_counts(arrays, source)
     return Cifar10(*arrays, source=source, kind=kind, checksum=checksum)
