@@ -123,11 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def check_output(out: str) -> None:
+    """--out of `study trial`, checked before training: a folder (or URI) that can be written and
+    holds no earlier result, which the new one would replace."""
+    from analysis.load import check_writable
+    from .artifacts import TRIAL_JSON, ArtifactDir, filesystem
+    from .config import _storage
+    _storage(out, "--out")  # a path, or a URI with a known scheme and a bucket
+    check_writable(out, "--out", "a writable folder or a bucket URI")
+    if ArtifactDir(*filesystem(out)).exists(TRIAL_JSON):
+        raise InputError("--out", f"already holds a trial's {TRIAL_JSON}, which this run would replace",
+                         "a new folder (or delete the old result first)", out)
+
+
 def _trial(args) -> int:
     from .artifacts import ArtifactDir
     from .config import load_trial_config
     from .data import check_source
     cfg = load_trial_config(args.config, args.set)
+    check_output(args.out)
     check_source(cfg["data_root"])
     out = ArtifactDir.at(args.out)
     from .trial import run_trial

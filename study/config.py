@@ -498,8 +498,8 @@ SWEEP_SECTIONS = {"name", "trial", "grid", "resources", "run"}
 
 
 def _storage(v, where):
-    allowed = "a local path or " + ", ".join(f"{s}://bucket/prefix" for s in STORAGE_SCHEMES if s != "file") + \
-        ", file:///absolute/path"
+    allowed = ("a local path, s3://bucket/prefix, gs://bucket/prefix (also " +
+               ", ".join(f"{s}://" for s in STORAGE_SCHEMES if s not in ("file", "s3", "gs")) + "), file:///path")
     if not isinstance(v, str) or not v.strip():
         raise InputError(where, "must be a path or URI", allowed, v)
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(/[^?#]*)?", v)

@@ -176,6 +176,10 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
     go on (its weights no longer influence theirs). `on_epoch(epoch, metrics)` reports progress."""
     setups = [setup(c) for c in configs]
     check_fusable([s.cfg for s in setups])
+    for s in setups:
+        if s.applied["compile"]:  # the array model is not compiled
+            s.applied["compile"] = False
+            s.warnings.append(f"compile: {s.cfg['compile']} is not applied to fused training (run.fuse_seeds)")
     models = [new_model(s) for s in setups]
     predictors = [s.predictor(mdl) for s, mdl in zip(setups, models)]
     trajectories = [[probe.trajectory_point(p, s.trajectory_bank, s.classes, 0)] for p, s in zip(predictors, setups)]

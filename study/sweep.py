@@ -31,6 +31,10 @@ from .errors import InputError
 
 STUDY_JSON = "study.json"     # the resolved sweep, written beside the trial folders
 CHECKPOINT_FILE = "state.pt"
+TUNE_ERROR_TXT = "error.txt"  # (analysis/contract.py names it once house step 1 lands)
+# A trial that meets bad input reports it under this key and ends: Tune retries every exception
+# (FailureConfig.max_failures counts them all alike), and no retry can fix bad input.
+INPUT_ERROR = "input_error"
 
 
 # ---------------------------------------------------------------- planning (no Ray needed)
@@ -231,7 +235,23 @@ def final_metrics(result: dict) -> dict:
 
 
 def tune_trial(config: dict) -> None:
-    """The Tune function trainable: resolve, skip if done, resume if possible, run, report."""
+    """The Tune function trainable: bad input ends the trial with its reason, never a retry."""
+    from ray import tune
+    storage = tune.get_context().get_storage()
+    try:
+        return _tune_trial(config, storage)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        try:  # the reason beside the trial, where the aggregation reports it
+            ArtifactDir(storage.storage_filesystem, storage.trial_fs_path).write_bytes(
+                TUNE_ERROR_TXT, f"InputError: {e}\n".encode())
+        except OSError:
+            pass
+        tune.report({INPUT_ERROR: str(e), "done": True})
+
+
+def _tune_trial(config: dict, storage) -> None:
+    """Resolve, skip if done, resume if possible, run, report."""
     import torch
     from ray import tune
 
@@ -239,7 +259,6 @@ def tune_trial(config: dict) -> None:
     from .trial import run_trial
 
     axes = {k: v for k, v in config.items() if not k.startswith("_")}
-    storage = tune.get_context().get_storage()
     if "_seeds" in config:
         return _fused_tune_trial(axes, config, storage)
     cfg = validate_trial({**config["_fixed"], **axes})
@@ -310,8 +329,47 @@ def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
 
 # ---------------------------------------------------------------- the driver
 
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """(the Ray cluster to use, where it was named): --address, else $RAY_ADDRESS, else None (a
+    local Ray started here)."""
+    if address:
+        return address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
+ADDRESS_HELP = ("the address of a running Ray cluster's head: host:6379 (the GCS port), ray://host:10001 "
+                "(Ray Client) or auto; `ray start --head` prints it")
+
+
+def probe_address(address: str, where: str, timeout_s: float = 10) -> None:
+    """Fail within seconds when nothing listens at the address (ray.init would retry for minutes):
+    one TCP connection to the head, nothing sent."""
+    import socket
+    from urllib.parse import urlsplit
+    if address == "auto":  # Ray's own lookup of the cluster started on this machine
+        return
+    if re.match(r"https?://", address):
+        raise InputError(where, "is the dashboard's job-submission address, which `ray job submit` takes; "
+                         "a driver connects to the head's GCS port", ADDRESS_HELP, address)
+    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
+    except ValueError:
+        host = None
+    if not host:
+        raise InputError(where, "malformed address", ADDRESS_HELP, address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise InputError(where, f"no Ray cluster answers at {host}:{port} ({reason})", ADDRESS_HELP,
+                         address) from None
+
+
 def _init_ray(address: str | None) -> None:
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, where = cluster_address(address)
     if not address:
         # A local Ray listens on loopback only. Ray otherwise swaps 127.0.0.1 for the machine's
         # routable address (for multi-node clusters); this setting, read when ray is first
@@ -321,9 +379,70 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:  # a running cluster: connect, never start a second Ray
-        ray.init(address=address, log_to_driver=True)
+        probe_address(address, where)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise InputError(where, f"cannot connect to a Ray cluster at {address} ({str(e).splitlines()[0]})",
+                             ADDRESS_HELP, address) from None
     else:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+def node_fit_warning(resources: dict) -> str | None:
+    """On a running cluster: a warning when no live node could hold one trial now (an autoscaler
+    may still add one; run.pending_timeout then ends the wait)."""
+    import ray
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    need_cpu, need_gpu = resources["cpu"], resources["gpu"]
+    if any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
+        return None
+    have = ", ".join(f"cpu {n.get('CPU', 0):g} gpu {n.get('GPU', 0):g}" for n in nodes) or "no live node"
+    return (f"no node of the cluster can hold one trial now (a trial asks for cpu {need_cpu:g}, gpu "
+            f"{need_gpu:g}; nodes: {have}). An autoscaler may add one; trials still waiting after "
+            "run.pending_timeout seconds end the study")
+
+
+class PendingWatch:
+    """Ends a study whose trials wait for resources longer than run.pending_timeout while none
+    runs: no node can hold a trial (and no autoscaler added one). A Tune callback sees the
+    trials' states each step; its stopper ends the experiment."""
+
+    def __init__(self, timeout_s: float | None):
+        from ray import tune
+        from ray.tune.stopper import Stopper
+        watch = self
+        self.timeout_s, self.since, self.fired = timeout_s, None, False
+
+        class _Callback(tune.Callback):
+            def on_step_begin(self, iteration, trials, **info):
+                watch.observe([t.status for t in trials])
+
+        class _Stopper(Stopper):
+            def __call__(self, trial_id, result):
+                return False
+
+            def stop_all(self):
+                return watch.fired
+
+        self.callback, self.stopper = _Callback(), _Stopper()
+
+    def observe(self, statuses: list[str], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.timeout_s is None or "RUNNING" in statuses or "PENDING" not in statuses:
+            self.since = None
+            return
+        self.since = now if self.since is None else self.since
+        self.fired = self.fired or now - self.since > self.timeout_s
+
+
+def failure_reason(error) -> str:
+    """The cause of a failed trial in one line (Ray wraps it in a RayTaskError whose text starts
+    with the worker's pid)."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return text if text.startswith(type(cause).__name__) else f"{type(cause).__name__}: {text}"
 
 
 def tune_dirname(trial) -> str:
@@ -335,7 +454,7 @@ def tune_dirname(trial) -> str:
     return trial_dirname({a: c[a] for a in c["_axes"]})
 
 
-def build_tuner(plan: Plan, resume: bool):
+def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None):
     from ray import tune
 
     s = plan.sweep
@@ -366,6 +485,8 @@ def build_tuner(plan: Plan, resume: bool):
             storage_path=plan.storage,
             failure_config=tune.FailureConfig(max_failures=s.run["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            stop=watch.stopper if watch else None,
+            callbacks=[watch.callback] if watch else None,
             verbose=1,
         ),
     )
@@ -373,18 +494,36 @@ def build_tuner(plan: Plan, resume: bool):
 
 def run(plan: Plan, resume: bool = False, report: bool = True, address: str | None = None) -> int:
     start = time.perf_counter()
+    _init_ray(address)  # first: a cluster that does not answer ends the sweep before anything is written
+    if cluster_address(address)[0]:
+        warning = node_fit_warning(plan.sweep.resources)
+        if warning:
+            print(f"WARNING: {warning}")
     exp = ArtifactDir.at(plan.uri)
     if not resume and exp.exists(STUDY_JSON):
         print(f"note: {plan.uri} holds an earlier run of this study; its completed trials are "
               "reused (use --resume to also continue interrupted ones from their checkpoints)")
     exp.write_json(STUDY_JSON, study_record(plan))
-    _init_ray(address)
-    results = build_tuner(plan, resume).fit()
-    errors = [r for r in results if r.error is not None]
-    print(f"sweep {plan.name}: {len(results) - len(errors)} of {len(plan.points)} trials ended, "
-          f"{len(errors)} failed; {time.perf_counter() - start:.0f} s")
-    for r in errors:
-        print(f"  failed: {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
+    watch = PendingWatch(plan.sweep.run["pending_timeout"])
+    results = build_tuner(plan, resume, watch).fit()
+    def name(r):
+        return Path(r.path).name if r.path else "?"
+    failed = [(name(r), failure_reason(r.error)) for r in results if r.error is not None]
+    failed += [(name(r), f"bad input, not retried: {r.metrics[INPUT_ERROR]}")
+               for r in results if r.error is None and (r.metrics or {}).get(INPUT_ERROR)]
+    never = [name(r) for r in results if r.error is None and not r.metrics]
+    print(f"sweep {plan.name}: {len(results) - len(failed) - len(never)} of {len(results)} trials ended, "
+          f"{len(failed)} failed, {len(never)} never started; {time.perf_counter() - start:.0f} s")
+    for name, reason in failed:
+        print(f"  failed: {name}: {reason[:300]}")
+    if never:  # only the pending watch stops trials before they start
+        r = plan.sweep.resources
+        raise InputError("resources", f"{len(never)} trial(s) waited more than run.pending_timeout = "
+                         f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "
+                         f"{r['gpu']:g} free while none ran, so the study was stopped (finished trials are "
+                         f"kept in {plan.uri}; rerun with --resume)",
+                         "resources that a node of the cluster can hold, or a larger run.pending_timeout "
+                         "(null waits forever)", {"cpu": r["cpu"], "gpu": r["gpu"]})
     if report:
         from analysis.pipeline import aggregate
         out = experiment_uri(plan.storage, f"{plan.name}/report")
@@ -395,4 +534,4 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
             print(f"error: the trials finished and are kept in {plan.uri}, but the aggregation failed "
                   f"(traceback above). Fix the cause, then run: python -m analysis {plan.uri}", file=sys.stderr)
             return 1
-    return 0 if not errors else 1
+    return 0 if not failed else 1

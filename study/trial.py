@@ -47,6 +47,8 @@ class TrialSetup:
     timing: dict = field(default_factory=dict)
     interventions: dict = field(default_factory=dict)
     train_data: tuple | None = None   # (uint8 NCHW, labels) as trained on, after any class intervention
+    applied: dict = field(default_factory=dict)   # config values that could not apply as given: what was used
+    warnings: list = field(default_factory=list)  # why; both go into trial.json
 
     @property
     def classes(self) -> list[str]:
@@ -83,6 +85,10 @@ def setup(config: dict) -> TrialSetup:
                    Precision(device, cfg["precision"], cfg["channels_last"]), noise_ctx,
                    make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx), started=started)
     s.timing["data_seconds"] = time.perf_counter() - started
+    s.applied["compile"] = cfg["compile"] if device.type == "cuda" else False
+    if cfg["compile"] and device.type != "cuda":
+        s.warnings.append(f"compile: {cfg['compile']} applies on CUDA only; this trial ran on {device} "
+                          "without torch.compile (results are the same, only slower)")
     return s
 
 
@@ -150,7 +156,6 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
         "versions": versions(s.device), "code_revision": code_revision(),
         "diverged_at_epoch": epoch if status == "diverged" else None,
-        "warnings": list(notes or []),
         "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
                          "class_intervention": s.interventions.get("class_intervention")},
     }
@@ -161,6 +166,9 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         s.timing["probe_seconds"] = time.perf_counter() - t_probe
     s.timing["total_seconds"] = time.perf_counter() - s.started
     result["timing"] = s.timing
+    result["applied"], result["warnings"] = s.applied, list(notes or []) + s.warnings
+    for w in s.warnings:
+        print(f"WARNING: {w}")
     result["arrays"] = {"file": ARRAYS_NPZ, "sha256": out.write_npz(ARRAYS_NPZ, arrays)}
     out.write_json(TRIAL_JSON, result)  # last: its presence marks the trial as done
     return result
@@ -176,6 +184,15 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
     part, class_means = probe.test_metrics(test_logits, test_feats, task.test_y, classes)
 
     sample_x, sample_y = clutter_sample(s)  # training images as trained on (after a class intervention)
+    n = cfg["sample_per_class"]
+    per_class = {c: int((sample_y == i).sum()) for i, c in enumerate(task.classes)}
+    short = [f"{c} ({k})" for c, k in per_class.items() if k < n]
+    if short:
+        s.warnings.append(f"sample_per_class {n} is more than the training images of {', '.join(short)}: "
+                          "the clutter measures and the OOD detectors used all of them (clutter.images_per_class)")
+    if cfg["n_noise"] < n:
+        s.warnings.append(f"sample_per_class {n} is more than n_noise {cfg['n_noise']}: each noise "
+                          f"family's clutter was measured on its {cfg['n_noise']} images")
     sample = to_tensor(sample_x)
     _, sample_feats = model_predict(sample)
     if cfg["intervention"] == "noise_class":  # its "class mean": the training noise it learned
@@ -201,7 +218,6 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
         found_all[family] = found
         logits, feats = found["arrays"]["logits"], found["arrays"]["features"]
         ood_sets[family] = (logits, feats)
-        n = cfg["sample_per_class"]
         clutter_noise[family] = measure_all(bank[:n].numpy(), feats[:n])
         decomposition[family] = logit_decomposition(logits, feats, weight, bias, classes, test_feats)
         means, counts = noise_mean_images(bank, found["arrays"]["pred"].astype(np.int64), len(classes))
@@ -219,7 +235,8 @@ def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
             "mst": {f: x["mst"] for f, x in found_all.items()},
             "noise_neighbour": {f: x["noise_neighbour"] for f, x in found_all.items()},
             "heldout": heldout,
-            "clutter": {"sample_per_class": int(cfg["sample_per_class"]),
+            "clutter": {"sample_per_class": int(n), "images_per_class": per_class,
+                        "noise_images": min(n, int(cfg["n_noise"])),
                         "classes": _by_measure(clutter_classes), "noise": clutter_noise},
             "logit_decomposition": decomposition,
             "frequency": frequency_probes(model_predict, cfg["n_frequency"], cfg["noise_seed"], s.noise_ctx,
