@@ -268,7 +268,7 @@ def _find_root(fs, path: str, results: str) -> str:
                                      for i in infos if i.type == pafs.FileType.Directory):
         return studies[0]
     if len(studies) > 1:
-        raise InputError(results, f"holds several studies ({', '.join(s.rsplit('/', 1)[-1] for s in studies)})",
+        raise InputError(results, f"holds several studies ({', '.join(sorted(s.rsplit('/', 1)[-1] for s in studies))})",
                          "one of them")
     return path
 
