@@ -7,6 +7,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -423,3 +425,114 @@ def test_an_untrustworthy_trial_is_a_problem_and_the_rest_aggregates(case, tmp_p
     assert any(expected in r for r in reasons), reasons
     runs = pd.read_csv(study / "report" / "runs.csv")
     assert {f"augmentation=flip_seed={i}" for i in (1, 2, 3)} <= set(runs["trial_id"])
+
+
+# ---------------------------------------------------------------- the sweep's cluster
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:9", "--address: no Ray cluster answers at 127.0.0.1:9 (Connection refused)"),
+    ("ray://127.0.0.1:9", "no Ray cluster answers at 127.0.0.1:9"),
+    ("http://127.0.0.1:8265", "--address: is the dashboard's job-submission address"),
+    ("host:port", "--address: malformed address"),
+])
+def test_a_dead_address_fails_in_seconds_and_writes_nothing(address, expected, tiny_data, tmp_path, capsys):
+    storage = tmp_path / "storage"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(base_sweep(tiny_data, storage)))
+    assert main(["sweep", str(path), "--address", address]) == 2  # ray.init alone retries for minutes
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert not storage.exists(), "nothing is written before the cluster answered"
+
+
+def test_ray_address_from_the_environment_is_named(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(base_sweep(tiny_data, tmp_path / "storage")))
+    assert main(["sweep", str(path)]) == 2
+    assert "RAY_ADDRESS: no Ray cluster answers at 127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_the_pending_watch_fires_only_when_trials_wait_and_none_runs():
+    pytest.importorskip("ray")
+    from study.sweep import PendingWatch
+    watch = PendingWatch(60)
+    for t, statuses in [(0, ["PENDING", "PENDING"]), (30, ["PENDING", "RUNNING"]), (100, ["PENDING", "PENDING"]),
+                        (150, ["PENDING", "TERMINATED"])]:
+        watch.observe(statuses, now=t)
+        assert not watch.fired and not watch.stopper.stop_all()  # the clock restarts whenever a trial runs
+    watch.observe(["PENDING", "TERMINATED"], now=161)
+    assert watch.fired and watch.stopper.stop_all()
+    never = PendingWatch(None)
+    never.observe(["PENDING"], now=0)
+    never.observe(["PENDING"], now=10**9)
+    assert not never.fired
+
+
+def test_a_failed_trial_is_summarised_by_its_cause_not_the_worker_pid():
+    pytest.importorskip("ray")
+    from ray.exceptions import RayTaskError
+
+    from study.sweep import failure_reason
+    try:
+        raise RuntimeError("CUDA out of memory")
+    except RuntimeError as cause:
+        wrapped = RayTaskError("ImplicitFunc.train", "Traceback ...\nRuntimeError: CUDA out of memory", cause,
+                               pid=4242, ip="10.0.0.1")
+    assert "pid" in str(wrapped)
+    assert failure_reason(wrapped) == "RuntimeError: CUDA out of memory"
+    assert failure_reason(ValueError("x")) == "ValueError: x"
+
+
+def _driver(code: str, tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """A sweep driver in its own process (local Ray on loopback, as `study sweep` starts it)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_bad_input_inside_a_trial_ends_it_without_retries_and_names_the_reason(tiny_data, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    sweep = base_sweep(tiny_data, tmp_path / "storage")
+    sweep["grid"] = {"seed": [0]}
+    path.write_text(yaml.safe_dump(sweep))
+    # validation passed; the trial then meets a config no retry can fix (as a node whose data differs would)
+    res = _driver(f"""
+import sys
+from study import sweep
+from study.plan import prepare
+plan = prepare({str(path)!r})
+plan.sweep.trial["epochs"] = 0
+sys.exit(sweep.run(plan, report=False))
+""", tmp_path)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "failed: seed=0: bad input, not retried: epochs: out of range (got 0)" in res.stdout, res.stdout[-3000:]
+    folder = tmp_path / "storage" / "bad" / "seed=0"
+    assert "InputError: epochs: out of range" in (folder / "error.txt").read_text()
+    assert not (folder / "error.pkl").exists(), "Tune saw an exception (and would have retried it)"
+
+
+@pytest.mark.slow
+def test_trials_no_node_can_hold_end_the_study_after_the_pending_timeout(tiny_data, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    sweep = base_sweep(tiny_data, tmp_path / "storage")
+    sweep["run"]["pending_timeout"] = 5
+    path.write_text(yaml.safe_dump(sweep))
+    # a cluster of one 1-CPU node, and trials that each want 2 CPUs (what `check` refuses on a local machine)
+    res = _driver(f"""
+import sys, ray
+from study import sweep
+from study.errors import InputError
+from study.plan import prepare
+plan = prepare({str(path)!r})
+plan.sweep.resources["cpu"] = 2
+ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+try:
+    sweep.run(plan, report=False)
+except InputError as e:
+    print("error:", e)
+""", tmp_path)
+    assert "error: resources: 2 trial(s) waited more than run.pending_timeout = 5 s for a node with cpu 2" in \
+        res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
