@@ -154,6 +154,8 @@ def _trial(args) -> int:
 
 
 def _init(dest: Path) -> int:
+    from analysis.load import check_writable
+    check_writable(str(dest), "DIR", "a new or empty folder that can be written")
     sources = {f"{folder}/{f.name}": f for folder in SHIPPED for f in sorted(shipped(folder).glob("*.yaml"))}
     clashes = [name for name in sources if (dest / name).exists()]
     if clashes:
