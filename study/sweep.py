@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.load import show_value
+from analysis.load import check_writable, show_value
 
-from .artifacts import ArtifactDir, filesystem, json_safe
+from .artifacts import ArtifactDir, json_safe
 from .config import NAME_CHECK, Sweep, _storage, load_sweep
 from .data import check_source
 from .errors import InputError
@@ -75,33 +75,18 @@ def study_footprint(points: list[dict], concurrent: int, keep_checkpoints: int =
 
 def check_storage(storage: str, needed_bytes: int = 0) -> None:
     """Fail before any trial starts if the results cannot be written there (creates nothing):
-    a read-only or too small local folder, an unreachable or missing bucket."""
+    a file, a folder under a file, a read-only or too small local folder, an unreachable or
+    missing bucket."""
+    check_writable(storage, "run.storage")
     if "://" not in storage or storage.startswith("file://"):
-        path = Path(storage.removeprefix("file://")).expanduser().resolve()
-        if path.exists() and not path.is_dir():
-            raise InputError("run.storage", "is a file, not a folder", "a writable folder", storage)
-        probe = path
+        probe = Path(storage.removeprefix("file://")).expanduser().resolve()
         while not probe.exists():
             probe = probe.parent
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise InputError("run.storage", f"not writable ({probe} is read-only for this user)",
-                             "a writable folder or a bucket URI", storage)
         free = shutil.disk_usage(probe).free
         if free < needed_bytes:
             raise InputError("run.storage", f"only {free / 1e6:.0f} MB free at {probe}, the study needs "
                              f"about {needed_bytes / 1e6:.0f} MB (artifacts and checkpoints)",
                              "a folder on a disk with room, or a bucket URI", storage)
-        return
-    fs, path = filesystem(storage)
-    bucket = path.split("/")[0]
-    try:
-        info = fs.get_file_info(bucket)
-    except Exception as e:
-        raise InputError("run.storage", f"cannot reach the storage ({type(e).__name__}: {e})",
-                         "a reachable bucket; check the endpoint and credentials", storage) from None
-    if info.type.name == "NotFound":
-        raise InputError("run.storage", f"bucket {bucket!r} does not exist", "an existing bucket",
-                         storage)
 
 
 def _absolute_data_paths(sweep: Sweep) -> None:
@@ -511,7 +496,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     failed = [(name(r), failure_reason(r.error)) for r in results if r.error is not None]
     failed += [(name(r), f"bad input, not retried: {r.metrics[INPUT_ERROR]}")
                for r in results if r.error is None and (r.metrics or {}).get(INPUT_ERROR)]
-    never = [name(r) for r in results if r.error is None and not r.metrics]
+    # a trial that never reported (Tune numbers each report) never started: the pending watch stopped it
+    never = [name(r) for r in results if r.error is None and (r.metrics or {}).get("training_iteration") is None]
     print(f"sweep {plan.name}: {len(results) - len(failed) - len(never)} of {len(results)} trials ended, "
           f"{len(failed)} failed, {len(never)} never started; {time.perf_counter() - start:.0f} s")
     for name, reason in failed:
