@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from . import stats
 from .inference import _row
-from .report import fmt_p, md
+from .report import md, verdict
 from .tables import completed, paired_with_none
 
 AXIS = "class_intervention"
@@ -81,27 +81,29 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             continue
         d_share = (per_seed["share"] - per_seed["base"]).to_numpy()
         res = stats.sign_flip(d_share)
-        tests.append(_row("causal", f"{kind} at {strength:g} raises the share of {NOISE} noise its target absorbs",
+        tests.append(_row("causal_effect", f"{kind} at {strength:g} changes the share of {NOISE} noise its target absorbs",
                           label, NOISE, {**res, "statistic": float(d_share.mean()), "n_runs": len(per_seed)},
                           f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
                           f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
                           f"absorber, {int(sub['baseline_is_absorber'].sum())}/{len(sub)} of their baselines",
-                          effect_name="mean diff / sd"))
+                          effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
         d_hit = (per_seed["hit"] - per_seed["base_hit"]).to_numpy()
         res = stats.sign_flip(d_hit)
-        tests.append(_row("causal", f"{kind} at {strength:g} makes the target the absorber more often",
+        tests.append(_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
                           label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
                           "sign-flip over seeds of the per-seed change in the share of targets that absorb "
-                          "(paired with the same seed's network without intervention)", effect_name="mean diff / sd"))
+                          "(paired with the same seed's network without intervention)", effect_name="mean diff / sd",
+                          p_min_of_n=stats.sign_flip_p_min))
         for m, direction in INTENDED.get(kind, {}).items():
             per_seed_clutter = sub.groupby("seed")[[f"clutter_{m}", f"baseline_clutter_{m}"]].mean()
             diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()
             if len(diffs) >= 2:
                 res = stats.sign_flip(diffs)
-                tests.append(_row("exploratory", f"{kind} at {strength:g} moves the target's {m} "
-                                  f"{'up' if direction > 0 else 'down'} (manipulation check)", label, NOISE,
+                tests.append(_row("manipulation_check", f"{kind} at {strength:g} moves the target's {m} "
+                                  f"{'up' if direction > 0 else 'down'}", label, NOISE,
                                   {**res, "statistic": float(diffs.mean()), "n_runs": len(diffs)},
-                                  "sign-flip over seeds of paired differences", effect_name="mean diff / sd"))
+                                  "sign-flip over seeds of paired differences", variable=m,
+                                  effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
     for (group, kind), sub in pairs.groupby(["group", "kind"]):
         if sub["dose"].nunique() < 2:
             continue
@@ -116,10 +118,10 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                 rhos.append(0.0)
         if len(rhos) >= 2:
             res = stats.sign_flip(np.array(rhos))
-            tests.append(_row("causal", f"the target's share of {NOISE} noise grows with the {kind} dose",
+            tests.append(_row("causal_dose", f"the target's share of {NOISE} noise changes with the {kind} dose",
                               f"{group}: {kind}", NOISE, {**res, "statistic": float(np.mean(rhos)), "n_runs": len(rhos)},
                               "per seed, Spearman of dose (0 = none) vs the mean target share; sign-flip over seeds",
-                              effect_name="mean spearman rho"))
+                              effect_name="mean spearman rho", p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 
@@ -171,17 +173,17 @@ def report_section(pairs: pd.DataFrame, doses: pd.DataFrame, tests: pd.DataFrame
              f"{len(pairs)} networks trained with one class's training images changed, each paired with "
              "the network of the same seed trained without the change (same initial weights, same data "
              "order). Per kind and strength, the per-seed mean over targets of the paired difference is "
-             "tested by sign-flip over seeds (Holm within the causal family).", ""]
-    t = tests[tests["family"] == "causal"]
-    for row in t.itertuples():
-        lines.append(f"- {md(row.condition)}: {md(row.hypothesis)}: {row.statistic:+.3f} "
-                     f"(n = {row.n_runs} seeds, p = {fmt_p(row.p_value)}, Holm {fmt_p(row.p_adjusted)}; "
-                     f"{md(row.method)})")
-    checks = tests[tests["hypothesis"].str.contains("manipulation check", regex=False)]
+             "tested by sign-flip over seeds; the share effect is in the confirmatory family (Holm), the "
+             "absorber status, the dose-response and the manipulation checks are exploratory (BH).", ""]
+    t = tests[tests["test"].isin(["causal_effect", "causal_absorber", "causal_dose"])]
+    for _, row in t.iterrows():
+        lines.append(f"- {md(row['condition'])}: {md(row['hypothesis'])}: {row['statistic']:+.3f} "
+                     f"(n = {row['n_runs']} seeds, {verdict(row)}; {md(row['method'])})")
+    checks = tests[tests["test"] == "manipulation_check"]
     if not checks.empty:
         lines += ["", "Did the target's clutter move as intended (manipulation checks)?"]
-        lines += [f"- {md(r.condition)}: {md(r.hypothesis.split(' (')[0])}: {r.statistic:+.3g} "
-                  f"(p = {fmt_p(r.p_value)})" for r in checks.itertuples()]
+        lines += [f"- {md(r['condition'])}: {md(r['hypothesis'])}: {r['statistic']:+.3g} ({verdict(r)})"
+                  for _, r in checks.iterrows()]
     lines += ["", "Mean share of Gaussian noise absorbed by the target, by dose:", ""]
     for r in doses.itertuples():
         lines.append(f"- {md(r.group)}, {r.kind}, dose {r.dose:g}: {r.mean_target_share:.3f} "

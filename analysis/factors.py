@@ -16,7 +16,7 @@ from scipy import stats as sps
 from . import stats
 from .inference import _row
 from .load import show_value
-from .report import fmt_p, md
+from .report import md, verdict
 from .tables import completed
 
 NOISE = "gaussian"
@@ -115,12 +115,13 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
                                                   sub["seed"].tolist())
         changed = float((sub["absorber"] != sub["reference_absorber"]).mean())
         modal = f"{sub['reference_absorber'].mode().iloc[0]} -> {sub['absorber'].mode().iloc[0]}"
-        row = _row(FAMILY, f"{label}: changes the absorber", label, NOISE,
-                   {"statistic": mh["statistic"], "p_value": mh["p_value"], "effect": changed, "n_runs": seeds},
-                   f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; {mh['contributing_clusters']} "
-                   f"of {seeds} seeds contribute); modal absorber {modal}; {len(sub)} pairs in "
-                   f"{sub['stratum'].nunique()} strata", effect_name="share of pairs with another absorber")
-        tests.append({**row, "test": "factor_absorber"})
+        tests.append(_row("factor_absorber", f"{label}: changes the absorber", label, NOISE,
+                          {"statistic": mh["statistic"], "p_value": mh["p_value"], "p_min": mh["p_min"],
+                           "effect": changed, "n_runs": seeds},
+                          f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; "
+                          f"{mh['contributing_clusters']} of {seeds} seeds contribute); modal absorber {modal}; "
+                          f"{len(sub)} pairs in {sub['stratum'].nunique()} strata",
+                          effect_name="share of pairs with another absorber", p_min_of_n=stats.sign_flip_p_min))
         for value, test_id, what in (("top_share", "factor_top_share", f"the top share of {NOISE} noise"),
                                      ("epoch0_top_share", "factor_epoch0_bias",
                                       f"the untrained network's top share of {NOISE} noise (epoch 0)")):
@@ -129,30 +130,32 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
                 continue
             res = stats.sign_flip(d)
             lo, hi = _t_interval(d)
-            row = _row(FAMILY, f"{label}: changes {what}", label, NOISE,
-                       {**res, "statistic": float(d.mean()), "n_runs": len(d)},
-                       f"sign-flip over seeds of the per-seed mean paired difference; 95% t interval "
-                       f"[{lo:+.3f}, {hi:+.3f}]", effect_name="mean diff / sd")
-            tests.append({**row, "test": test_id, "ci_low": lo, "ci_high": hi})
+            tests.append(_row(test_id, f"{label}: changes {what}", label, NOISE,
+                              {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
+                              f"sign-flip over seeds of the per-seed mean paired difference; 95% t interval "
+                              f"[{lo:+.3f}, {hi:+.3f}]", effect_name="mean diff / sd",
+                              p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 
 def favourite_tests(groups: dict[str, list[dict]]) -> list[dict]:
     """Exploratory, per condition: is the untrained network's favourite class (epoch 0, Gaussian
-    noise) the class that absorbs after training? H0 the trained absorber is independent of the
-    favourite, hitting it with chance 1/K; binomial over the condition's runs (independent seeds)."""
+    noise) the class that absorbs after training, within a run? Both are usually concentrated on
+    one class, so counting hits against 1/K would reject for two independent but concentrated
+    labels; H0 is independence within runs given how often each label is which class
+    (stats.pairing_test: the pairing of runs permuted)."""
     tests = []
     for condition, runs in groups.items():
         runs = [r for r in runs if NOISE in r["families"] and _epoch0_favourite(r) is not None]
-        if len(runs) < 2:
-            continue
-        k = len(runs[0]["classes"])
-        hits = sum(_epoch0_favourite(r) == r["absorber"][r["families"].index(NOISE)] for r in runs)
-        p = float(sps.binomtest(hits, len(runs), 1 / k, alternative="greater").pvalue)
-        row = _row("exploratory", "the untrained network's favourite class is the trained absorber", condition,
-                   NOISE, {"statistic": hits, "p_value": p, "effect": hits / len(runs), "n_runs": len(runs)},
-                   f"binomial test vs 1/K = {1 / k:.2f}", effect_name="share of runs")
-        tests.append({**row, "test": "epoch0_favourite_is_absorber"})
+        if len(runs) < 3:
+            continue  # a pairing permutation of 2 runs has nothing to permute
+        classes = runs[0]["classes"]
+        res = stats.pairing_test(np.array([classes.index(_epoch0_favourite(r)) for r in runs]),
+                                 np.array([classes.index(r["absorber"][r["families"].index(NOISE)]) for r in runs]))
+        tests.append(_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the trained "
+                          "absorber", condition, NOISE, res,
+                          f"pairing permutation across runs ({res['permutations']}): hits vs the "
+                          f"{res['expected_hits']:.1f} the two's distributions imply"))
     return tests
 
 
@@ -180,6 +183,8 @@ def factor_table(pairs: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
             hit = t[(t["condition"] == label) & (t["test"] == test_id)]
             row[f"{short}_p"] = float(hit["p_value"].iloc[0]) if len(hit) else np.nan
             row[f"{short}_p_holm"] = float(hit["p_adjusted"].iloc[0]) if len(hit) else np.nan
+            row[f"{short}_can_reject"] = bool(hit["can_reject"].iloc[0]) if len(hit) else False
+            row[f"{short}_verdict"] = verdict(hit.iloc[0]) if len(hit) else "not tested"
             if short != "absorber" and len(hit):
                 row[f"{short}_diff"] = float(hit["statistic"].iloc[0])
         rows.append(row)
@@ -196,24 +201,25 @@ def report_section(table: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
              "seeds swapped), its top share (sign-flip over seeds), and the untrained network's bias (the top "
              "share at epoch 0, sign-flip over seeds)? Holm over the factors family.", ""]
     for r in table.itertuples():
-        def verdict(p):
+        def said(short):
+            if not getattr(r, f"{short}_can_reject"):
+                return "untested"
+            p = getattr(r, f"{short}_p_holm")
             return "**yes**" if np.isfinite(p) and p < ALPHA else "no evidence"
         lines.append(
             f"- **{md(r.factor)} = {md(r.level)}** (vs {md(r.reference)}; n = {r.n_seeds} seeds, {r.n_pairs} pairs; "
             f"smallest attainable p {r.min_attainable_p:.2g}; test accuracy {r.reference_test_accuracy:.2f} -> "
             f"{r.test_accuracy:.2f}): "
-            f"absorber {verdict(r.absorber_p_holm)} ({md(r.reference_modal_absorber)} -> {md(r.modal_absorber)}, "
-            f"{r.pairs_with_other_absorber:.0%} of pairs differ; p = {fmt_p(r.absorber_p)}, Holm "
-            f"{fmt_p(r.absorber_p_holm)}); "
-            f"top share {verdict(r.top_share_p_holm)} ({r.reference_top_share:.2f} -> {r.top_share:.2f}; "
-            f"p = {fmt_p(r.top_share_p)}, Holm {fmt_p(r.top_share_p_holm)}); "
-            f"epoch-0 bias {verdict(r.epoch0_p_holm)} ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
-            f"p = {fmt_p(r.epoch0_p)}, Holm {fmt_p(r.epoch0_p_holm)}).")
+            f"absorber {said('absorber')} ({md(r.reference_modal_absorber)} -> {md(r.modal_absorber)}, "
+            f"{r.pairs_with_other_absorber:.0%} of pairs differ; {r.absorber_verdict}); "
+            f"top share {said('top_share')} ({r.reference_top_share:.2f} -> {r.top_share:.2f}; {r.top_share_verdict}); "
+            f"epoch-0 bias {said('epoch0')} ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
+            f"{r.epoch0_verdict}).")
     fav = tests[tests["test"] == "epoch0_favourite_is_absorber"]
     if not fav.empty:
-        lines += ["", "Does the untrained network's favourite class (epoch 0) become the absorber? "
-                  "(binomial vs 1/K per condition, exploratory):"]
-        lines += [f"- {md(r.condition)}: {int(r.statistic)}/{r.n_runs} runs (p = {fmt_p(r.p_value)}, "
-                  f"BH {fmt_p(r.p_adjusted)})" for r in fav.itertuples()]
+        lines += ["", "Does the untrained network's favourite class (epoch 0) become the absorber, within runs, "
+                  "beyond how often each is which class? (pairing permutation per condition, exploratory):"]
+        lines += [f"- {md(r['condition'])}: {int(r['statistic'])}/{r['n_runs']} runs ({verdict(r)})"
+                  for _, r in fav.iterrows()]
     lines += ["", "Table: [factors.csv](factors.csv), pairs: [factor_pairs.csv](factor_pairs.csv)."]
     return lines

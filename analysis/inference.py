@@ -1,26 +1,75 @@
 """The study's tests, run per condition and noise family, collected as tests.csv rows.
 
-Families and corrections: `confirmatory` (absorber consistency, absorber vs condition, clutter vs
-absorption) Holm; `exploratory` (tree overlap, Mantel, noise neighbour, secondary paired tests)
-Benjamini-Hochberg; `interventions` (training against noise, analysis/why.py), `causal`
-(per-class interventions, analysis/causal.py) and `factors` (architecture and class frequency,
-analysis/factors.py) Holm each; MST edges Benjamini-Yekutieli in edge_frequency.csv.
+Every row carries a stable `test` id (TESTS; tools and the report find rows by it, never by the
+hypothesis text), its family and correction, its smallest attainable p and whether that can clear
+the level the correction asks of it. The confirmatory family is small and fixed in advance
+(CONFIRMATORY, on the question's noise only) and corrected by Holm; the factor tests
+(analysis/factors.py) are their own Holm family; everything else is exploratory,
+Benjamini-Hochberg. MST edges are in edge_frequency.csv, Benjamini-Yekutieli.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from . import stats, trees
 from .tables import completed
 
-CORRECTION = {"confirmatory": "holm", "exploratory": "fdr_bh", "interventions": "holm", "causal": "holm",
-              "factors": "holm"}
-TEST_COLUMNS = ["test", "family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted",
-                "effect", "effect_name", "n_runs", "method"]
+# id -> (table, what a small p says). README's table of test ids is checked against this.
+TESTS = {
+    "absorber_consistency": ("tests", "a condition's absorbers are not uniform over its K classes (modal-count test); "
+                             "how concentrated they are is the modal share and its interval"),
+    "absorber_vs_condition": ("tests", "the absorber's distribution differs between conditions that train the same "
+                              "classes: paired seeds, the swap test (2 conditions) or Cochran's Q; else the "
+                              "permutation chi-square"),
+    "absorber_vs_condition_chi2": ("tests", "the same by permutation chi-square over runs, in a paired design (secondary)"),
+    "share_vs_condition": ("tests", "two paired conditions differ in the share of noise the pooled modal class absorbs"),
+    "absorber_equivalence": ("tests", "a condition changes the absorber against the first condition (paired seeds) in "
+                             "fewer than a stated share of the seeds (discordance rate, exact equivalence test)"),
+    "mst_edge": ("edge_frequency", "a pair of classes is joined in the class tree more often than relabelled "
+                 "trees join it (2/K)"),
+    "noise_edge": ("edge_frequency", "the noise node hangs on this class more often than 1/K"),
+    "mst_overlap": ("tests", "the runs' class trees share more edges than relabelled class trees"),
+    "noise_attachment": ("tests", "the class the noise node hangs on is not uniform over the runs (modal-count test)"),
+    "noise_neighbour": ("tests", "within a run, the class nearest to the noise mean is the absorber more often "
+                        "than the two's distributions over runs imply"),
+    "distance_agreement": ("tests", "the runs' class-class distances agree beyond relabelled classes (Mantel)"),
+    "noise_distance_agreement": ("tests", "the runs' noise-to-class distances agree beyond relabelled classes"),
+    "clutter_absorption": ("tests", "a class's clutter goes with the share of noise it absorbs (classes relabelled)"),
+    "head_absorption": ("tests", "a class's head bias or weight norm goes with the share of noise it absorbs"),
+    "noise_lookalike": ("tests", "the class nearest to the noise bank in pixel-clutter space absorbs more often "
+                        "than another class would (classes relabelled)"),
+    "intervention_effect": ("tests", "a training intervention changes the top real-class share (seeds paired)"),
+    "causal_effect": ("tests", "a per-class intervention changes the share of noise its target absorbs (seeds paired)"),
+    "causal_absorber": ("tests", "a per-class intervention makes its target the absorber more often (seeds paired)"),
+    "causal_dose": ("tests", "the target's share changes with the intervention's dose (per-seed trend)"),
+    "manipulation_check": ("tests", "a per-class intervention moved the target's clutter the intended way"),
+    "factor_absorber": ("tests", "a factor level changes the absorber against the axis's reference (seeds paired)"),
+    "factor_top_share": ("tests", "a factor level changes the top share of noise (seeds paired)"),
+    "factor_epoch0_bias": ("tests", "a factor level changes the untrained network's top share (seeds paired)"),
+    "epoch0_favourite_is_absorber": ("tests", "within a run, the untrained network's favourite class is the trained "
+                                     "absorber more often than the two's distributions over runs imply"),
+}
+PRIMARY_NOISE = "gaussian"                # the question's noise: the confirmatory family covers only it
+PRIMARY_CLUTTER = "png_bits_per_pixel"    # the one clutter measure in the confirmatory family
+CONFIRMATORY = ("absorber_consistency", "absorber_vs_condition", "clutter_absorption", "causal_effect")
+FACTORS = ("factor_absorber", "factor_top_share", "factor_epoch0_bias")   # their own pre-registered family
+CORRECTION = {"confirmatory": "holm", "factors": "holm", "exploratory": "fdr_bh"}
+TEST_COLUMNS = ["test", "family", "hypothesis", "condition", "noise", "variable", "statistic", "p_value",
+                "p_adjusted", "p_min", "p_needed", "can_reject", "n_needed", "effect", "effect_name",
+                "ci_low", "ci_high", "n_runs", "method"]
+N_SEARCH = 100_000   # n_needed is searched up to this many runs
+
+
+def family_of(test: str, noise: str, variable: str = "") -> str:
+    """The pre-registered confirmatory family, the factors family, else exploratory."""
+    if test in FACTORS:
+        return "factors"
+    primary = test in CONFIRMATORY and noise == PRIMARY_NOISE
+    return "confirmatory" if primary and (test != "clutter_absorption" or variable == PRIMARY_CLUTTER) else "exploratory"
 
 
 def by_condition(data) -> dict[str, list[dict]]:
@@ -36,42 +85,67 @@ def families_of(runs: list[dict]) -> list[str]:
     return [f for f in runs[0]["families"] if f in common]
 
 
-def _row(family, hypothesis, condition, noise, res, method, effect=None, effect_name=None):
-    return {"family": family, "hypothesis": hypothesis, "condition": condition, "noise": noise,
-            "statistic": res.get("statistic"), "p_value": res.get("p_value"),
-            "effect": res.get("effect", effect) if effect is None else effect,
+def _row(test, hypothesis, condition, noise, res, method, *, variable="", effect=None, effect_name=None,
+         p_min_of_n=None):
+    """One tests.csv row. p_min_of_n: n -> the smallest attainable p with n runs (seeds, pairs),
+    used to say how many a test that cannot reach its level would need."""
+    assert test in TESTS and TESTS[test][0] == "tests", test
+    return {"test": test, "family": family_of(test, noise, variable), "hypothesis": hypothesis,
+            "condition": condition, "noise": noise, "variable": variable,
+            "statistic": res.get("statistic"), "p_value": res.get("p_value"), "p_min": res.get("p_min"),
+            "effect": res.get("effect") if effect is None else effect,
             "effect_name": res.get("effect_name", effect_name) if effect_name is None else effect_name,
-            "n_runs": res.get("n_runs"), "method": method}
+            "ci_low": res.get("ci_low", np.nan), "ci_high": res.get("ci_high", np.nan),
+            "n_runs": res.get("n_runs"), "method": method, "_p_min_of_n": p_min_of_n}
 
 
 # ---------------------------------------------------------------- 2. consistency across seeds
 
-def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.DataFrame, list[dict]]:
-    rows, tests = [], []
+def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """consistency.csv (one row per condition and noise family), absorber_distribution.csv (the
+    share of runs each class absorbs, with simultaneous intervals) and the consistency tests."""
+    rows, dist, tests = [], [], []
     for condition, runs in groups.items():
         classes = runs[0]["classes"]
+        k = len(classes)
         for f in families_of(runs):
             i = [r["families"].index(f) for r in runs]
             absorbers = [r["absorber"][j] for r, j in zip(runs, i)]
             top = np.array([r["top_share"][j] for r, j in zip(runs, i)])
             res = stats.absorber_consistency(absorbers, classes)
-            row = {"condition": condition, "noise": f, "n_classes": len(classes), **res,
+            row = {"condition": condition, "noise": f, "n_classes": k, **res,
                    "mean_top_share": float(top.mean()), "sd_top_share": float(top.std(ddof=1)) if len(top) > 1 else np.nan,
                    "fleiss_kappa": np.nan, "randolph_kappa": np.nan}
             counts = kappa_counts.get((condition, f))
             if counts is not None and counts.sum(1).min() >= 2:
                 row.update(stats.image_agreement(counts))
             rows.append(row)
-            tests.append(_row("confirmatory", "the absorber is the same across seeds", condition, f,
-                              {"statistic": res["modal_count"], "p_value": res["p_value"],
-                               "effect": res["agreement"], "n_runs": res["n_runs"]},
-                              f"Monte Carlo test (10^5) of the modal absorber count (ties by agreement) "
-                              f"vs {len(classes)} uniform classes",
-                              effect_name="agreement sum p_c^2"))
-    return pd.DataFrame(rows), tests
+            n_c = np.bincount([classes.index(a) for a in absorbers], minlength=k)
+            bounds = stats.simultaneous_intervals(n_c)
+            dist += [{"condition": condition, "noise": f, "class": c, "count": int(n_c[j]), "n_runs": len(runs),
+                      "share": n_c[j] / len(runs), "ci_low": bounds[j, 0], "ci_high": bounds[j, 1]}
+                     for j, c in enumerate(classes)]
+            tests.append(_row("absorber_consistency", "the absorbers are not uniform over the classes", condition, f,
+                              {"statistic": res["modal_count"], "p_value": res["p_value"], "p_min": res["p_min"],
+                               "effect": res["agreement"], "ci_low": res["agreement_ci_low"],
+                               "ci_high": res["agreement_ci_high"], "n_runs": res["n_runs"]},
+                              f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,} simulated studies) of the modal absorber "
+                              f"count (ties by agreement) vs {k} uniform classes; effect: unbiased pair agreement "
+                              f"(1/K = {1 / k:.2f} by chance) with its score interval",
+                              effect_name="pair agreement", p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
+    return pd.DataFrame(rows), pd.DataFrame(dist, columns=["condition", "noise", "class", "count", "n_runs", "share",
+                                                          "ci_low", "ci_high"]), tests
 
 
 # ---------------------------------------------------------------- 3. absorber vs condition
+
+def paired_seeds(seed_sets: list[set]) -> list:
+    """The seeds every condition has (the complete pairs), when the conditions were run on the
+    same seeds: at least 2 in common and at least half of each condition's runs. One diverged or
+    missing run drops its seed's pair, not the design."""
+    common = sorted(set.intersection(*seed_sets))
+    return common if len(common) >= 2 and all(2 * len(common) >= len(s) for s in seed_sets) else []
+
 
 def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], list[str]]:
     """Within each set of conditions that train the same classes. Returns tests and notes."""
@@ -84,43 +158,61 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
             continue
         label = " vs ".join(conditions)
         seed_sets = [{r["seed"] for r in groups[c]} for c in conditions]
-        common = sorted(set.intersection(*seed_sets))
-        paired = len(common) >= 2 and all(s == set(common) for s in seed_sets)
+        common = paired_seeds(seed_sets)
+        unpaired_runs = sum(len(s) for s in seed_sets) - len(common) * len(conditions)
+        if common and unpaired_runs:
+            notes.append(f"{label}: {unpaired_runs} run(s) without a partner in every condition (diverged, failed "
+                         f"or not run) are left out of the paired tests; {len(common)} complete pairs remain.")
         for f in families_of([r for c in conditions for r in groups[c]]):
             absorbers = [(c, r["seed"], r["absorber"][r["families"].index(f)],
                           r["absorption"][r["families"].index(f)]) for c in conditions for r in groups[c]]
+            sizes = [len(groups[c]) for c in conditions]
             res = stats.permutation_chi2([a for _, _, a, _ in absorbers], [c for c, _, _, _ in absorbers])
-            tests.append(_row("exploratory" if paired else "confirmatory",
+            g = len(conditions)
+            tests.append(_row("absorber_vs_condition_chi2" if common else "absorber_vs_condition",
                               "the absorber depends on the condition", label, f, res,
-                              f"permutation chi-square ({res['permutations']} relabellings of conditions over runs)"))
-            if not paired:
+                              f"permutation chi-square ({res['permutations']} relabellings of conditions over runs)",
+                              p_min_of_n=lambda n, g=g, b=res["permutations"]: stats.relabelling_p_min([n] * g, b)))
+            if not common:
                 continue
             table = {(c, s): (a, sh) for c, s, a, sh in absorbers}
-            pooled = pd.Series([a for _, _, a, _ in absorbers]).mode().sort_values().iloc[0]
+            pooled = pd.Series([table[(c, s)][0] for c in conditions for s in common]).mode().sort_values().iloc[0]
             k = list(classes).index(pooled)
+            pair_note = f"{len(common)} complete pairs" + (f" of {max(sizes)} seeds" if len(common) < max(sizes) else "")
+            for a, b in [(conditions[0], c) for c in conditions[1:]]:   # each against the first (reference)
+                eq = stats.discordance([table[(a, s)][0] for s in common], [table[(b, s)][0] for s in common])
+                tests.append(_row("absorber_equivalence", f"{a} and {b} change the absorber in fewer than "
+                                  f"{eq['margin']:.0%} of the seeds", f"{a} vs {b}", f, eq,
+                                  f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson 95% "
+                                  f"interval; exact binomial equivalence test, H0 rate >= {eq['margin']:.2f} "
+                                  f"({pair_note})",
+                                  p_min_of_n=lambda n, m=eq["margin"]: (1 - m) ** n))
             if len(conditions) == 2:
                 a, b = conditions
                 mh = stats.marginal_homogeneity([table[(a, s)][0] for s in common],
                                                 [table[(b, s)][0] for s in common])
-                tests.append(_row("confirmatory", "the absorber depends on the condition (paired seeds)",
+                tests.append(_row("absorber_vs_condition", "the absorber depends on the condition (paired seeds)",
                                   label, f, {**mh, "n_runs": len(common)},
                                   f"marginal homogeneity, paired permutation (each seed's two absorbers "
-                                  f"swapped; {mh['discordant']} of {len(common)} seeds discordant); statistic |d|^2; "
-                                  f"Stuart-Maxwell {mh['stuart_maxwell']:.2f} on {mh['df']} df for reference",
-                                  effect=np.nan, effect_name=""))
+                                  f"swapped; {mh['discordant']} of {len(common)} seeds discordant; {pair_note}); "
+                                  f"statistic |d|^2; Stuart-Maxwell {mh['stuart_maxwell']:.2f} on {mh['df']} df "
+                                  f"for reference", effect=mh["discordant"] / len(common),
+                                  effect_name="discordance rate", p_min_of_n=stats.sign_flip_p_min))
                 diffs = np.array([table[(b, s)][1][k] - table[(a, s)][1][k] for s in common])
                 sf = stats.sign_flip(diffs)
-                tests.append(_row("exploratory", f"the share of {pooled} differs ({b} - {a})", label, f,
-                                  {**sf, "n_runs": len(common)}, "sign-flip test on paired share differences",
-                                  effect_name="mean diff / sd"))
+                tests.append(_row("share_vs_condition", f"the share of {pooled} differs ({b} - {a})", label, f,
+                                  {**sf, "n_runs": len(common)},
+                                  f"sign-flip test on paired share differences ({pair_note})", variable=pooled,
+                                  effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
             else:
                 indicator = np.array([[table[(c, s)][0] == pooled for c in conditions] for s in common], dtype=int)
                 q = stats.cochran_q(indicator)
-                tests.append(_row("confirmatory", f"P(absorber = {pooled}) differs between conditions "
+                tests.append(_row("absorber_vs_condition", f"P(absorber = {pooled}) differs between conditions "
                                   "(paired seeds)", label, f, {**q, "n_runs": len(common)},
-                                  f"Cochran's Q, seeds paired; p by permuting each seed's row across conditions "
-                                  f"({q['permutations']} permutations)", effect=float(indicator.mean()),
-                                  effect_name=f"share of runs absorbing to {pooled}"))
+                                  f"Cochran's Q, seeds paired ({pair_note}); p by permuting each seed's row across "
+                                  f"conditions ({q['permutations']} permutations)", variable=pooled,
+                                  effect=float(indicator.mean()), effect_name=f"share of runs absorbing to {pooled}",
+                                  p_min_of_n=lambda n, g=g: float(g) ** (1 - n)))
     if len(by_classes) > 1:
         notes.append("Conditions that train different class sets are not compared by absorber "
                      "identity (their absorbers are drawn from different sets).")
@@ -129,59 +221,98 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
 
 # ---------------------------------------------------------------- 4.-5. MST and distances
 
-PERMUTATION_FAMILY = "gaussian"  # the question's noise: the family the permutation tests cover
+PERMUTATION_FAMILY = PRIMARY_NOISE  # the noise row's permutation test covers the question's noise
 
 
-def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, dict, list[dict]]:
-    """MST edge frequencies (every family), the noise-neighbour test (every family), and the
-    permutation tests of tree overlap and distance agreement. The class-class block does not
-    depend on the noise family (class means come from the test set), so it is tested once per
-    condition; tree overlap and the noise row are tested for the gaussian family, which keeps a
-    10,000-trial study's aggregation to about a minute."""
-    cells, tests = {}, []
+def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
+    """The class tree's edges and overlap and the class-class distance agreement, once per
+    condition (class means come from the test set, so the class block is the same for every noise
+    family); where the noise node hangs and whether its nearest class is the absorber, per noise
+    family; the noise row's distance agreement for the gaussian family (which keeps a
+    10,000-trial study's aggregation to about a minute)."""
+    class_trees, attachments, tests = {}, {}, []
     for condition, runs in groups.items():
-        nodes = runs[0]["nodes"]
-        k = len(nodes) - 1
+        classes = runs[0]["classes"]
+        k = len(classes)
+        block = np.array([r["distance"][0][:k, :k] for r in runs])
+        tree_list = [trees.class_tree(d) for d in block]
+        class_trees[condition] = (classes, tree_list)
+        s = len(runs)
+        if s >= 3 and k >= 3:  # pairwise statistics need 3 runs; a tree over 2 classes is one edge
+            ov = trees.overlap(k, tree_list)
+            tests.append(_row("mst_overlap", "the class trees share edges beyond chance", condition,
+                              trees.ALL_FAMILIES, ov,
+                              f"class-relabelling permutation test of mean pairwise shared class-tree edges "
+                              f"(null mean 2(K-1)/K = {ov['null_mean']:.2f}, {ov['permutations']} perms)",
+                              p_min_of_n=lambda n, k=k, b=ov["permutations"]: stats.tree_overlap_p_min(k, n, b)))
+            iu = np.triu_indices(k, 1)
+            mantel = stats.mantel_test(block[:, iu[0], iu[1]], n_nodes=k)
+            tests.append(_row("distance_agreement", "class-class distances agree across runs", condition,
+                              trees.ALL_FAMILIES, mantel, f"Mantel: mean pairwise Spearman, class-label permutation "
+                              f"({mantel['permutations']})",
+                              p_min_of_n=lambda n, k=k, b=mantel["permutations"]: stats.mantel_p_min(k, n, b)))
         for f in families_of(runs):
             i = [r["families"].index(f) for r in runs]
-            tree_list = [r["mst"][j] for r, j in zip(runs, i)]
-            cells[(condition, f)] = (nodes, tree_list)
-            if len(runs) < 3:
-                continue  # pairwise statistics need at least 3 runs to mean anything
             mats = np.array([r["distance"][j] for r, j in zip(runs, i)])
-            if f == families_of(runs)[0]:
-                iu = np.triu_indices(k, 1)
-                block = stats.mantel_test(mats[:, :k, :k][:, iu[0], iu[1]], n_nodes=k)
-                tests.append(_row("exploratory", "class-class distances agree across runs", condition, "(all)",
-                                  block, f"Mantel: mean pairwise Spearman, node-label permutation "
-                                  f"({block['permutations']})"))
+            nearest = [trees.nearest_class(m) for m in mats]
+            attachments[(condition, f)] = (classes, nearest)
+            if s < 3:
+                continue
+            att = stats.modal_count_test(np.array(nearest), k)
+            modal = classes[att["modal"]]
+            tests.append(_row("noise_attachment", "the noise node hangs on the same class across runs", condition, f,
+                              {**att, "statistic": int(att["counts"].max()), "n_runs": s},
+                              f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,}) of the modal count of the noise node's "
+                              f"nearest class vs {k} uniform classes (classes relabelled, noise node fixed)",
+                              variable=modal, effect=att["counts"].max() / s, effect_name=f"share of runs on {modal}",
+                              p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
+            absorber_idx = [classes.index(r["absorber"][j]) for r, j in zip(runs, i)]
+            pair = stats.pairing_test(np.array(nearest), np.array(absorber_idx))
+            tests.append(_row("noise_neighbour", "the class nearest to the noise mean is the run's absorber",
+                              condition, f, pair,
+                              f"pairing permutation across runs ({pair['permutations']}): hits vs the "
+                              f"{pair['expected_hits']:.1f} the two's distributions imply",
+                              p_min_of_n=lambda n, k=k, b=pair["permutations"]: _best_pairing_p_min(n, k, b)))
             if f == PERMUTATION_FAMILY:
-                ov = trees.overlap(nodes, tree_list)
-                tests.append(_row("exploratory", "MST edges agree across runs beyond chance", condition, f, ov,
-                                  f"node-relabelling permutation test of mean pairwise edge overlap "
-                                  f"(null mean 2K/(K+1) = {ov['null_mean']:.2f}, {ov['permutations']} perms)"))
                 row = stats.mantel_test(mats[:, k, :k], n_nodes=None)
-                tests.append(_row("exploratory", "noise-class distances agree across runs", condition, f, row,
-                                  f"Spearman of noise rows, class-label permutation ({row['permutations']})"))
-            nearest = [nodes[int(np.argmin(m[k, :k]))] for m in mats]
-            hits = sum(a == b for a, b in zip(nearest, [r["absorber"][j] for r, j in zip(runs, i)]))
-            p = float(sps.binomtest(hits, len(runs), 1 / k, alternative="greater").pvalue)
-            tests.append(_row("exploratory", "the class nearest to the noise mean is the absorber", condition, f,
-                              {"statistic": hits, "p_value": p, "effect": hits / len(runs), "n_runs": len(runs)},
-                              f"binomial test vs 1/K = {1 / k:.2f} (nearest class uniform, independent of absorber)",
-                              effect_name="share of runs"))
-    return trees.edge_frequency(cells), cells, tests
+                tests.append(_row("noise_distance_agreement", "noise-class distances agree across runs", condition, f,
+                                  row, f"Spearman of noise rows, class-label permutation ({row['permutations']})",
+                                  p_min_of_n=lambda n, k=k, b=row["permutations"]: stats.mantel_p_min(k, n, b)))
+    return trees.edge_frequency(class_trees, attachments), tests
 
 
-def consensus_trees(edge_freq: pd.DataFrame) -> dict[tuple[str, str], list]:
-    return {key: trees.consensus_tree(df) for key, df in edge_freq.groupby(["condition", "noise"], sort=False)}
+def _best_pairing_p_min(n: int, k: int, perms: int) -> float:
+    """The pairing test's smallest p with n runs at the most favourable marginals (labels as
+    spread as K allows, every run a hit): prod n_c! / n!."""
+    sizes = [n // k + (c < n % k) for c in range(k)]
+    return max(math.exp(sum(math.lgamma(x + 1) for x in sizes) - math.lgamma(n + 1)), stats.mc_floor(perms))
+
+
+# ---------------------------------------------------------------- corrections
+
+def _needed_n(p_min_of_n, level: float) -> float:
+    """The smallest n whose smallest attainable p reaches `level` (NaN if more runs cannot)."""
+    if p_min_of_n is None or not np.isfinite(level) or p_min_of_n(N_SEARCH) > level:
+        return np.nan
+    lo, hi = 1, N_SEARCH   # p_min_of_n(hi) <= level; p_min falls with n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if p_min_of_n(mid) <= level else (mid + 1, hi)
+    return float(lo)
 
 
 def finalize(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=TEST_COLUMNS)
+    """tests.csv: each family's correction, and for every row the p it needs (stats.needed_p),
+    whether its smallest attainable p can reach it, and how many runs would let it."""
+    df = pd.DataFrame(rows, columns=[*TEST_COLUMNS, "_p_min_of_n"])
+    df["p_value"] = df["p_value"].astype(float)
+    df["p_min"] = df["p_min"].astype(float)
     for family, method in CORRECTION.items():
         mask = df["family"] == family
         if mask.any():
             df.loc[mask, "p_adjusted"] = stats.adjust(df.loc[mask, "p_value"].to_numpy(), method)
+            df.loc[mask, "p_needed"] = stats.needed_p(df.loc[mask, "p_value"].to_numpy(), method)
             df.loc[mask, "method"] = df.loc[mask, "method"] + f"; {method} within the {family} family"
-    return df
+    df["can_reject"] = df["p_min"] <= df["p_needed"].astype(float)
+    df["n_needed"] = [_needed_n(f, lvl) for f, lvl in zip(df["_p_min_of_n"], df["p_needed"].astype(float))]
+    return df.drop(columns="_p_min_of_n")

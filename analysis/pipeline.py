@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from . import causal, factors, inference, plots, tables, why
+from . import causal, factors, inference, plots, tables, trees, why
 from .load import Loaded, check_writable, load, open_results, open_study
 from .report import write_report
 
@@ -74,18 +74,20 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     progress(f"tables: {sum(len(f) for f in frames.values())} rows; reading the arrays of "
              f"{sum(len(r) for r in groups.values())} runs in {len(groups)} conditions")
     label_counts, gallery = read_arrays(data, groups, list(groups)[:plots.MAX_GALLERY_CONDITIONS])
-    consistency, tests = inference.consistency(groups, label_counts)
+    consistency, distribution, tests = inference.consistency(groups, label_counts)
     dependence, notes = inference.condition_dependence(groups)
-    edge_freq, _, geometry_tests = inference.geometry(groups)
+    edge_freq, geometry_tests = inference.geometry(groups)
     why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
                   "ood": why.ood_table(data), "frequency": why.frequency_table(data)}
     why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
     pairs = causal.pairs_table(data)
     doses = causal.dose_table(pairs)
     factor_pairs = factors.pairs_table(data)
-    test_rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.intervention_tests(data)
-                 + causal.causal_tests(pairs) + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
-    frames.update({"consistency": consistency, "edge_frequency": edge_freq,
+    test_rows = (tests + dependence + geometry_tests + why.clutter_tests(groups)
+                 + why.lookalike_tests({**why_frames, "absorbers": frames["absorbers"]})
+                 + why.intervention_tests(data) + causal.causal_tests(pairs)
+                 + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
+    frames.update({"consistency": consistency, "absorber_distribution": distribution, "edge_frequency": edge_freq,
                    "tests": inference.finalize(test_rows), "problems": tables.problems_table(data)})
     frames.update({k: v for k, v in why_frames.items() if not v.empty})
     if not pairs.empty:
@@ -93,7 +95,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     factor_table = factors.factor_table(factor_pairs, frames["tests"])
     if not factor_pairs.empty:
         frames.update({"factor_pairs": factor_pairs, "factors": factor_table})
-    consensus = inference.consensus_trees(edge_freq) if len(edge_freq) else {}
+    consensus = trees.consensus_trees(edge_freq) if len(edge_freq) else {}
     progress(f"tests: {len(frames['tests'])} in tests.csv, {len(edge_freq)} MST edges; drawing figures")
 
     with tempfile.TemporaryDirectory() as tmp:

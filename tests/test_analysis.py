@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+from analysis.inference import TESTS
 from analysis.pipeline import aggregate
 from analysis.synthetic import Condition, write_study
 from conftest import ROOT
@@ -19,17 +20,22 @@ PLANTED_TREE = [("airplane", "ship"), ("automobile", "truck"), ("ship", "truck")
                 ("bird", "noise")]
 
 TABLES = ["runs", "absorption", "absorbers", "heldout", "mst_edges", "edge_frequency", "trajectory",
-          "tests", "problems", "consistency"]
+          "tests", "problems", "consistency", "absorber_distribution"]
 COLUMNS = {
     "runs": ["trial_id", "status", "condition", "seed", "augmentation", "test_accuracy", "train_seconds"],
     "absorption": ["trial_id", "condition", "seed", "noise", "class", "share"],
     "absorbers": ["trial_id", "condition", "seed", "noise", "absorber", "top_share", "entropy_norm"],
     "heldout": ["trial_id", "condition", "seed", "heldout_class", "class", "share"],
     "mst_edges": ["trial_id", "condition", "seed", "noise", "u", "v", "weight"],
-    "edge_frequency": ["condition", "noise", "u", "v", "n_runs", "frequency", "p_value", "q_value"],
+    "edge_frequency": ["test", "condition", "noise", "u", "v", "n_runs", "frequency", "null_frequency", "p_value",
+                       "p_min", "q_value"],
     "trajectory": ["trial_id", "condition", "seed", "epoch", "class", "share"],
-    "tests": ["family", "hypothesis", "condition", "noise", "statistic", "p_value", "p_adjusted", "effect",
-              "effect_name", "n_runs", "method"],
+    "tests": ["test", "family", "hypothesis", "condition", "noise", "variable", "statistic", "p_value", "p_adjusted",
+              "p_min", "p_needed", "can_reject", "n_needed", "effect", "effect_name", "ci_low", "ci_high", "n_runs",
+              "method"],
+    "consistency": ["condition", "noise", "modal_absorber", "modal_count", "n_runs", "modal_share", "modal_share_ci_low",
+                    "modal_share_ci_high", "p_value", "p_min", "agreement", "agreement_ci_low", "agreement_ci_high"],
+    "absorber_distribution": ["condition", "noise", "class", "count", "n_runs", "share", "ci_low", "ci_high"],
     "problems": ["trial_id", "reason"],
 }
 
@@ -94,26 +100,35 @@ def test_planted_absorbers_are_recovered(planted):
     assert cons.loc[("augmentation=none", "gaussian"), "modal_absorber"] == "cat"
     assert (cons["p_value"] < 1e-3).all()
     tests = frames["tests"]
-    paired = tests[tests["hypothesis"] == "the absorber depends on the condition (paired seeds)"]
-    assert len(paired) == 2 and (paired["p_value"] < 0.01).all() and (paired["family"] == "confirmatory").all()
+    paired = tests[tests["test"] == "absorber_vs_condition"].set_index("noise")
+    assert len(paired) == 2 and (paired["p_value"] < 0.01).all() and paired["can_reject"].all()
+    assert paired.loc["gaussian", "family"] == "confirmatory" and paired.loc["uniform", "family"] == "exploratory"
+    assert set(tests["test"]) <= set(TESTS) and tests["p_min"].notna().all()
+    assert (tests.loc[tests["family"] == "confirmatory", "noise"] == "gaussian").all()
+    dist = frames["absorber_distribution"]
+    bird = dist[(dist["condition"] == "augmentation=flip") & (dist["noise"] == "gaussian") & (dist["class"] == "bird")]
+    assert len(bird) == 1 and bird["ci_low"].iloc[0] <= bird["share"].iloc[0] <= bird["ci_high"].iloc[0]
 
 
 def test_planted_tree_edges_are_reliable_and_others_are_not(planted):
     _, report, frames, _ = planted
     ef = frames["edge_frequency"]
-    cell = ef[(ef["condition"] == "augmentation=flip") & (ef["noise"] == "gaussian")]
-    edges = {tuple(sorted(e)) for e in PLANTED_TREE}
+    cell = ef[(ef["condition"] == "augmentation=flip") & (ef["test"] == "mst_edge")]
+    edges = {tuple(sorted(e)) for e in PLANTED_TREE if "noise" not in e}
     is_planted = cell.apply(lambda r: (r["u"], r["v"]) in edges, axis=1)
-    assert len(cell) == 55 and is_planted.sum() == 10
-    assert (cell.loc[is_planted, "q_value"] < 0.01).all()
+    assert len(cell) == 45 and is_planted.sum() == 9 and (cell["noise"] == "(all)").all()
+    assert (cell.loc[is_planted, "q_value"] < 0.05).all()
     assert (cell.loc[~is_planted, "q_value"] > 0.05).all()
+    assert (cell["null_frequency"] == 0.2).all()                       # 2/K: classes relabelled, noise kept
+    noise = ef[(ef["condition"] == "augmentation=flip") & (ef["test"] == "noise_edge") & (ef["noise"] == "gaussian")]
+    assert len(noise) == 10 and noise.set_index("u")["q_value"].idxmin() == "bird"
     assert "noise node hangs on **bird**" in (report / "report.md").read_text()
 
 
 def test_report_answers_in_plain_words(planted):
     text = (planted[1] / "report.md").read_text()
     assert "Gaussian noise goes to **bird** in" in text
-    assert "Holm-adjusted" in text and "## Methods" in text
+    assert "Holm-adjusted" in text and "## Methods" in text and "modal share" in text
     assert "augmentation=flip vs augmentation=none" in text
 
 

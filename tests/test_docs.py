@@ -27,3 +27,9 @@ def test_the_two_setup_commands_are_there_and_ci_runs_the_test_command():
     assert "bash .ci/install && .venv/bin/python -m pytest" in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash .ci/install" in ci and ".venv/bin/python -m pytest" in ci
+
+
+def test_every_test_id_is_documented_and_only_those():
+    from analysis.inference import TESTS
+    documented = re.findall(r"^\| `(\w+)` \| (tests|edge_frequency) \|", README, flags=re.M)
+    assert dict(documented) == {k: table for k, (table, _) in TESTS.items()}

@@ -143,7 +143,7 @@ def test_majority_goes_through_the_causal_tests_with_its_dose(tmp_path):
     doses = dose_table(pairs)
     assert sorted(doses["dose"]) == [0.0, 0.5, 0.75] and (doses["n_seeds"] == 8).all()
     tests = pd.DataFrame(causal_tests(pairs))
-    hit = tests[tests["hypothesis"].str.contains("makes the target the absorber")]
+    hit = tests[tests["test"] == "causal_absorber"]
     assert len(hit) == 2 and (hit["p_value"] < 0.05).all()
     fpairs = factors.pairs_table(data)  # class frequency is a factor too
     assert set(fpairs["factor"]) == {"class_intervention"} and len(fpairs) == 2 * 8

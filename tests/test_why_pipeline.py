@@ -65,18 +65,23 @@ def test_why_tables_hold_every_measurement(interventions_report):
 def test_why_tests_figures_and_report(interventions_report):
     r = interventions_report
     tests = pd.read_csv(r / "tests.csv")
-    clutter = tests[tests["hypothesis"].str.contains("predicts the share", regex=False)]
-    assert set(clutter["family"]) == {"confirmatory", "exploratory"}       # clutter, and head confounds
-    assert tests["hypothesis"].str.startswith("head_bias").any()
-    iv = tests[tests["family"] == "interventions"]
+    clutter = tests[tests["test"] == "clutter_absorption"]
+    primary = clutter["variable"] == "png_bits_per_pixel"
+    assert (clutter.loc[primary, "family"] == "confirmatory").all() and primary.sum() == 3   # one per condition
+    assert (clutter.loc[~primary, "family"] == "exploratory").all()
+    # 3 classes: the class-relabelling test has 6 relabellings, smallest p 1/3: it cannot show anything
+    assert (clutter["p_min"] == 1 / 3).all() and not clutter["can_reject"].any()
+    assert set(tests.loc[tests["test"] == "head_absorption", "variable"]) == {"head_bias", "head_weight_norm"}
+    assert (tests["test"] == "noise_lookalike").sum() == 3
+    iv = tests[tests["test"] == "intervention_effect"]
     assert set(iv["condition"]) == {"outlier_exposure", "noise_class"} and (iv["n_runs"] == 3).all()
-    assert iv["p_adjusted"].notna().all()
+    assert iv["p_adjusted"].notna().all() and (iv["p_min"] >= 0.25).all() and not iv["can_reject"].any()  # 3 seeds
     for png in ("clutter_vs_absorption.png", "ood_auroc.png", "frequency_probes.png", "interventions.png"):
         assert (r / png).exists(), png
     text = (r / "report.md").read_text()
     assert "## Why this class?" in text
-    for q in ("1. Is the absorbing class the most cluttered", "3. What did the network learn",
-              "4. Is this out-of-distribution detection", "6. Do interventions remove"):
+    for q in ("1. Is the absorbing class the most cluttered", "2. Does noise look like", "3. What did the network learn",
+              "4. Is this out-of-distribution detection", "6. Do interventions remove", "too few runs to test"):
         assert q in text
     runs = pd.read_csv(r / "runs.csv")
     assert set(runs["intervention"]) == {"none", "outlier_exposure", "noise_class"}
@@ -93,10 +98,11 @@ def test_causal_tables_tests_figure_and_report(causal_report):
     assert ((0 <= doses["ci_low"]) & (doses["ci_low"] <= doses["mean_target_share"])
             & (doses["mean_target_share"] <= doses["ci_high"]) & (doses["ci_high"] <= 1)).all()
     tests = pd.read_csv(r / "tests.csv")
-    causal = tests[tests["family"] == "causal"]
-    assert len(causal) == 2 * 2 + 1 and causal["p_adjusted"].notna().all()
-    checks = tests[tests["hypothesis"].str.contains("manipulation check", regex=False)]
-    assert len(checks) == 2 * 3
+    effect = tests[tests["test"] == "causal_effect"]
+    assert len(effect) == 2 and (effect["family"] == "confirmatory").all() and effect["p_adjusted"].notna().all()
+    assert (tests["test"] == "causal_absorber").sum() == 2 and (tests["test"] == "causal_dose").sum() == 1
+    checks = tests[tests["test"] == "manipulation_check"]
+    assert len(checks) == 2 * 3 and set(checks["variable"]) == {"png_bits_per_pixel", "gradient_energy", "spectral_slope"}
     assert (r / "causal_dose_response.png").exists()
     text = (r / "report.md").read_text()
     assert "## Is clutter causal?" in text and "What this cannot conclude" in text
