@@ -157,7 +157,7 @@ def plot(doses: pd.DataFrame, out) -> str | None:
                 s = s.sort_values("dose")
                 legend[kind], = ax.plot(s["dose"], s["mean_target_share"], marker="o", label=kind)
                 ax.fill_between(s["dose"], s["ci_low"], s["ci_high"], alpha=0.2)
-            ax.set_xlabel("dose (strength; 1 - fraction kept for subsample and majority; 0 = none)")
+            ax.set_xlabel("dose: the strength, or 1 - fraction kept\n(subsample, majority); 0 = none")
             ax.set_ylabel(f"share of {NOISE} noise to the target")
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(g)
