@@ -60,11 +60,13 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4, cols: int = 4):
 
 def _save(fig, out: Path, name: str, title: str) -> str:
     fig.suptitle(_wrapped(title, fig.get_figwidth(), TITLE_SIZE), fontsize=TITLE_SIZE)
-    # titles from the data (condition labels can be long): wrapped to the width they head
+    # titles from the data (condition labels can be long) and x labels: wrapped to their panel
     for ax in fig.axes:
+        width = 0.9 * ax.get_position().width * fig.get_figwidth()
         if ax.get_title():
-            ax.set_title(_wrapped(ax.get_title(), 0.9 * ax.get_position().width * fig.get_figwidth(),
-                                  ax.title.get_fontsize()))
+            ax.set_title(_wrapped(ax.get_title(), width, ax.title.get_fontsize()))
+        if ax.get_xlabel():
+            ax.set_xlabel(_wrapped(ax.get_xlabel(), width, ax.xaxis.label.get_fontsize()))
     for sub in fig.subfigs:
         if sub._suptitle is not None:
             sub._suptitle.set_text(_wrapped(sub._suptitle.get_text(), fig.get_figwidth(), sub._suptitle.get_fontsize()))
