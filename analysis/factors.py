@@ -15,7 +15,7 @@ from scipy import stats as sps
 
 from . import stats
 from .inference import _row
-from .load import show_value
+from .contract import show_value
 from .report import md, verdict
 from .tables import completed
 

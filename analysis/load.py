@@ -18,20 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
+from .contract import (ARRAYS_NPZ, COMPLETED, FINAL_STATUSES, READABLE_SCHEMAS, REPORT_DIR, STUDY_JSON,
+                       TRIAL_JSON, TUNE_ERROR_TXT, open_filesystem, show_value)
 from .errors import InputError
 
-STUDY_JSON, TRIAL_JSON, ARRAYS_NPZ = "study.json", "trial.json", "arrays.npz"
-NOT_TRIALS = {"report"}
+NOT_TRIALS = {REPORT_DIR}
 # config keys that do not change what is measured (where, how fast): never part of a condition
 NON_SEMANTIC = {"seed", "device", "threads", "data_root", "eval_batch_size", "compile", "data_verify"}
-REQUIRED = ("status", "config", "seed", "classes")
+REQUIRED = ("schema", "status", "config", "seed", "classes")
 REQUIRED_COMPLETED = ("test_accuracy", "absorption", "absorber", "mst", "distance", "trajectory")
-
-
-def open_results(results: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in results:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(results))
-    return pafs.FileSystem.from_uri(results)
 
 
 def check_writable(location: str, where: str, allowed: str = "a writable folder or a bucket URI") -> None:
@@ -50,7 +45,7 @@ def check_writable(location: str, where: str, allowed: str = "a writable folder 
             raise InputError(where, f"not writable ({probe} is read-only for this user)", allowed, location)
         return
     try:
-        fs, path = open_results(location)
+        fs, path = open_filesystem(location)
     except Exception as e:  # pyarrow: malformed URI, unknown scheme
         raise InputError(where, f"cannot open ({type(e).__name__}: {str(e).splitlines()[0]})", allowed,
                          location) from None
@@ -71,16 +66,6 @@ def check_writable(location: str, where: str, allowed: str = "a writable folder 
 def _read(fs, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
-
-
-def show_value(v) -> str:
-    """A grid value as text for labels and folder names: [cat, dog] -> cat.dog,
-    {target: bird, kind: blur, strength: 1.0} -> bird.blur.1.0."""
-    if isinstance(v, dict):
-        return ".".join(show_value(x) for x in v.values())
-    if isinstance(v, list):
-        return ".".join(show_value(x) for x in v)
-    return str(v)
 
 
 def condition_label(axes: dict) -> str:
@@ -145,7 +130,7 @@ def _plausible(run: dict) -> None:
         raise _Unusable(f"trial.json's classes are not >= 2 distinct names: {classes!r}")
     if run["trajectory"].size:
         _unit_interval(run["trajectory"], "trajectory")
-    if run["status"] != "completed":
+    if run["status"] != COMPLETED:
         return
     _unit_interval([run["test_accuracy"]], "test_accuracy")
     _unit_interval(run["absorption"], "absorption")
@@ -175,7 +160,7 @@ def _compact(trial_id: str, t: dict) -> dict:
     traj = t.get("trajectory") or []
     run["trajectory_epochs"] = np.array([p["epoch"] for p in traj], dtype=int)
     run["trajectory"] = np.array([[p["shares"].get(c, 0.0) for c in classes] for p in traj], dtype=float)
-    if t["status"] != "completed":
+    if t["status"] != COMPLETED:
         return run
     families = list(t.get("noise_families") or t["absorption"].keys())
     run["families"] = families
@@ -202,7 +187,7 @@ def _load_one(fs, root: str, trial_id: str):
     except FileNotFoundError:
         reason = "no trial.json (the trial did not finish)"
         try:
-            err = _read(fs, f"{root}/{trial_id}/error.txt").decode(errors="replace").strip().splitlines()
+            err = _read(fs, f"{root}/{trial_id}/{TUNE_ERROR_TXT}").decode(errors="replace").strip().splitlines()
             reason += f"; Tune's error.txt: {err[-1][:300] if err else ''}"
         except OSError:
             pass
@@ -219,12 +204,16 @@ def _load_one(fs, root: str, trial_id: str):
     if not isinstance(t, dict):
         return None, {"trial_id": trial_id, "reason": "trial.json is not a JSON object", "action": "excluded"}
     missing = [k for k in REQUIRED if k not in t]
-    if not missing and t["status"] == "completed":
+    if not missing and t["schema"] not in READABLE_SCHEMAS:  # another layout: misread numbers are worse than none
+        return None, {"trial_id": trial_id, "reason": f"trial.json schema {t['schema']!r} is not one this "
+                      f"aggregation reads ({', '.join(map(str, READABLE_SCHEMAS))}); aggregate it with the "
+                      "noisesink release that wrote it", "action": "excluded"}
+    if not missing and t["status"] == COMPLETED:
         missing = [k for k in REQUIRED_COMPLETED if k not in t]
     if missing:
         return None, {"trial_id": trial_id, "reason": f"trial.json lacks {', '.join(missing)}",
                       "action": "excluded"}
-    if t["status"] not in ("completed", "diverged"):
+    if t["status"] not in FINAL_STATUSES:
         return None, {"trial_id": trial_id, "reason": f"status {t['status']!r}", "action": "excluded"}
     try:
         run = _compact(trial_id, t)
@@ -329,7 +318,7 @@ def open_study(results: str) -> Source:
     such folder, a file, an unreachable URI, a malformed study.json, no study at all) is an
     InputError, raised before anything is aggregated."""
     try:
-        fs, path = open_results(results)
+        fs, path = open_filesystem(results)
     except Exception as e:  # pyarrow: unknown scheme, malformed URI, missing credentials provider
         raise InputError(results, f"cannot open ({type(e).__name__}: {str(e).splitlines()[0]})", STUDY_HELP) from None
     root = _find_root(fs, path.rstrip("/"), results)

@@ -1,7 +1,6 @@
 """load -> tables -> tests -> plots -> report, written to a local folder or a URI."""
 from __future__ import annotations
 
-import io
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +9,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 
 from . import causal, factors, inference, plots, tables, trees, why
-from .load import Loaded, check_writable, load, open_results, open_study
+from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
+from .load import Loaded, check_writable, load, open_study
 from .report import write_report
 
 
@@ -56,9 +55,9 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     src = open_study(results)  # an unusable RESULTS or --out ends here, before any work
     where = "--out"
     if out is None:  # <the study folder>/report, as a URI when the results came as one
-        _, given = open_results(results)
-        out = _join(results, src.root[len(given.rstrip("/")):].lstrip("/") + "/report") \
-            if "://" in results else f"{src.root}/report"
+        _, given = open_filesystem(results)
+        out = join_uri(results, src.root[len(given.rstrip("/")):], REPORT_DIR) \
+            if "://" in results else join_uri(src.root, REPORT_DIR)
         where = "report folder (RESULTS/report; choose another with --out)"
     check_writable(out, where, "a writable folder or a bucket URI")
     progress = _Progress(log)
@@ -122,7 +121,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         (folder / "report.md").write_text(report)
         progress(f"writing {len(list(folder.iterdir()))} files to {out}")
         _upload(folder, out)
-    n_done = int((frames["runs"]["status"] == "completed").sum()) if len(frames["runs"]) else 0
+    n_done = int((frames["runs"]["status"] == COMPLETED).sum()) if len(frames["runs"]) else 0
     return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {results}; "
             f"{len(frames['problems'])} problem(s); report: {out}/report.md")
 
@@ -179,13 +178,8 @@ def _figures(frames, groups, consensus, gallery, folder: Path) -> list:
     return figures
 
 
-def _join(uri: str, name: str) -> str:
-    base, sep, query = uri.partition("?")
-    return f"{base.rstrip('/')}/{name.lstrip('/')}{sep}{query}"
-
-
 def _upload(folder: Path, out: str) -> None:
-    fs, path = open_results(out)
+    fs, path = open_filesystem(out)
     fs.create_dir(path, recursive=True)
     for file in sorted(folder.iterdir()):
         with fs.open_output_stream(f"{path}/{file.name}") as f:

@@ -27,13 +27,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
+from .contract import CIFAR10_CLASSES, COMPLETED, NOISE_NODE  # noqa: E402
 from .stats import wilson_interval  # noqa: E402
 
 STYLE = {"text.parse_math": False, "figure.dpi": 110, "axes.titlesize": 10, "axes.labelsize": 9,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8}
 TITLE_SIZE = 12
-NOISE_NODE = "noise"
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MAX_PANELS = 12      # per-condition figures show the first 12 conditions (all are in the CSVs)
 MAX_BAR_GROUPS = 6   # beyond this many conditions, absorber frequencies become a heatmap
 MAX_GALLERY_CONDITIONS = 8   # rows of a mean-image gallery (two per condition)
@@ -91,13 +90,13 @@ def _legend_outside(fig, handles, labels, title: str | None = None) -> None:
 
 def _class_order(classes) -> list[str]:
     found = list(dict.fromkeys(classes))
-    return [c for c in CIFAR10 if c in found] + sorted(c for c in found if c not in CIFAR10)
+    return [c for c in CIFAR10_CLASSES if c in found] + sorted(c for c in found if c not in CIFAR10_CLASSES)
 
 
 def class_colours(classes) -> dict[str, tuple]:
     """The same colour for a class in every figure: CIFAR-10 classes by their index in tab10."""
-    others = [c for c in _class_order(classes) if c not in CIFAR10]
-    colours = {c: plt.cm.tab10(i) for i, c in enumerate(CIFAR10)}
+    others = [c for c in _class_order(classes) if c not in CIFAR10_CLASSES]
+    colours = {c: plt.cm.tab10(i) for i, c in enumerate(CIFAR10_CLASSES)}
     colours.update({c: plt.cm.Set3(i % 12) for i, c in enumerate(others)})
     return {c: colours[c] for c in _class_order(classes)}
 
@@ -431,7 +430,7 @@ def _dark(colour) -> bool:
 
 
 def accuracy_strip(runs: pd.DataFrame, out: Path) -> str | None:
-    done = runs[runs["status"] == "completed"]
+    done = runs[runs["status"] == COMPLETED]
     if done.empty:
         return None
     with plt.rc_context(STYLE):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import inference, stats
+from .contract import COMPLETED, DIVERGED
 from .stats import ALPHA, DISCORDANCE_MARGIN
 
 
@@ -233,7 +234,7 @@ def _tally(leaders: dict) -> str:
 
 def problems_section(runs: pd.DataFrame, problems: pd.DataFrame) -> list[str]:
     lines = ["## Failed, diverged and unreadable trials", ""]
-    diverged = runs[runs["status"] == "diverged"]
+    diverged = runs[runs["status"] == DIVERGED]
     lines.append(f"{len(diverged)} diverged (excluded from all statistics)"
                  + (": " + ", ".join(f"{md(t)} (epoch {int(e)})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
                     if len(diverged) else "") + ".")
@@ -326,10 +327,10 @@ def write_report(ctx: dict) -> str:
     """ctx: name, root, runs, problems, consistency, tests, notes, edge_freq, consensus, heldout,
     trajectory, figures (list of file names), tables (list of file names), extra_sections."""
     runs = ctx["runs"]
-    done = runs[runs["status"] == "completed"] if len(runs) else runs
+    done = runs[runs["status"] == COMPLETED] if len(runs) else runs
     lines = [f"# noisesink report: {md(ctx['name'])}", "",
              f"Aggregated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from `{ctx['root']}`: "
-             f"{len(runs)} runs ({len(done)} completed, {int((runs['status'] == 'diverged').sum()) if len(runs) else 0} "
+             f"{len(runs)} runs ({len(done)} completed, {int((runs['status'] == DIVERGED).sum()) if len(runs) else 0} "
              f"diverged), {len(ctx['problems'])} problem(s) reading trial folders.", ""]
     if len(done):
         acc = done.groupby("condition")["test_accuracy"].agg(["mean", "std", "count"])

@@ -16,9 +16,10 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from .load import show_value
+from .contract import (ARRAYS_NPZ, CIFAR10_CLASSES, COMPLETED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
+                       TRIAL_JSON, show_value)
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10 = list(CIFAR10_CLASSES)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def _mst(d: np.ndarray, nodes: list[str]) -> list[list]:
 
 def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: int, rng) -> tuple[dict, dict]:
     classes, k = cond.classes, len(cond.classes)
-    nodes = classes + ["noise"]
+    nodes = classes + [NOISE_NODE]
     image_rng = np.random.default_rng(12345)  # the same "noise bank" in every run
     image_pref = image_rng.integers(0, k, size=n_noise)
     absorption, summary, mst, distance, arrays = {}, {}, {}, {}, {}
@@ -80,7 +81,7 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
     trajectory = [{"epoch": e, "shares": {c: (1 - e / epochs) / k + (e / epochs) * gauss[c] for c in classes}}
                   for e in range(epochs + 1)]
     heldout = {h: dict(zip(classes, rng.dirichlet(np.ones(k)).tolist())) for h in CIFAR10 if h not in classes}
-    trial = {"schema": 1, "status": "completed", "seed": seed, "noise_seed": 0, "classes": classes,
+    trial = {"schema": SCHEMA_VERSION, "status": COMPLETED, "seed": seed, "noise_seed": 0, "classes": classes,
              "heldout_classes": [h for h in CIFAR10 if h not in classes],
              "test_accuracy": float(rng.uniform(0.7, 0.95)), "noise_families": families,
              "absorption": absorption, "absorber": summary, "mst": mst, "distance": distance,
@@ -158,7 +159,7 @@ def write_study(root: Path, conditions: list[Condition], seeds: int, *, axis: st
                 _why(trial, arrays, rng)
             write_trial(study / trial_dir, trial, arrays)
             points.append({"dir": trial_dir, "axes": axes})
-    (study / "study.json").write_text(json.dumps({"name": name, "axes": [axis, "seed"], "points": points}))
+    (study / STUDY_JSON).write_text(json.dumps({"name": name, "axes": [axis, "seed"], "points": points}))
     return study
 
 
@@ -166,6 +167,6 @@ def write_trial(folder: Path, trial: dict, arrays: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    (folder / "arrays.npz").write_bytes(buf.getvalue())
-    trial["arrays"] = {"file": "arrays.npz", "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
-    (folder / "trial.json").write_text(json.dumps(trial))
+    (folder / ARRAYS_NPZ).write_bytes(buf.getvalue())
+    trial["arrays"] = {"file": ARRAYS_NPZ, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    (folder / TRIAL_JSON).write_text(json.dumps(trial))

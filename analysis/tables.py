@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import Loaded, show_value
+from .contract import COMPLETED, show_value
+from .load import Loaded
 from .stats import p_top_share_uniform
 
 
@@ -28,7 +29,7 @@ def runs_table(data: Loaded) -> pd.DataFrame:
 
 
 def completed(data: Loaded) -> list[dict]:
-    return [r for r in data.runs if r["status"] == "completed"]
+    return [r for r in data.runs if r["status"] == COMPLETED]
 
 
 def paired_with_none(runs: list[dict], axes: list[str], axis: str) -> list[tuple[dict, dict, tuple]]:

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .contract import NOISE_CLASS
 from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, _row, families_of
 from .report import md, verdict
 from .tables import completed, paired_with_none, run_ids
-
-INTERVENTION_NOISE_CLASS = "noise_class"
 
 
 def has(r: dict, key: str) -> bool:
@@ -78,7 +77,7 @@ def real_top_share(r: dict, family: str) -> float:
     """The largest share going to a real (trained) class: a noise_class model's extra class is a
     reject option, not an absorbing class."""
     shares = r["absorption"][r["families"].index(family)]
-    return float(max(s for c, s in zip(r["classes"], shares) if c != INTERVENTION_NOISE_CLASS))
+    return float(max(s for c, s in zip(r["classes"], shares) if c != NOISE_CLASS))
 
 
 # ---------------------------------------------------------------- tests
@@ -94,7 +93,7 @@ def clutter_tests(groups: dict[str, list[dict]], family: str = PRIMARY_NOISE) ->
         runs = [r for r in runs if has(r, "clutter") and has(r, "logit_decomposition") and family in r["families"]]
         if len(runs) < 2:
             continue
-        classes = [c for c in runs[0]["classes"] if c != INTERVENTION_NOISE_CLASS]
+        classes = [c for c in runs[0]["classes"] if c != NOISE_CLASS]
         if len(classes) < 3:
             continue  # a rank correlation over two classes says nothing
         shares = np.array([[r["absorption"][r["families"].index(family)][r["classes"].index(c)] for c in classes]

@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             return _init(Path(args.dir))
         if args.command == "initbias":
             return _initbias(args)
-        from . import sweep  # the only module that imports Ray
-        plan = sweep.prepare(args.sweep, args.set, storage=args.storage, name=args.name)
+        from .plan import prepare
+        plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name)
         if args.command == "check":
             print(plan.describe())
             return 0
+        from . import sweep  # the only module that imports Ray
         return sweep.run(plan, resume=args.resume, report=not args.no_report, address=args.address)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

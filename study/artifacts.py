@@ -10,25 +10,21 @@ import hashlib
 import io
 import json
 import math
-import os
 import uuid
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from .errors import InputError
+from analysis.contract import FINAL_STATUSES, TRIAL_JSON, open_filesystem
 
-TRIAL_JSON = "trial.json"
-ARRAYS_NPZ = "arrays.npz"
-SCHEMA_VERSION = 1
+from .errors import InputError
 
 
 def filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI pyarrow understands."""
-    if "://" not in uri_or_path:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri_or_path))
+    """(filesystem, path) for a local path or a URI pyarrow understands; a URI it cannot open is
+    an InputError about the storage."""
     try:
-        return pafs.FileSystem.from_uri(uri_or_path)
+        return open_filesystem(uri_or_path)
     except Exception as e:
         raise InputError("storage", f"cannot open {uri_or_path} ({type(e).__name__}: {e})",
                          "a local path, s3://bucket/prefix, gs://bucket/prefix, file:///path") from None
@@ -101,6 +97,6 @@ class ArtifactDir:
         if not self.exists(TRIAL_JSON):
             return False
         try:
-            return self.read_json().get("status") in ("completed", "diverged")
+            return self.read_json().get("status") in FINAL_STATUSES
         except (ValueError, OSError):
             return False

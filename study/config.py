@@ -6,6 +6,7 @@ so a new entry is accepted here without touching this file.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -238,7 +239,8 @@ class Key:
 
 
 TRIAL_KEYS = [
-    Key("seed", 0, "seeds weight init, data order, augmentation and the train subset", integer(0, MAX_SEED)),
+    Key("seed", 0, "seeds weight init, data order, augmentation, the train subset and a class "
+        "intervention (each its own stream: study/streams.py)", integer(0, MAX_SEED)),
     Key("classes", "all", "`all` or a list of CIFAR-10 classes, labelled 0..K-1 in the order "
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
     Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
@@ -276,8 +278,8 @@ TRIAL_KEYS = [
         name_list(_noise_families)),
     Key("n_noise", 5000, "images per noise family (one bank per family from noise_seed)",
         integer(10)),
-    Key("noise_seed", 0, "seeds the noise banks and the test subset, separately from `seed`, "
-        "so every trial of a study sees the same probe images", integer(0, MAX_SEED)),
+    Key("noise_seed", 0, "seeds the noise banks, the test subset and the clutter sample, separately "
+        "from `seed`, so every trial of a study sees the same probe images", integer(0, MAX_SEED)),
     Key("n_trajectory", 500, "gaussian images whose absorption is tracked after every epoch",
         integer(10)),
     Key("eval_batch_size", 1024, "batch size for evaluation and probes (no gradients)",
@@ -456,7 +458,7 @@ def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool],
                hint: Callable[[list[str]], str]) -> dict:
     """Apply --set overrides onto a copy of `data`; `known(path)` says whether a path exists,
     `hint(path)` what to write instead when it does not."""
-    data = _deepcopy(data)
+    data = copy.deepcopy(data)
     for item in sets or []:
         path, value = parse_set(item)
         if not known(path):
@@ -471,11 +473,6 @@ def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool],
                                  "a YAML mapping", node)
         node[path[-1]] = value
     return data
-
-
-def _deepcopy(x):
-    import copy
-    return copy.deepcopy(x)
 
 
 def load_trial_config(path: str | Path, sets: list[str] | None = None) -> dict:
@@ -588,7 +585,7 @@ def _sweep_set_hint(path: list[str]) -> str:
     return "section.key, e.g. trial.epochs, grid.seed, resources.gpu, run.storage; or name"
 
 
-def validate_sweep(data: dict, source: str = "sweep") -> Sweep:
+def validate_sweep(data: dict) -> Sweep:
     unknown = [k for k in data if k not in SWEEP_SECTIONS]
     if unknown:
         raise InputError(unknown[0], "unknown top-level key", ", ".join(sorted(SWEEP_SECTIONS)))
@@ -666,4 +663,4 @@ def _section(given: dict, schema: dict, section: str) -> dict:
 def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
     data = read_yaml(path)
     data = apply_sets(data, sets, _sweep_path_known, _sweep_set_hint)
-    return validate_sweep(data, str(path))
+    return validate_sweep(data)

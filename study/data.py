@@ -29,10 +29,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from analysis.contract import CIFAR10_CLASSES
+
 from .errors import InputError
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
 FULL_COUNTS = {"train": 5000, "test": 1000}  # images per class in the real CIFAR-10
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CACHE_FORMAT = 1  # bump when the cached array layout changes

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from .measure import shares
-from .noise import NoiseContext, family_seed, radial_frequency
+from . import streams
+from .noise import NoiseContext, radial_frequency
 
 
 def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarray, bias: np.ndarray,
@@ -60,7 +61,7 @@ def band_limited_gaussian(n: int, noise_seed: int, ctx: NoiseContext, kind: str,
     """Gaussian noise keeping only frequencies below (lowpass) or above (highpass) `cutoff` x the
     Nyquist frequency, rescaled to the data's per-channel mean and std, so that only the spectrum
     differs from the `gaussian` family. The same white noise underlies every cutoff."""
-    gen = torch.Generator().manual_seed(family_seed(noise_seed, "frequency"))
+    gen = streams.torch_generator("frequency", noise_seed)
     white = torch.randn(n, 3, 32, 32, generator=gen)
     f = radial_frequency()
     keep = (f <= cutoff * 0.5) if kind == "lowpass" else (f >= cutoff * 0.5)

@@ -20,10 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import probe
+from . import probe, streams
+from analysis.contract import COMPLETED, DIVERGED
+
 from .artifacts import ArtifactDir
 from .augment import AUGMENTATIONS
-from .train import images_to_device, lr_multiplier, make_optimizer, seeded_generator
+from .train import images_to_device, lr_multiplier, make_optimizer
 from .trial import TrialSetup, finish, new_model, setup
 
 # what may differ between the configs fused into one array (everything else must be equal)
@@ -103,7 +105,7 @@ class FusedClassifier(nn.Module):
 
 def check_fusable(configs: list[dict]) -> None:
     first = configs[0]
-    if first.get("intervention", "none") != "none" or first.get("class_intervention", "none") != "none":
+    if first["intervention"] != "none" or first["class_intervention"] != "none":
         raise ValueError("fused training runs no interventions; train these seeds as separate trials")
     for c in configs[1:]:
         differ = sorted(k for k in first if first[k] != c[k] and k not in PER_MODEL_KEYS)
@@ -131,7 +133,7 @@ class FusedTrainer:
         self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
         self.augment = AUGMENTATIONS[self.cfg["augmentation"]]
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
-        self.gens = [seeded_generator(self.device, s.cfg["seed"], stream=1) for s in setups]
+        self.gens = [streams.torch_generator("train", s.cfg["seed"], self.device) for s in setups]
         self.epoch = 0
 
     def run_epoch(self) -> dict:
@@ -209,7 +211,7 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
     for i, (s, mdl, out) in enumerate(zip(setups, models, outs)):
         s.timing["train_seconds"] = train_seconds / len(setups)  # amortized share of the array
         s.timing["fused_models"] = len(setups)
-        status = "diverged" if i in diverged else "completed"
+        status = DIVERGED if i in diverged else COMPLETED
         results.append(finish(s, mdl, status, histories[i], trajectories[i], diverged.get(i, trainer.epoch),
                               [f"trained fused with seeds {[c['seed'] for c in configs]}"], out))
     return results

@@ -6,7 +6,8 @@ Per class (`class_intervention`, is clutter the cause?): change only one trained
 training images: gaussian_noise | blur | label_noise | subsample, by `strength`; or change its
 frequency the other way (`majority`: the target keeps all its images, every other class keeps the
 fraction `strength` of its own), so that it becomes the most frequent class (Kang et al. 2024:
-far-from-data inputs go to the class the prior favours).
+far-from-data inputs go to the class the prior favours). The kinds and their ranges are listed
+once, in config.CLASS_INTERVENTION_RANGES.
 
 Both act on the training device, seeded from the trial's `seed`; test images are never touched.
 The training noise is Gaussian with the data's per-channel mean and std, drawn from the trainer's
@@ -26,8 +27,6 @@ GLOBAL_DEFAULT_STRENGTH = {
     "noise_class": 0.125,     # noise images added per training image (1 per 8)
     "train_noise_aug": 0.1,   # max std of the Gaussian noise added to a training image, [0, 1] units
 }
-CLASS_KINDS = ("gaussian_noise", "blur", "label_noise", "subsample", "majority")
-NOISE_CLASS = "noise_class"   # the extra class's name in a noise_class trial
 
 
 def noise_batch(n: int, like: Tensor, mean: Tensor, std: Tensor, gen: torch.Generator) -> Tensor:
@@ -140,4 +139,6 @@ def apply_class_intervention(x: Tensor, y: Tensor, spec: dict, classes: list[str
         record["touched"] = int((~keep).sum())
         record["kept"] = kept
         record["target_share"] = float((y == target).float().mean())
+    else:  # config.CLASS_INTERVENTION_RANGES admits only the kinds above
+        raise ValueError(f"no class intervention of kind {kind!r}")
     return x, y, record

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_NODE = "noise"
+from analysis.contract import NOISE_NODE
 
 
 def shares(pred: np.ndarray, classes: list[str]) -> dict[str, float]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import streams
 from .errors import InputError
 
 MODELS: dict[str, Callable[..., "Classifier"]] = {}
@@ -74,19 +75,20 @@ class Classifier(nn.Module):
 
 def build_model(name: str, num_classes: int, seed: int, pretrained: str | None = None,
                 activation: str | None = None, pool: str | None = None, norm: str | None = None) -> Classifier:
-    """The same (name, num_classes, seed, factors) always gives the same initial weights; models
-    that differ only in their factors draw the same random numbers, so seed s of every variant
-    starts from the same weights wherever their shapes agree (paired comparisons)."""
+    """The same (name, num_classes, seed, factors) always gives the same initial weights (the seed's
+    `init` stream; torch's global generator is left as it was); models that differ only in their
+    factors draw the same random numbers, so seed s of every variant starts from the same weights
+    wherever their shapes agree (paired comparisons)."""
     factors = {"activation": activation, "pool": pool, "norm": norm}
     given = {k: v for k, v in factors.items() if v is not None}
     if given and name not in FACTOR_MODELS:
         raise InputError(next(iter(given)), f"model {name} has no architecture factors",
                          f"null, or a model among {', '.join(sorted(FACTOR_MODELS))}", next(iter(given.values())))
-    torch.manual_seed(seed)
-    if name.startswith(TIMM_PREFIX):
-        model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained)
-    else:
-        model = MODELS[name](num_classes=num_classes, pretrained=pretrained, **given)
+    with streams.global_torch("init", seed):  # layers initialise from torch's global generator
+        if name.startswith(TIMM_PREFIX):
+            model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained)
+        else:
+            model = MODELS[name](num_classes=num_classes, pretrained=pretrained, **given)
     model.architecture = {"model": name, **model.architecture,
                           "parameters": sum(p.numel() for p in model.parameters()),
                           "feature_dim": model.feature_dim}

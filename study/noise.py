@@ -7,12 +7,13 @@ would change the statistic that defines them.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from . import streams
 
 NOISE_FAMILIES: dict[str, Callable[[int, torch.Generator, "NoiseContext"], Tensor]] = {}
 
@@ -31,14 +32,8 @@ class NoiseContext:
     natural: Tensor         # uint8 (M, 3, 32, 32) natural images for the scrambled families
 
 
-def family_seed(noise_seed: int, family: str) -> int:
-    """A stable 63-bit seed per (noise_seed, family): banks don't shift when families are added."""
-    digest = hashlib.sha256(f"{noise_seed}:{family}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def make_bank(family: str, n: int, noise_seed: int, ctx: NoiseContext) -> Tensor:
-    gen = torch.Generator().manual_seed(family_seed(noise_seed, family))
+    gen = streams.torch_generator("noise_bank", noise_seed, name=family)
     return NOISE_FAMILIES[family](n, gen, ctx).float().contiguous()
 
 

@@ -6,8 +6,10 @@ from typing import Callable
 
 import numpy as np
 
-from .measure import (NOISE_NODE, absorption_summary, confusion_matrix, cosine_distance_matrix,
-                      minimum_spanning_tree, noise_neighbour, shares)
+from analysis.contract import NOISE_NODE
+
+from .measure import (absorption_summary, confusion_matrix, cosine_distance_matrix, minimum_spanning_tree,
+                      noise_neighbour, shares)
 
 Predict = Callable[..., tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import streams
 from .data import CIFAR10_CLASSES, Cifar10
 from .errors import InputError
 
@@ -60,9 +61,9 @@ def make_task(data: Cifar10, classes: list[str], seed: int, noise_seed: int,
 
     train_keep = np.flatnonzero(np.isin(data.train_y, ids))
     if train_subset is not None:
-        rng = np.random.default_rng([seed, 1])  # the subset is part of the seed's randomness
+        rng = streams.numpy_rng("train_subset", seed)  # the subset is part of the seed's randomness
         train_keep = train_keep[balanced_subset(data.train_y[train_keep], train_subset, rng, "train_subset")]
-    test_rng = np.random.default_rng([noise_seed, 2])  # the same test images in every trial
+    test_rng = streams.numpy_rng("test_subset", noise_seed)  # the same test images in every trial
     test_keep = np.flatnonzero(np.isin(data.test_y, ids))
     per_class = None
     if test_subset is not None:

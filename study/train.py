@@ -3,7 +3,8 @@ augmented and normalised there, metrics accumulate on the device and are read on
 
 SGD with Nesterov momentum, one-cycle or warm-up + cosine schedule, label smoothing; on CUDA bf16
 autocast and channels_last. All randomness of training (data order, augmentation) comes from one
-seeded generator whose state is part of the checkpoint, so a resumed run is the same run.
+generator, the seed's `train` stream (study/streams.py), whose state is part of the checkpoint, so
+a resumed run is the same run.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import streams
 from .augment import AUGMENTATIONS
 from .errors import InputError
 from .interventions import TrainingIntervention, apply_class_intervention
@@ -27,11 +29,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device", "CUDA was asked for but no GPU is visible", "auto, cpu", name)
     return torch.device(name)
-
-
-def seeded_generator(device: torch.device, seed: int, stream: int) -> torch.Generator:
-    """An independent random stream per (seed, purpose), on the device that consumes it."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stream)
 
 
 class Normalizer:
@@ -101,10 +98,11 @@ class Trainer:
         self.x = images_to_device(train_x, device)
         self.y = torch.from_numpy(np.asarray(train_y, dtype=np.int64)).to(device)
         self.class_intervention = None
-        if cfg.get("class_intervention", "none") != "none":  # changes the data once, before training
+        if cfg["class_intervention"] != "none":  # changes the data once, before training
             self.x, self.y, self.class_intervention = apply_class_intervention(
-                self.x, self.y, cfg["class_intervention"], classes, seeded_generator(device, cfg["seed"], stream=2))
-        self.intervention = TrainingIntervention(cfg.get("intervention", "none"), cfg.get("intervention_strength"),
+                self.x, self.y, cfg["class_intervention"], classes,
+                streams.torch_generator("class_intervention", cfg["seed"], device))
+        self.intervention = TrainingIntervention(cfg["intervention"], cfg["intervention_strength"],
                                                  int(self.y.max()) + 1 if classes is None else len(classes),
                                                  normalize.mean.view(3), normalize.std.view(3))
         self.batch_size = min(cfg["batch_size"], len(self.x))
@@ -112,10 +110,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
         self.augment = AUGMENTATIONS[cfg["augmentation"]]
         self.optimizer = make_optimizer(model, cfg, device)
-        self.gen = seeded_generator(device, cfg["seed"], stream=1)
+        self.gen = streams.torch_generator("train", cfg["seed"], device)
         self.epoch = 0
         self.forward = model
-        if cfg.get("compile") and device.type == "cuda":  # compiled graphs are cached per process
+        if cfg["compile"] and device.type == "cuda":  # compiled graphs are cached per process
             mode = cfg["compile"] if isinstance(cfg["compile"], str) else None
             self.forward = torch.compile(model, mode=mode)
 

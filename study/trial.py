@@ -15,13 +15,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import probe
-from .artifacts import ARRAYS_NPZ, SCHEMA_VERSION, TRIAL_JSON, ArtifactDir
+from analysis.contract import ARRAYS_NPZ, COMPLETED, DIVERGED, NOISE_CLASS, SCHEMA_VERSION, TRIAL_JSON
+
+from . import probe, streams
+from .artifacts import ArtifactDir
 from .config import trained_classes, validate_trial
 from .clutter import measure_all
 from .data import Cifar10, load_cifar10
 from .explain import frequency_probes, logit_decomposition, noise_mean_images
-from .interventions import NOISE_CLASS
 from .models import build_model, factors_of
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .ood import Detectors, evaluate
@@ -122,12 +123,12 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
     else:
         trajectory = [probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, epoch=0)]
         history = []
-    status, t_train = "completed", time.perf_counter()
+    status, t_train = COMPLETED, time.perf_counter()
     while trainer.epoch < cfg["epochs"]:
         metrics = trainer.run_epoch()
         history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "lr_last")})
         if not math.isfinite(metrics["train_loss"]):
-            status = "diverged"
+            status = DIVERGED
             log(f"epoch {trainer.epoch}: training loss is {metrics['train_loss']}: diverged")
             break
         trajectory.append(probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, trainer.epoch))
@@ -155,12 +156,12 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         "normalization": {"mean": mean, "std": std},
         "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
         "versions": versions(s.device), "code_revision": code_revision(),
-        "diverged_at_epoch": epoch if status == "diverged" else None,
+        "diverged_at_epoch": epoch if status == DIVERGED else None,
         "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
                          "class_intervention": s.interventions.get("class_intervention")},
     }
     arrays = {}
-    if status == "completed":
+    if status == COMPLETED:
         t_probe = time.perf_counter()
         result.update(_probe_all(s, model, arrays))
         s.timing["probe_seconds"] = time.perf_counter() - t_probe
@@ -260,7 +261,7 @@ def clutter_sample(s: TrialSetup) -> tuple[np.ndarray, np.ndarray]:
         y = s.train_data[1].cpu().numpy()
     else:
         x, y = s.task.train_x, s.task.train_y
-    rng = np.random.default_rng([s.cfg["noise_seed"], 3])
+    rng = streams.numpy_rng("clutter_sample", s.cfg["noise_seed"])
     picked = []
     for c in range(len(s.task.classes)):
         idx = np.flatnonzero(y == c)
@@ -271,6 +272,6 @@ def clutter_sample(s: TrialSetup) -> tuple[np.ndarray, np.ndarray]:
 
 def explain_noise_class_reference(s: TrialSetup) -> torch.Tensor:
     """Training-like noise (data mean and std) from its own seed, for the noise class's mean."""
-    gen = torch.Generator().manual_seed(s.cfg["noise_seed"] * 1_000_003 + 7)
+    gen = streams.torch_generator("noise_class_reference", s.cfg["noise_seed"])
     return (s.noise_ctx.mean.view(1, 3, 1, 1) + s.noise_ctx.std.view(1, 3, 1, 1)
             * torch.randn(min(2000, s.cfg["n_noise"]), 3, 32, 32, generator=gen))

@@ -159,7 +159,7 @@ def test_diverged_runs_are_listed_and_excluded(tmp_path):
     study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=4)
     t = study / "augmentation=flip_seed=0" / "trial.json"
     data = json.loads(t.read_text())
-    t.write_text(json.dumps({k: data[k] for k in ("seed", "classes", "config", "trajectory")}
+    t.write_text(json.dumps({k: data[k] for k in ("schema", "seed", "classes", "config", "trajectory")}
                             | {"status": "diverged", "diverged_at_epoch": 2}))
     aggregate(str(study))
     runs = pd.read_csv(study / "report" / "runs.csv")
@@ -188,6 +188,7 @@ def test_command_line(tmp_path):
     assert res.returncode == 2 and "no such folder" in res.stderr
 
 
+@pytest.mark.slow  # writes and aggregates 200 trials
 def test_aggregation_benchmark_script_runs_at_a_small_size():
     res = subprocess.run([sys.executable, "benchmarks/aggregate_bench.py", "--trials", "200", "--conditions", "4",
                           "--n-noise", "500"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -502,7 +502,7 @@ def test_bad_input_inside_a_trial_ends_it_without_retries_and_names_the_reason(t
     res = _driver(f"""
 import sys
 from study import sweep
-from study.sweep import prepare
+from study.plan import prepare
 plan = prepare({str(path)!r})
 plan.sweep.trial["epochs"] = 0
 sys.exit(sweep.run(plan, report=False))
@@ -525,7 +525,7 @@ def test_trials_no_node_can_hold_end_the_study_after_the_pending_timeout(tiny_da
 import sys, ray
 from study import sweep
 from study.errors import InputError
-from study.sweep import prepare
+from study.plan import prepare
 plan = prepare({str(path)!r})
 plan.sweep.resources["cpu"] = 2
 ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")

@@ -14,7 +14,7 @@ from analysis.causal import causal_tests, dose_table, pairs_table
 from analysis.load import load
 from analysis.pipeline import aggregate
 from analysis.synthetic import CIFAR10, Condition, _run, write_trial
-from study.sweep import trial_dirname
+from analysis.contract import trial_dirname
 
 
 # ---------------------------------------------------------------- the clustered paired test

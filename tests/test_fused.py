@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from study.fused import FusedClassifier, FusedTrainer, check_fusable, run_fused_trials
+from study.config import validate_trial
 from study.models import FACTORS, MODELS, build_model
 from study.train import Trainer
 from study.trial import new_model, run_trial, setup
@@ -42,7 +43,7 @@ def test_array_forward_equals_the_separate_models_and_splits_back(name, options)
 
 
 def test_one_fused_step_equals_separate_steps(tiny_config):
-    cfgs = [tiny_config(seed=s, batch_size=600, augmentation="flip_crop") for s in (0, 1)]
+    cfgs = [tiny_config(seed=s, train_subset=200, batch_size=200, augmentation="flip_crop") for s in (0, 1)]
     setups = [setup(c) for c in cfgs]
     separate = []
     for s in setups:
@@ -58,6 +59,7 @@ def test_one_fused_step_equals_separate_steps(tiny_config):
                 torch.testing.assert_close(va, vb, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # four 3-epoch trainings
 def test_fused_seed_agrees_with_its_separate_trial(tiny_config, tmp_path):
     cfgs = [tiny_config(seed=s, epochs=3, batch_size=150, lr=0.02, n_noise=200, n_trajectory=50,
                         noise=["gaussian", "uniform"]) for s in (0, 1)]
@@ -77,4 +79,4 @@ def test_fused_seed_agrees_with_its_separate_trial(tiny_config, tmp_path):
 
 def test_only_seeds_may_differ():
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
-        check_fusable([{"seed": 0, "lr": 0.1}, {"seed": 1, "lr": 0.2}])
+        check_fusable([validate_trial({"seed": 0, "lr": 0.1}), validate_trial({"seed": 1, "lr": 0.2})])

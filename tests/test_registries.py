@@ -155,9 +155,11 @@ def test_timm_model_is_timms_model_split_at_its_classifier(name):
     """Known answer: the same seed gives timm's own model, whose logits (its own forward) equal
     head(features) exactly, with features = the pooled pre-logits its classifier reads."""
     import timm
-    torch.manual_seed(3)
+
+    from study import streams
     kwargs = {"img_size": 32} if timm.models.get_pretrained_cfg(name[5:]).fixed_input_size else {}
-    reference = timm.create_model(name[5:], num_classes=6, **kwargs).eval()
+    with streams.global_torch("init", 3):  # the stream build_model initialises seed 3 from
+        reference = timm.create_model(name[5:], num_classes=6, **kwargs).eval()
     model = build_model(name, 6, seed=3).eval()
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -5,7 +5,6 @@ import pickle
 import re
 
 import pytest
-import yaml
 
 from analysis.pipeline import aggregate
 from analysis.report import md

@@ -183,6 +183,7 @@ ALPHA = 0.05
 SIMULATIONS = 4000
 
 
+@pytest.mark.slow  # thousands of simulated studies
 @pytest.mark.parametrize("k, s", [(2, 20), (10, 20), (10, 40)])
 def test_absorber_consistency_is_calibrated(k, s):
     rng = np.random.default_rng(10 + k)
@@ -195,6 +196,7 @@ def test_absorber_consistency_is_calibrated(k, s):
     assert 0.03 <= rate <= 0.07, f"false-positive rate {rate}"
 
 
+@pytest.mark.slow  # thousands of simulated studies
 def test_condition_dependence_is_calibrated():
     rng = np.random.default_rng(20)
     rejections = 0
@@ -205,6 +207,7 @@ def test_condition_dependence_is_calibrated():
     assert 0.03 <= rejections / SIMULATIONS <= 0.07, rejections / SIMULATIONS
 
 
+@pytest.mark.slow  # thousands of simulated studies
 def test_paired_condition_dependence_is_calibrated():
     """Two conditions on the same 24 seeds, absorbers uniform over 10 classes, a seed effect (40% of
     seeds agree by construction): H0 holds, and the paired permutation test keeps its size. (It is
@@ -222,6 +225,7 @@ def test_paired_condition_dependence_is_calibrated():
     assert 0.03 <= rejections / SIMULATIONS <= 0.07, rejections / SIMULATIONS
 
 
+@pytest.mark.slow  # thousands of simulated studies
 def test_paired_cochran_q_is_calibrated():
     """Four conditions on the same 20 seeds, P(absorber = pooled class) 0.5 in all, a seed effect.
     (Measured: 0.045 here; 0.034 with 3 conditions, where Q takes fewer values.)"""
@@ -234,6 +238,7 @@ def test_paired_cochran_q_is_calibrated():
     assert 0.03 <= rejections / SIMULATIONS <= 0.07, rejections / SIMULATIONS
 
 
+@pytest.mark.slow  # thousands of simulated studies
 def test_mst_tests_are_calibrated():
     """Random distances over exchangeable nodes (trees random): the per-edge binomial test and the
     overlap test. (The realistic null, the noise node a far leaf, is in test_calibration.py.)"""

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, wait_for_session_end
 
 pytestmark = pytest.mark.slow
 
@@ -74,18 +74,19 @@ def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tm
                        "n_frequency": 40},
              "grid": {"seed": [0, 1, 2, 3, 4, 5]},
              "resources": {"cpu": 1, "gpu": 0},
-             "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1}}
+             # two at a time: with 2 or more finished, at least 2 cannot have finished yet
+             "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1, "max_concurrent": 2}}
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(sweep))
     study = tmp_path / "resumable"
     driver = subprocess.Popen(study_cmd("sweep", str(path), "--no-report"), cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(trial_files(study)) < 2:
-        time.sleep(0.5)
+        time.sleep(0.05)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    time.sleep(3)  # Ray's reaper takes the local cluster down with its driver
+    wait_for_session_end(driver.pid)  # nothing of the killed study writes any more
     before = {name: hashlib.sha256(f.read_bytes()).hexdigest() for name, f in trial_files(study).items()}
     assert 2 <= len(before) < 6, before
 
@@ -127,8 +128,9 @@ def test_a_failing_aggregation_keeps_the_trials_and_says_how_to_rerun_it(tiny_da
     driver exits 1 and names the command that aggregates the kept trials again."""
     import analysis.pipeline
     from study import sweep
+    from study.plan import prepare
 
-    plan = sweep.prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
+    plan = prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
     monkeypatch.setattr(sweep, "_init_ray", lambda address: None)
     monkeypatch.setattr(sweep, "build_tuner", lambda plan, resume: type("T", (), {"fit": lambda self: []})())
 

@@ -36,6 +36,8 @@ def test_paired_sweeps_use_the_same_seeds_in_every_arm():
     assert len(next(iter(seeds_per_arm.values()))) >= 10
 
 
+@pytest.mark.slow  # decodes all of real CIFAR-10 into the tests' private cache first
+@pytest.mark.realdata
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_study_check_passes_on_real_data(path, real_tar, capsys):
     from study.__main__ import main

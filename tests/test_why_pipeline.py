@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from analysis.pipeline import aggregate
-from study.sweep import trial_dirname
+from analysis.contract import trial_dirname
 from study.trial import run_trial
+
+pytestmark = pytest.mark.slow  # 24 trainings and two aggregations
 
 
 def tiny_study(root, name, tiny_config, axis, values, seeds=(0, 1, 2), **fixed):

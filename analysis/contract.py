@@ -1,0 +1,78 @@
+"""The artifact contract between the two halves: what a study writes and the aggregation reads.
+
+One place for every name both sides must agree on: the file names, the schema version, the
+status values, the noise node's and the extra noise class's names, CIFAR-10's class names, the
+trial folder names, how a local path or a URI becomes a filesystem, and how a URI is extended.
+
+`study/` (the writer, with torch) and `analysis/` (the reader, without) both import this module;
+it imports neither torch, Ray, nor anything of `study/`, so the layout rule holds: analysis/
+imports neither torch nor study. (It lives under analysis/ because study may import analysis,
+never the other way round.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+import pyarrow.fs as pafs
+
+# ---------------------------------------------------------------- files of a study
+STUDY_JSON = "study.json"     # <study>/study.json: the resolved sweep (axes, grid points)
+TRIAL_JSON = "trial.json"     # <study>/<trial>/trial.json: written last; its presence marks a finished trial
+ARRAYS_NPZ = "arrays.npz"     # <study>/<trial>/arrays.npz: named by trial.json, with its sha256
+TUNE_ERROR_TXT = "error.txt"  # Tune's note in a trial folder whose trial raised
+REPORT_DIR = "report"         # <study>/report/: the aggregation's default output, never a trial
+
+# trial.json's layout; bump when a reader of the old layout would misread the new one
+SCHEMA_VERSION = 1
+READABLE_SCHEMAS = (1,)       # the versions analysis/load.py understands
+
+# ---------------------------------------------------------------- a trial's status
+COMPLETED = "completed"       # trained and probed: every measurement is in trial.json
+DIVERGED = "diverged"         # the training loss became non-finite: recorded, not probed
+FINAL_STATUSES = (COMPLETED, DIVERGED)
+
+# ---------------------------------------------------------------- names inside a trial.json
+NOISE_NODE = "noise"          # the noise mean's node in the distance matrix and the MST
+NOISE_CLASS = "noise_class"   # the extra output class of a model trained with intervention: noise_class
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")   # label order of CIFAR-10 itself
+
+
+def show_value(v) -> str:
+    """A grid value as text for labels and folder names: [cat, dog] -> cat.dog,
+    {target: bird, kind: blur, strength: 1.0} -> bird.blur.1.0."""
+    if isinstance(v, dict):
+        return ".".join(show_value(x) for x in v.values())
+    if isinstance(v, list):
+        return ".".join(show_value(x) for x in v)
+    return str(v)
+
+
+def trial_dirname(axes: dict) -> str:
+    """A grid point's folder: short, readable, unique: `classes=cat.dog_seed=3`; a hash only when
+    a value had to be shortened or had characters a folder name should not carry."""
+    raw = "_".join(f"{k}={show_value(v)}" for k, v in axes.items()) or "trial"
+    name = re.sub(r"[^A-Za-z0-9_.=-]", "-", raw)[:80]
+    if name != raw:
+        name += "_" + hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:6]
+    return name
+
+
+# ---------------------------------------------------------------- where a study lives
+
+def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI pyarrow understands (s3://, gs://, file://,
+    with endpoint options in the query string). Raises pyarrow's error for a URI it cannot open."""
+    if "://" not in uri_or_path:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri_or_path))
+    return pafs.FileSystem.from_uri(uri_or_path)
+
+
+def join_uri(base: str, *names: str) -> str:
+    """<base>/<name>/..., keeping a URI's query string (endpoint options) at the end."""
+    head, sep, query = base.partition("?")
+    path = "/".join([head.rstrip("/"), *(n.strip("/") for n in names if n.strip("/"))])
+    return f"{path}{sep}{query}"

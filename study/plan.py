@@ -1,0 +1,164 @@
+"""A study's plan: the grid points, where their results go, and the checks that must pass before
+anything runs (data, storage, room on the disk). No Ray here.
+
+`study check` prints a plan; `study sweep` hands it to the Ray adapter (study/sweep.py); an
+executor without Ray can run the same plan. `prepare` validates everything first, so bad input
+ends in one InputError before any training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.contract import join_uri, trial_dirname
+from analysis.load import check_writable
+
+from .artifacts import json_safe
+from .config import NAME_CHECK, Sweep, _storage, load_sweep, trained_classes
+from .data import check_source, load_cifar10
+from .errors import InputError
+from .task import check_task
+
+
+def study_footprint(points: list[dict], concurrent: int, keep_checkpoints: int = 2) -> int:
+    """Bytes a study will need in its storage, roughly: every trial's arrays and trial.json, and
+    the checkpoints (weights + momentum, `keep_checkpoints` each) of the trials running at once;
+    a finished trial's checkpoints are deleted."""
+    from .models import build_model, factors_of
+    from .noise import NOISE_FAMILIES
+    sizes, artifacts = {}, 0
+    for p in points:
+        key = (p["model"], len(trained_classes(p)), *factors_of(p).values())
+        if key not in sizes:  # builds every model once: one that cannot be built fails here, before any trial
+            model = build_model(p["model"], key[1], 0, **factors_of(p))
+            sizes[key] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        families = len(NOISE_FAMILIES) if p["noise"] == "all" else len(p["noise"])
+        artifacts += p["n_noise"] * families * 2 + 3_000_000    # labels, noise-mean images, json
+    return artifacts + concurrent * keep_checkpoints * 2 * max(sizes.values())
+
+
+def check_storage(storage: str, needed_bytes: int = 0) -> None:
+    """Fail before any trial starts if the results cannot be written there (creates nothing):
+    a file, a folder under a file, a read-only or too small local folder, an unreachable or
+    missing bucket."""
+    check_writable(storage, "run.storage")
+    if "://" not in storage or storage.startswith("file://"):
+        probe = Path(storage.removeprefix("file://")).expanduser().resolve()
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if free < needed_bytes:
+            raise InputError("run.storage", f"only {free / 1e6:.0f} MB free at {probe}, the study needs "
+                             f"about {needed_bytes / 1e6:.0f} MB (artifacts and checkpoints)",
+                             "a folder on a disk with room, or a bucket URI", storage)
+
+
+def _absolute_data_paths(sweep: Sweep) -> None:
+    """Trials run in other working folders (Ray workers): a relative data path given to the
+    driver, in NOISESINK_DATA or in the sweep file, is made absolute here."""
+    env = os.environ.get("NOISESINK_DATA")
+    if env and "://" not in env:
+        os.environ["NOISESINK_DATA"] = str(Path(env).expanduser().resolve())
+    if sweep.trial.get("data_root"):
+        sweep.trial["data_root"] = str(Path(sweep.trial["data_root"]).expanduser().resolve())
+    if "data_root" in sweep.grid:
+        sweep.grid["data_root"] = [str(Path(v).expanduser().resolve()) if v else v
+                                   for v in sweep.grid["data_root"]]
+
+
+def check_data(points: list[dict]) -> None:
+    """Every data source the study names is readable, verified, and big enough for each grid
+    point (decoding it here also fills the cache the trials on this machine will read)."""
+    for root, verify in sorted({(p["data_root"] or "", p["data_verify"]) for p in points}):
+        check_source(root or None)
+        data = load_cifar10(root or None, verify)
+        for p in points:
+            if (p["data_root"] or "", p["data_verify"]) == (root, verify):
+                try:
+                    check_task(data, p, trained_classes(p))
+                except InputError as e:
+                    raise InputError(f"trial.{e.where}", f"{e.problem} (grid point seed={p['seed']}, "
+                                     f"classes={p['classes']})", e.allowed, e.value) from None
+
+
+def local_slots(sweep: Sweep) -> int:
+    """How many trials fit on this machine at once (its CPUs and GPUs, and run.max_concurrent)."""
+    cpu, gpu = sweep.resources["cpu"], sweep.resources["gpu"]
+    limits = [int((os.cpu_count() or 1) // cpu)]
+    if gpu:
+        import torch
+        n_gpu = torch.cuda.device_count()
+        limits.append(int(n_gpu // gpu) if n_gpu else 0)
+    if sweep.run["max_concurrent"]:
+        limits.append(sweep.run["max_concurrent"])
+    return max(0, min(limits))
+
+
+@dataclass
+class Plan:
+    sweep: Sweep
+    file: str
+    storage: str
+    points: list[dict]
+    dirnames: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    @property
+    def uri(self) -> str:
+        return join_uri(self.storage, self.name)
+
+    def concurrency(self) -> str:
+        here = local_slots(self.sweep)
+        return (f"{here} at once on this machine" if here else "none on this machine (no GPU "
+                "here); on a cluster as many as its resources allow")
+
+    def describe(self) -> str:
+        s = self.sweep
+        lines = [f"study {self.name} ({self.file})",
+                 f"grid: {len(self.points)} trials = " + " x ".join(f"{len(v)} {k}" for k, v in s.grid.items()),
+                 f"resources per trial: cpu {s.resources['cpu']}, gpu {s.resources['gpu']}",
+                 f"concurrency: {self.concurrency()}",
+                 f"storage: {self.uri}",
+                 f"data: {sorted({check_source(p['data_root']) for p in self.points})}",
+                 f"first trial ({self.dirnames[0]}):"]
+        lines += [f"  {k}: {json.dumps(v)}" for k, v in self.points[0].items()]
+        return "\n".join(lines)
+
+
+def prepare(path: str, sets: list[str] | None = None, storage: str | None = None,
+            name: str | None = None) -> Plan:
+    """Validate everything a sweep needs before anything runs."""
+    sweep = load_sweep(path, sets)
+    _absolute_data_paths(sweep)
+    if name is not None:
+        sweep.name = NAME_CHECK(name, "--name")
+    if storage is not None:
+        sweep.run["storage"] = _storage(storage, "--storage")
+    points = sweep.points()
+    check_data(points)
+    if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
+        sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
+    concurrent = min(len(points), max(1, local_slots(sweep)))
+    check_storage(sweep.run["storage"], study_footprint(points, concurrent))
+    dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
+    return Plan(sweep, str(path), sweep.run["storage"], points, dirnames)
+
+
+def study_record(plan: Plan) -> dict:
+    """study.json: what the aggregation needs to know about the design."""
+    s = plan.sweep
+    return json_safe({"name": plan.name, "file": plan.file, "axes": list(s.grid), "grid": s.grid,
+                      "trial": s.trial, "resources": s.resources, "run": s.run,
+                      "points": [{"dir": d, "axes": s.axis_values(p)}
+                                 for d, p in zip(plan.dirnames, plan.points)]})
+
+
+def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
+    """The seeds of one condition in groups of `size`, each trained as one array (run.fuse_seeds)."""
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
