@@ -249,7 +249,7 @@ TRIAL_KEYS = [
         "own (relu): ReLU's non-zero mean is what biases untrained networks (Francazi et al. 2024)",
         optional(choice(_factor_options("activation")))),
     Key("pool", None, "max or avg: small_cnn's every pooling, resnet18's global one; null keeps "
-        "the model's own (small_cnn max, resnet18 avg): max-pooling amplifies that bias",
+        "the model's own (small_cnn max, resnet18 avg): max-pooling biases them even with tanh",
         optional(choice(_factor_options("pool")))),
     Key("norm", None, "batch, group, layer (GroupNorm with 1 group) or none (small_cnn and "
         "resnet18); null keeps the model's own (batch)", optional(choice(_factor_options("norm")))),

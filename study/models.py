@@ -102,7 +102,7 @@ def factors_of(cfg: dict) -> dict:
 
 def _scale_for_no_norm(features: nn.Module, activation: str) -> None:
     """Without normalization nothing rescales the signal between layers; PyTorch's default conv
-    init (variance 1/(3 fan_in)) would shrink it ~6x per ReLU layer. Each conv's weights are
+    init (variance 1/(3 fan_in)) would shrink its variance ~6x per ReLU layer. Each conv's weights are
     rescaled (same draws, so the pairing by seed holds) to std gain/sqrt(fan_in), the
     variance-preserving choice for the activation (gain: sqrt 2 for relu and gelu, 5/3 for tanh)."""
     gain = nn.init.calculate_gain("tanh" if activation == "tanh" else "relu")
