@@ -171,9 +171,7 @@ def _init(dest: Path) -> int:
 
 
 def _initbias(args) -> int:
-    from .data import check_source
     from .initbias import run
-    check_source(args.data_root)
     record = run(args.settings, args.nets, args.images, args.out, noise_seed=args.noise_seed,
                  data_root=args.data_root, threads=args.threads, model=args.model)
     print(f"{len(record['settings'])} settings x {record['nets']} networks in {record['measure_seconds']:.0f} s; "

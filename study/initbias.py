@@ -145,7 +145,9 @@ def run(settings: list[str], nets: int, n_images: int, out: str, noise_seed: int
         raise InputError("--images", "too few images per network for a fraction", ">= 10", n_images)
     if model not in FACTOR_MODELS:
         raise InputError("--model", "has no architecture factors", ", ".join(sorted(FACTOR_MODELS)), model)
+    from .data import check_source
     from .sweep import check_storage
+    check_source(data_root)
     check_storage(out)  # an unwritable --out fails now, not after the measurement
     if threads:
         torch.set_num_threads(threads)

@@ -36,6 +36,21 @@ def test_a_bad_setting_is_a_clear_error(bad):
         parse_setting(bad)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--settings", "relu-max-none-centred"], "--settings: unknown option in setting"),
+    (["--settings", "relu-max-none-centered", "relu-max-none-centered"], "--settings: a setting is given twice"),
+    (["--nets", "1"], "--nets: too few networks"),
+    (["--images", "5"], "--images: too few images"),
+    (["--model", "resnet18_imagenet"], "--model: has no architecture factors"),
+])
+def test_bad_initbias_arguments_exit_2_before_any_work(args, message, tmp_path, capsys):
+    from study.__main__ import main
+    assert main(["initbias", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_centering_is_the_only_difference_between_the_two_inputs():
     p = probe(20)
     c, u = p.inputs(p.noise, "centered"), p.inputs(p.noise, "uncentered")
