@@ -172,11 +172,13 @@ class FusedTrainer:
 
 def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
                      log: Callable[[str], None] = print,
-                     on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+                     on_epoch: Callable[[int, dict], None] | None = None,
+                     gpus: list | None = None) -> list[dict]:
     """Train len(configs) seeds of one condition as one array; write each seed's artifacts as a
     separate trial would. A seed whose loss turns non-finite is recorded as diverged; the others
-    go on (its weights no longer influence theirs). `on_epoch(epoch, metrics)` reports progress."""
-    setups = [setup(c) for c in configs]
+    go on (its weights no longer influence theirs). `on_epoch(epoch, metrics)` reports progress;
+    `gpus`: what the scheduler assigned (see trial.setup)."""
+    setups = [setup(c, gpus) for c in configs]
     check_fusable([s.cfg for s in setups])
     for s in setups:
         if s.applied["compile"]:  # the array model is not compiled

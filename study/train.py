@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import socket
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -23,12 +25,45 @@ from .errors import InputError
 from .interventions import TrainingIntervention, apply_class_intervention
 
 
-def resolve_device(name: str) -> torch.device:
+def visible_gpus() -> list[str]:
+    """The GPUs named in CUDA_VISIBLE_DEVICES: what a scheduler gives a process (Ray sets it for a
+    trial with resources.gpu > 0). Unset, empty or "-1" (the usual way to hide every GPU): none."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [] if value in ("", "-1") else [g.strip() for g in value.split(",") if g.strip()]
+
+
+def cuda_build() -> str:
+    """The torch build and the CUDA it was built against, for messages that must say why not."""
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__}, built with CUDA {cuda}" if cuda else \
+        f"torch {torch.__version__}, a CPU-only build (no CUDA)"
+
+
+def resolve_device(name: str, gpus: list | None = None) -> torch.device:
+    """The trial's device, never a silent CPU fallback.
+
+    `gpus`: the GPUs a scheduler assigned to this trial (the sweep passes Ray's `get_gpu_ids()`);
+    None reads CUDA_VISIBLE_DEVICES. A trial whose config says cuda, or that was given GPUs while
+    its config says auto, fails here at once when torch sees no CUDA device (a CPU-only torch,
+    a missing driver, a node without the GPU it advertised), naming the node and the torch build:
+    hours of CPU training that should have been seconds on the GPU is the failure this prevents.
+    An explicit `device: cpu` is obeyed whatever was assigned.
+    """
+    gpus = visible_gpus() if gpus is None else [str(g) for g in gpus]
+    wants_cuda = name.startswith("cuda") or (name == "auto" and bool(gpus))
+    if wants_cuda and not torch.cuda.is_available():
+        why = f"device: {name}" if name.startswith("cuda") else f"the scheduler gave this trial GPU(s) {gpus}"
+        raise InputError("device", f"{why}, but torch sees no CUDA device on node {socket.gethostname()} "
+                         f"({cuda_build()}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                         "a node whose torch sees its GPU (a CUDA build of torch and a working driver), "
+                         "or device: cpu with resources.gpu: 0", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device", "CUDA was asked for but no GPU is visible", "auto, cpu", name)
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError("device", f"node {socket.gethostname()} has {torch.cuda.device_count()} CUDA "
+                         "device(s)", f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}, cuda, auto", name)
+    return device
 
 
 class Normalizer:
@@ -43,13 +78,20 @@ class Normalizer:
 
 
 class Precision:
-    """bf16 autocast (on CUDA unless asked otherwise) and the channels_last layout."""
+    """Training's number format and layout: bf16 autocast (on CUDA unless asked otherwise) and
+    channels_last. Evaluation and probes are always fp32 (see `predict`)."""
+
+    PROBES = "fp32"
 
     def __init__(self, device: torch.device, precision: str, channels_last: bool):
         cuda = device.type == "cuda"
         self.bf16 = precision == "bf16" or (precision == "auto" and cuda)
         self.channels_last = channels_last
         self.device_type = device.type
+
+    @property
+    def training(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
 
     def autocast(self):
         if not self.bf16:
@@ -170,16 +212,31 @@ def predict(model: torch.nn.Module, images: Tensor, normalize: Normalizer, preci
             batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(logits, penultimate features) as float32 numpy, in eval mode (running BN statistics).
 
-    `images` is uint8 (0..255) or float pixel-space ([0, 1] units), on any device.
+    `images` is uint8 (0..255) or float pixel-space ([0, 1] units), on any device. Always fp32,
+    whatever training used: bf16 keeps 8 bits of mantissa, so near-equal logits tie and argmax
+    then favours the lowest class index (a fake absorber), and features, distances, OOD scores
+    and the logit decomposition (w . f + b against the logits) would carry bf16's ~0.4% error.
+    On CUDA, TF32 (10 mantissa bits, cuDNN's default for fp32 convolutions) is off here too.
+    Only the memory layout is training's.
     """
     model.eval()
     logits, feats = [], []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device, non_blocking=True)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        with precision.autocast():
+    with ieee_fp32():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device, non_blocking=True)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
             f = model.features(precision.layout(normalize(x)))
-            z = model.head(f)
-        feats.append(f.float())
-        logits.append(z.float())
+            feats.append(f.float())
+            logits.append(model.head(f).float())
     return torch.cat(logits).cpu().numpy(), torch.cat(feats).cpu().numpy()
+
+
+@contextmanager
+def ieee_fp32():
+    """fp32 convolutions and matmuls without TF32 for the block, then the previous setting."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -67,10 +67,11 @@ class TrialSetup:
                        batch_size=self.cfg["eval_batch_size"], device=self.device)
 
 
-def setup(config: dict) -> TrialSetup:
+def setup(config: dict, gpus: list | None = None) -> TrialSetup:
+    """`gpus`: the GPUs a scheduler assigned (see train.resolve_device; None: CUDA_VISIBLE_DEVICES)."""
     cfg = validate_trial(config)
     started = time.perf_counter()
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], gpus)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if device.type == "cuda":
@@ -101,14 +102,14 @@ def new_model(s: TrialSetup) -> torch.nn.Module:
 
 def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None = None,
               resume: dict | None = None, notes: list[str] | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, gpus: list | None = None) -> dict:
     """Train and probe one model as `config` says; write trial.json + arrays.npz into `out`.
 
     Returns the trial.json content. Status is `completed`, or `diverged` when the training loss
     became non-finite (recorded, not raised). `notes` (e.g. a checkpoint that could not be read)
-    are kept in trial.json under `warnings`.
+    are kept in trial.json under `warnings`. `gpus`: what the scheduler assigned (see setup).
     """
-    s = setup(config)
+    s = setup(config, gpus)
     cfg = s.cfg
     model = new_model(s)
     trainer = Trainer(model, s.task.train_x, s.task.train_y, cfg, s.device, s.normalize, s.precision,
@@ -156,6 +157,8 @@ def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, tr
         "normalization": {"mean": mean, "std": std},
         "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
         "versions": versions(s.device), "code_revision": code_revision(),
+        "compute": {"device": str(s.device), "training_precision": s.precision.training,
+                    "probe_precision": s.precision.PROBES},
         "diverged_at_epoch": epoch if status == DIVERGED else None,
         "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
                          "class_intervention": s.interventions.get("class_intervention")},
