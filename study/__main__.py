@@ -4,6 +4,7 @@
     noisesink check SWEEP.yaml [--set section.key=value ...]
     noisesink sweep SWEEP.yaml [--storage PATH_OR_URI] [--name NAME] [--set ...]
                                [--resume] [--no-report] [--address RAY_ADDRESS]
+                               [--executor ray|local] [--time-limit SECONDS]
     noisesink analyze RESULTS [--out DIR]          (the aggregation: python -m analysis)
     noisesink bench throughput|accuracy ...        (the benchmark: python -m study.bench)
     noisesink init DIR                             (copy the shipped sweeps and configs)
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key; the value is parsed as YAML")
 
     for name, help_ in (("check", "validate a sweep file and show what it would run"),
-                        ("sweep", "run a sweep on Ray Tune")):
+                        ("sweep", "run a sweep on Ray Tune (or without Ray: --executor local)")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("sweep", help="sweep YAML (sweeps/*.yaml)")
         s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--no-report", action="store_true", help="skip the aggregation at the end")
             s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a "
                            "local Ray)")
+            s.add_argument("--executor", choices=["ray", "local"], default="ray",
+                           help="ray (default: local Ray or a cluster) or local (no Ray: this process, "
+                           "or worker processes as the resources allow on this machine)")
+            s.add_argument("--time-limit", type=float, metavar="SECONDS",
+                           help="local executor: start no trial after this long; running ones stop at "
+                           "their next epoch (--resume finishes them)")
     for name, (module, help_) in DELEGATED.items():
         sub.add_parser(name, help=f"{help_} (noisesink {name} --help)", add_help=False)
     i = sub.add_parser("init", help="copy the shipped sweeps/ and configs/ into a folder, to run "
@@ -112,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             return _init(Path(args.dir))
         if args.command == "initbias":
             return _initbias(args)
+        if args.command == "sweep":
+            _check_executor(args)
         from .plan import prepare
         plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name)
         if args.command == "check":
             print(plan.describe())
             return 0
+        if args.executor == "local":
+            from . import local
+            return local.run(plan, resume=args.resume, report=not args.no_report, time_limit=args.time_limit)
         from . import sweep  # the only module that imports Ray
         return sweep.run(plan, resume=args.resume, report=not args.no_report, address=args.address)
     except InputError as e:
@@ -135,6 +147,17 @@ def check_output(out: str) -> None:
     if ArtifactDir(*filesystem(out)).exists(TRIAL_JSON):
         raise InputError("--out", f"already holds a trial's {TRIAL_JSON}, which this run would replace",
                          "a new folder (or delete the old result first)", out)
+
+
+def _check_executor(args) -> None:
+    """Options that only one executor has, refused before any work."""
+    if args.executor == "local" and args.address:
+        raise InputError("--address", "names a Ray cluster, but --executor local runs without Ray",
+                         "no --address with --executor local", args.address)
+    if args.time_limit is not None and (args.executor != "local" or args.time_limit <= 0):
+        raise InputError("--time-limit", "is the local executor's (Ray Tune has its own stoppers)"
+                         if args.executor != "local" else "must be positive",
+                         "--executor local --time-limit SECONDS (> 0)", args.time_limit)
 
 
 def _trial(args) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .config import trained_classes
 from .data import load_cifar10
 
 RECIPE_IMAGES = 50_000  # a training epoch of the recipe: all of CIFAR-10's training set
@@ -45,9 +46,10 @@ def sizes(size: str) -> dict:
 
 
 def trial_config(p: dict, seed: int = 0, n_images: int | None = None) -> dict:
+    """A trial config of the benchmark's size; p["trial"] may override keys (smaller probes)."""
     return {"model": p["model"], "batch_size": p["batch_size"], "epochs": 2, "seed": seed,
             "train_subset": n_images, "device": p["device"], "data_verify": p.get("data_verify", "full"),
-            "data_root": p.get("data_root"), "n_noise": p["n_noise"], "lr": 0.2}
+            "data_root": p.get("data_root"), "n_noise": p["n_noise"], "lr": 0.2, **p.get("trial", {})}
 
 
 # ---------------------------------------------------------------- (a) the usual recipe
@@ -195,19 +197,24 @@ def _rate(name: str, images: int, seconds: float, models: int) -> dict:
     return {"name": name, "images_per_s": images / seconds, "models": models, "seconds": seconds}
 
 
-def throughput(p: dict) -> list[dict]:
-    rows = [baseline(p), project(p)]
+def throughput(p: dict, on_row=None) -> tuple[list[dict], float]:
+    """Every setup, one after the other; `on_row(row)` gets each finished row at once (so that a
+    run killed half-way still leaves the rows it measured)."""
+    probe_s = probe_seconds(p)  # first: every row's s/training includes it
+    setups = [lambda: baseline(p), lambda: project(p)]
     for k in p["ks"]:
-        rows.append(packed(p, k))
-        rows.append(fused(p, k))
-    probe_s = probe_seconds(p)
-    base = rows[0]["images_per_s"]
-    for r in rows:
+        setups += [lambda k=k: packed(p, k), lambda k=k: fused(p, k)]
+    rows = []
+    for measure in setups:
+        r = measure()
         r["s_per_epoch"] = RECIPE_IMAGES / r["images_per_s"] * r["models"]  # per model, wall
         per_training = p["epochs"] * RECIPE_IMAGES / r["images_per_s"] + probe_s
         r["seconds_per_training"] = per_training
         r["trainings_per_hour"] = 3600 / per_training
-        r["speedup_vs_a"] = r["images_per_s"] / base
+        r["speedup_vs_a"] = r["images_per_s"] / rows[0]["images_per_s"] if rows else 1.0
+        rows.append(r)
+        if on_row is not None:
+            on_row(r)
     return rows, probe_s
 
 
@@ -220,6 +227,33 @@ def print_table(rows: list[dict], p: dict, probe_s: float, device: str) -> str:
         lines.append(f"{r['name']:<28}{r['images_per_s']:>12.0f}{r['s_per_epoch']:>10.2f}"
                      f"{r['seconds_per_training']:>12.1f}{r['trainings_per_hour']:>13.1f}{r['speedup_vs_a']:>8.2f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- FLOPs, for the MFU
+
+def flops_per_image(model_name: str, num_classes: int = 10, train: bool = False) -> float:
+    """FLOPs of one 32x32 image through the model as torch.utils.flop_counter counts them (the
+    convolutions and matmuls, 2 per multiply-add; batch-norm and activations are not counted):
+    the forward pass, or with `train` the forward and backward passes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_model
+    model = build_model(model_name, num_classes, 0).to("meta")   # shapes only: nothing is computed
+    x = torch.zeros(2, 3, 32, 32, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        if train:
+            out.sum().backward()
+    return counter.get_total_flops() / len(x)
+
+
+def training_flops(cfg: dict, n_train: int) -> float:
+    """FLOPs of one training as `flops_per_image` counts them: forward and backward passes over
+    `epochs` x the full batches of `n_train` images (the trainer drops the ragged last batch).
+    Probes are not included: the MFU of a training is this over its seconds."""
+    batch = min(cfg["batch_size"], n_train)
+    return cfg["epochs"] * (n_train // batch) * batch * flops_per_image(
+        cfg["model"], len(trained_classes(cfg)), train=True)
 
 
 # ---------------------------------------------------------------- the accuracy check

@@ -1,22 +1,27 @@
 """A study's plan: the grid points, where their results go, and the checks that must pass before
 anything runs (data, storage, room on the disk). No Ray here.
 
-`study check` prints a plan; `study sweep` hands it to the Ray adapter (study/sweep.py); an
-executor without Ray can run the same plan. `prepare` validates everything first, so bad input
-ends in one InputError before any training.
+`study check` prints a plan; `study sweep` hands it to the Ray adapter (study/sweep.py) or, with
+`--executor local`, to the local executor (study/local.py); what both do before, around and after
+the trials is here too. `prepare` validates everything first, so bad input ends in one InputError
+before any training.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.contract import join_uri, trial_dirname
+import pyarrow.fs as pafs
+
+from analysis.contract import REPORT_DIR, STUDY_JSON, join_uri, trial_dirname
 from analysis.load import check_writable
 
-from .artifacts import json_safe
+from .artifacts import ArtifactDir, json_safe
 from .config import NAME_CHECK, Sweep, _storage, load_sweep, trained_classes
 from .data import check_source, load_cifar10
 from .errors import InputError
@@ -162,3 +167,49 @@ def study_record(plan: Plan) -> dict:
 def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
     """The seeds of one condition in groups of `size`, each trained as one array (run.fuse_seeds)."""
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+# ---------------------------------------------------------------- what every executor does
+
+CHECKPOINT_FILE = "state.pt"          # a trial's saved state inside a checkpoint folder
+LOCAL_CHECKPOINT = "checkpoint_local"  # the local executor's checkpoint folder in a trial folder
+
+
+def start_study(plan: Plan, resume: bool) -> None:
+    """study.json, written before any trial (a note when an earlier run of the study is there)."""
+    exp = ArtifactDir.at(plan.uri)
+    if not resume and exp.exists(STUDY_JSON):
+        print(f"note: {plan.uri} holds an earlier run of this study; its completed trials are "
+              "reused (use --resume to also continue interrupted ones from their checkpoints)")
+    exp.write_json(STUDY_JSON, study_record(plan))
+
+
+def final_metrics(result: dict) -> dict:
+    """A finished trial's headline numbers, as the executors report them."""
+    gaussian = (result.get("absorber") or {}).get("gaussian") or {}
+    return {"status": result["status"], "test_accuracy": result.get("test_accuracy"),
+            "gaussian_absorber": gaussian.get("absorber"), "gaussian_share": gaussian.get("top_share"),
+            "done": True}
+
+
+def drop_checkpoints(out: ArtifactDir) -> None:
+    """A finished trial's result is its trial.json; its checkpoints only cost storage (a study
+    of 600 ResNet-18 trials would keep about 100 GB of them)."""
+    for info in out.fs.get_file_info(pafs.FileSelector(out.path)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            out.fs.delete_dir(info.path)
+
+
+def aggregate_study(plan: Plan) -> int:
+    """The report after the trials: 0, or 1 when the aggregation failed (the trials are kept and
+    the message names the command that aggregates them again)."""
+    from analysis.pipeline import aggregate
+    out = join_uri(plan.storage, plan.name, REPORT_DIR)
+    try:
+        print(aggregate(plan.uri, out))
+    except Exception:  # the trials are safe in storage; say so, and how to aggregate again
+        traceback.print_exc()
+        print(f"error: the trials finished and are kept in {plan.uri}, but the aggregation failed "
+              f"(traceback above). Fix the cause, then run: python -m analysis {plan.uri}", file=sys.stderr)
+        return 1
+    return 0

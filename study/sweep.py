@@ -13,20 +13,17 @@ import re
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from analysis.contract import REPORT_DIR, STUDY_JSON, TUNE_ERROR_TXT, join_uri, trial_dirname
+from analysis.contract import TUNE_ERROR_TXT, trial_dirname
 
 from .artifacts import ArtifactDir
 from .config import validate_trial
 from .errors import InputError
-from .plan import Plan, seed_groups, study_record
-
-CHECKPOINT_FILE = "state.pt"
+from .plan import (CHECKPOINT_FILE, Plan, aggregate_study, drop_checkpoints, final_metrics, seed_groups,
+                   start_study)
 # A trial that meets bad input reports it under this key and ends: Tune retries every exception
 # (FailureConfig.max_failures counts them all alike), and no retry can fix bad input.
 INPUT_ERROR = "input_error"
@@ -49,13 +46,6 @@ def _load_checkpoint(checkpoint, notes: list[str]):
         return None
 
 
-def final_metrics(result: dict) -> dict:
-    gaussian = (result.get("absorber") or {}).get("gaussian") or {}
-    return {"status": result["status"], "test_accuracy": result.get("test_accuracy"),
-            "gaussian_absorber": gaussian.get("absorber"), "gaussian_share": gaussian.get("top_share"),
-            "done": True}
-
-
 def tune_trial(config: dict) -> None:
     """The Tune function trainable: bad input ends the trial with its reason, never a retry."""
     from ray import tune
@@ -74,14 +64,16 @@ def tune_trial(config: dict) -> None:
 
 def _tune_trial(config: dict, storage) -> None:
     """Resolve, skip if done, resume if possible, run, report."""
+    import ray
     import torch
     from ray import tune
 
     from .trial import run_trial
 
+    gpus = ray.get_gpu_ids()  # what Ray gave this trial: with GPUs and no CUDA it must fail, not train on the CPU
     axes = {k: v for k, v in config.items() if not k.startswith("_")}
     if "_seeds" in config:
-        return _fused_tune_trial(axes, config, storage)
+        return _fused_tune_trial(axes, config, storage, gpus)
     cfg = validate_trial({**config["_fixed"], **axes})
     every = config["_checkpoint_every"]
     out = ArtifactDir(storage.storage_filesystem, storage.trial_fs_path)
@@ -102,20 +94,12 @@ def _tune_trial(config: dict, storage) -> None:
             torch.save(snapshot(), Path(d) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = run_trial(cfg, out, on_epoch=on_epoch, resume=resume, notes=notes)
+    result = run_trial(cfg, out, on_epoch=on_epoch, resume=resume, notes=notes, gpus=gpus)
     tune.report(final_metrics(result))
     drop_checkpoints(out)
 
 
-def drop_checkpoints(out: ArtifactDir) -> None:
-    """A finished trial's result is its trial.json; its checkpoints only cost storage (a study
-    of 600 ResNet-18 trials would keep about 100 GB of them)."""
-    for info in out.fs.get_file_info(pafs.FileSelector(out.path)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            out.fs.delete_dir(info.path)
-
-
-def _fused_tune_trial(axes: dict, config: dict, storage) -> None:
+def _fused_tune_trial(axes: dict, config: dict, storage, gpus: list) -> None:
     """Several seeds of one condition as one array model (run.fuse_seeds). Each seed's artifacts
     go to its own grid-point folder, exactly where a separate trial would put them; seeds already
     complete there are skipped. (No mid-training checkpoints: a crash retrains the array.)"""
@@ -134,7 +118,8 @@ def _fused_tune_trial(axes: dict, config: dict, storage) -> None:
     if todo:
         run_fused_trials([c for c, _ in todo], [o for _, o in todo],
                          on_epoch=lambda e, m: tune.report({"epoch": e, "train_loss": float(np.mean(m["train_loss"])),
-                                                            "seconds": m["seconds"]}))
+                                                            "seconds": m["seconds"]}),
+                         gpus=gpus)
     tune.report({"done": True, "fused_seeds": len(todo)})
 
 
@@ -314,11 +299,7 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         warning = node_fit_warning(plan.sweep.resources)
         if warning:
             print(f"WARNING: {warning}")
-    exp = ArtifactDir.at(plan.uri)
-    if not resume and exp.exists(STUDY_JSON):
-        print(f"note: {plan.uri} holds an earlier run of this study; its completed trials are "
-              "reused (use --resume to also continue interrupted ones from their checkpoints)")
-    exp.write_json(STUDY_JSON, study_record(plan))
+    start_study(plan, resume)
     watch = PendingWatch(plan.sweep.run["pending_timeout"])
     results = build_tuner(plan, resume, watch).fit()
     def name(r):
@@ -340,14 +321,6 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
                          f"kept in {plan.uri}; rerun with --resume)",
                          "resources that a node of the cluster can hold, or a larger run.pending_timeout "
                          "(null waits forever)", {"cpu": r["cpu"], "gpu": r["gpu"]})
-    if report:
-        from analysis.pipeline import aggregate
-        out = join_uri(plan.storage, plan.name, REPORT_DIR)
-        try:
-            print(aggregate(plan.uri, out))
-        except Exception:  # the trials are safe in storage; say so, and how to aggregate again
-            traceback.print_exc()
-            print(f"error: the trials finished and are kept in {plan.uri}, but the aggregation failed "
-                  f"(traceback above). Fix the cause, then run: python -m analysis {plan.uri}", file=sys.stderr)
-            return 1
+    if report and aggregate_study(plan):
+        return 1
     return 0 if not failed else 1

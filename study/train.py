@@ -32,11 +32,13 @@ def visible_gpus() -> list[str]:
     return [] if value in ("", "-1") else [g.strip() for g in value.split(",") if g.strip()]
 
 
-def cuda_build() -> str:
-    """The torch build and the CUDA it was built against, for messages that must say why not."""
+def no_cuda_reason() -> str:
+    """Why CUDA is missing, as far as this process can tell: the node and the torch build."""
     cuda = torch.version.cuda
-    return f"torch {torch.__version__}, built with CUDA {cuda}" if cuda else \
-        f"torch {torch.__version__}, a CPU-only build (no CUDA)"
+    build = (f"torch {torch.__version__}, built with CUDA {cuda}" if cuda
+             else f"torch {torch.__version__}, a CPU-only build (no CUDA)")
+    return (f"torch sees no CUDA device on node {socket.gethostname()} ({build}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
 
 
 def resolve_device(name: str, gpus: list | None = None) -> torch.device:
@@ -53,8 +55,7 @@ def resolve_device(name: str, gpus: list | None = None) -> torch.device:
     wants_cuda = name.startswith("cuda") or (name == "auto" and bool(gpus))
     if wants_cuda and not torch.cuda.is_available():
         why = f"device: {name}" if name.startswith("cuda") else f"the scheduler gave this trial GPU(s) {gpus}"
-        raise InputError("device", f"{why}, but torch sees no CUDA device on node {socket.gethostname()} "
-                         f"({cuda_build()}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+        raise InputError("device", f"{why}, but {no_cuda_reason()}",
                          "a node whose torch sees its GPU (a CUDA build of torch and a working driver), "
                          "or device: cpu with resources.gpu: 0", name)
     if name == "auto":

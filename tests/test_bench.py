@@ -9,9 +9,9 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_cpu_benchmark_prints_and_writes_every_setup(real_tar, tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, "-m", "study.bench", "throughput", "--size", "cpu",
@@ -27,3 +27,16 @@ def test_cpu_benchmark_prints_and_writes_every_setup(real_tar, tmp_path):
     assert record["rows"][0]["speedup_vs_a"] == pytest.approx(1.0)
     assert "x (a)" in res.stdout and "b_project_trainer" in res.stdout
     assert (tmp_path / "bench.csv").exists()
+
+
+@pytest.mark.parametrize("model, mmac", [("small_cnn", 67.0), ("resnet18", 556.0)])
+def test_flop_counts_match_the_known_multiply_adds(model, mmac):
+    """Known answers: small_cnn is a 67 MMAC net (README); the CIFAR ResNet-18 (3x3 stem, no
+    max-pool) is 0.556 GMAC per 32x32 image, as published for it. Training = forward + backward
+    = 3 forward passes' worth of multiply-adds."""
+    from study.bench import flops_per_image, training_flops
+    forward = flops_per_image(model)
+    assert forward / 2 / 1e6 == pytest.approx(mmac, rel=0.01)
+    assert flops_per_image(model, train=True) / forward == pytest.approx(3, rel=0.01)
+    cfg = {"model": model, "classes": "all", "epochs": 2, "batch_size": 512}
+    assert training_flops(cfg, 50_000) == pytest.approx(2 * 97 * 512 * flops_per_image(model, train=True))

@@ -7,17 +7,21 @@ machine they are skipped.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from study.errors import InputError
 from study.explain import logit_decomposition
 from study.models import build_model
 from study.noise import NOISE_FAMILIES
-from study.train import Normalizer, Precision, cuda_build, predict, resolve_device
+from study.train import Normalizer, Precision, no_cuda_reason, predict, resolve_device
 from study.trial import run_trial
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -92,7 +96,7 @@ def test_no_silent_cpu_fallback(how, monkeypatch):
     with pytest.raises(InputError) as err:
         call()
     msg = str(err.value)
-    assert socket.gethostname() in msg and cuda_build() in msg and "no CUDA device" in msg
+    assert no_cuda_reason() in msg and f"node {socket.gethostname()}" in msg
     assert f"torch {torch.__version__}" in msg
     assert ("CUDA " + str(torch.version.cuda)) in msg if torch.version.cuda else "CPU-only build" in msg
 
@@ -121,3 +125,28 @@ def test_probes_restore_the_tf32_setting():
                             Precision(torch.device("cpu"), "fp32", False), 2, torch.device("cpu"))
     assert logits.dtype == np.float32 and logits.shape == (4, 3)
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+@no_cuda
+@pytest.mark.slow
+def test_a_ray_trial_given_a_gpu_fails_instead_of_training_on_the_cpu(tiny_data, tmp_path):
+    """Through the real Ray path: a local Ray that declares one GPU on this CPU-only machine gives
+    it to the sweep's trial (resources.gpu: 1, device: auto); the trial fails at once with the
+    node and the torch build named, and writes no result."""
+    sets = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
+            "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_root": str(tiny_data),
+            "trial.data_verify": "shapes", "trial.device": "auto", "trial.sample_per_class": 20,
+            "trial.n_frequency": 40, "resources.gpu": 1, "grid.seed": [0], "grid.classes": ["all"],
+            "run.max_failures": 0, "run.storage": str(tmp_path)}
+    argv = ["sweep", "sweeps/smoke.yaml", "--no-report", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
+    script = ("import os, sys, ray\n"
+              "ray.init(num_cpus=2, num_gpus=1, _node_ip_address='127.0.0.1', include_dashboard=False)\n"
+              "from study.__main__ import main\n"
+              f"sys.exit(main({argv!r}))\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    output = res.stdout + res.stderr
+    assert res.returncode == 1, output[-4000:]
+    assert "0 of 1 trials ended, 1 failed" in output or "1 failed" in output, output[-4000:]
+    assert "gave this trial GPU(s)" in output and "torch sees no CUDA device on node" in output, output[-4000:]
+    assert not list(tmp_path.glob("smoke/*/trial.json"))
