@@ -15,9 +15,9 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from .contract import NOISE_NODE
 from .stats import adjust, edge_pvalue, relabel_chance, tree_overlap_test
 
-NOISE_NODE = "noise"
 ALL_FAMILIES = "(all)"   # the `noise` value of results that do not depend on the noise family
 EDGE_COLUMNS = ["test", "condition", "noise", "u", "v", "n_runs", "count", "frequency", "null_frequency",
                 "p_value", "p_min", "q_value"]
