@@ -225,8 +225,9 @@ def run_plan(args, out: Out, plan, time_limit: float | None) -> dict:
     t = time.perf_counter()
     outcome = local.execute(plan, time_limit=time_limit, on_result=on_result)
     wall = time.perf_counter() - t
-    out.row("executor", trials=len(plan.points), completed=len(outcome.completed), failed=len(outcome.failed),
-            stopped=len(outcome.stopped), at_once=outcome.workers, wall_seconds=round(wall, 1))
+    out.row("executor", trials=len(plan.points), completed=len(outcome.completed), skipped=len(outcome.skipped),
+            failed=len(outcome.failed), stopped=len(outcome.stopped), at_once=outcome.workers,
+            wall_seconds=round(wall, 1))
     return {"rows": rows, "wall": wall, "outcome": outcome}
 
 

@@ -168,3 +168,14 @@ def test_the_whole_device_script_runs_dry_on_the_cpu(tmp_path):
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     assert len(runs) == 4 and set(runs["seed"]) == {0, 1}
     assert re.search(r"gaussian", (tmp_path / "tables" / "report.md").read_text())
+
+    # a second call given the first one's archive recomputes nothing
+    out2 = tmp_path / "out2"
+    res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "study", "--dry-run", "--kit", str(kit),
+                          "--out", str(out2), "--scratch", str(tmp_path / "scratch2"),
+                          "--previous", str(out / gpu_check.ARCHIVE)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    rows = [json.loads(x) for x in (out2 / gpu_check.ROWS).read_text().splitlines()]
+    executor = [r for r in rows if r["kind"] == "executor"][0]
+    assert (executor["skipped"], executor["completed"]) == (4, 0)
