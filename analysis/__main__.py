@@ -1,7 +1,7 @@
 """python -m analysis RESULTS [--out DIR]: aggregate a study's trial artifacts.
 
 RESULTS is a study folder written by `python -m study sweep` (<storage>/<name>), local or a URI
-pyarrow reads (s3://, gs://, file://). Writes tidy CSVs, PNG plots and report.md to --out
+pyarrow reads (s3://, gs://, file://). Writes tidy CSVs, PNG plots, report.md and report.html to --out
 (default RESULTS/report). Needs no torch and no Ray.
 
 Bad input (a folder that holds no study, a file, an unreachable URI, a malformed study.json, an

@@ -14,7 +14,8 @@ from scipy import stats as sps
 
 from . import stats
 from .inference import _row
-from .report import md, verdict
+from .document import Bullets, Emph, Link, Paragraph, Section, text
+from .report import ReportContext, verdict
 from .tables import completed, paired_with_none
 
 AXIS = "class_intervention"
@@ -166,35 +167,38 @@ def plot(doses: pd.DataFrame, out) -> str | None:
                        "noise the target class absorbs, by dose (mean and 95% CI over seeds)")
 
 
-def report_section(pairs: pd.DataFrame, doses: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
+def report_section(ctx: ReportContext) -> Section:
+    pairs, doses, tests = ctx.table("causal_pairs"), ctx.table("causal_dose"), ctx.tests
+    s = Section("Is clutter causal?", key="causal")
     if pairs.empty:
-        return []
-    lines = ["## Is clutter causal?", "",
-             f"{len(pairs)} networks trained with one class's training images changed, each paired with "
-             "the network of the same seed trained without the change (same initial weights, same data "
-             "order). Per kind and strength, the per-seed mean over targets of the paired difference is "
-             "tested by sign-flip over seeds; the share effect is in the confirmatory family (Holm), the "
-             "absorber status, the dose-response and the manipulation checks are exploratory (BH).", ""]
+        return s
     t = tests[tests["test"].isin(["causal_effect", "causal_absorber", "causal_dose"])]
-    for _, row in t.iterrows():
-        lines.append(f"- {md(row['condition'])}: {md(row['hypothesis'])}: {row['statistic']:+.3f} "
-                     f"(n = {row['n_runs']} seeds, {verdict(row)}; {md(row['method'])})")
+    s.blocks += [
+        Paragraph(text(f"{len(pairs)} networks trained with one class's training images changed, each paired with "
+                       "the network of the same seed trained without the change (same initial weights, same data "
+                       "order). Per kind and strength, the per-seed mean over targets of the paired difference is "
+                       "tested by sign-flip over seeds; the share effect is in the confirmatory family (Holm), the "
+                       "absorber status, the dose-response and the manipulation checks are exploratory (BH).")),
+        Bullets([text(f"{row['condition']}: {row['hypothesis']}: {row['statistic']:+.3f} "
+                      f"(n = {row['n_runs']} seeds, {verdict(row)}; {row['method']})") for _, row in t.iterrows()])]
     checks = tests[tests["test"] == "manipulation_check"]
     if not checks.empty:
-        lines += ["", "Did the target's clutter move as intended (manipulation checks)?"]
-        lines += [f"- {md(r['condition'])}: {md(r['hypothesis'])}: {r['statistic']:+.3g} ({verdict(r)})"
-                  for _, r in checks.iterrows()]
-    lines += ["", "Mean share of Gaussian noise absorbed by the target, by dose:", ""]
-    for r in doses.itertuples():
-        lines.append(f"- {md(r.group)}, {r.kind}, dose {r.dose:g}: {r.mean_target_share:.3f} "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)")
-    lines += ["", "What this cannot conclude: each intervention changes more than \"clutter\" (added "
-              "noise also shifts the class's colour statistics; blur removes detail that may carry the "
-              "class's identity; label noise, subsampling and majority change the class prior and its "
-              "margin, and the last two the number of training steps too), so "
-              "a positive result says that *this* change to a class's data moves noise toward it, not "
-              "which property does. A null result with few seeds bounds only large effects; the CPU smoke "
-              "version trains small networks on a subset and shows that the pipeline works, not the "
-              "size of the effect in the original ResNet-18 setting.",
-              "", "Table: [causal_pairs.csv](causal_pairs.csv), [causal_dose.csv](causal_dose.csv)."]
-    return lines
+        s.blocks += [Paragraph(text("Did the target's clutter move as intended (manipulation checks)?")),
+                     Bullets([text(f"{r['condition']}: {r['hypothesis']}: {r['statistic']:+.3g} ({verdict(r)})")
+                              for _, r in checks.iterrows()])]
+    s.blocks += [Paragraph(text("Mean share of Gaussian noise absorbed by the target, by dose:")),
+                 Bullets([text(f"{r.group}, {r.kind}, dose {r.dose:g}: {r.mean_target_share:.3f} "
+                               f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)") for r in doses.itertuples()]),
+                 *ctx.figure("causal_dose_response.png", "Per-class interventions: the target's share of Gaussian "
+                             "noise by dose (mean and 95% CI over seeds)"),
+                 Paragraph(text("What this cannot conclude: each intervention changes more than \"clutter\" (added "
+                                "noise also shifts the class's colour statistics; blur removes detail that may carry "
+                                "the class's identity; label noise, subsampling and majority change the class prior "
+                                "and its margin, and the last two the number of training steps too), so a positive "
+                                "result says that ", Emph("this"), " change to a class's data moves noise toward it, "
+                                "not which property does. A null result with few seeds bounds only large effects; the "
+                                "CPU smoke version trains small networks on a subset and shows that the pipeline "
+                                "works, not the size of the effect in the original ResNet-18 setting.")),
+                 Paragraph(text("Tables: ", Link("causal_pairs.csv", "causal_pairs.csv"), ", ",
+                                Link("causal_dose.csv", "causal_dose.csv"), "."))]
+    return s

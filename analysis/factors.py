@@ -16,7 +16,8 @@ from scipy import stats as sps
 from . import stats
 from .inference import _row
 from .contract import show_value
-from .report import md, verdict
+from .document import Bullets, Link, Paragraph, Section, Strong, text
+from .report import ReportContext, verdict
 from .tables import completed
 
 NOISE = "gaussian"
@@ -191,35 +192,40 @@ def factor_table(pairs: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def report_section(table: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
+def report_section(ctx: ReportContext) -> Section:
+    table, tests = ctx.table("factors"), ctx.tests
+    s = Section("Which factor moves the absorber?", key="factors")
     if table.empty:
-        return []
-    lines = ["## Which factor moves the absorber?", "",
-             "Each level against the axis's reference (its first value), seeds paired and every other axis "
-             "equal; per seed the pairs are averaged over the other axes first. Three questions per level: does "
-             "it change which class absorbs Gaussian noise (marginal homogeneity of the paired absorbers, whole "
-             "seeds swapped), its top share (sign-flip over seeds), and the untrained network's bias (the top "
-             "share at epoch 0, sign-flip over seeds)? Holm over the factors family.", ""]
+        return s
+    s.blocks.append(Paragraph(text(
+        "Each level against the axis's reference (its first value), seeds paired and every other axis equal; per "
+        "seed the pairs are averaged over the other axes first. Three questions per level: does it change which "
+        "class absorbs Gaussian noise (marginal homogeneity of the paired absorbers, whole seeds swapped), its top "
+        "share (sign-flip over seeds), and the untrained network's bias (the top share at epoch 0, sign-flip over "
+        "seeds)? Holm over the factors family.")))
+    items = []
     for r in table.itertuples():
         def said(short):
             if not getattr(r, f"{short}_can_reject"):
                 return "untested"
             p = getattr(r, f"{short}_p_holm")
-            return "**yes**" if np.isfinite(p) and p < ALPHA else "no evidence"
-        lines.append(
-            f"- **{md(r.factor)} = {md(r.level)}** (vs {md(r.reference)}; n = {r.n_seeds} seeds, {r.n_pairs} pairs; "
+            return Strong("yes") if np.isfinite(p) and p < ALPHA else "no evidence"
+        items.append(text(
+            Strong(f"{r.factor} = {r.level}"), f" (vs {r.reference}; n = {r.n_seeds} seeds, {r.n_pairs} pairs; "
             f"smallest attainable p {r.min_attainable_p:.2g}; test accuracy {r.reference_test_accuracy:.2f} -> "
-            f"{r.test_accuracy:.2f}): "
-            f"absorber {said('absorber')} ({md(r.reference_modal_absorber)} -> {md(r.modal_absorber)}, "
-            f"{r.pairs_with_other_absorber:.0%} of pairs differ; {r.absorber_verdict}); "
-            f"top share {said('top_share')} ({r.reference_top_share:.2f} -> {r.top_share:.2f}; {r.top_share_verdict}); "
-            f"epoch-0 bias {said('epoch0')} ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
-            f"{r.epoch0_verdict}).")
+            f"{r.test_accuracy:.2f}): absorber ", said("absorber"), f" ({r.reference_modal_absorber} -> "
+            f"{r.modal_absorber}, {r.pairs_with_other_absorber:.0%} of pairs differ; {r.absorber_verdict}); top share ",
+            said("top_share"), f" ({r.reference_top_share:.2f} -> {r.top_share:.2f}; {r.top_share_verdict}); epoch-0 "
+            "bias ", said("epoch0"), f" ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
+            f"{r.epoch0_verdict})."))
+    s.blocks.append(Bullets(items))
     fav = tests[tests["test"] == "epoch0_favourite_is_absorber"]
     if not fav.empty:
-        lines += ["", "Does the untrained network's favourite class (epoch 0) become the absorber, within runs, "
-                  "beyond how often each is which class? (pairing permutation per condition, exploratory):"]
-        lines += [f"- {md(r['condition'])}: {int(r['statistic'])}/{r['n_runs']} runs ({verdict(r)})"
-                  for _, r in fav.iterrows()]
-    lines += ["", "Table: [factors.csv](factors.csv), pairs: [factor_pairs.csv](factor_pairs.csv)."]
-    return lines
+        s.blocks += [Paragraph(text("Does the untrained network's favourite class (epoch 0) become the absorber, "
+                                    "within runs, beyond how often each is which class? (pairing permutation per "
+                                    "condition, exploratory):")),
+                     Bullets([text(f"{r['condition']}: {int(r['statistic'])}/{r['n_runs']} runs ({verdict(r)})")
+                              for _, r in fav.iterrows()])]
+    s.blocks.append(Paragraph(text("Tables: ", Link("factors.csv", "factors.csv"), ", pairs: ",
+                                   Link("factor_pairs.csv", "factor_pairs.csv"), ".")))
+    return s

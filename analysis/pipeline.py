@@ -10,10 +10,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import causal, factors, inference, plots, tables, trees, why
+from . import causal, document, factors, inference, plots, report, tables, trees, why
 from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_writable, load, open_study
-from .report import write_report
+
+
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+# the report's sections in reading order (each a function of report.ReportContext); add a new one here
+REPORT_SECTIONS = (report.absorber_section, report.condition_section, report.mst_section, report.distance_section,
+                   report.heldout_section, report.trajectory_section, report.learned_images_section,
+                   why.report_section, causal.report_section, factors.report_section, report.problems_section)
 
 
 def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
@@ -49,7 +55,7 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
 
 
 def aggregate(results: str, out: str | None = None, log: Callable[[str], None] | None = print) -> str:
-    """Aggregate a study folder (local or URI) into CSVs, PNGs and report.md under `out`
+    """Aggregate a study folder (local or URI) into CSVs, PNGs, report.md and report.html under `out`
     (default: <results>/report). Returns a one-paragraph summary; `log` gets a progress line per
     stage, with its counts and the seconds since the start (None: silent)."""
     src = open_study(results)  # an unusable RESULTS or --out ends here, before any work
@@ -104,26 +110,19 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         figures += why.plots(with_why, folder, groups)
         figures += [f for f in [causal.plot(doses, folder)] if f]
         progress(f"figures: {len(figures)} drawn; writing {len(frames)} tables and the report")
-        names = []
         for name, df in frames.items():
             write_table(df, folder / name)
-            names.append(f"{name}.csv")
         name = (data.study or {}).get("name") or Path(data.root).name
-        report = write_report({"name": name, "root": results, "runs": frames["runs"],
-                               "problems": frames["problems"], "consistency": consistency,
-                               "tests": frames["tests"], "notes": notes, "edge_freq": edge_freq,
-                               "consensus": consensus, "heldout": frames["heldout"],
-                               "trajectory": frames["trajectory"], "figures": figures, "tables": names,
-                               "extra_sections": [
-                                   why.report_section(with_why, frames["tests"]),
-                                   causal.report_section(pairs, doses, frames["tests"]),
-                                   factors.report_section(factor_table, frames["tests"])]})
-        (folder / "report.md").write_text(report)
+        ctx = report.ReportContext(name=name, root=results, frames=frames, figures=figures, consensus=consensus,
+                                   notes=notes)
+        built = report.build(ctx, REPORT_SECTIONS)
+        (folder / REPORT_MD).write_text(document.to_markdown(built))
+        (folder / REPORT_HTML).write_text(document.to_html(built, folder))
         progress(f"writing {len(list(folder.iterdir()))} files to {out}")
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == COMPLETED).sum()) if len(frames["runs"]) else 0
     return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {results}; "
-            f"{len(frames['problems'])} problem(s); report: {out}/report.md")
+            f"{len(frames['problems'])} problem(s); report: {out}/{REPORT_MD} and {REPORT_HTML}")
 
 
 class _Progress:

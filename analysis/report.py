@@ -1,43 +1,71 @@
-"""report.md: the study's answers in plain words, each with its number, n and test."""
+"""The report: the study's answers in plain words, each with its number, n and test.
+
+Built once as typed content (analysis/document.py) from a `ReportContext`, then rendered as
+report.md and as one self-contained report.html, so the two never disagree. A section is a
+function `ReportContext -> Section` (an empty Section when it has nothing to say); the order in
+which they are read is `pipeline.REPORT_SECTIONS`. To add one, write the function beside the
+numbers it reports and put it in that list.
+"""
 from __future__ import annotations
 
 import datetime as dt
-import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import inference, stats
 from .contract import COMPLETED, DIVERGED
+from .document import (Bullets, Code, Emph, Figure, Link, Paragraph, Report, Section, Strong, Table, authored,
+                       fmt_p, md, text)
 from .stats import ALPHA, DISCORDANCE_MARGIN
 
+__all__ = ["ALPHA", "ReportContext", "build", "fmt_p", "md", "significant", "tests_of", "verdict"]
 
-def md(text) -> str:
-    """Escape text from the data (class names, folder names) so it renders as plain text."""
-    return re.sub(r"([\\`*_{}\[\]()<>#+!|~$])", r"\\\1", str(text))
-
-
-def fmt_p(p) -> str:
-    if p is None or (isinstance(p, float) and not np.isfinite(p)):
-        return "n/a"
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+ANSWER_CONDITIONS = 12   # conditions spelled out in the answer block (all are in the sections below)
+EMPTY = pd.DataFrame()
 
 
-def _table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_(none)_"
-    head = "| " + " | ".join(md(c) for c in df.columns) + " |"
-    rule = "|" + "---|" * len(df.columns)
-    body = ["| " + " | ".join(md(v) if not isinstance(v, float) else f"{v:.3g}" for v in row) + " |"
-            for row in df.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything a report section may read, built once by the aggregation."""
+    name: str                                   # the study's name
+    root: str                                   # where its trials were read from
+    frames: Mapping[str, pd.DataFrame]          # every table written beside the report, by name
+    figures: Sequence[str] = ()                 # PNG files beside the report
+    consensus: Mapping[tuple, list] = field(default_factory=dict)  # (condition, noise) -> [(u, v, support)]
+    notes: Sequence[str] = ()                   # caveats from the tests (e.g. conditions not compared)
+    generated: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table by name (its file stem); empty when the study did not produce it."""
+        return self.frames.get(name, EMPTY)
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        return self.table("runs")
+
+    @property
+    def tests(self) -> pd.DataFrame:
+        return self.table("tests")
+
+    def figure(self, name: str, caption: str) -> list[Figure]:
+        """[the figure] when it was drawn, else [] (a study without that measurement)."""
+        return [Figure(name, caption)] if name in self.figures else []
+
+    def tables(self) -> list[str]:
+        return [f"{name}.csv" for name in self.frames]
 
 
+SectionFn = Callable[[ReportContext], Section]
 CORRECTION_NAME = {"holm": "Holm", "fdr_bh": "BH", "fdr_by": "BY"}
 
 
 def tests_of(tests: pd.DataFrame, test: str, **where) -> pd.DataFrame:
     """The tests.csv rows of one test id (inference.TESTS), optionally where column == value."""
+    if tests.empty:
+        return tests
     hit = tests[tests["test"] == test]
     for column, value in where.items():
         hit = hit[hit[column] == value]
@@ -67,76 +95,211 @@ def significant(row) -> bool:
     return row is not None and bool(row["can_reject"]) and np.isfinite(row["p_adjusted"]) and row["p_adjusted"] < ALPHA
 
 
-def absorber_section(cons: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
-    lines = ["## Which class absorbs each noise type, and how consistently across seeds", ""]
+def _num(v, spec: str = ".2f") -> str:
+    return format(v, spec) if v is not None and np.isfinite(v) else "n/a"
+
+
+def _show(df: pd.DataFrame) -> pd.DataFrame:
+    """Floats as 3 significant digits for a table in the report (the CSVs keep every digit)."""
+    return df.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)) if len(df) else df
+
+
+def _joined(parts: list, sep: str = "; ") -> tuple:
+    """Text runs joined with a separator into one run."""
+    out: tuple = ()
+    for i, p in enumerate(parts):
+        out += (text(sep) if i else ()) + p
+    return out
+
+
+def _hangs(ctx: ReportContext, condition: str):
+    """(class the noise node hangs on most often, count, n runs) for the primary noise, or None."""
+    ef = ctx.table("edge_frequency")
+    if ef.empty:
+        return None
+    att = ef[(ef["condition"] == condition) & (ef["noise"] == inference.PRIMARY_NOISE) & (ef["test"] == "noise_edge")]
+    if att.empty:
+        return None
+    top = att.sort_values(["frequency", "u"], ascending=[False, True]).iloc[0]
+    return top["u"], int(top["count"]), int(top["n_runs"])
+
+
+# ---------------------------------------------------------------- intro and the answer first
+
+def intro(ctx: ReportContext) -> list:
+    runs = ctx.runs
+    done = runs[runs["status"] == COMPLETED] if len(runs) else runs
+    diverged = int((runs["status"] == DIVERGED).sum()) if len(runs) else 0
+    blocks = [Paragraph(text(f"Aggregated {ctx.generated:%Y-%m-%d %H:%M} UTC from ", Code(ctx.root),
+                             f": {len(runs)} runs ({len(done)} completed, {diverged} diverged), "
+                             f"{len(ctx.table('problems'))} problem(s) reading trial folders."))]
+    if len(done):
+        acc = done.groupby("condition")["test_accuracy"].agg(["mean", "std", "count"])
+        blocks.append(Paragraph(text("Test accuracy (trained classes): " + "; ".join(
+            f"{c} {r['mean']:.3f} +- {0 if not np.isfinite(r['std']) else r['std']:.3f} (n = {int(r['count'])})"
+            for c, r in acc.iterrows()) + ".")))
+    return blocks
+
+
+def answer_first(ctx: ReportContext) -> list:
+    """The short answer: which class absorbs each noise family, how sure, how stable the tree
+    is, and what this study could not conclude. Every number is repeated, with its test, in the
+    sections below."""
+    cons, tests = ctx.table("consistency"), ctx.tests
+    if cons.empty:
+        return [Paragraph(text("No completed runs: nothing to conclude."))]
+    items, open_questions = [], []
+    for i, (condition, sub) in enumerate(cons.groupby("condition", sort=False)):
+        parts, weak = [], []
+        for r in sub.itertuples():
+            t = _one(tests, "absorber_consistency", condition=condition, noise=r.noise)
+            sure = significant(t)
+            parts.append(text(f"{r.noise} → ", Strong(r.modal_absorber) if sure else r.modal_absorber,
+                              f" ({r.modal_count}/{r.n_runs}"
+                              + (f", {verdict(t)}" if t is not None and r.noise == inference.PRIMARY_NOISE else "")
+                              + ")"))
+            if not sure:
+                weak.append(r.noise)
+        n = int(sub["n_runs"].max())
+        if i < ANSWER_CONDITIONS:
+            items.append(text(Strong(condition), f" (n = {n} runs): ") + _joined(parts))
+        if weak:
+            t = _one(tests, "absorber_consistency", condition=condition, noise=inference.PRIMARY_NOISE)
+            why = (f"; {inference.PRIMARY_NOISE}: {verdict(t)}" if t is not None and inference.PRIMARY_NOISE in weak
+                   else "")
+            open_questions.append(text(f"{condition} (n = {n} runs): the absorbers of {', '.join(weak)} are not shown "
+                                       f"to differ from uniform{why}."))
+    n_conditions = cons["condition"].nunique()
+    if n_conditions > ANSWER_CONDITIONS:
+        items.append(text(f"... and {n_conditions - ANSWER_CONDITIONS} more conditions: see the table in the next "
+                          "section."))
+        if len(open_questions) > ANSWER_CONDITIONS:
+            more = len(open_questions) - ANSWER_CONDITIONS
+            open_questions = open_questions[:ANSWER_CONDITIONS] + [text(f"... and {more} more conditions like these.")]
+    blocks = [Paragraph(text("Which class absorbs each noise family (modal absorber and the runs in which it absorbs; ",
+                             Strong("bold"), ": the absorbers are not uniform over the classes, confirmatory for "
+                             f"{inference.PRIMARY_NOISE} noise, exploratory for the others):")), Bullets(items)]
+    trees = []
+    for condition in list(dict.fromkeys(cons["condition"]))[:ANSWER_CONDITIONS]:
+        hang = _hangs(ctx, condition)
+        if hang is None:
+            continue
+        att = _one(tests, "noise_attachment", condition=condition, noise=inference.PRIMARY_NOISE)
+        ov = _one(tests, "mst_overlap", condition=condition)
+        trees.append(text(f"{condition}: the {inference.PRIMARY_NOISE}-noise node hangs on ", Strong(hang[0]),
+                          f" in {hang[1]}/{hang[2]} runs"
+                          + (f" ({verdict(att)})" if att is not None else "")
+                          + ("; the class trees agree beyond chance" if significant(ov) else
+                             "; agreement of the class trees not shown" if ov is not None else
+                             "; agreement of the class trees untested (needs 3 runs and 3 classes)")
+                          + (f" ({verdict(ov)})" if ov is not None else "")
+                          + "."))
+    if trees:
+        blocks += [Paragraph(text("How stable the minimum spanning tree is:")), Bullets(trees)]
+    open_questions += [text(n) for n in ctx.notes]
+    problems = len(ctx.table("problems"))
+    diverged = int((ctx.runs["status"] == DIVERGED).sum()) if len(ctx.runs) else 0
+    if problems or diverged:
+        open_questions.append(text(f"{diverged} diverged run(s) and {problems} unreadable trial folder(s) are "
+                                   "left out of every statistic (see the last section)."))
+    blocks += [Paragraph(text("What this study could not conclude:")),
+               Bullets(open_questions or [text(f"Nothing left open at the {ALPHA:.0%} level.")])]
+    return blocks
+
+
+# ---------------------------------------------------------------- the sections
+
+def absorber_section(ctx: ReportContext) -> Section:
+    cons, tests = ctx.table("consistency"), ctx.tests
+    s = Section("Which class absorbs each noise type, and how consistently across seeds", key="absorbers")
+    if cons.empty:
+        return s
+    items = []
     for condition, sub in cons.groupby("condition", sort=False):
         g = sub[sub["noise"] == inference.PRIMARY_NOISE]
-        if len(g):
-            r = g.iloc[0]
-            t = _one(tests, "absorber_consistency", condition=condition, noise=inference.PRIMARY_NOISE)
-            shown = ("the absorbers are not uniform over the classes" if significant(t)
-                     else "not shown to differ from uniform absorbers")
-            lines.append(f"- **{md(condition)}**: Gaussian noise goes to **{md(r['modal_absorber'])}** in "
-                         f"{r['modal_count']}/{r['n_runs']} runs: modal share {r['modal_share']:.2f} "
-                         f"[simultaneous 95% CI {r['modal_share_ci_low']:.2f}, {r['modal_share_ci_high']:.2f}] "
-                         f"(mean top share {r['mean_top_share']:.2f}"
-                         + (f" +- {r['sd_top_share']:.2f}" if np.isfinite(r["sd_top_share"]) else "")
-                         + f"); {shown} ({r['n_classes']} classes; modal-count test, "
-                         + (verdict(t) if t is not None else "n/a") + "); "
-                         f"pair agreement {r['agreement']:.2f} [95% CI {r['agreement_ci_low']:.2f}, "
-                         f"{r['agreement_ci_high']:.2f}] (1/K = {1 / r['n_classes']:.2f} by chance)"
-                         + (f"; per-image Fleiss kappa {r['fleiss_kappa']:.2f}" if np.isfinite(r["fleiss_kappa"]) else "")
-                         + ".")
-    lines += ["", "Every noise family, per condition (modal share with its simultaneous 95% interval over the "
-              "classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, adjusted within "
-              "its family; agreement: unbiased pair agreement with its 95% interval):", ""]
-    t = tests_of(tests, "absorber_consistency")[["condition", "noise", "p_adjusted", "can_reject"]]
+        if not len(g):
+            continue
+        r = g.iloc[0]
+        t = _one(tests, "absorber_consistency", condition=condition, noise=inference.PRIMARY_NOISE)
+        shown = ("the absorbers are not uniform over the classes" if significant(t)
+                 else "not shown to differ from uniform absorbers")
+        items.append(text(
+            Strong(condition), ": Gaussian noise goes to ", Strong(r["modal_absorber"]),
+            f" in {r['modal_count']}/{r['n_runs']} runs: modal share {r['modal_share']:.2f} "
+            f"[simultaneous 95% CI {r['modal_share_ci_low']:.2f}, {r['modal_share_ci_high']:.2f}] "
+            f"(mean top share {r['mean_top_share']:.2f}"
+            + (f" +- {r['sd_top_share']:.2f}" if np.isfinite(r["sd_top_share"]) else "")
+            + f"); {shown} ({r['n_classes']} classes; modal-count test, "
+            + (verdict(t) if t is not None else "n/a") + "); "
+            f"pair agreement {r['agreement']:.2f} [95% CI {r['agreement_ci_low']:.2f}, "
+            f"{r['agreement_ci_high']:.2f}] (1/K = {1 / r['n_classes']:.2f} by chance)"
+            + (f"; per-image Fleiss kappa {r['fleiss_kappa']:.2f}" if np.isfinite(r["fleiss_kappa"]) else "") + "."))
+    s.blocks.append(Bullets(items))
+    t = tests_of(tests, "absorber_consistency")
+    t = t[["condition", "noise", "p_adjusted", "can_reject"]] if len(t) else \
+        pd.DataFrame(columns=["condition", "noise", "p_adjusted", "can_reject"])
     show = cons.merge(t, on=["condition", "noise"], how="left")
     show = show.assign(runs=show["modal_count"].astype(str) + "/" + show["n_runs"].astype(str),
                        modal_share=[f"{a:.2f} [{b:.2f}, {c:.2f}]" for a, b, c in
                                     zip(show["modal_share"], show["modal_share_ci_low"], show["modal_share_ci_high"])],
-                       p=[fmt_p(p) if ok else "too few runs" for p, ok in zip(show["p_value"], show["can_reject"])],
+                       p=[fmt_p(p) if ok is True or ok == 1 else "too few runs"
+                          for p, ok in zip(show["p_value"], show["can_reject"])],
                        p_adjusted=show["p_adjusted"].map(fmt_p),
                        agreement=[f"{a:.2f} [{b:.2f}, {c:.2f}]" for a, b, c in
                                   zip(show["agreement"], show["agreement_ci_low"], show["agreement_ci_high"])],
-                       fleiss=show["fleiss_kappa"].map(lambda v: f"{v:.2f}" if np.isfinite(v) else "n/a"),
-                       randolph=show["randolph_kappa"].map(lambda v: f"{v:.2f}" if np.isfinite(v) else "n/a"))
-    lines.append(_table(show[["condition", "noise", "modal_absorber", "runs", "modal_share", "p", "p_adjusted",
-                              "agreement", "fleiss", "randolph"]]))
-    lines += ["", "The distribution of absorbers over all classes, with simultaneous intervals: "
-              "[absorber_distribution.csv](absorber_distribution.csv). Kappas are per-image agreement of labels "
-              "across runs. Fleiss' kappa falls towards 0 when nearly every image goes to one class (the "
-              "prevalence paradox); Randolph's free-marginal kappa does not, so read the two together."]
-    return lines + [""]
+                       fleiss=show["fleiss_kappa"].map(_num), randolph=show["randolph_kappa"].map(_num))
+    s.blocks += [
+        Table(show[["condition", "noise", "modal_absorber", "runs", "modal_share", "p", "p_adjusted", "agreement",
+                    "fleiss", "randolph"]],
+              caption=text("Every noise family, per condition (modal share with its simultaneous 95% interval over "
+                           "the classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, "
+                           "adjusted within its family; agreement: unbiased pair agreement with its 95% interval):"),
+              numeric=("runs", "modal_share", "p", "p_adjusted", "agreement", "fleiss", "randolph")),
+        Paragraph(text("The distribution of absorbers over all classes, with simultaneous intervals: ",
+                       Link("absorber_distribution.csv", "absorber_distribution.csv"), ". Kappas are per-image "
+                       "agreement of labels across runs. Fleiss' kappa falls towards 0 when nearly every image goes "
+                       "to one class (the prevalence paradox); Randolph's free-marginal kappa does not, so read the "
+                       "two together.")),
+        *ctx.figure("absorber_frequency.png", "Which class absorbs each noise family: fraction of runs per "
+                    "condition with 95% Wilson intervals"),
+        *ctx.figure("absorption_heatmap.png", "Share of each noise family predicted as each class, one row per run")]
+    return s
 
 
-def condition_section(tests: pd.DataFrame, notes: list[str]) -> list[str]:
-    lines = ["## Does the condition (augmentation, class subset, ...) change the absorber?", ""]
+def condition_section(ctx: ReportContext) -> Section:
+    tests = ctx.tests
+    s = Section("Does the condition (augmentation, class subset, ...) change the absorber?", key="conditions")
+    if ctx.table("consistency").empty:
+        return s
     dep = tests[tests["test"].isin(["absorber_vs_condition", "absorber_vs_condition_chi2", "share_vs_condition"])]
     eq = tests_of(tests, "absorber_equivalence")
     if dep.empty:
-        lines.append("No two conditions train the same classes, so no test of absorber identity across "
-                     "conditions applies here.")
+        s.blocks.append(Paragraph(text("No two conditions train the same classes, so no test of absorber identity "
+                                       "across conditions applies here.")))
+    items = []
     for _, row in dep.iterrows():
-        said = ("**depends**" if significant(row) else "no evidence of dependence") if row["can_reject"] else "untested"
-        lines.append(f"- {md(row['condition'])}, {md(row['noise'])}: {said} ({md(row['hypothesis'])}; {md(row['method'])}; "
-                     f"statistic {row['statistic']:.3g}, {verdict(row)}, n = {row['n_runs']})")
+        said = (Strong("depends") if significant(row) else "no evidence of dependence") if row["can_reject"] \
+            else "untested"
+        items.append(text(f"{row['condition']}, {row['noise']}: ", said, f" ({row['hypothesis']}; {row['method']}; "
+                          f"statistic {row['statistic']:.3g}, {verdict(row)}, n = {row['n_runs']})"))
     for _, row in eq.iterrows():
-        shown = ("**shown**" if significant(row) else "not shown") if row["can_reject"] else "untested"
-        lines.append(f"- {md(row['condition'])}, {md(row['noise'])}: the absorber differs in {int(row['statistic'])}"
-                     f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, 95% CI [{row['ci_low']:.2f}, "
-                     f"{row['ci_high']:.2f}]); that it changes in fewer than {DISCORDANCE_MARGIN:.0%} of seeds is "
-                     f"{shown} ({verdict(row)})")
-    return lines + [""] + [f"_{md(n)}_" for n in notes] + [""]
+        shown = (Strong("shown") if significant(row) else "not shown") if row["can_reject"] else "untested"
+        items.append(text(f"{row['condition']}, {row['noise']}: the absorber differs in {int(row['statistic'])}"
+                          f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, 95% CI [{row['ci_low']:.2f}, "
+                          f"{row['ci_high']:.2f}]); that it changes in fewer than {DISCORDANCE_MARGIN:.0%} of seeds is ",
+                          shown, f" ({verdict(row)})"))
+    if items:
+        s.blocks.append(Bullets(items))
+    s.blocks += [Paragraph(text(Emph(n))) for n in ctx.notes]
+    return s
 
 
-def mst_section(edge_freq: pd.DataFrame, consensus: dict, tests: pd.DataFrame) -> list[str]:
-    lines = ["## How stable is the minimum spanning tree, and where does the noise node hang?", "",
-             "The tree over the K class means is tested with the classes relabelled (each pair's chance is "
-             "2/K); the noise node, far from every class in real features, is not relabelled with them: "
-             "where it hangs (its nearest class) is tested on its own.", ""]
+def mst_section(ctx: ReportContext) -> Section:
+    edge_freq, tests = ctx.table("edge_frequency"), ctx.tests
+    s = Section("How stable is the minimum spanning tree, and where does the noise node hang?", key="mst")
     noise = inference.PRIMARY_NOISE
-    for (condition, family), tree in consensus.items():
+    items = []
+    for (condition, family), tree in ctx.consensus.items():
         if family != noise:
             continue
         cls = edge_freq[(edge_freq["condition"] == condition) & (edge_freq["test"] == "mst_edge")]
@@ -145,60 +308,78 @@ def mst_section(edge_freq: pd.DataFrame, consensus: dict, tests: pd.DataFrame) -
                         & (edge_freq["test"] == "noise_edge")].sort_values("frequency", ascending=False)
         n = int(cls["n_runs"].iloc[0]) if len(cls) else 0
         k = len(att)
-        text = f"- **{md(condition)}** (n = {n} runs): "
+        line = text(Strong(condition), f" (n = {n} runs): ")
         if len(att):
             top = att.iloc[0]
-            text += (f"the noise node hangs on **{md(top['u'])}** in {int(top['count'])}/{n} runs "
-                     f"(support {top['frequency']:.0%} in the consensus tree)")
+            line += text("the noise node hangs on ", Strong(top["u"]), f" in {int(top['count'])}/{n} runs "
+                         f"(support {top['frequency']:.0%} in the consensus tree)")
             t = _one(tests, "noise_attachment", condition=condition, noise=noise)
             if t is not None:
-                text += f"; not uniform over the classes: {verdict(t)}"
-            text += ". "
-        text += (f"{len(reliable)} of {len(cls)} class pairs are joined more often than relabelled trees join "
-                 f"them ({2 / k if k else float('nan'):.2f}; binomial, BY q < {ALPHA})"
-                 + (": " + ", ".join(f"{md(r.u)}-{md(r.v)} ({r.frequency:.0%})" for r in reliable.head(8).itertuples())
-                    if len(reliable) else "") + ". ")
+                line += text(f"; not uniform over the classes: {verdict(t)}")
+            line += text(". ")
+        line += text(f"{len(reliable)} of {len(cls)} class pairs are joined more often than relabelled trees join "
+                     f"them ({2 / k if k else float('nan'):.2f}; binomial, BY q < {ALPHA})"
+                     + (": " + ", ".join(f"{r.u}-{r.v} ({r.frequency:.0%})" for r in reliable.head(8).itertuples())
+                        if len(reliable) else "") + ". ")
         ov = _one(tests, "mst_overlap", condition=condition)
         if ov is not None:
-            text += (f"Mean pairwise shared class edges {ov['statistic']:.2f} vs {ov['statistic'] / ov['effect']:.2f} "
-                     f"by chance ({verdict(ov)}). ")
+            line += text(f"Mean pairwise shared class edges {ov['statistic']:.2f} vs {ov['statistic'] / ov['effect']:.2f} "
+                         f"by chance ({verdict(ov)}). ")
         near = _one(tests, "noise_neighbour", condition=condition, noise=noise)
         if near is not None:
-            text += (f"The class nearest to the noise mean is the absorber in {int(near['statistic'])}/{n} runs; "
-                     f"given how often each class is nearest and absorbs, a within-run link: {verdict(near)}.")
-        lines.append(text)
-    return lines + [""]
+            line += text(f"The class nearest to the noise mean is the absorber in {int(near['statistic'])}/{n} runs; "
+                         f"given how often each class is nearest and absorbs, a within-run link: {verdict(near)}.")
+        items.append(line)
+    if items:
+        s.blocks += [Paragraph(text("The tree over the K class means is tested with the classes relabelled (each "
+                                    "pair's chance is 2/K); the noise node, far from every class in real features, is "
+                                    "not relabelled with them: where it hangs (its nearest class) is tested on its "
+                                    "own.")),
+                     Bullets(items),
+                     *ctx.figure(f"consensus_mst_{noise}.png", f"Consensus minimum spanning tree ({noise} noise), "
+                                 "edge width = share of runs with the edge")]
+    return s
 
 
-def distance_section(tests: pd.DataFrame) -> list[str]:
-    lines = ["## Do the distance matrices agree across runs?", ""]
-    for test, what in (("distance_agreement", "class-class"), ("noise_distance_agreement", "noise-class")):
-        for _, row in tests_of(tests, test).iterrows():
-            lines.append(f"- {md(row['condition'])}, {what} distances: mean pairwise Spearman {row['statistic']:.2f} "
-                         f"({verdict(row)}, n = {row['n_runs']})")
-    if len(lines) == 2:
-        lines.append("Needs at least 3 runs per condition.")
-    return lines + [""]
+def distance_section(ctx: ReportContext) -> Section:
+    tests = ctx.tests
+    s = Section("Do the distance matrices agree across runs?", key="distances")
+    if ctx.table("consistency").empty:
+        return s
+    items = [text(f"{row['condition']}, {what} distances: mean pairwise Spearman {row['statistic']:.2f} "
+                  f"({verdict(row)}, n = {row['n_runs']})")
+             for test, what in (("distance_agreement", "class-class"), ("noise_distance_agreement", "noise-class"))
+             for _, row in tests_of(tests, test).iterrows()]
+    s.blocks.append(Bullets(items) if items else Paragraph(text("Needs at least 3 runs per condition.")))
+    s.blocks += ctx.figure(f"distance_heatmap_{inference.PRIMARY_NOISE}.png", "Mean cosine distance between the "
+                           "class means and the Gaussian-noise mean")
+    return s
 
 
-def heldout_section(heldout: pd.DataFrame) -> list[str]:
+def heldout_section(ctx: ReportContext) -> Section:
+    heldout = ctx.table("heldout")
+    s = Section("What the models do with the classes they never saw", key="heldout")
     if heldout.empty:
-        return []
-    lines = ["## What the models do with the classes they never saw", "",
-             "Mean share of each held-out class's test images given to each trained class (over runs):", ""]
-    mean = heldout.groupby(["condition", "heldout_class", "class"])["share"].mean().reset_index()
-    for condition, sub in mean.groupby("condition", sort=False):
+        return s
+    s.blocks.append(Paragraph(text("Mean share of each held-out class's test images given to each trained class "
+                                   "(over runs):")))
+    mean = heldout.groupby(["condition", "heldout_class", "class"], observed=True)["share"].mean().reset_index()
+    for condition, sub in mean.groupby("condition", sort=False, observed=True):
         pivot = sub.pivot(index="heldout_class", columns="class", values="share").reset_index()
-        lines += [f"**{md(condition)}**", "", _table(pivot.round(3)), ""]
-    return lines
+        pivot.columns = [str(c) for c in pivot.columns]
+        s.blocks.append(Table(_show(pivot.round(3)), caption=text(Strong(condition)),
+                              numeric=tuple(pivot.columns[1:])))
+    return s
 
 
-def trajectory_section(traj: pd.DataFrame, per_seed_up_to: int = 12) -> list[str]:
+def trajectory_section(ctx: ReportContext, per_seed_up_to: int = 12) -> Section:
     """Per condition and seed: the class the untrained net (epoch 0) favoured and its share, and
     the class the trained net favours; a count per class when there are many seeds."""
+    traj = ctx.table("trajectory")
+    s = Section("When does the absorber appear during training?", key="trajectory")
     if traj.empty:
-        return []
-    lines = ["## When does the absorber appear during training?", ""]
+        return s
+    items = []
     for condition, sub in traj.groupby("condition", sort=False, observed=True):
         wide = sub.pivot_table(index=["seed", "epoch"], columns="class", values="share", observed=True)
         seeds = list(dict.fromkeys(wide.index.get_level_values(0)))
@@ -210,15 +391,20 @@ def trajectory_section(traj: pd.DataFrame, per_seed_up_to: int = 12) -> list[str
             trained = "; ".join(f"seed {seed} {_leader(last[seed])}" for seed in seeds)
         else:
             untrained, trained = _tally(first), _tally(last)
-        lines.append(f"- **{md(condition)}** (n = {len(seeds)} runs): untrained (epoch 0), the nets favour "
-                     f"{untrained}; after training (epoch {final}): {trained}.")
-    return lines + ["", "Every run, epoch by epoch: absorber_over_training.png and trajectory.csv.", ""]
+        items.append(text(Strong(condition), f" (n = {len(seeds)} runs): untrained (epoch 0), the nets favour "
+                          f"{untrained}; after training (epoch {final}): {trained}."))
+    s.blocks += [Bullets(items),
+                 *ctx.figure("absorber_over_training.png", "The absorbing class of each run after every epoch "
+                             "(epoch 0 = untrained) and its share"),
+                 *ctx.figure("trajectory.png", "Share of the trajectory's Gaussian images per class and epoch: a "
+                             "thin line per run, a thick line for the mean")]
+    return s
 
 
 def _leader(shares: pd.Series) -> str:
     """`cat (100.0%)`, or a tie: `a tie of cat and dog (50.0% each)`."""
     top = shares.max()
-    leaders = [md(c) for c, v in shares.items() if v == top]
+    leaders = [str(c) for c, v in shares.items() if v == top]
     if len(leaders) > 1:
         return f"a tie of {' and '.join(leaders)} ({top:.1%} each)"
     return f"{leaders[0]} ({top:.1%})"
@@ -228,29 +414,58 @@ def _tally(leaders: dict) -> str:
     """`cat in 40 run(s) (median share 87%), dog in 35 run(s) (...)`, most frequent first."""
     rows = [(str(shares.idxmax()), shares.max()) for shares in leaders.values()]
     by = pd.DataFrame(rows, columns=["c", "share"]).groupby("c")["share"].agg(["size", "median"])
-    return ", ".join(f"{md(c)} in {int(r['size'])} run(s) (median share {r['median']:.0%})"
+    return ", ".join(f"{c} in {int(r['size'])} run(s) (median share {r['median']:.0%})"
                      for c, r in by.sort_values("size", ascending=False).iterrows())
 
 
-def problems_section(runs: pd.DataFrame, problems: pd.DataFrame) -> list[str]:
-    lines = ["## Failed, diverged and unreadable trials", ""]
-    diverged = runs[runs["status"] == DIVERGED]
-    lines.append(f"{len(diverged)} diverged (excluded from all statistics)"
-                 + (": " + ", ".join(f"{md(t)} (epoch {int(e)})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
-                    if len(diverged) else "") + ".")
-    lines.append("")
-    lines.append(f"{len(problems)} problem(s) reading trial folders (see problems.csv):")
-    lines += [f"- {md(p.trial_id)}: {md(p.reason)} [{md(p.action)}]" for p in problems.itertuples()]
-    return lines + [""]
+def learned_images_section(ctx: ReportContext) -> Section:
+    s = Section("What did the networks learn? The mean noise image each class receives", key="mean-images")
+    galleries = [f for f in ctx.figures if f.startswith("mean_images_")]
+    if not galleries:
+        return s
+    s.blocks.append(Paragraph(text(
+        "For each noise family and condition: the mean of the noise images each class received over every run "
+        "(how many images, in how many runs, under it), above the class's mean training image as trained on. "
+        "Each image is contrast-stretched on its own (its 1st-99th percentile to black-white), so compare "
+        "patterns, not brightness. The pixel mean of many unrelated noise images is close to flat: a visible "
+        "structure is what the images a class receives have in common.")))
+    s.blocks += [Figure(f, f"Mean {f[len('mean_images_'):-4]} noise image per class beside the class's mean "
+                        "training image") for f in galleries]
+    return s
 
 
-def methods() -> str:
-    """The Methods section; every count and level in it is the code's own setting."""
+def problems_section(ctx: ReportContext) -> Section:
+    runs, problems = ctx.runs, ctx.table("problems")
+    s = Section("Runs: accuracy, failed, diverged and unreadable trials", key="problems")
+    diverged = runs[runs["status"] == DIVERGED] if len(runs) else runs
+    s.blocks.append(Paragraph(text(
+        f"{len(diverged)} diverged (excluded from all statistics)"
+        + (": " + ", ".join(f"{t} (epoch {int(e)})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
+           if len(diverged) else "") + ".")))
+    s.blocks.append(Paragraph(text(f"{len(problems)} problem(s) reading trial folders (see ",
+                                   Link("problems.csv", "problems.csv"), "):")))
+    if len(problems):
+        s.blocks.append(Bullets([text(f"{p.trial_id}: {p.reason} [{p.action}]") for p in problems.itertuples()]))
+    s.blocks += ctx.figure("accuracy.png", "Test accuracy per condition")
+    return s
+
+
+def files_section(ctx: ReportContext, shown: set[str]) -> Section:
+    """Every table, and any figure no section showed."""
+    tables = ctx.tables()
+    links = _joined([text(Link(t, t)) for t in tables], ", ")
+    s = Section("Files", key="files", blocks=[Paragraph(
+        text("Tables: ") + links + text(" (each also as ", Code(".parquet"), " beside it, with its dtypes kept).")
+        if tables else text("No tables."))])
+    s.blocks += [Figure(f, f) for f in ctx.figures if f not in shown]
+    return s
+
+
+def methods_text() -> str:
+    """The Methods, as authored markdown; every count and level in it is the code's own setting."""
     S, I = stats, inference
     confirmatory = ", ".join(I.CONFIRMATORY)
-    return f"""## Methods
-
-The unit of replication is the trained network (a run); noise images are never counted as
+    return f"""The unit of replication is the trained network (a run); noise images are never counted as
 replicates, and where a covariate belongs to a class (clutter, measured on the same images in
 every run) the class is the unit. Every trial of a study probes the same noise banks (fixed
 `noise_seed`). Every test in tests.csv has a stable id (`test`), its smallest attainable p at its
@@ -323,31 +538,14 @@ reach its level is reported as "too few runs to test", never with a p that reads
 """
 
 
-def write_report(ctx: dict) -> str:
-    """ctx: name, root, runs, problems, consistency, tests, notes, edge_freq, consensus, heldout,
-    trajectory, figures (list of file names), tables (list of file names), extra_sections."""
-    runs = ctx["runs"]
-    done = runs[runs["status"] == COMPLETED] if len(runs) else runs
-    lines = [f"# noisesink report: {md(ctx['name'])}", "",
-             f"Aggregated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from `{ctx['root']}`: "
-             f"{len(runs)} runs ({len(done)} completed, {int((runs['status'] == DIVERGED).sum()) if len(runs) else 0} "
-             f"diverged), {len(ctx['problems'])} problem(s) reading trial folders.", ""]
-    if len(done):
-        acc = done.groupby("condition")["test_accuracy"].agg(["mean", "std", "count"])
-        lines += ["Test accuracy (trained classes): " + "; ".join(
-            f"{md(c)} {r['mean']:.3f} +- {0 if not np.isfinite(r['std']) else r['std']:.3f} (n = {int(r['count'])})"
-            for c, r in acc.iterrows()) + ".", ""]
-    if not ctx["consistency"].empty:
-        lines += absorber_section(ctx["consistency"], ctx["tests"])
-        lines += condition_section(ctx["tests"], ctx["notes"])
-        lines += mst_section(ctx["edge_freq"], ctx["consensus"], ctx["tests"])
-        lines += distance_section(ctx["tests"])
-    lines += heldout_section(ctx["heldout"])
-    lines += trajectory_section(ctx["trajectory"])
-    for section in ctx.get("extra_sections", []):
-        lines += section + [""]
-    lines += problems_section(runs, ctx["problems"])
-    lines += [methods(), "## Files", "", "Tables: " + ", ".join(f"[{t}]({t})" for t in ctx["tables"]),
-              "(each also as `.parquet` beside it, with its dtypes kept)", "",
-              "Figures:", ""] + [f"![{f}]({f})" for f in ctx["figures"]]
-    return "\n".join(lines) + "\n"
+def methods_section(ctx: ReportContext) -> Section:
+    return Section("Methods", key="methods", blocks=authored(methods_text()))
+
+
+def build(ctx: ReportContext, sections: Sequence[SectionFn]) -> Report:
+    """The report: the intro, the answer first, `sections` in order (empty ones left out), the
+    files, and the methods at the end."""
+    body = [s for s in (fn(ctx) for fn in sections) if s]
+    shown = {b.file for s in body for b in s.blocks if isinstance(b, Figure)}
+    return Report(title=f"noisesink report: {ctx.name}", intro=intro(ctx), answer=answer_first(ctx), sections=body,
+                  files=files_section(ctx, shown), methods=methods_section(ctx))

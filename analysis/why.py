@@ -8,7 +8,8 @@ import pandas as pd
 from . import stats
 from .contract import NOISE_CLASS
 from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, _row, families_of
-from .report import md, verdict
+from .document import Bullets, Code, Link, Paragraph, Section, Strong, text
+from .report import ReportContext, verdict
 from .tables import completed, paired_with_none, run_ids
 
 
@@ -200,104 +201,112 @@ def plots(frames: dict, out, groups: dict) -> list:
 
 # ---------------------------------------------------------------- report
 
-def report_section(frames: dict, tests: pd.DataFrame) -> list[str]:
-    if frames["clutter"].empty and frames["logit_decomposition"].empty and frames["ood"].empty:
-        return []
-    lines = ["## Why this class?", ""]
-    lines += _clutter_answer(tests) + _lookalike_answer(tests) + _learned_answer(frames)
-    lines += _ood_answer(frames) + _frequency_answer(frames) + _intervention_answer(tests)
-    lines += ["", "Tables: [clutter.csv](clutter.csv), [logit_decomposition.csv](logit_decomposition.csv), "
-              "[ood.csv](ood.csv), [ood_summary.csv](ood_summary.csv), [frequency.csv](frequency.csv)."]
-    return lines
+TABLES = ("clutter", "logit_decomposition", "ood", "ood_summary", "frequency")
 
 
-def _clutter_answer(tests) -> list[str]:
+def report_section(ctx: ReportContext) -> Section:
+    s = Section("Why this class?", key="why")
+    if all(ctx.table(t).empty for t in ("clutter", "logit_decomposition", "ood")):
+        return s
+    for part in (_clutter_answer, _lookalike_answer, _learned_answer, _ood_answer, _frequency_answer,
+                 _intervention_answer):
+        s.blocks += part(ctx)
+    links = [text(", " if i else "", Link(f"{t}.csv", f"{t}.csv"))
+             for i, t in enumerate(t for t in TABLES if not ctx.table(t).empty)]
+    s.blocks.append(Paragraph(text("Tables: ") + sum(links, ()) + text(".")))
+    return s
+
+
+def _clutter_answer(ctx: ReportContext) -> list:
+    tests = ctx.tests
     t = tests[tests["test"].isin(["clutter_absorption", "head_absorption"]) & (tests["noise"] == PRIMARY_NOISE)]
-    lines = [f"**1. Is the absorbing class the most cluttered one?** Per measure, the mean over runs of the "
-             f"Spearman correlation across classes between the measure and the share of Gaussian noise a class "
-             f"absorbs, the classes relabelled (the class is the unit: clutter is measured on the same images in "
-             f"every run). {PRIMARY_CLUTTER} is the confirmatory measure (Holm); the others and the head's bias "
-             f"and weight norm are exploratory (BH)."]
+    blocks = [Paragraph(text(Strong("1. Is the absorbing class the most cluttered one?"), " Per measure, the mean "
+                             "over runs of the Spearman correlation across classes between the measure and the share "
+                             "of Gaussian noise a class absorbs, the classes relabelled (the class is the unit: "
+                             "clutter is measured on the same images in every run). ", Code(PRIMARY_CLUTTER),
+                             " is the confirmatory measure (Holm); the others and the head's bias and weight norm are "
+                             "exploratory (BH)."))]
     if t.empty:
-        lines.append("Not testable here (needs >= 2 runs and >= 3 classes per condition).")
-    primary = t["variable"] == PRIMARY_CLUTTER
-    for _, row in pd.concat([t[primary], t[~primary].sort_values("p_value")]).head(12).iterrows():
-        lines.append(f"- {md(row['condition'])}: {md(row['variable'])}: mean rho {row['statistic']:+.2f} "
-                     f"(n = {row['n_runs']} runs; {verdict(row)}; {row['family']})")
-    return lines + [""]
+        blocks.append(Paragraph(text("Not testable here (needs >= 2 runs and >= 3 classes per condition).")))
+    else:
+        primary = t["variable"] == PRIMARY_CLUTTER
+        blocks.append(Bullets([text(f"{row['condition']}: {row['variable']}: mean rho {row['statistic']:+.2f} "
+                                    f"(n = {row['n_runs']} runs; {verdict(row)}; {row['family']})")
+                               for _, row in pd.concat([t[primary], t[~primary].sort_values("p_value")]).head(12).iterrows()]))
+    return blocks + ctx.figure("clutter_vs_absorption.png", "Clutter of each class against the share of Gaussian "
+                               "noise it absorbs, per class set")
 
 
-def _lookalike_answer(tests) -> list[str]:
+def _lookalike_answer(ctx: ReportContext) -> list:
+    tests = ctx.tests
     t = tests[(tests["test"] == "noise_lookalike") & (tests["noise"] == PRIMARY_NOISE)]
     if t.empty:
         return []
-    lines = ["**2. Does noise look like the absorbing class?** For each run, the trained class whose pixel-space "
-             "clutter profile (z-scored across classes) is nearest to the Gaussian bank's, against the run's "
-             "absorber; the classes relabelled (the nearest class is a class property, usually the same class in "
-             "every run, so one class is one observation, not S):"]
-    for _, row in t.iterrows():
-        lines.append(f"- {md(row['condition'])}: the nearest class is the absorber in {int(row['statistic'])}/"
-                     f"{row['n_runs']} runs ({md(row['method'].split('; classes relabelled')[0])}); {verdict(row)}")
-    lines.append("The mean noise image sent to each class is in the trial arrays (noise_mean_images_<family>).")
-    return lines + [""]
+    return [Paragraph(text(Strong("2. Does noise look like the absorbing class?"), " For each run, the trained class "
+                           "whose pixel-space clutter profile (z-scored across classes) is nearest to the Gaussian "
+                           "bank's, against the run's absorber; the classes relabelled (the nearest class is a class "
+                           "property, usually the same class in every run, so one class is one observation, not S):")),
+            Bullets([text(f"{row['condition']}: the nearest class is the absorber in {int(row['statistic'])}/"
+                          f"{row['n_runs']} runs ({row['method'].split('; classes relabelled')[0]}); {verdict(row)}")
+                     for _, row in t.iterrows()]),
+            Paragraph(text("The mean noise image sent to each class is in the galleries above."))]
 
 
-def _learned_answer(frames) -> list[str]:
-    d = frames["logit_decomposition"]
-    d = d[d["noise"] == "gaussian"]
+def _learned_answer(ctx: ReportContext) -> list:
+    d = ctx.table("logit_decomposition")
+    d = d[d["noise"] == PRIMARY_NOISE] if len(d) else d
     if d.empty:
         return []
-    lines = ["**3. What did the network learn?** At the Gaussian-noise features, logit_c = w_c . f + b_c: "
-             "the share of the absorber's margin over the runner-up that the head's bias supplies, the "
-             "share of its images it wins only through its bias (the weight term favours the runner-up), "
-             "and the mean feature norm of noise against test images (a ratio below 1: noise features "
-             "shrink toward a constant, as Kang et al. 2024 describe). Mean over runs:"]
-    for condition, sub in d.groupby("condition", observed=True, sort=True):
-        lines.append(f"- {md(condition)}: bias share {sub['bias_share_of_margin'].mean():.0%}, decided by "
-                     f"the bias {sub['decided_by_bias'].mean():.0%}, feature norm {sub['noise_feature_norm'].mean():.2f} "
-                     f"vs {sub['test_feature_norm'].mean():.2f} (ratio "
-                     f"{(sub['noise_feature_norm'] / sub['test_feature_norm']).mean():.2f}; n = {len(sub)} runs)")
-    return lines + [""]
+    return [Paragraph(text(Strong("3. What did the network learn?"), " At the Gaussian-noise features, logit_c = "
+                           "w_c . f + b_c: the share of the absorber's margin over the runner-up that the head's bias "
+                           "supplies, the share of its images it wins only through its bias (the weight term favours "
+                           "the runner-up), and the mean feature norm of noise against test images (a ratio below 1: "
+                           "noise features shrink toward a constant, as Kang et al. 2024 describe). Mean over runs:")),
+            Bullets([text(f"{condition}: bias share {sub['bias_share_of_margin'].mean():.0%}, decided by the bias "
+                          f"{sub['decided_by_bias'].mean():.0%}, feature norm {sub['noise_feature_norm'].mean():.2f} vs "
+                          f"{sub['test_feature_norm'].mean():.2f} (ratio "
+                          f"{(sub['noise_feature_norm'] / sub['test_feature_norm']).mean():.2f}; n = {len(sub)} runs)")
+                     for condition, sub in d.groupby("condition", observed=True, sort=True)])]
 
 
-def _ood_answer(frames) -> list[str]:
-    s = frames["ood_summary"]
+def _ood_answer(ctx: ReportContext) -> list:
+    s = ctx.table("ood_summary")
     if s.empty:
         return []
-    g = s[s["ood_set"] == "gaussian"].sort_values("auroc_mean", ascending=False)
-    lines = ["**4. Is this out-of-distribution detection?** With in-distribution as the positive class "
-             "(AUROC: P(ID score > OOD score); FPR95: share of OOD accepted when 95% of ID is), per "
-             "detector on Gaussian noise (mean +- sd over runs):"]
-    for row in g.itertuples():
-        lines.append(f"- {md(row.condition)}, {row.detector}: AUROC {row.auroc_mean:.3f} +- "
-                     f"{0 if pd.isna(row.auroc_std) else row.auroc_std:.3f}, FPR95 {row.fpr95_mean:.3f} "
-                     f"(n = {row.n_runs})")
+    g = s[s["ood_set"] == PRIMARY_NOISE].sort_values("auroc_mean", ascending=False)
+    blocks = [Paragraph(text(Strong("4. Is this out-of-distribution detection?"), " With in-distribution as the "
+                             "positive class (AUROC: P(ID score > OOD score); FPR95: share of OOD accepted when 95% of "
+                             "ID is), per detector on Gaussian noise (mean +- sd over runs):")),
+              Bullets([text(f"{row.condition}, {row.detector}: AUROC {row.auroc_mean:.3f} +- "
+                            f"{0 if pd.isna(row.auroc_std) else row.auroc_std:.3f}, FPR95 {row.fpr95_mean:.3f} "
+                            f"(n = {row.n_runs})") for row in g.itertuples()])]
     held = s[s["ood_set"].str.startswith("heldout:")]
     if not held.empty:
         best = held.groupby("detector")["auroc_mean"].mean().sort_values(ascending=False)
-        lines.append("Held-out classes (natural OOD), mean AUROC over classes: "
-                     + ", ".join(f"{d} {v:.3f}" for d, v in best.items()) + ".")
-    return lines + [""]
+        blocks.append(Paragraph(text("Held-out classes (natural OOD), mean AUROC over classes: "
+                                     + ", ".join(f"{d} {v:.3f}" for d, v in best.items()) + ".")))
+    return blocks + ctx.figure("ood_auroc.png", "OOD detectors: AUROC against each noise family and held-out class")
 
 
-def _frequency_answer(frames) -> list[str]:
-    f = frames["frequency"]
+def _frequency_answer(ctx: ReportContext) -> list:
+    f = ctx.table("frequency")
     if f.empty:
         return []
     m = f.groupby(["kind", "cutoff"])["gaussian_absorber_share"].mean().reset_index()
     parts = [f"{r.kind} {r.cutoff:g}: {r.gaussian_absorber_share:.0%}" for r in m.itertuples()]
-    return ["**5. Which frequencies carry the pull?** Share of band-limited Gaussian noise going to the "
-            "run's own Gaussian absorber (mean over runs): " + "; ".join(parts) + ".", ""]
+    return [Paragraph(text(Strong("5. Which frequencies carry the pull?"), " Share of band-limited Gaussian noise "
+                           "going to the run's own Gaussian absorber (mean over runs): " + "; ".join(parts) + "."))] \
+        + ctx.figure("frequency_probes.png", "Band-limited Gaussian noise: the share going to the run's Gaussian absorber")
 
 
-def _intervention_answer(tests: pd.DataFrame) -> list[str]:
+def _intervention_answer(ctx: ReportContext) -> list:
+    tests = ctx.tests
     t = tests[tests["test"] == "intervention_effect"]
     if t.empty:
         return []
-    lines = ["**6. Do interventions remove single-class absorption, also for noise they never saw?** "
-             "Paired over seeds against `none` (exploratory, BH):"]
-    for _, row in t.iterrows():
-        lines.append(f"- {md(row['condition'])}, {md(row['noise'])}{' (seen)' if row['noise'] == 'gaussian' else ''}: "
-                     f"top real-class share {row['statistic']:+.2f} ({verdict(row)}, n = {row['n_runs']} pairs; "
-                     f"{md(row['method'])})")
-    return lines + [""]
+    return [Paragraph(text(Strong("6. Do interventions remove single-class absorption, also for noise they never "
+                                  "saw?"), " Paired over seeds against ", Code("none"), " (exploratory, BH):")),
+            Bullets([text(f"{row['condition']}, {row['noise']}{' (seen)' if row['noise'] == 'gaussian' else ''}: "
+                          f"top real-class share {row['statistic']:+.2f} ({verdict(row)}, n = {row['n_runs']} pairs; "
+                          f"{row['method']})") for _, row in t.iterrows()])] \
+        + ctx.figure("interventions.png", "Training interventions: the top class's share per noise family")

@@ -26,7 +26,7 @@ from .errors import InputError
 # Commands that are another module's own command line, passed through unchanged:
 # name -> (module with main(argv), help). Each module also runs as `python -m <module>`.
 DELEGATED = {
-    "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures and report.md"),
+    "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures, report.md and report.html"),
     "bench": ("study.bench", "measure training throughput and the recipe's accuracy"),
 }
 SHIPPED = ("sweeps", "configs")   # folders of YAML files that `noisesink init` copies

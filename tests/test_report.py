@@ -1,18 +1,25 @@
-"""Every figure of the aggregation, drawn from planted studies, passes the layout checks (nothing
-outside the canvas, no mathtext source in tick labels, no legend over data or titles), and the
-checks themselves catch each fault they name."""
+"""The report a person reads, from planted studies: every figure passes the layout checks (nothing
+outside the canvas, no mathtext source in tick labels, no legend over data or titles) and the
+checks catch each fault they name; report.md and report.html say the same; report.html is
+self-contained and, opened in headless Chromium, loads, decodes every image and logs no error."""
 from __future__ import annotations
+
+import html
+import io
+import re
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis import plots, tables  # noqa: E402
+from analysis import document, plots, tables  # noqa: E402
 from analysis.pipeline import aggregate  # noqa: E402
 from analysis.synthetic import Condition, write_study  # noqa: E402
+from browser import find_chromium, open_page  # noqa: E402
 
 TREE = [("airplane", "ship"), ("automobile", "truck"), ("ship", "truck"), ("bird", "airplane"), ("cat", "dog"),
         ("deer", "horse"), ("dog", "horse"), ("frog", "bird"), ("cat", "frog"), ("bird", "noise")]
@@ -178,3 +185,102 @@ def test_contrast_stretch_maps_the_percentiles_to_black_and_white():
     out = plots.stretch(img)
     assert out.min() == 0 and out.max() == 1 and np.all(np.diff(out.ravel()) >= 0)
     assert np.all(plots.stretch(np.full((32, 32, 3), 0.3)) == 0.5)  # a flat image stays grey
+
+
+# ---------------------------------------------------------------- report.md and report.html
+
+def _report(planted_figures, study="conditions"):
+    return next(s for s in planted_figures[0] if s.name == study) / "report"
+
+
+def test_markdown_and_html_carry_the_same_sections_figures_and_tables(planted_figures):
+    folder = _report(planted_figures)
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert titles[0] == "The answer first" and titles[-1] == "Methods"      # answer first, methods last
+    for title in titles:
+        assert f">{html.escape(title)}</h2>" in page, title
+    figures_md = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
+    figures_html = re.findall(r'<figure id="fig-([^"]+)"', page)
+    assert sorted(figures_md) == sorted(f"{f}.png" for f in figures_html) == sorted(p.name for p in folder.glob("*.png"))
+    assert page.count("<table") == md.count("\n|---|")                    # every table in both
+    toc = re.findall(r'<nav class="toc">.*?</nav>', page, flags=re.S)[0]
+    assert re.findall(r'href="#([^"]+)"', toc) == re.findall(r'<section id="([^"]+)"', page)
+
+
+def test_every_number_of_the_answer_is_in_both_renderings(planted_figures):
+    folder = _report(planted_figures)
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    answer = md.split("## The answer first")[1].split("\n## ")[0]
+    numbers = re.findall(r"\d+/\d+|p = [\d.e-]+|\d+(?:\.\d+)?%", answer)
+    assert len(numbers) > 20
+    plain = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert all(n in plain for n in numbers)
+
+
+def test_the_html_page_is_self_contained(planted_figures):
+    page = (_report(planted_figures) / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page) and "<link" not in page
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_text_from_the_data_cannot_become_markup(tmp_path):
+    name = '<script>alert(1)</script> *x* [l](http://e)'
+    r = document.Report(title=name, intro=[document.Paragraph(document.text("from ", document.Strong(name)))],
+                        answer=[], sections=[document.Section("S", [document.Table(
+                            pd.DataFrame({"class": [name], "share": ["0.5"]}))])],
+                        files=document.Section("Files", [document.Paragraph(document.text(name))]),
+                        methods=document.Section("Methods", [document.Paragraph(document.text("m"))]))
+    page, md = document.to_html(r, tmp_path), document.to_markdown(r)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert not re.search(r"(?<!\\)<script", md) and not re.search(r"(?<!\\)\]\(http", md)  # only escaped
+
+
+# ---------------------------------------------------------------- in a real browser
+
+needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (Debian: apt-get "
+                                    "install chromium), so report.html was not opened in a browser")
+
+SORT_CHECK = """(() => {
+  const table = document.querySelector("table.sortable");
+  const col = [...table.tHead.rows[0].cells].findIndex(th => th.textContent === "modal_share");
+  const values = () => [...table.tBodies[0].rows].map(r => parseFloat(r.cells[col].textContent));
+  table.tHead.rows[0].cells[col].click();
+  const up = values();
+  table.tHead.rows[0].cells[col].click();
+  const down = values();
+  return {up: up, down: down};
+})()"""
+TOC_CHECK = """[...document.querySelectorAll('nav.toc a')].map(a => a.getAttribute('href'))
+  .filter(h => !document.getElementById(h.slice(1)))"""
+
+
+@needs_chromium
+def test_report_html_opens_in_chromium_with_every_image_and_no_error(planted_figures, tmp_path):
+    folder = _report(planted_figures)
+    page = open_page(folder / "report.html", {"sort": SORT_CHECK, "missing_anchors": TOC_CHECK,
+                                              "sections": "document.querySelectorAll('section').length"})
+    (tmp_path / "report.png").write_bytes(page.screenshot)
+    assert page.ready_state == "complete" and page.title == "noisesink report: conditions"
+    assert page.errors == []
+    pngs = sorted(folder.glob("*.png"))
+    assert len(page.images) == len(pngs)
+    widths = sorted(int(plt.imread(p).shape[1]) for p in pngs)
+    assert all(complete and w > 0 and h > 0 for _, complete, w, h in page.images)
+    assert sorted(w for _, _, w, _ in page.images) == widths               # decoded at their true size
+    assert page.evaluated["missing_anchors"] == [] and page.evaluated["sections"] >= 8
+    up, down = page.evaluated["sort"]["up"], page.evaluated["sort"]["down"]
+    assert up == sorted(up) and down == sorted(down, reverse=True) and up != down
+    shot = plt.imread(io.BytesIO(page.screenshot))
+    assert shot.shape[0] > 3000 and shot.std() > 0.05                      # the whole page, not blank
+
+
+@needs_chromium
+def test_the_browser_check_sees_broken_images_and_console_errors(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!doctype html><title>bad</title><img alt="x" src="data:image/png;base64,AAAA">'
+                   '<script>console.error("boom"); undefined_function();</script>')
+    page = open_page(bad)
+    assert page.images[0][2] == 0
+    assert any("boom" in e for e in page.errors) and any("undefined_function" in e for e in page.errors)
