@@ -83,9 +83,13 @@ def _wrapped(title: str, inches: float, points: float) -> str:
 def _legend_outside(fig, handles, labels, title: str | None = None) -> None:
     """One legend for the whole figure, below the panels (constrained layout makes room; below,
     it can meet neither the title nor a panel)."""
-    width = max((len(str(x)) for x in labels), default=10) * 0.075 + 0.5   # inches per entry, about
-    fig.legend(handles, labels, loc="outside lower center", title=title, frameon=False,
-               ncols=max(1, min(len(labels), int(fig.get_figwidth() / width))))
+    width = max((len(line) for x in labels for line in str(x).split("\n")), default=10) * 0.075 + 0.5
+    ncols = max(1, min(len(labels), int(fig.get_figwidth() / width)))   # entries about `width` inches wide
+    fig.legend(handles, labels, loc="outside lower center", title=title, frameon=False, ncols=ncols)
+    # the figure grows by the legend's height, so the panels keep theirs
+    lines = math.ceil(len(labels) / ncols) * max((str(x).count("\n") + 1 for x in labels), default=1) + bool(title)
+    points = matplotlib.font_manager.FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points()
+    fig.set_figheight(fig.get_figheight() + lines * points * 1.5 / 72 + 0.2)
 
 
 def _class_order(classes) -> list[str]:
@@ -435,7 +439,9 @@ def accuracy_strip(runs: pd.DataFrame, out: Path) -> str | None:
         return None
     with plt.rc_context(STYLE):
         conditions = list(dict.fromkeys(done["condition"]))
-        fig, ax = plt.subplots(figsize=(min(24, max(4.5, 1.5 + 0.55 * len(conditions))), 3.8),
+        # slanted labels need about 0.05 inch of height per character
+        longest = max(len(str(c)) for c in conditions)
+        fig, ax = plt.subplots(figsize=(min(24, max(4.5, 1.5 + 0.55 * len(conditions))), 3.8 + 0.05 * longest),
                                layout="constrained")
         rng = np.random.default_rng(0)
         for i, cond in enumerate(conditions):
