@@ -513,6 +513,22 @@ def _storage(v, where):
     return v
 
 
+def _trackers(v, where):
+    from .tracking import TRACKERS
+    allowed = "a list of " + ", ".join(TRACKERS) + " (Ray Tune's logger callbacks)"
+    if not isinstance(v, list):
+        raise InputError(where, "must be a list", allowed, v)
+    for i, name in enumerate(v):
+        if name not in TRACKERS:
+            raise InputError(f"{where}[{i}]", "unknown tracker", allowed, name)
+        if not TRACKERS[name].installed():
+            raise InputError(f"{where}[{i}]", f"{name} is not installed",
+                             f"pip install 'noisesink[{TRACKERS[name].extra}]'", name)
+    if len(set(v)) != len(v):
+        raise InputError(where, "names a tracker twice", allowed, v)
+    return list(v)
+
+
 def _gpu(v, where):
     allowed = "0, a fraction 0 < gpu <= 1 (trials share a GPU), or a whole number of GPUs"
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -533,6 +549,7 @@ RUN_KEYS = {
     # on a cluster, stop the study when trials have waited this long (s) for a node and none runs:
     # no node fits a trial; generous, since an autoscaler takes minutes to add one (null: wait forever)
     "pending_timeout": (1800, optional(number(0, lo_open=True))),
+    "callbacks": ([], _trackers),              # experiment trackers (mlflow, wandb); TensorBoard is always on
 }
 # The largest study `check` and `sweep` accept: every point is validated and listed in study.json,
 # and the aggregation is measured up to 10,000 trials (README); a bigger grid is almost always a

@@ -206,8 +206,9 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
                                                           setups[i].classes, trainer.epoch))
         log(f"epoch {trainer.epoch}: losses {[round(x, 4) for x in metrics['train_loss']]}, "
             f"{metrics['seconds']:.1f} s for {len(setups)} models")
-        if on_epoch is not None:
-            on_epoch(trainer.epoch, metrics)
+        if on_epoch is not None:  # with each live model's new trajectory point
+            on_epoch(trainer.epoch, {**metrics, "trajectories": [t[-1] for i, t in enumerate(trajectories)
+                                                                 if i not in diverged]})
     train_seconds = time.perf_counter() - t_train  # `models` hold the last epoch's weights (split above)
     results = []
     for i, (s, mdl, out) in enumerate(zip(setups, models, outs)):

@@ -232,7 +232,7 @@ def execute(plan: Plan, resume: bool = False, time_limit: float | None = None,
                 share = metrics["gaussian_share"]
                 print(f"[{len(outcome.completed) + len(skipped)}/{total}] {folder}: {metrics['status']}"
                       + (f", test accuracy {acc:.4f}" if acc is not None else "")
-                      + (f", gaussian noise -> {metrics['gaussian_absorber']} ({share:.0%})" if share is not None else "")
+                      + (f", gaussian noise -> {metrics['gaussian_top']} ({share:.0%})" if share is not None else "")
                       + f"; {time.time() - start:.0f} s", flush=True)
         elif message[0] == "stopped":
             outcome.stopped += unit.dirnames

@@ -23,7 +23,7 @@ from analysis.load import check_writable
 
 from .artifacts import ArtifactDir, json_safe
 from .config import NAME_CHECK, Sweep, _storage, load_sweep, trained_classes
-from .data import check_source, load_cifar10
+from .data import check_source, is_uri, load_cifar10
 from .errors import InputError
 from .task import check_task
 
@@ -67,11 +67,12 @@ def _absolute_data_paths(sweep: Sweep) -> None:
     env = os.environ.get("NOISESINK_DATA")
     if env and "://" not in env:
         os.environ["NOISESINK_DATA"] = str(Path(env).expanduser().resolve())
+    def absolute(v):  # a URI (s3://...) stays as it is
+        return str(Path(v).expanduser().resolve()) if v and not is_uri(v) else v
     if sweep.trial.get("data_root"):
-        sweep.trial["data_root"] = str(Path(sweep.trial["data_root"]).expanduser().resolve())
+        sweep.trial["data_root"] = absolute(sweep.trial["data_root"])
     if "data_root" in sweep.grid:
-        sweep.grid["data_root"] = [str(Path(v).expanduser().resolve()) if v else v
-                                   for v in sweep.grid["data_root"]]
+        sweep.grid["data_root"] = [absolute(v) for v in sweep.grid["data_root"]]
 
 
 def check_data(points: list[dict]) -> None:
@@ -188,7 +189,7 @@ def final_metrics(result: dict) -> dict:
     """A finished trial's headline numbers, as the executors report them."""
     gaussian = (result.get("absorber") or {}).get("gaussian") or {}
     return {"status": result["status"], "test_accuracy": result.get("test_accuracy"),
-            "gaussian_absorber": gaussian.get("absorber"), "gaussian_share": gaussian.get("top_share"),
+            "gaussian_top": gaussian.get("absorber"), "gaussian_share": gaussian.get("top_share"),
             "done": True}
 
 

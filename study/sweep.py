@@ -13,11 +13,13 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from analysis.contract import TUNE_ERROR_TXT, trial_dirname
+from analysis.contract import COMPLETED, TUNE_ERROR_TXT, join_uri, trial_dirname
 
 from .artifacts import ArtifactDir
 from .config import validate_trial
@@ -46,23 +48,65 @@ def _load_checkpoint(checkpoint, notes: list[str]):
         return None
 
 
-def tune_trial(config: dict) -> None:
-    """The Tune function trainable: bad input ends the trial with its reason, never a retry."""
-    from ray import tune
-    storage = tune.get_context().get_storage()
+def gaussian_now(points: list[dict]) -> dict:
+    """Live science for the status table and TensorBoard: where the trajectory's Gaussian noise
+    goes after this epoch. One model: its top class and that class's share, and every class's
+    share (`trajectory/<class>`). Several (a fused group): the top class of most models, how many
+    of them, and its mean share over them."""
+    if not points:  # every model of a fused group diverged
+        return {}
+    tops = [max(p["shares"], key=p["shares"].get) for p in points]
+    top, count = Counter(tops).most_common(1)[0]
+    share = float(np.mean([p["shares"][top] for p in points]))
+    if len(points) == 1:
+        return {"gaussian_top": top, "gaussian_share": share, "trajectory": dict(points[0]["shares"])}
+    return {"gaussian_top": f"{top} ({count}/{len(points)})", "gaussian_share": share}
+
+
+def tune_folder(config: dict, axes: list[str]) -> str:
+    """The folder of a Tune trial in the study: its grid point's, or for a fused group
+    `fused_<condition>_seeds=0.1.2.3` (Tune's own files only; each seed writes to its point's)."""
+    if "seeds" in config and "seed" in axes:
+        return "fused_" + trial_dirname({**{a: config[a] for a in axes if a != "seed"}, "seeds": config["seeds"]})
+    return trial_dirname(order_axes(config, axes))
+
+
+def storage_is_shared(experiment: str, token: str | None) -> bool:
+    """Whether this node sees the driver's token file in a local storage (None: a URI, shared
+    by definition)."""
+    if token is None:
+        return True
     try:
-        return _tune_trial(config, storage)
+        return (Path(experiment.removeprefix("file://")) / DRIVER_TOKEN).read_text() == token
+    except OSError:
+        return False
+
+
+def tune_trial(config: dict, *, fixed: dict, axes: list[str], checkpoint_every: int,
+               experiment: str, token: str | None) -> None:
+    """The Tune function trainable. `config` holds the grid point only (the status table's
+    columns); the fixed keys, the axes' order and where the study lives come from the driver
+    through tune.with_parameters. Bad input ends the trial with its reason, never a retry."""
+    from ray import tune
+    if not storage_is_shared(experiment, token):
+        import socket
+        raise RuntimeError(f"run.storage {experiment} is not the driver's folder on this node "
+                           f"({socket.gethostname()}): a local storage must be a folder every node "
+                           "mounts at the same path (NFS, EFS), or use a bucket URI; this trial will "
+                           "not write its results to this node's own disk")
+    try:
+        return _tune_trial(config, fixed, axes, checkpoint_every, experiment)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         try:  # the reason beside the trial, where the aggregation reports it
-            ArtifactDir(storage.storage_filesystem, storage.trial_fs_path).write_bytes(
+            ArtifactDir.at(join_uri(experiment, tune_folder(config, axes))).write_bytes(
                 TUNE_ERROR_TXT, f"InputError: {e}\n".encode())
         except OSError:
             pass
         tune.report({INPUT_ERROR: str(e), "done": True})
 
 
-def _tune_trial(config: dict, storage) -> None:
+def _tune_trial(config: dict, fixed: dict, axes: list[str], checkpoint_every: int, experiment: str) -> None:
     """Resolve, skip if done, resume if possible, run, report."""
     import ray
     import torch
@@ -71,12 +115,10 @@ def _tune_trial(config: dict, storage) -> None:
     from .trial import run_trial
 
     gpus = ray.get_gpu_ids()  # what Ray gave this trial: with GPUs and no CUDA it must fail, not train on the CPU
-    axes = {k: v for k, v in config.items() if not k.startswith("_")}
-    if "_seeds" in config:
-        return _fused_tune_trial(axes, config, storage, gpus)
-    cfg = validate_trial({**config["_fixed"], **axes})
-    every = config["_checkpoint_every"]
-    out = ArtifactDir(storage.storage_filesystem, storage.trial_fs_path)
+    if "seeds" in config and "seed" in axes:
+        return _fused_tune_trial(config, fixed, axes, experiment, gpus)
+    cfg = validate_trial({**fixed, **config})
+    out = ArtifactDir.at(join_uri(experiment, tune_folder(config, axes)))
     if out.completed():
         print(f"{out}: trial.json already complete, not recomputed")
         tune.report(final_metrics(out.read_json()))
@@ -86,8 +128,9 @@ def _tune_trial(config: dict, storage) -> None:
     resume = _load_checkpoint(tune.get_checkpoint(), notes)
 
     def on_epoch(epoch: int, metrics: dict, snapshot) -> None:
-        metrics = {k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "seconds")}
-        if epoch % every and epoch != cfg["epochs"]:
+        metrics = {**{k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "seconds")},
+                   **gaussian_now([metrics["trajectory"]])}
+        if epoch % checkpoint_every and epoch != cfg["epochs"]:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
@@ -99,28 +142,37 @@ def _tune_trial(config: dict, storage) -> None:
     drop_checkpoints(out)
 
 
-def _fused_tune_trial(axes: dict, config: dict, storage, gpus: list) -> None:
+def _fused_tune_trial(config: dict, fixed: dict, axes: list[str], experiment: str, gpus: list) -> None:
     """Several seeds of one condition as one array model (run.fuse_seeds). Each seed's artifacts
     go to its own grid-point folder, exactly where a separate trial would put them; seeds already
     complete there are skipped. (No mid-training checkpoints: a crash retrains the array.)"""
     from ray import tune
 
     from .fused import run_fused_trials
+    condition = {k: v for k, v in config.items() if k != "seeds"}
     todo = []
-    for seed in config["_seeds"]:
-        point = {**axes, "seed": seed}
-        out = ArtifactDir(storage.storage_filesystem,
-                          f"{storage.experiment_fs_path}/{trial_dirname(order_axes(point, config['_axes']))}")
+    for seed in config["seeds"]:
+        point = {**condition, "seed": seed}
+        out = ArtifactDir.at(join_uri(experiment, trial_dirname(order_axes(point, axes))))
         if out.completed():
             print(f"{out}: trial.json already complete, not recomputed")
         else:
-            todo.append((validate_trial({**config["_fixed"], **point}), out))
-    if todo:
-        run_fused_trials([c for c, _ in todo], [o for _, o in todo],
-                         on_epoch=lambda e, m: tune.report({"epoch": e, "train_loss": float(np.mean(m["train_loss"])),
-                                                            "seconds": m["seconds"]}),
-                         gpus=gpus)
-    tune.report({"done": True, "fused_seeds": len(todo)})
+            todo.append((validate_trial({**fixed, **point}), out))
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        tune.report({"epoch": epoch, "train_loss": float(np.mean(metrics["train_loss"])),
+                     "seconds": metrics["seconds"], **gaussian_now(metrics["trajectories"])})
+
+    results = (run_fused_trials([c for c, _ in todo], [o for _, o in todo], on_epoch=on_epoch, gpus=gpus)
+               if todo else [])
+    finals = [final_metrics(r) for r in results if r["status"] == COMPLETED]
+    summary = {}
+    if finals:  # the group's row at the end: the final probes' modal absorber, as each epoch's
+        top, count = Counter(f["gaussian_top"] for f in finals).most_common(1)[0]
+        summary = {"gaussian_top": f"{top} ({count}/{len(finals)})",
+                   "gaussian_share": float(np.mean([f["gaussian_share"] for f in finals if f["gaussian_top"] == top])),
+                   "test_accuracy": float(np.mean([f["test_accuracy"] for f in finals]))}
+    tune.report({"done": True, "trials": len(config["seeds"]), "trained": len(todo), **summary})
 
 
 def order_axes(values: dict, axes: list[str]) -> dict:
@@ -128,6 +180,31 @@ def order_axes(values: dict, axes: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- the driver
+
+# What a trial needs from the driver's environment, passed to every trial through Ray's runtime
+# environment: a worker does not share the driver's shell (another node, or a node started
+# before the variable was set). Never credentials: those come from each node's own identity.
+WORKER_ENV = ("NOISESINK_DATA", "NOISESINK_CACHE", "XDG_CACHE_HOME", "TORCH_HOME", "AWS_ENDPOINT_URL")
+DRIVER_TOKEN = ".driver-token"   # <study>/.driver-token: proves a local storage is the driver's folder
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+
+
+@contextmanager
+def environment(name: str, value: str):
+    """os.environ[name] = value for the duration (Ray reads some settings from the environment)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
 
 def cluster_address(address: str | None) -> tuple[str | None, str]:
     """(the Ray cluster to use, where it was named): --address, else $RAY_ADDRESS, else None (a
@@ -178,15 +255,52 @@ def _init_ray(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
+    runtime_env = {"env_vars": worker_env()}
     if address:  # a running cluster: connect, never start a second Ray
         probe_address(address, where)
         try:
-            ray.init(address=address, log_to_driver=True)
+            # Under `ray job submit` the job's own runtime_env is merged with this one, and Ray
+            # refuses a variable set in both; ours are this process's values, which already include
+            # the job's, so letting ours win changes nothing but the refusal.
+            with environment("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1"):
+                ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise InputError(where, f"cannot connect to a Ray cluster at {address} ({str(e).splitlines()[0]})",
                              ADDRESS_HELP, address) from None
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True,
+                 runtime_env=runtime_env)
+
+
+def check_shared_storage(plan: Plan) -> str | None:
+    """A local run.storage on a cluster must be one folder for every node. Writes a fresh token
+    into the study folder and asks each live node to read it back; refuses the sweep (before any
+    trial) when a node cannot. Returns the token, which each trial checks again on the node it
+    runs on (nodes the autoscaler adds later); None for a URI storage."""
+    if "://" in plan.storage and not plan.storage.startswith("file://"):
+        return None
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    experiment = plan.uri.removeprefix("file://")
+    token = uuid.uuid4().hex
+    (Path(experiment) / DRIVER_TOKEN).write_text(token)
+
+    @ray.remote(num_cpus=0)
+    def sees_token() -> bool:
+        return storage_is_shared(experiment, token)
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    answers = ray.get([sees_token.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote() for n in nodes], timeout=300)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, answers) if not ok]
+    if blind:
+        raise InputError("run.storage", f"{experiment} is a folder on the driver's disk that node(s) "
+                         f"{', '.join(blind)} do not see: their trials' results would stay on their own "
+                         "disks", "a bucket URI (s3://..., gs://...) or a folder every node mounts at the "
+                         "same path (NFS, EFS)", plan.storage)
+    return token
 
 
 def node_fit_warning(resources: dict) -> str | None:
@@ -245,20 +359,53 @@ def failure_reason(error) -> str:
     return text if text.startswith(type(cause).__name__) else f"{type(cause).__name__}: {text}"
 
 
-def tune_dirname(trial) -> str:
-    """A grid point's folder; a fused group's Tune folder is named after its seeds
-    (`fused_classes=all_seeds=0.1.2.3`) and holds only Tune's own files."""
-    c = trial.config
-    if "_seeds" in c:
-        return "fused_" + trial_dirname({**{a: c[a] for a in c["_axes"] if a != "seed"}, "seeds": c["_seeds"]})
-    return trial_dirname({a: c[a] for a in c["_axes"]})
+def tune_dirname(trial, axes: list[str]) -> str:
+    return tune_folder(trial.config, axes)
 
 
-def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None):
+def grid_points(config: dict) -> int:
+    """How many of the study's trials (grid points) a Tune trial holds: a fused group, its seeds."""
+    return len(config.get("seeds") or [None])
+
+
+def study_reporter(plan: Plan):
+    """Tune's status table with the study's axes and the absorber forming (each epoch's top
+    class of the trajectory's Gaussian noise and its share), headed by the count of the study's
+    trials (a fused group of k seeds is k of them, one Tune trial)."""
+    from ray.tune import CLIReporter
+
+    fused = plan.sweep.run["fuse_seeds"] > 1 and "seed" in plan.sweep.grid
+    columns = [a for a in plan.sweep.grid if not (fused and a == "seed")] + (["seeds"] if fused else [])
+    total = len(plan.points)
+
+    class StudyReporter(CLIReporter):
+        def report(self, trials, done, *sys_info):
+            by_status = Counter()
+            for t in trials:
+                by_status[t.status] += grid_points(t.config)
+            line = f"Study {plan.name}: {total} trials (" + ", ".join(
+                f"{n} {status}" for status, n in sorted(by_status.items())) + ")"
+            if len(trials) < sum(by_status.values()):
+                line += f", trained in {len(trials)} fused groups"
+            super().report(trials, done, line, *sys_info)
+
+    return StudyReporter(parameter_columns=columns, max_report_frequency=30, metric_columns={
+        "epoch": "epoch", "train_loss": "loss", "gaussian_top": "gaussian noise ->",
+        "gaussian_share": "share", "test_accuracy": "test acc"})
+
+
+def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, token: str | None = None):
+    from functools import partial
+
     from ray import tune
 
+    from .tracking import callbacks
+
     s = plan.sweep
-    trainable = tune.with_resources(tune_trial, {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, fixed=s.trial, axes=list(s.grid),
+                             checkpoint_every=s.run["checkpoint_every"], experiment=plan.uri, token=token),
+        {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
     exp = plan.uri
     if resume and tune.Tuner.can_restore(exp):
         print(f"resuming {exp}")
@@ -266,19 +413,17 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None):
     fuse = s.run["fuse_seeds"]
     param_space = {axis: tune.grid_search(values) for axis, values in s.grid.items()
                    if not (fuse > 1 and axis == "seed")}
-    if fuse > 1:  # one Tune trial per group of seeds of a condition
-        param_space["_seeds"] = tune.grid_search(seed_groups(s.grid["seed"], fuse))
-    param_space["_fixed"] = s.trial
-    param_space["_axes"] = list(s.grid)
-    param_space["_checkpoint_every"] = s.run["checkpoint_every"]
+    if fuse > 1 and "seed" in s.grid:  # one Tune trial per group of seeds of a condition
+        param_space["seeds"] = tune.grid_search(seed_groups(s.grid["seed"], fuse))
+    name = partial(tune_dirname, axes=list(s.grid))
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=s.run["max_concurrent"],
             reuse_actors=True,  # keeps the data (and compiled graphs) in the worker between trials
-            trial_dirname_creator=tune_dirname,
-            trial_name_creator=tune_dirname,
+            trial_dirname_creator=name,
+            trial_name_creator=name,
         ),
         run_config=tune.RunConfig(
             name=plan.name,
@@ -286,7 +431,8 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None):
             failure_config=tune.FailureConfig(max_failures=s.run["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=watch.stopper if watch else None,
-            callbacks=[watch.callback] if watch else None,
+            callbacks=([watch.callback] if watch else []) + callbacks(s.run["callbacks"], plan.name),
+            progress_reporter=study_reporter(plan),
             verbose=1,
         ),
     )
@@ -300,22 +446,31 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         if warning:
             print(f"WARNING: {warning}")
     start_study(plan, resume)
+    token = check_shared_storage(plan)
+    print(f"TensorBoard (each trial's training curves and Gaussian-noise trajectory): "
+          f"tensorboard --logdir {plan.uri}")
     watch = PendingWatch(plan.sweep.run["pending_timeout"])
-    results = build_tuner(plan, resume, watch).fit()
+    # Tune's console reporter whose columns can be chosen (the default output infers them from
+    # the first results, and shows no text column such as the absorbing class)
+    with environment("RAY_AIR_NEW_OUTPUT", "0"):
+        results = build_tuner(plan, resume, watch, token).fit()
     def name(r):
         return Path(r.path).name if r.path else "?"
+    # counted in the study's trials (grid points): a fused group of k seeds is k of them
+    size = {name(r): grid_points(r.config or {}) for r in results}
     failed = [(name(r), failure_reason(r.error)) for r in results if r.error is not None]
     failed += [(name(r), f"bad input, not retried: {r.metrics[INPUT_ERROR]}")
                for r in results if r.error is None and (r.metrics or {}).get(INPUT_ERROR)]
     # a trial that never reported (Tune numbers each report) never started: the pending watch stopped it
     never = [name(r) for r in results if r.error is None and (r.metrics or {}).get("training_iteration") is None]
-    print(f"sweep {plan.name}: {len(results) - len(failed) - len(never)} of {len(results)} trials ended, "
-          f"{len(failed)} failed, {len(never)} never started; {time.perf_counter() - start:.0f} s")
+    n_failed, n_never = sum(size[n] for n, _ in failed), sum(size[n] for n in never)
+    print(f"sweep {plan.name}: {len(plan.points) - n_failed - n_never} of {len(plan.points)} trials ended, "
+          f"{n_failed} failed, {n_never} never started; {time.perf_counter() - start:.0f} s")
     for name, reason in failed:
         print(f"  failed: {name}: {reason[:300]}")
     if never:  # only the pending watch stops trials before they start
         r = plan.sweep.resources
-        raise InputError("resources", f"{len(never)} trial(s) waited more than run.pending_timeout = "
+        raise InputError("resources", f"{n_never} trial(s) waited more than run.pending_timeout = "
                          f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "
                          f"{r['gpu']:g} free while none ran, so the study was stopped (finished trials are "
                          f"kept in {plan.uri}; rerun with --resume)",

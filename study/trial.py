@@ -135,8 +135,8 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
         trajectory.append(probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, trainer.epoch))
         log(f"epoch {trainer.epoch}/{cfg['epochs']}: loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.3f}, {metrics['seconds']:.1f} s")
-        if on_epoch is not None:
-            on_epoch(trainer.epoch, metrics, lambda: {"trainer": trainer.state_dict(),
+        if on_epoch is not None:  # the trajectory's new point: the absorber forming, reported live
+            on_epoch(trainer.epoch, {**metrics, "trajectory": trajectory[-1]}, lambda: {"trainer": trainer.state_dict(),
                                                       "trajectory": list(trajectory), "history": list(history)})
     s.timing["train_seconds"] = time.perf_counter() - t_train
     return finish(s, model, status, history, trajectory, trainer.epoch, notes, out)

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -341,38 +342,68 @@ def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
-@pytest.fixture
-def loopback_cluster(tiny_data, tmp_path):
-    """A 2-node Ray cluster and a moto S3 server on loopback; everything stopped afterwards."""
+def can_give_a_node_its_own_disk() -> bool:
+    """Whether a process here may have a private mount (a Linux mount namespace, as root)."""
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    return shutil.which("unshare") is not None and probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster(tmp_path_factory):
+    """A 2-node Ray cluster and a moto S3 server on loopback; everything stopped afterwards.
+
+    The nodes are started without NOISESINK_DATA and AWS_ENDPOINT_URL (a job's driver sets them,
+    the trials must get them from it). Where the system allows, the worker node runs in its own
+    mount namespace with an empty tmpfs over `private_dir`: a folder the driver writes that the
+    worker cannot see, like a local disk on another machine."""
+    from conftest import write_image_tree
+    root = tmp_path_factory.mktemp("cluster")
     bin_dir = Path(sys.executable).parent
     s3_port, gcs_port, dash_port = free_port("127.0.0.1"), free_port(HEAD_IP), free_port(HEAD_IP)
+    endpoint = f"http://127.0.0.1:{s3_port}"
     env = {**os.environ,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-           "NOISESINK_DATA": str(tiny_data), "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",   # each node's identity
+           "AWS_DEFAULT_REGION": "us-east-1", "RAY_DEDUP_LOGS": "0",
+           "PYTHONWARNINGS": "default::DeprecationWarning", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "1"}
+    for var in ("RAY_ADDRESS", "NOISESINK_DATA", "AWS_ENDPOINT_URL"):
+        env.pop(var, None)
     # one temp dir per node (short: Ray's socket paths live there). Two nodes sharing one would
     # also share runtime_resources/, and one node's cleanup would delete the other's working_dir.
     temp_dirs = [tempfile.mkdtemp(prefix="rt", dir="/tmp") for _ in range(2)]
     ray_bin = str(bin_dir / "ray")
+    private_dir = root / "driver-only"
+    private_dir.mkdir()
+    isolated = can_give_a_node_its_own_disk()
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", s3_port)
         import boto3
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="results")
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="results")
+        s3.create_bucket(Bucket="data")
+        tree = write_image_tree(root / "tree", 12, 4)   # a small image-tree tar: CIFAR-10 from a URI
+        data_tar = root / "cifar10.tar"
+        with tarfile.open(data_tar, "w") as tf:
+            tf.add(tree / "train", arcname="train")
+            tf.add(tree / "test", arcname="test")
+        s3.upload_file(str(data_tar), "data", "cifar10.tar")
         common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
         subprocess.run([ray_bin, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={gcs_port}",
                         f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash_port}",
                         f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
-                        '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
-        yield {"env": env, "dashboard": f"http://{HEAD_IP}:{dash_port}", "ray": ray_bin}
+        worker = [ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
+                  '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", *common]
+        if isolated:
+            worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                      f'mount -t tmpfs tmpfs "{private_dir}" && exec "$@"', "sh", *worker]
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        yield {"env": env, "dashboard": f"http://{HEAD_IP}:{dash_port}", "ray": ray_bin, "endpoint": endpoint,
+               "data_tar": data_tar, "private_dir": private_dir if isolated else None}
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
         moto.kill()
@@ -381,36 +412,50 @@ def loopback_cluster(tiny_data, tmp_path):
             shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_job_submit_to_a_two_node_cluster_with_s3_storage(loopback_cluster, tmp_path):
-    c = loopback_cluster
-    env, ray_bin = c["env"], c["ray"]
-    sets = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
-            "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_verify": "shapes",
-            "trial.sample_per_class": 20, "trial.n_frequency": 40}
-    entry = ["python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
-    entry += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+TINY = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "trial.batch_size": 50,
+        "trial.n_noise": 40, "trial.n_trajectory": 20, "trial.data_verify": "shapes",
+        "trial.sample_per_class": 20, "trial.n_frequency": 40}
+
+
+def submit_and_wait(c: dict, entry: list[str], timeout: float = 300) -> tuple[str, str]:
+    """`ray job submit --working-dir <checkout>`; the job's final status and its logs."""
+    ray_bin, env = c["ray"], c["env"]
     submitted = subprocess.run([ray_bin, "job", "submit", "--address", c["dashboard"], "--working-dir", str(ROOT),
                                 "--no-wait", "--", *entry], env=env, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
-
-    status, deadline = "", time.time() + 300
+    status, deadline = "", time.time() + timeout
     while time.time() < deadline:
         res = subprocess.run([ray_bin, "job", "status", "--address", c["dashboard"], job_id], env=env,
                              capture_output=True, text=True, timeout=60)
         out = res.stdout + res.stderr  # the CLI logs the status line to stderr
         ended = re.search(r"\b(succeeded|failed|stopped)\b", out, re.I)  # "Job '...' succeeded"
         status = ended.group(1).upper() if ended else ""
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if status:
             break
         time.sleep(2)
+    logs = subprocess.run([ray_bin, "job", "logs", "--address", c["dashboard"], job_id], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    return status, logs
+
+
+@pytest.mark.slow
+def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_cluster, tmp_path):
+    """The study's data and results both in (moto's) S3. Only the job's driver knows where the
+    data is and which endpoint to use (`env ... python -m study sweep`): the nodes were started
+    without them, so trials on either node find the data only through the runtime environment."""
+    c = loopback_cluster
+    env = c["env"]
+    entry = ["env", "NOISESINK_DATA=s3://data/cifar10.tar", f"AWS_ENDPOINT_URL={c['endpoint']}",
+             "python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
+    entry += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    status, logs = submit_and_wait(c, entry)
     if status != "SUCCEEDED":
-        logs = subprocess.run([ray_bin, "job", "logs", "--address", c["dashboard"], job_id], env=env,
-                              capture_output=True, text=True, timeout=60).stdout
-        pytest.fail(f"job {job_id} ended {status or 'never'}; its logs:\n{logs[-6000:]}")
+        pytest.fail(f"job ended {status or 'never'}; its logs:\n{logs[-6000:]}")
+    assert not [ln for ln in logs.splitlines() if "DeprecationWarning" in ln]
 
     # the aggregation, from this process, straight from the bucket
+    env = {**env, "AWS_ENDPOINT_URL": c["endpoint"]}
     report = tmp_path / "report"
     res = subprocess.run([sys.executable, "-m", "analysis", "s3://results/studies/smoke", "--out", str(report)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -419,20 +464,43 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage(loopback_cluster, tmp_
     assert len(runs) == 4 and (runs["status"] == "completed").all()
     assert pd.read_csv(report / "problems.csv").empty
     assert len(pd.read_csv(report / "absorption.csv")) == (2 * 10 + 2 * 2) * 10  # runs x classes x noises
-    # the trials ran on both nodes (Tune records each trial's node in its result.json)
+    # the trials ran on both nodes (Tune records each trial's node in its result.json), and each
+    # read the tar from the bucket: trial.json names the URI and the tar's own sha256
+    import hashlib
+
     import pyarrow.fs as pafs
-    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
+    fs = pafs.S3FileSystem(endpoint_override=c["endpoint"], access_key="testing", secret_key="testing",
                            region="us-east-1")
     base = "results/studies/smoke"
-    node_ips = set()
+    node_ips, sources = set(), set()
+    tar_sha = hashlib.sha256(c["data_tar"].read_bytes()).hexdigest()
     for info in fs.get_file_info(pafs.FileSelector(base)):
-        if info.type == pafs.FileType.Directory and info.base_name not in ("report",):
-            try:
-                with fs.open_input_stream(f"{info.path}/result.json") as f:
-                    node_ips |= {json.loads(line)["node_ip"] for line in f.read().decode().splitlines() if line}
-            except FileNotFoundError:
-                pass
+        if info.type == pafs.FileType.Directory and info.base_name != "report":
+            with fs.open_input_stream(f"{info.path}/result.json") as f:
+                node_ips |= {json.loads(line)["node_ip"] for line in f.read().decode().splitlines() if line}
+            with fs.open_input_stream(f"{info.path}/trial.json") as f:
+                data = json.loads(f.read())["data"]
+            sources.add((data["source"], data["sha256"]))
     assert node_ips == {HEAD_IP, WORKER_IP}, node_ips
+    assert sources == {("s3://data/cifar10.tar", tar_sha)}
     # and the sweep's own report went to the bucket too
     with fs.open_input_stream(f"{base}/report/report.md") as f:
         assert b"# noisesink report: smoke" in f.read()
+
+
+@pytest.mark.slow
+def test_a_local_storage_the_worker_node_cannot_see_is_refused_before_any_trial(loopback_cluster):
+    c = loopback_cluster
+    if c["private_dir"] is None:
+        pytest.skip("no mount namespaces here (needs root and unshare): cannot give the worker node its own disk")
+    storage = c["private_dir"] / "results"
+    entry = ["env", f"NOISESINK_DATA={c['data_tar']}", "python", "-m", "study", "sweep", "sweeps/smoke.yaml",
+             "--storage", str(storage)]
+    entry += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    status, logs = submit_and_wait(c, entry, timeout=180)
+    assert status == "FAILED", logs[-3000:]
+    assert f"run.storage: {storage / 'smoke'} is a folder on the driver's disk that node(s) {WORKER_IP}" in logs
+    assert "a bucket URI" in logs
+    # nothing ran: the study folder holds the plan and the token, no trial
+    from study.sweep import DRIVER_TOKEN
+    assert sorted(p.name for p in (storage / "smoke").iterdir()) == sorted([DRIVER_TOKEN, "study.json"])
