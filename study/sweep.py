@@ -394,12 +394,22 @@ def study_reporter(plan: Plan):
         "gaussian_share": "share", "test_accuracy": "test acc"})
 
 
+def tracker_callbacks(names: list[str], study: str) -> list:
+    """Ray Tune's logger callbacks for run.callbacks (study/tracking.py)."""
+    import importlib
+
+    from .tracking import TRACKERS
+    out = []
+    for name in names:
+        module, cls = TRACKERS[name].callback.rsplit(".", 1)
+        out.append(getattr(importlib.import_module(module), cls)(**TRACKERS[name].arguments(study)))
+    return out
+
+
 def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, token: str | None = None):
     from functools import partial
 
     from ray import tune
-
-    from .tracking import callbacks
 
     s = plan.sweep
     trainable = tune.with_resources(
@@ -431,7 +441,7 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, tok
             failure_config=tune.FailureConfig(max_failures=s.run["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=watch.stopper if watch else None,
-            callbacks=([watch.callback] if watch else []) + callbacks(s.run["callbacks"], plan.name),
+            callbacks=([watch.callback] if watch else []) + tracker_callbacks(s.run["callbacks"], plan.name),
             progress_reporter=study_reporter(plan),
             verbose=1,
         ),

@@ -385,7 +385,7 @@ def loopback_cluster(tmp_path_factory):
                           aws_access_key_id="testing", aws_secret_access_key="testing")
         s3.create_bucket(Bucket="results")
         s3.create_bucket(Bucket="data")
-        tree = write_image_tree(root / "tree", 12, 4)   # a small image-tree tar: CIFAR-10 from a URI
+        tree = write_image_tree(root / "tree", 50, 20)  # a small image-tree tar: CIFAR-10 from a URI
         data_tar = root / "cifar10.tar"
         with tarfile.open(data_tar, "w") as tf:
             tf.add(tree / "train", arcname="train")

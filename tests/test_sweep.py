@@ -97,7 +97,7 @@ def test_smoke_sweep_runs_on_ray_and_writes_one_result_per_grid_point(tiny_data,
     assert (study / "report" / "report.md").exists()
 
     # Tune's status table: the study's axes and the absorber, no internals
-    header = next(ln for ln in res.stdout.splitlines() if ln.startswith("| Trial name"))
+    header = [ln for ln in res.stdout.splitlines() if ln.startswith("| Trial name")][-1]   # the final table
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns[3:] == ["classes", "seed", "gaussian noise ->", "share", "test acc"], columns
     assert "_fixed" not in res.stdout and "Study smoke: 4 trials (4 TERMINATED)" in res.stdout

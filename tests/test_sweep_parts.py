@@ -60,7 +60,7 @@ def test_each_tracker_builds_tunes_own_logger_callback(name):
     if not tracker.installed():
         pytest.skip(f"{tracker.package} is not installed (pip install 'noisesink[{tracker.extra}]')")
     from ray.tune.logger import LoggerCallback
-    cb = tracker.make("mystudy")
+    (cb,) = sweep.tracker_callbacks([name], "mystudy")
     assert isinstance(cb, LoggerCallback)
     assert type(cb).__module__ == f"ray.air.integrations.{name}"
     assert getattr(cb, "experiment_name", None) == "mystudy" or getattr(cb, "project", None) == "mystudy"
