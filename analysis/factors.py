@@ -102,7 +102,8 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
     - top share: H0 the per-seed mean paired difference in the Gaussian top share is symmetric
       about 0 (sign-flip over seeds);
     - epoch-0 bias: the same for the untrained network's top share of Gaussian noise (epoch 0 of
-      the trajectory); a data factor leaves the untrained network as it is (difference 0, p = 1).
+      the trajectory), for architecture factors only: a data factor (class frequency) leaves seed
+      s's untrained network as it is, so there is nothing to test (and no test to correct for).
     With S seeds the smallest attainable p is 2^(1-S) for each."""
     tests = []
     if pairs.empty:
@@ -126,6 +127,8 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
         for value, test_id, what in (("top_share", "factor_top_share", f"the top share of {NOISE} noise"),
                                      ("epoch0_top_share", "factor_epoch0_bias",
                                       f"the untrained network's top share of {NOISE} noise (epoch 0)")):
+            if test_id == "factor_epoch0_bias" and factor not in ARCHITECTURE_AXES:
+                continue
             d = _per_seed_diff(sub, value)
             if len(d) < 2:
                 continue
@@ -206,6 +209,8 @@ def report_section(ctx: ReportContext) -> Section:
     items = []
     for r in table.itertuples():
         def said(short):
+            if short == "epoch0" and r.factor not in ARCHITECTURE_AXES:
+                return "unchanged by design (a data factor: seed s starts from the same network)"
             if not getattr(r, f"{short}_can_reject"):
                 return "untested"
             p = getattr(r, f"{short}_p_holm")
@@ -216,8 +221,9 @@ def report_section(ctx: ReportContext) -> Section:
             f"{r.test_accuracy:.2f}): absorber ", said("absorber"), f" ({r.reference_modal_absorber} -> "
             f"{r.modal_absorber}, {r.pairs_with_other_absorber:.0%} of pairs differ; {r.absorber_verdict}); top share ",
             said("top_share"), f" ({r.reference_top_share:.2f} -> {r.top_share:.2f}; {r.top_share_verdict}); epoch-0 "
-            "bias ", said("epoch0"), f" ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; "
-            f"{r.epoch0_verdict})."))
+            "bias ", said("epoch0"),
+            f" ({r.reference_epoch0_top_share:.2f} -> {r.epoch0_top_share:.2f}; {r.epoch0_verdict})."
+            if r.factor in ARCHITECTURE_AXES else "."))
     s.blocks.append(Bullets(items))
     fav = tests[tests["test"] == "epoch0_favourite_is_absorber"]
     if not fav.empty:

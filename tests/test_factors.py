@@ -149,3 +149,5 @@ def test_majority_goes_through_the_causal_tests_with_its_dose(tmp_path):
     assert len(hit) == 2 and (hit["p_value"] < 0.05).all()
     fpairs = factors.pairs_table(data)  # class frequency is a factor too
     assert set(fpairs["factor"]) == {"class_intervention"} and len(fpairs) == 2 * 8
+    ids = [t["test"] for t in factors.factor_tests(fpairs)]  # a data factor leaves epoch 0 as it is: no test
+    assert sorted(ids) == ["factor_absorber"] * 2 + ["factor_top_share"] * 2
