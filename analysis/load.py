@@ -198,8 +198,8 @@ def _load_one(fs, root: str, trial_id: str):
         t = json.loads(raw, parse_constant=_refuse_constant)
     except _Unusable as e:
         return None, {"trial_id": trial_id, "reason": str(e), "action": "excluded"}
-    except (ValueError, UnicodeDecodeError) as e:
-        return None, {"trial_id": trial_id, "reason": f"trial.json is truncated or not JSON ({e})",
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return None, {"trial_id": trial_id, "reason": f"trial.json is truncated or not JSON ({type(e).__name__}: {e})",
                       "action": "excluded"}
     if not isinstance(t, dict):
         return None, {"trial_id": trial_id, "reason": "trial.json is not a JSON object", "action": "excluded"}
@@ -250,6 +250,9 @@ def _find_root(fs, path: str, results: str) -> str:
         raise InputError(results, "is a file, not a study folder", STUDY_HELP)
     if fs.get_file_info(f"{path}/{STUDY_JSON}").type == pafs.FileType.File:
         return path
+    if fs.get_file_info(f"{path}/{TRIAL_JSON}").type == pafs.FileType.File:
+        raise InputError(results, f"is one trial's folder (it holds {TRIAL_JSON}), not a study",
+                         "the study folder above it, " + STUDY_HELP)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     studies = [i.path for i in infos if i.type == pafs.FileType.Directory
                and fs.get_file_info(f"{i.path}/{STUDY_JSON}").type == pafs.FileType.File]
@@ -270,7 +273,7 @@ def _read_study(fs, root: str) -> dict | None:
     allowed = "the study.json `python -m study sweep` writes: {name, axes: [...], points: [{dir, axes}, ...]}"
     try:
         study = json.loads(_read(fs, where), parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise InputError(where, f"unreadable or not JSON ({type(e).__name__}: {e})", allowed) from None
     if not isinstance(study, dict):
         raise InputError(where, "is not a JSON object", allowed)

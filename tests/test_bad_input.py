@@ -170,6 +170,10 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "--set value not YAML": (None, ["--set", "trial.classes=[cat, dog"], "--set trial.classes: YAML syntax error"),
     "--set key twice in its value": (None, ["--set", "trial.class_intervention={target: cat, target: dog}"],
                                      "key 'target' given twice"),
+    "nested too deep": ("name: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
+    "noise bank beyond memory": (edit("trial.n_noise", 10**8), [], "trial.n_noise: out of range (got 100000000); "
+                                 "allowed: 10 <= x <= 100000"),
+    "cutoff twice": (edit("trial.frequency_cutoffs", [0.25, 0.25]), [], "trial.frequency_cutoffs: a cutoff is given twice"),
     "truncated tar": (edit("trial.data_root", lambda d: str(d["truncated"])), [],
                       "truncated.tar: cannot read the archive, it is truncated or corrupt"),
     "truncated torchvision batch": (edit("trial.data_root", lambda d: str(d["corrupt"])), [],
@@ -258,6 +262,8 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
     "--set unknown key": (None, ["--set", "epoch=2"], "allowed: a trial key (no section), e.g. --set epochs=2"),
     "--set value not YAML": (None, ["--set", "classes=[cat, dog"], "--set classes: YAML syntax error"),
     "seed beyond 64 bits": (edit("seed", 2**64), [], "seed: out of range"),
+    "nested too deep": ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
+    "device cuda without a GPU": (edit("device", "cuda"), [], "device: CUDA was asked for but no GPU is visible"),
     "truncated tar": (edit("data_root", lambda d: str(d["truncated"])), [], "cannot read the archive"),
     "truncated torchvision batch": (edit("data_root", lambda d: str(d["corrupt"])), [], "not a readable CIFAR-10 batch"),
 }
@@ -323,6 +329,9 @@ ANALYSIS_CASES = {  # id: (builder(tmp) -> CLI args, text the message must hold)
     "study.json pointing outside": (lambda tmp: [str(_folder(tmp, {"study.json": json.dumps(
         {"axes": ["seed"], "points": [{"dir": "../../etc", "axes": {"seed": 0}}]})}))],
         "points[0]: not {dir: <a folder in the study>"),
+    "one trial's folder": (lambda tmp: [str(_study(tmp) / "augmentation=flip_seed=0")], "is one trial's folder"),
+    "study.json nested too deep": (lambda tmp: [str(_folder(tmp, {"study.json": "[" * 100_000 + "]" * 100_000}))],
+                                   "study.json: unreadable or not JSON (RecursionError"),
     "two studies": (lambda tmp: [str(_folder(tmp, {"a/study.json": "{}", "b/study.json": "{}"}))],
                     "holds several studies (a, b)"),
     "--out is a file": (lambda tmp: [str(_study(tmp)), "--out", str(_folder(tmp, {"f": "x"}) / "f")],
