@@ -61,6 +61,44 @@ def trial_dirname(axes: dict) -> str:
     return name
 
 
+# ---------------------------------------------------------------- which config a result belongs to
+
+# Trial keys that change where and how fast a trial runs, not what it measures: a result made
+# with other values of these is the same result (and no condition of the aggregation).
+RUN_ONLY_KEYS = ("device", "threads", "data_root", "data_verify", "eval_batch_size", "compile")
+_MISSING = object()
+
+
+def config_digest(cfg: dict) -> str:
+    """sha256 of a resolved trial config without its RUN_ONLY_KEYS; trial.json records it, so a
+    result is recognised as belonging to a config (or not) at a glance."""
+    kept = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_changes(stored: dict, expected: dict, defaults: dict) -> list[str]:
+    """The keys (RUN_ONLY_KEYS aside) whose value in a stored result's config differs from the
+    expected config, each as `key: was X, now Y`; [] when the result belongs to the config. A key
+    the stored config lacks (written before the key existed) is no change when the expected value
+    is the key's default, which reproduces what the code did before the key was added."""
+    def show(v):
+        return "absent" if v is _MISSING else json.dumps(v)
+
+    changes = []
+    for key in sorted((set(stored) | set(expected)) - set(RUN_ONLY_KEYS)):
+        old, new = stored.get(key, _MISSING), expected.get(key, _MISSING)
+        if old is _MISSING and new is not _MISSING and new == defaults.get(key, _MISSING):
+            continue
+        if old is _MISSING or new is _MISSING or _plain(old) != _plain(new):
+            changes.append(f"{key}: was {show(old)}, now {show(new)}")
+    return changes
+
+
+def _plain(v):
+    """As JSON holds it (tuples as lists), so a value read back from trial.json compares equal."""
+    return json.loads(json.dumps(v))
+
+
 # ---------------------------------------------------------------- where a study lives
 
 def open_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:

@@ -10,6 +10,7 @@ class InputError(Exception):
     """
 
     def __init__(self, where: str, problem: str, allowed: str | None = None, value=...):
+        problem = " ".join(str(problem).split())  # one line, whatever a library's message held
         self.where, self.problem, self.allowed, self.value = where, problem, allowed, value
         msg = f"{where}: {problem}"
         if value is not ...:

@@ -19,12 +19,13 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from .contract import (ARRAYS_NPZ, COMPLETED, FINAL_STATUSES, READABLE_SCHEMAS, REPORT_DIR, STUDY_JSON,
-                       TRIAL_JSON, TUNE_ERROR_TXT, open_filesystem, show_value)
+                       RUN_ONLY_KEYS, TRIAL_JSON, TUNE_ERROR_TXT, config_changes, config_digest,
+                       open_filesystem, show_value)
 from .errors import InputError
 
 NOT_TRIALS = {REPORT_DIR}
 # config keys that do not change what is measured (where, how fast): never part of a condition
-NON_SEMANTIC = {"seed", "device", "threads", "data_root", "eval_batch_size", "compile", "data_verify"}
+NON_SEMANTIC = {"seed", *RUN_ONLY_KEYS}
 REQUIRED = ("schema", "status", "config", "seed", "classes")
 REQUIRED_COMPLETED = ("test_accuracy", "absorption", "absorber", "mst", "distance", "trajectory")
 
@@ -154,7 +155,7 @@ def _compact(trial_id: str, t: dict) -> dict:
            "heldout_classes": list(t.get("heldout_classes") or []),
            "test_accuracy": t.get("test_accuracy"),
            "train_seconds": (t.get("timing") or {}).get("train_seconds"),
-           "arrays_sha256": (t.get("arrays") or {}).get("sha256"),
+           "arrays_sha256": (t.get("arrays") or {}).get("sha256"), "config_digest": t.get("config_digest"),
            "warnings": t.get("warnings") or [],
            "diverged_at_epoch": t.get("diverged_at_epoch")}
     traj = t.get("trajectory") or []
@@ -340,11 +341,32 @@ def load(results: str | Source, workers: int = 16) -> Loaded:
         loaded = list(pool.map(lambda d: _load_one(fs, root, d), src.dirs))
     runs = [r for r, _ in loaded if r is not None]
     problems = [p for _, p in loaded if p is not None]
+    runs = _belonging(runs, study, problems)
     expected = [p["dir"] for p in study["points"]] if study else []
     axes = list(study["axes"]) if study else _varying_keys(runs)
     out = Loaded(root=root, study=study, axes=axes, problems=problems, fs=fs)
     out.runs = _dedupe(runs, axes, expected, out.problems)
     return out
+
+
+def _belonging(runs: list[dict], study: dict | None, problems: list) -> list[dict]:
+    """The runs whose config is their grid point's in study.json (its `resolved` config with the
+    point's axes); a result of another config (left by an earlier run of an edited study) is a
+    problem, never mixed in. Studies written before study.json held `resolved` are not checked."""
+    if not study or not isinstance(study.get("resolved"), dict):
+        return runs
+    expected = {p["dir"]: {**study["resolved"], **p["axes"]} for p in study["points"]}
+    kept = []
+    for run in runs:
+        cfg = expected.get(run["trial_id"])
+        changes = [] if cfg is None or run.get("config_digest") == config_digest(cfg) else \
+            config_changes(run["config"], cfg, study.get("defaults") or {})
+        if changes:
+            problems.append({"trial_id": run["trial_id"], "reason": "a result of another config than "
+                             f"study.json's ({'; '.join(changes)})", "action": "excluded"})
+        else:
+            kept.append(run)
+    return kept
 
 
 def _varying_keys(runs: list[dict]) -> list[str]:

@@ -72,11 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--storage", help="local folder or URI (s3://, gs://) for the results; "
                        "overrides run.storage")
         s.add_argument("--name", help="study name; overrides the file's `name`")
+        s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local "
+                       "Ray, whose machine bounds the resources a trial may ask for)")
+        if name == "check":
+            s.add_argument("--cluster", action="store_true", help="validate for a cluster not reachable "
+                           "from here: this machine's CPUs and GPUs do not bound the resources")
         if name == "sweep":
             s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
             s.add_argument("--no-report", action="store_true", help="skip the aggregation at the end")
-            s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a "
-                           "local Ray)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray",
                            help="ray (default: local Ray or a cluster) or local (no Ray: this process, "
                            "or worker processes as the resources allow on this machine)")
@@ -121,10 +124,20 @@ def main(argv: list[str] | None = None) -> int:
             return _initbias(args)
         if args.command == "sweep":
             _check_executor(args)
-        from .plan import prepare
-        plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name)
+        from .plan import cluster_address, prepare, probe_address
+        on_ray = getattr(args, "executor", "ray") == "ray"
+        address, where = cluster_address(args.address) if on_ray else (None, "")
+        if address:  # a cluster that does not answer fails now, not after the checks (or minutes of retries)
+            probe_address(address, where)
+        plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name,
+                       local=not (address or getattr(args, "cluster", False)))
         if args.command == "check":
             print(plan.describe())
+            if address:  # compare with the cluster's nodes (connects to it: Ray)
+                from . import sweep
+                sweep._init_ray(address)
+                warning = sweep.node_fit_warning(plan.sweep.resources)
+                print(f"WARNING: {warning}" if warning else f"cluster {address}: a node can hold a trial")
             return 0
         if args.executor == "local":
             from . import local
@@ -163,10 +176,13 @@ def _check_executor(args) -> None:
 def _trial(args) -> int:
     from .artifacts import ArtifactDir
     from .config import load_trial_config
-    from .data import check_source
     cfg = load_trial_config(args.config, args.set)
     check_output(args.out)
-    check_source(cfg["data_root"])
+    import torch
+
+    from .plan import check_trials  # the checks `study check` makes for every grid point
+    for warning in check_trials([cfg], gpu_here=torch.cuda.is_available()):
+        print(f"WARNING: {warning}")
     out = ArtifactDir.at(args.out)
     from .trial import run_trial
     result = run_trial(cfg, out)

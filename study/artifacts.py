@@ -1,7 +1,8 @@
 """A trial's artifact folder on any pyarrow filesystem (local, s3://, gs://), written atomically.
 
-trial.json is written last, so its presence means the trial finished; it names the arrays file
-and its sha256, so a reader can tell a complete result from a torn one. Local writes go to a
+trial.json is written last, so its presence means the trial finished (study/plan.py's result_state
+also checks whose config it holds); it names the arrays file and its sha256, so a reader can tell
+a complete result from a torn one. Local writes go to a
 temporary name first and are renamed; object stores make a PUT visible whole or not at all.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 import numpy as np
 import pyarrow.fs as pafs
 
-from analysis.contract import FINAL_STATUSES, TRIAL_JSON, open_filesystem
+from analysis.contract import TRIAL_JSON, open_filesystem
 
 from .errors import InputError
 
@@ -91,12 +92,3 @@ class ArtifactDir:
         data = buf.getvalue()
         self.write_bytes(name, data)
         return hashlib.sha256(data).hexdigest()
-
-    def completed(self) -> bool:
-        """A finished result is here: trial.json readable, with a final status."""
-        if not self.exists(TRIAL_JSON):
-            return False
-        try:
-            return self.read_json().get("status") in FINAL_STATUSES
-        except (ValueError, OSError):
-            return False

@@ -359,6 +359,9 @@ def _cross_check(cfg: dict, where: str) -> None:
     elif cfg["data_verify"] == "full" and cfg["batch_size"] > 5000 * n_classes:
         raise InputError(f"{where}batch_size", "larger than the training set",
                          f"1 <= batch_size <= {5000 * n_classes}", cfg["batch_size"])
+    if cfg["test_subset"] is not None and cfg["test_subset"] < n_classes:
+        raise InputError(f"{where}test_subset", f"fewer images than the {n_classes} trained classes",
+                         f"at least {n_classes}", cfg["test_subset"])
     if cfg["n_trajectory"] > cfg["n_noise"]:
         raise InputError(f"{where}n_trajectory", "larger than the noise bank",
                          f"<= n_noise ({cfg['n_noise']})", cfg["n_trajectory"])
@@ -581,12 +584,16 @@ class Sweep:
             point = dict(zip(axes, values))
             try:
                 out.append(validate_trial({**self.trial, **point}))
-            except InputError as e:  # name the section the bad key came from, and the grid point
-                key = e.where.split(".")[0]
-                section = "grid" if key in self.grid else "trial"
-                raise InputError(f"{section}.{e.where}", f"{e.problem} (grid point {point})",
-                                 e.allowed, e.value) from None
+            except InputError as e:
+                raise self.locate(point, e) from None
         return out
+
+    def locate(self, point: dict, e: InputError) -> InputError:
+        """An error about one grid point's config, named by the section its key came from (grid or
+        trial) and by the point's axis values."""
+        section = "grid" if e.where.split(".")[0] in self.grid else "trial"
+        return InputError(f"{section}.{e.where}", f"{e.problem} (grid point {self.axis_values(point)})",
+                          e.allowed, e.value)
 
     def axis_values(self, cfg: dict) -> dict:
         return {a: cfg[a] for a in self.grid}

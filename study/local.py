@@ -32,7 +32,7 @@ from analysis.contract import join_uri
 from .artifacts import ArtifactDir
 from .errors import InputError
 from .plan import (CHECKPOINT_FILE, LOCAL_CHECKPOINT, Plan, aggregate_study, drop_checkpoints, final_metrics,
-                   local_slots, seed_groups, start_study)
+                   is_done, local_slots, seed_groups, start_study)
 
 GRACE_SECONDS = 30   # past the time limit, trials still probing get this long before they are stopped
 
@@ -211,7 +211,8 @@ def execute(plan: Plan, resume: bool = False, time_limit: float | None = None,
     require_cuda(plan)
     start = time.time()
     deadline = start + time_limit if time_limit else None
-    units, skipped = work_units(plan, lambda d: ArtifactDir.at(join_uri(plan.uri, d)).completed())
+    configs = dict(zip(plan.dirnames, plan.points))  # complete means complete for this config
+    units, skipped = work_units(plan, lambda d: is_done(ArtifactDir.at(join_uri(plan.uri, d)), configs[d]))
     outcome = Outcome(skipped=skipped)
     gpu_sets = slot_gpus(plan)
     slots = min(workers or local_slots(plan.sweep), len(units), *([len(gpu_sets)] if gpu_sets else []))

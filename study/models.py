@@ -211,7 +211,7 @@ def _imagenet_state(pretrained: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError("pretrained", f"cannot read weights ({type(e).__name__}: {e})",
+        raise InputError("pretrained", f"cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                          "a torchvision resnet18 state_dict saved with torch.save", pretrained) from None
     if not isinstance(state, dict) or "conv1.weight" not in state:
         raise InputError("pretrained", "file is not a torchvision resnet18 state_dict",

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs as pafs
 
-from analysis.contract import REPORT_DIR, STUDY_JSON, join_uri, trial_dirname
+from analysis.contract import (CIFAR10_CLASSES, FINAL_STATUSES, REPORT_DIR, STUDY_JSON, TRIAL_JSON,
+                               config_changes, config_digest, join_uri, trial_dirname)
 from analysis.load import check_writable
 
-from .artifacts import ArtifactDir, json_safe
-from .config import NAME_CHECK, Sweep, _storage, load_sweep, trained_classes
+from .artifacts import ArtifactDir, filesystem, json_safe
+from .config import NAME_CHECK, TRIAL_DEFAULTS, Sweep, _storage, load_sweep, trained_classes
 from .data import check_source, is_uri, load_cifar10
 from .errors import InputError
 from .task import check_task
@@ -75,19 +79,161 @@ def _absolute_data_paths(sweep: Sweep) -> None:
         sweep.grid["data_root"] = [absolute(v) for v in sweep.grid["data_root"]]
 
 
-def check_data(points: list[dict]) -> None:
-    """Every data source the study names is readable, verified, and big enough for each grid
-    point (decoding it here also fills the cache the trials on this machine will read)."""
+def check_trials(points: list[dict], locate=None, gpu_here: bool = False) -> list[str]:
+    """The one check of what the trials need beyond their keys, shared by `study trial`, `study
+    check`, `study sweep` and any executor of a plan, so that none of them accepts what a trial
+    would then fail on: each data source readable, verified, and big enough for each point's
+    subsets and batch; each pretrained weights source present and loadable into its model.
+    Raises InputError (`locate(point, error)` names the grid point); returns warnings for what a
+    trial will apply otherwise than written (sample_per_class beyond a class's images, compile
+    without CUDA). `gpu_here`: whether the trials will see a GPU. Decoding the data here also
+    fills the cache the trials on this machine will read."""
+    from .models import build_model, factors_of
+    locate = locate or (lambda point, e: e)
+    warnings: list[str] = []
     for root, verify in sorted({(p["data_root"] or "", p["data_verify"]) for p in points}):
         check_source(root or None)
         data = load_cifar10(root or None, verify)
         for p in points:
-            if (p["data_root"] or "", p["data_verify"]) == (root, verify):
-                try:
-                    check_task(data, p, trained_classes(p))
-                except InputError as e:
-                    raise InputError(f"trial.{e.where}", f"{e.problem} (grid point seed={p['seed']}, "
-                                     f"classes={p['classes']})", e.allowed, e.value) from None
+            if (p["data_root"] or "", p["data_verify"]) != (root, verify):
+                continue
+            classes = trained_classes(p)
+            try:
+                check_task(data, p, classes)
+            except InputError as e:
+                raise locate(p, e) from None
+            per_class = int(np.bincount(data.train_y, minlength=10)[[CIFAR10_CLASSES.index(c) for c in classes]].min())
+            if p["train_subset"] is not None:
+                per_class = min(per_class, p["train_subset"] // len(classes))
+            if p["sample_per_class"] > per_class:
+                warnings.append(f"sample_per_class {p['sample_per_class']} is more than the {per_class} training "
+                                f"images of the smallest class (classes={p['classes']}, train_subset="
+                                f"{p['train_subset']}): the clutter measures and the OOD detectors use those "
+                                "(recorded in trial.json as clutter.images_per_class)")
+    first: dict[str, dict] = {}  # each distinct model and weights once, named by its first grid point
+    for p in points:
+        if p["pretrained"] is not None:
+            first.setdefault(json.dumps([p["model"], p["pretrained"], factors_of(p)]), p)
+    for p in first.values():
+        try:  # fetches or reads the weights and loads them into the model, as the trial will
+            build_model(p["model"], len(trained_classes(p)), 0, p["pretrained"], **factors_of(p))
+        except InputError as e:
+            raise locate(p, e) from None
+    compiled = sorted({str(p["compile"]) for p in points if p["compile"] and
+                       (p["device"] == "cpu" or not gpu_here)})
+    if compiled:
+        warnings.append(f"compile: {', '.join(compiled)} applies on CUDA only and these trials run on a CPU: "
+                        "they run without torch.compile (recorded in trial.json as applied.compile)")
+    return list(dict.fromkeys(warnings))
+
+
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """(the Ray cluster to use, where it was named): --address, else $RAY_ADDRESS, else None (a
+    local Ray started here)."""
+    if address:
+        return address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
+ADDRESS_HELP = ("the address of a running Ray cluster's head: host:6379 (the GCS port), ray://host:10001 "
+                "(Ray Client) or auto; `ray start --head` prints it")
+
+
+def probe_address(address: str, where: str, timeout_s: float = 10) -> None:
+    """Fail within seconds when nothing listens at the address (ray.init would retry for minutes):
+    one TCP connection to the head, nothing sent."""
+    import socket
+    from urllib.parse import urlsplit
+    if address == "auto":  # Ray's own lookup of the cluster started on this machine
+        return
+    if re.match(r"https?://", address):
+        raise InputError(where, "is the dashboard's job-submission address, which `ray job submit` takes; "
+                         "a driver connects to the head's GCS port", ADDRESS_HELP, address)
+    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
+    except ValueError:
+        host = None
+    if not host:
+        raise InputError(where, "malformed address", ADDRESS_HELP, address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise InputError(where, f"no Ray cluster answers at {host}:{port} ({reason})", ADDRESS_HELP,
+                         address) from None
+
+
+def check_resources(sweep: Sweep) -> None:
+    """For a study run by a Ray started here: a trial that asks for more CPUs or GPUs than this
+    machine has would wait forever (PENDING); refuse it."""
+    cpu, gpu = sweep.resources["cpu"], sweep.resources["gpu"]
+    cluster = "or run it on a cluster (study sweep --address / RAY_ADDRESS; study check --cluster validates for one)"
+    cpus = os.cpu_count() or 1
+    if cpu > cpus:
+        raise InputError("resources.cpu", f"a trial asks for {cpu:g} CPUs and this machine has {cpus}: no "
+                         "trial could ever start", f"at most {cpus} here, {cluster}", cpu)
+    if gpu:
+        import torch
+        gpus = torch.cuda.device_count()
+        if gpu > gpus:
+            raise InputError("resources.gpu", f"a trial asks for {gpu:g} GPU and this machine has "
+                             f"{gpus or 'none'}: no trial could ever start",
+                             f"{'0 (CPU trials)' if not gpus else f'at most {gpus}'} here, {cluster}", gpu)
+
+
+def result_state(out: ArtifactDir, cfg: dict) -> list[str] | None:
+    """What a grid point's folder holds, for every executor (skip-if-complete, --resume, fused
+    seeds): None when no finished result (run the trial); [] when a finished result of this very
+    config (skip it); else the config keys that differ (`key: was X, now Y`): a result of
+    another config, never to be reused as this point's, nor overwritten."""
+    if not out.exists(TRIAL_JSON):
+        return None
+    try:
+        t = out.read_json()
+    except (ValueError, OSError):
+        return None  # torn or unreadable: the trial runs again and replaces it
+    if not isinstance(t, dict) or t.get("status") not in FINAL_STATUSES:
+        return None
+    if not isinstance(t.get("config"), dict):
+        return ["config: absent from trial.json"]
+    if t.get("config_digest") == config_digest(cfg):
+        return []
+    return config_changes(t["config"], cfg, TRIAL_DEFAULTS)
+
+
+STALE_HELP = ("the config those results were made with; or a new study name (--name NEW) for the new "
+              "config; or remove the old results first")
+
+
+def is_done(out: ArtifactDir, cfg: dict) -> bool:
+    """An executor's skip-if-complete: True when `out` holds this config's finished result (skip
+    the trial), False when it holds none (run it); a result of another config is an InputError."""
+    changes = result_state(out, cfg)
+    if changes:
+        raise InputError(str(out), f"holds a finished trial of another config ({'; '.join(changes)})", STALE_HELP)
+    return changes == []
+
+
+def check_existing(plan: "Plan", workers: int = 16) -> int:
+    """The study folder may hold results of an earlier run: each grid point's result must belong
+    to its config (reused), or be absent (run). A result of another config (a trial key changed
+    since) is refused, never mixed in. Returns how many results are reused."""
+    fs, root = filesystem(plan.uri)
+    present = {i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+               if i.type == pafs.FileType.Directory}
+    todo = [(d, p) for d, p in zip(plan.dirnames, plan.points) if d in present]
+    with ThreadPoolExecutor(workers) as pool:
+        states = list(pool.map(lambda dp: result_state(ArtifactDir(fs, f"{root}/{dp[0]}"), dp[1]), todo))
+    stale = [(d, changes) for (d, _), changes in zip(todo, states) if changes]
+    if stale:
+        d, changes = stale[0]
+        raise InputError(join_uri(plan.uri, d), f"holds a finished trial of another config ({'; '.join(changes)})"
+                         + (f"; so do {len(stale) - 1} other grid point(s)" if len(stale) > 1 else ""),
+                         STALE_HELP)
+    return sum(changes == [] for changes in states)
 
 
 def local_slots(sweep: Sweep) -> int:
@@ -110,6 +256,9 @@ class Plan:
     storage: str
     points: list[dict]
     dirnames: list[str]
+    local: bool = True          # run by a Ray started here (else on a cluster)
+    warnings: list[str] = field(default_factory=list)   # what trials will apply otherwise than written
+    reused: int = 0             # finished results of an earlier run, kept
 
     @property
     def name(self) -> str:
@@ -120,9 +269,9 @@ class Plan:
         return join_uri(self.storage, self.name)
 
     def concurrency(self) -> str:
-        here = local_slots(self.sweep)
-        return (f"{here} at once on this machine" if here else "none on this machine (no GPU "
-                "here); on a cluster as many as its resources allow")
+        if not self.local:
+            return "on the cluster, as many as its nodes hold"
+        return f"{local_slots(self.sweep)} at once on this machine"
 
     def describe(self) -> str:
         s = self.sweep
@@ -130,37 +279,48 @@ class Plan:
                  f"grid: {len(self.points)} trials = " + " x ".join(f"{len(v)} {k}" for k, v in s.grid.items()),
                  f"resources per trial: cpu {s.resources['cpu']}, gpu {s.resources['gpu']}",
                  f"concurrency: {self.concurrency()}",
-                 f"storage: {self.uri}",
+                 f"storage: {self.uri}" + (f" ({self.reused} finished trials of an earlier run are reused)"
+                                            if self.reused else ""),
                  f"data: {sorted({check_source(p['data_root']) for p in self.points})}",
                  f"first trial ({self.dirnames[0]}):"]
         lines += [f"  {k}: {json.dumps(v)}" for k, v in self.points[0].items()]
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
 def prepare(path: str, sets: list[str] | None = None, storage: str | None = None,
-            name: str | None = None) -> Plan:
-    """Validate everything a sweep needs before anything runs."""
+            name: str | None = None, local: bool = True) -> Plan:
+    """Validate everything a sweep needs before anything runs. `local`: the study runs on a Ray
+    started on this machine (its CPUs and GPUs bound what a trial may ask for)."""
     sweep = load_sweep(path, sets)
     _absolute_data_paths(sweep)
     if name is not None:
         sweep.name = NAME_CHECK(name, "--name")
     if storage is not None:
         sweep.run["storage"] = _storage(storage, "--storage")
+    if local:
+        check_resources(sweep)
     points = sweep.points()
-    check_data(points)
+    warnings = check_trials(points, sweep.locate, gpu_here=sweep.resources["gpu"] > 0)
     if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
         sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
     concurrent = min(len(points), max(1, local_slots(sweep)))
     check_storage(sweep.run["storage"], study_footprint(points, concurrent))
     dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
-    return Plan(sweep, str(path), sweep.run["storage"], points, dirnames)
+    plan = Plan(sweep, str(path), sweep.run["storage"], points, dirnames, local, warnings)
+    plan.reused = check_existing(plan)
+    return plan
 
 
 def study_record(plan: Plan) -> dict:
     """study.json: what the aggregation needs to know about the design."""
     s = plan.sweep
+    # every point's resolved config is `resolved` with its axes; the aggregation checks each
+    # trial.json's config against it (contract.config_changes), so no stale result is mixed in
+    resolved = {k: v for k, v in plan.points[0].items() if k not in s.grid}
     return json_safe({"name": plan.name, "file": plan.file, "axes": list(s.grid), "grid": s.grid,
                       "trial": s.trial, "resources": s.resources, "run": s.run,
+                      "resolved": resolved, "defaults": TRIAL_DEFAULTS,
                       "points": [{"dir": d, "axes": s.axis_values(p)}
                                  for d, p in zip(plan.dirnames, plan.points)]})
 

@@ -9,7 +9,6 @@ resuming a study never double-counts a grid point.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tempfile
 import time
@@ -24,8 +23,8 @@ from analysis.contract import COMPLETED, TUNE_ERROR_TXT, join_uri, trial_dirname
 from .artifacts import ArtifactDir
 from .config import validate_trial
 from .errors import InputError
-from .plan import (CHECKPOINT_FILE, Plan, aggregate_study, drop_checkpoints, final_metrics, seed_groups,
-                   start_study)
+from .plan import (ADDRESS_HELP, CHECKPOINT_FILE, Plan, aggregate_study, cluster_address, drop_checkpoints,
+                   final_metrics, is_done, probe_address, seed_groups, start_study)
 # A trial that meets bad input reports it under this key and ends: Tune retries every exception
 # (FailureConfig.max_failures counts them all alike), and no retry can fix bad input.
 INPUT_ERROR = "input_error"
@@ -119,7 +118,7 @@ def _tune_trial(config: dict, fixed: dict, axes: list[str], checkpoint_every: in
         return _fused_tune_trial(config, fixed, axes, experiment, gpus)
     cfg = validate_trial({**fixed, **config})
     out = ArtifactDir.at(join_uri(experiment, tune_folder(config, axes)))
-    if out.completed():
+    if is_done(out, cfg):
         print(f"{out}: trial.json already complete, not recomputed")
         tune.report(final_metrics(out.read_json()))
         return
@@ -154,10 +153,11 @@ def _fused_tune_trial(config: dict, fixed: dict, axes: list[str], experiment: st
     for seed in config["seeds"]:
         point = {**condition, "seed": seed}
         out = ArtifactDir.at(join_uri(experiment, trial_dirname(order_axes(point, axes))))
-        if out.completed():
+        cfg = validate_trial({**fixed, **point})
+        if is_done(out, cfg):  # complete for this config; a result of another config is bad input
             print(f"{out}: trial.json already complete, not recomputed")
         else:
-            todo.append((validate_trial({**fixed, **point}), out))
+            todo.append((cfg, out))
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         tune.report({"epoch": epoch, "train_loss": float(np.mean(metrics["train_loss"])),
@@ -204,45 +204,6 @@ def environment(name: str, value: str):
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-def cluster_address(address: str | None) -> tuple[str | None, str]:
-    """(the Ray cluster to use, where it was named): --address, else $RAY_ADDRESS, else None (a
-    local Ray started here)."""
-    if address:
-        return address, "--address"
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
-    return None, ""
-
-
-ADDRESS_HELP = ("the address of a running Ray cluster's head: host:6379 (the GCS port), ray://host:10001 "
-                "(Ray Client) or auto; `ray start --head` prints it")
-
-
-def probe_address(address: str, where: str, timeout_s: float = 10) -> None:
-    """Fail within seconds when nothing listens at the address (ray.init would retry for minutes):
-    one TCP connection to the head, nothing sent."""
-    import socket
-    from urllib.parse import urlsplit
-    if address == "auto":  # Ray's own lookup of the cluster started on this machine
-        return
-    if re.match(r"https?://", address):
-        raise InputError(where, "is the dashboard's job-submission address, which `ray job submit` takes; "
-                         "a driver connects to the head's GCS port", ADDRESS_HELP, address)
-    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
-    try:
-        host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
-    except ValueError:
-        host = None
-    if not host:
-        raise InputError(where, "malformed address", ADDRESS_HELP, address)
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as e:
-        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
-        raise InputError(where, f"no Ray cluster answers at {host}:{port} ({reason})", ADDRESS_HELP,
-                         address) from None
 
 
 def _init_ray(address: str | None) -> None:

@@ -174,6 +174,22 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "noise bank beyond memory": (edit("trial.n_noise", 10**8), [], "trial.n_noise: out of range (got 100000000); "
                                  "allowed: 10 <= x <= 100000"),
     "cutoff twice": (edit("trial.frequency_cutoffs", [0.25, 0.25]), [], "trial.frequency_cutoffs: a cutoff is given twice"),
+    # what `study check` passed and every trial then failed on: one check serves trial, check and sweep
+    "test_subset beyond the data": (edit("trial.test_subset", 500), [], "trial.test_subset: asks for 50 test images "
+                                    "of a class that has only 20 (grid point {'seed': 0}) (got 500); allowed: at most 200"),
+    "train_subset beyond the data": (edit("trial.train_subset", 1000), [], "trial.train_subset: asks for 100 images "
+                                     "of a class that has only 60"),
+    "test_subset below the classes": (edit("trial.test_subset", 5), [], "trial.test_subset: fewer images than the "
+                                      "10 trained classes"),
+    "pretrained weights missing": (lambda s, d: s["trial"].update(model="resnet18_imagenet", pretrained="/no/w.pth"),
+                                   [], "trial.pretrained: no such weights file (grid point {'seed': 0})"),
+    "pretrained misspelt": (lambda s, d: s["trial"].update(model="resnet18_imagenet", pretrained="imagnet"), [],
+                            "trial.pretrained: no such weights file"),
+    "pretrained not weights": (lambda s, d: s["trial"].update(model="resnet18_imagenet", pretrained=str(d["weights"])),
+                               [], "trial.pretrained: cannot read weights"),
+    "more CPUs than the machine": (edit("resources.cpu", (os.cpu_count() or 1) + 1), [],
+                                   f"resources.cpu: a trial asks for {(os.cpu_count() or 1) + 1} CPUs and this machine "
+                                   f"has {os.cpu_count()}: no trial could ever start"),
     "truncated tar": (edit("trial.data_root", lambda d: str(d["truncated"])), [],
                       "truncated.tar: cannot read the archive, it is truncated or corrupt"),
     "truncated torchvision batch": (edit("trial.data_root", lambda d: str(d["corrupt"])), [],
@@ -265,6 +281,10 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
     "nested too deep": ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
     "device cuda without a GPU": (edit("device", "cuda"), [], "device: CUDA was asked for but no GPU is visible"),
     "truncated tar": (edit("data_root", lambda d: str(d["truncated"])), [], "cannot read the archive"),
+    "test_subset beyond the data": (edit("test_subset", 500), [], "test_subset: asks for 50 test images of a class "
+                                    "that has only 20"),
+    "pretrained weights missing": (lambda c, d: c.update(model="resnet18_imagenet", pretrained="/no/w.pth"), [],
+                                   "pretrained: no such weights file"),
     "truncated torchvision batch": (edit("data_root", lambda d: str(d["corrupt"])), [], "not a readable CIFAR-10 batch"),
 }
 
@@ -545,3 +565,124 @@ except InputError as e:
 """, tmp_path)
     assert "error: resources: 2 trial(s) waited more than run.pending_timeout = 5 s for a node with cpu 2" in \
         res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_a_gpu_study_is_refused_on_a_machine_without_one_unless_checked_for_a_cluster(tiny_data, tmp_path, capsys):
+    import torch
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU: a GPU study fits here")
+    sweep = base_sweep(tiny_data, tmp_path / "storage")
+    sweep["resources"]["gpu"] = 0.5
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    for command in ("check", "sweep"):  # a local Ray would leave every trial PENDING forever
+        assert main([command, str(path)]) == 2
+        assert "resources.gpu: a trial asks for 0.5 GPU and this machine has none" in capsys.readouterr().err
+    assert main(["check", str(path), "--cluster"]) == 0
+    assert "concurrency: on the cluster" in capsys.readouterr().out
+    assert not (tmp_path / "storage").exists()
+
+
+# ---------------------------------------------------------------- stale results
+
+def _finished(plan, index: int, **changed) -> Path:
+    """A finished trial.json at grid point `index`, made with the point's config and `changed`."""
+    from analysis.contract import config_digest
+    from study.artifacts import ArtifactDir
+    from study.plan import join_uri
+    cfg = {**plan.points[index], **changed}
+    ArtifactDir.at(join_uri(plan.uri, plan.dirnames[index])).write_json(
+        "trial.json", {"schema": 1, "status": "completed", "config": cfg, "config_digest": config_digest(cfg)})
+    return Path(plan.uri) / plan.dirnames[index] / "trial.json"
+
+
+def test_results_of_another_config_are_refused_not_mixed(tiny_data, tmp_path, capsys):
+    from study.plan import prepare
+    sweep = base_sweep(tiny_data, tmp_path / "storage")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    plan = prepare(str(path))
+    done = _finished(plan, 0)
+    stale = _finished(plan, 1, epochs=3, device="cuda")  # device: where it ran, not what it measured
+    before = stale.read_text()
+    for command in ("check", "sweep"):
+        assert main([command, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "bad/seed=1: holds a finished trial of another config (epochs: was 3, now 1)" in err, err
+        assert "allowed: the config those results were made with; or a new study name (--name NEW)" in err
+    assert stale.read_text() == before, "the old result is left as it was"
+    stale.unlink()
+    assert main(["check", str(path)]) == 0
+    assert "(1 finished trials of an earlier run are reused)" in capsys.readouterr().out
+    assert done.exists()
+
+
+def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
+    from study.artifacts import ArtifactDir
+    from study.config import TRIAL_DEFAULTS
+    from study.errors import InputError
+    from study.plan import is_done, join_uri, prepare
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(base_sweep(tiny_data, tmp_path / "storage")))
+    plan = prepare(str(path))
+    out = ArtifactDir.at(join_uri(plan.uri, plan.dirnames[0]))
+    assert is_done(out, plan.points[0]) is False                        # nothing there: run it
+    _finished(plan, 0)
+    assert is_done(out, plan.points[0]) is True                         # its own result: skip it
+    newer = {**plan.points[0], "n_noise": 30}
+    with pytest.raises(InputError, match="another config \\(n_noise: was 20, now 30\\)"):
+        is_done(out, newer)
+    old = {k: v for k, v in plan.points[0].items() if k != "label_smoothing"}  # written before the key existed
+    ArtifactDir.at(join_uri(plan.uri, plan.dirnames[0])).write_json("trial.json", {"status": "completed", "config": old})
+    assert is_done(out, plan.points[0]) is True                         # ... and the key is at its default
+    assert plan.points[0]["label_smoothing"] == TRIAL_DEFAULTS["label_smoothing"]
+    with pytest.raises(InputError, match="label_smoothing: was absent, now 0.2"):
+        is_done(out, {**plan.points[0], "label_smoothing": 0.2})
+
+
+def test_the_aggregation_excludes_a_result_of_another_config_than_study_json(tmp_path):
+    import pandas as pd
+
+    from analysis.pipeline import aggregate
+    from analysis.synthetic import Condition, write_study
+    study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=4)
+    record = json.loads((study / "study.json").read_text())
+    first = json.loads((study / T0 / "trial.json").read_text())["config"]
+    record["resolved"] = {k: v for k, v in first.items() if k not in record["axes"]}
+    record["defaults"] = {}
+    (study / "study.json").write_text(json.dumps(record))
+    _edit_field("augmentation=flip_seed=1", lambda t: t["config"].update(n_noise=999))(study)
+    aggregate(str(study))
+    problems = pd.read_csv(study / "report" / "problems.csv").set_index("trial_id")
+    assert "another config than study.json's (n_noise: was 999, now 200)" in \
+        problems.loc["augmentation=flip_seed=1", "reason"]
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert sorted(runs["trial_id"]) == [f"augmentation=flip_seed={i}" for i in (0, 2, 3)]
+
+
+# ---------------------------------------------------------------- what a trial applies otherwise
+
+def test_check_warns_what_trials_will_apply_otherwise(tiny_data, tmp_path, capsys):
+    sweep = base_sweep(tiny_data, tmp_path / "storage")
+    sweep["trial"].update(sample_per_class=500, compile=True)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: sample_per_class 500 is more than the 60 training images of the smallest class" in out
+    assert "WARNING: compile: True applies on CUDA only and these trials run on a CPU" in out
+
+
+def test_a_trial_records_what_it_applied_otherwise(tiny_data, tmp_path, capsys):
+    cfg = {**trial_config(tiny_data), "train_subset": 100, "sample_per_class": 500, "compile": True,
+           "noise": ["gaussian"], "threads": 1}
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["trial", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "WARNING: compile: True applies on CUDA only" in capsys.readouterr().out
+    t = json.loads((tmp_path / "out" / "trial.json").read_text())
+    assert t["applied"] == {"compile": False}
+    assert t["clutter"]["sample_per_class"] == 500 and t["clutter"]["images_per_class"] == {c: 10 for c in t["classes"]}
+    assert t["clutter"]["noise_images"] == 40
+    assert any("sample_per_class 500 is more than the training images of airplane (10)" in w for w in t["warnings"])
+    assert any("compile: True applies on CUDA only" in w for w in t["warnings"])

@@ -120,9 +120,12 @@ def test_resume_from_a_snapshot_gives_the_uninterrupted_result(tiny_config, tmp_
 
 
 def test_trial_artifacts_go_to_any_pyarrow_filesystem(tiny_config, tmp_path):
+    from study.config import validate_trial
+    from study.plan import result_state
     out = ArtifactDir.at(f"file://{tmp_path}/uri-out")
-    run_trial(tiny_config(noise=["gaussian"], train_subset=100), out, log=lambda m: None)
-    assert out.completed() and (tmp_path / "uri-out" / "trial.json").exists()
+    cfg = tiny_config(noise=["gaussian"], train_subset=100)
+    run_trial(cfg, out, log=lambda m: None)
+    assert result_state(out, validate_trial(cfg)) == [] and (tmp_path / "uri-out" / "trial.json").exists()
     assert not list((tmp_path / "uri-out").glob(".*tmp*"))  # no temporary files left behind
 
 
