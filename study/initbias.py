@@ -145,10 +145,13 @@ def run(settings: list[str], nets: int, n_images: int, out: str, noise_seed: int
         raise InputError("--images", "too few images per network for a fraction", ">= 10", n_images)
     if model not in FACTOR_MODELS:
         raise InputError("--model", "has no architecture factors", ", ".join(sorted(FACTOR_MODELS)), model)
+    from .config import MAX_SEED, integer
     from .data import check_source
-    from .sweep import check_storage
+    from .plan import check_storage
+    integer(0, MAX_SEED)(noise_seed, "--noise-seed")
+    integer(0)(threads, "--threads")
     check_source(data_root)
-    check_storage(out)  # an unwritable --out fails now, not after the measurement
+    check_storage(out, where="--out")  # an unwritable --out fails now, not after the measurement
     if threads:
         torch.set_num_threads(threads)
     target = ArtifactDir.at(out)

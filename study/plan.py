@@ -49,18 +49,18 @@ def study_footprint(points: list[dict], concurrent: int, keep_checkpoints: int =
     return artifacts + concurrent * keep_checkpoints * 2 * max(sizes.values())
 
 
-def check_storage(storage: str, needed_bytes: int = 0) -> None:
+def check_storage(storage: str, needed_bytes: int = 0, where: str = "run.storage") -> None:
     """Fail before any trial starts if the results cannot be written there (creates nothing):
     a file, a folder under a file, a read-only or too small local folder, an unreachable or
     missing bucket."""
-    check_writable(storage, "run.storage")
+    check_writable(storage, where)
     if "://" not in storage or storage.startswith("file://"):
         probe = Path(storage.removeprefix("file://")).expanduser().resolve()
         while not probe.exists():
             probe = probe.parent
         free = shutil.disk_usage(probe).free
         if free < needed_bytes:
-            raise InputError("run.storage", f"only {free / 1e6:.0f} MB free at {probe}, the study needs "
+            raise InputError(where, f"only {free / 1e6:.0f} MB free at {probe}, the study needs "
                              f"about {needed_bytes / 1e6:.0f} MB (artifacts and checkpoints)",
                              "a folder on a disk with room, or a bucket URI", storage)
 

@@ -686,3 +686,25 @@ def test_a_trial_records_what_it_applied_otherwise(tiny_data, tmp_path, capsys):
     assert t["clutter"]["noise_images"] == 40
     assert any("sample_per_class 500 is more than the training images of airplane (10)" in w for w in t["warnings"])
     assert any("compile: True applies on CUDA only" in w for w in t["warnings"])
+
+
+# ---------------------------------------------------------------- `noisesink initbias`
+
+INITBIAS_CASES = {  # id: (CLI args after `initbias`, text the message must hold)
+    "one network": (["--nets", "1"], "--nets: too few networks for a distribution"),
+    "unknown setting": (["--settings", "relu-max-none-centred"], "--settings: "),
+    "negative noise seed": (["--noise-seed", "-1"], "--noise-seed: out of range"),
+    "negative threads": (["--threads", "-2"], "--threads: out of range"),
+    "--out under a file": (lambda d: ["--out", str(d["file"] / "initbias")], "--out: lies under"),
+}
+
+
+@pytest.mark.parametrize("case", list(INITBIAS_CASES))
+def test_bad_initbias_input_is_refused_before_measuring(case, tiny_data, bad_data, tmp_path, capsys):
+    args, expected = INITBIAS_CASES[case]
+    args = args(bad_data) if callable(args) else args
+    out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+    assert main(["initbias", "--data-root", str(tiny_data), *out, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
