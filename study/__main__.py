@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         address, where = cluster_address(args.address) if on_ray else (None, "")
         if address:  # a cluster that does not answer fails now, not after the checks (or minutes of retries)
             probe_address(address, where)
+        ray = sys.modules.get("ray")  # a Ray this process already joined brings its own resources
+        joined = on_ray and ray is not None and ray.is_initialized()
         plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name,
-                       local=not (address or getattr(args, "cluster", False)))
+                       local=not (address or joined or getattr(args, "cluster", False)))
         if args.command == "check":
             print(plan.describe())
             if address:  # compare with the cluster's nodes (connects to it: Ray)

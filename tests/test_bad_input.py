@@ -279,7 +279,7 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
     "--set value not YAML": (None, ["--set", "classes=[cat, dog"], "--set classes: YAML syntax error"),
     "seed beyond 64 bits": (edit("seed", 2**64), [], "seed: out of range"),
     "nested too deep": ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
-    "device cuda without a GPU": (edit("device", "cuda"), [], "device: CUDA was asked for but no GPU is visible"),
+    "device cuda without a GPU": (edit("device", "cuda"), [], "device: device: cuda, but torch sees no CUDA device"),
     "truncated tar": (edit("data_root", lambda d: str(d["truncated"])), [], "cannot read the archive"),
     "test_subset beyond the data": (edit("test_subset", 500), [], "test_subset: asks for 50 test images of a class "
                                     "that has only 20"),

@@ -156,6 +156,6 @@ def test_check_shows_the_plan_the_local_executor_runs(tiny_data, tmp_path):
     plan = prepare(str(ROOT / "sweeps" / "gpu_one_call.yaml"),
                    [f"trial.data_root={tiny_data}", "trial.data_verify=shapes", "trial.train_subset=100",
                     "trial.batch_size=50"],
-                   storage=str(tmp_path))
+                   storage=str(tmp_path), local=False)  # planned for the GPU machine, not this one
     assert len(plan.points) == 32 and plan.dirnames[:2] == ["seed=0_classes=all", "seed=0_classes=cat.dog"]
     assert plan.sweep.resources["gpu"] == 0.25
