@@ -145,6 +145,9 @@ def class_list(v, where):
     allowed = "all, or a list of >= 2 distinct names from: " + ", ".join(CIFAR10_CLASSES)
     if v == "all":
         return "all"
+    if isinstance(v, str) and "," in v:  # `--set trial.classes=cat,dog`: YAML reads one string
+        raise InputError(where, f"is one string; a YAML list is written [{', '.join(x.strip() for x in v.split(','))}]",
+                         allowed, v)
     if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
         raise InputError(where, "must be `all` or a list of class names", allowed, v)
     unknown = [c for c in v if c not in CIFAR10_CLASSES]
@@ -165,6 +168,9 @@ def name_list(registry: Callable[[], dict]) -> Callable:
         allowed = "all, or a list of: " + ", ".join(names)
         if v == "all":
             return "all"
+        if isinstance(v, str) and "," in v:  # `--set trial.noise=gaussian,uniform`: YAML reads one string
+            raise InputError(where, f"is one string; a YAML list is written [{', '.join(x.strip() for x in v.split(','))}]",
+                             allowed, v)
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list) or not v or not all(isinstance(n, str) for n in v):
@@ -487,6 +493,9 @@ def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool],
 
 def load_trial_config(path: str | Path, sets: list[str] | None = None) -> dict:
     data = read_yaml(path)
+    if {"trial", "grid"} & set(data) and not set(data) & set(_TRIAL_BY_NAME):
+        raise InputError(str(path), "is a sweep file (it has trial/grid sections), not a trial config",
+                         "a trial config (configs/*.yaml); a sweep file runs with `study check` / `study sweep`")
     data = apply_sets(data, sets, lambda p: len(p) == 1 and p[0] in _TRIAL_BY_NAME, _trial_set_hint)
     return validate_trial(data)
 
@@ -618,6 +627,10 @@ def _sweep_set_hint(path: list[str]) -> str:
 
 def validate_sweep(data: dict) -> Sweep:
     unknown = [k for k in data if k not in SWEEP_SECTIONS]
+    if unknown and all(k in _TRIAL_BY_NAME for k in unknown) and not {"trial", "grid"} & set(data):
+        raise InputError(unknown[0], "is a trial key at the top level: this looks like a trial config, not a "
+                         "sweep file", "run a trial config with `study trial CONFIG --out DIR`, or put its keys "
+                         "under `trial:` in a sweep file (name, trial, grid, resources, run)")
     if unknown:
         raise InputError(unknown[0], "unknown top-level key", ", ".join(sorted(SWEEP_SECTIONS)))
     if "name" not in data:

@@ -168,6 +168,10 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "--set a trial key without section": (None, ["--set", "epochs=2"], "--set epochs: no such key; allowed: a "
                                           "section and a key: --set trial.epochs=... (fixed) or --set grid.epochs"),
     "--set value not YAML": (None, ["--set", "trial.classes=[cat, dog"], "--set trial.classes: YAML syntax error"),
+    "a trial config": (lambda s, d: yaml.safe_dump(s["trial"]), [], "model: is a trial key at the top level: this "
+                       "looks like a trial config, not a sweep file"),
+    "--set noise as a comma list": (None, ["--set", "trial.noise=gaussian,uniform"], "trial.noise: is one string; a "
+                                    "YAML list is written [gaussian, uniform]"),
     "--set key twice in its value": (None, ["--set", "trial.class_intervention={target: cat, target: dog}"],
                                      "key 'target' given twice"),
     "nested too deep": ("name: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
@@ -271,6 +275,10 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
     "config not UTF-8": ("model: sm\u00e4ll_cnn\n".encode("latin-1"), [], "is not UTF-8 text"),
     "config is a folder": (None, lambda d, tmp: [], "is a folder, not a file"),
     "lr 1e-3 read as text": (edit("lr", "1e-3"), [], "lr: YAML reads 1e-3 as text, not a number"),
+    "a sweep file": (lambda c, d: yaml.safe_dump({"name": "x", "trial": c, "grid": {"seed": [0, 1]}}), [],
+                     "trial.yaml: is a sweep file (it has trial/grid sections), not a trial config"),
+    "--set classes as a comma list": (None, ["--set", "classes=cat,dog"], "classes: is one string; a YAML list is "
+                                      "written [cat, dog]"),
     "--set with the sweep's section": (None, ["--set", "trial.epochs=2"],
                                        "--set trial.epochs: no such key; allowed: a trial key without a section: "
                                        "--set epochs=..."),
