@@ -627,10 +627,6 @@ def _sweep_set_hint(path: list[str]) -> str:
 
 def validate_sweep(data: dict) -> Sweep:
     unknown = [k for k in data if k not in SWEEP_SECTIONS]
-    if unknown and all(k in _TRIAL_BY_NAME for k in unknown) and not {"trial", "grid"} & set(data):
-        raise InputError(unknown[0], "is a trial key at the top level: this looks like a trial config, not a "
-                         "sweep file", "run a trial config with `study trial CONFIG --out DIR`, or put its keys "
-                         "under `trial:` in a sweep file (name, trial, grid, resources, run)")
     if unknown:
         raise InputError(unknown[0], "unknown top-level key", ", ".join(sorted(SWEEP_SECTIONS)))
     if "name" not in data:
@@ -706,5 +702,9 @@ def _section(given: dict, schema: dict, section: str) -> dict:
 
 def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
     data = read_yaml(path)
+    if set(data) & set(_TRIAL_BY_NAME) and not {"trial", "grid"} & set(data):
+        raise InputError(str(path), "is a trial config (trial keys at the top level), not a sweep file",
+                         "a sweep file (name, trial, grid, resources, run); a trial config runs with "
+                         "`study trial CONFIG --out DIR`")
     data = apply_sets(data, sets, _sweep_path_known, _sweep_set_hint)
     return validate_sweep(data)

@@ -168,8 +168,8 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "--set a trial key without section": (None, ["--set", "epochs=2"], "--set epochs: no such key; allowed: a "
                                           "section and a key: --set trial.epochs=... (fixed) or --set grid.epochs"),
     "--set value not YAML": (None, ["--set", "trial.classes=[cat, dog"], "--set trial.classes: YAML syntax error"),
-    "a trial config": (lambda s, d: yaml.safe_dump(s["trial"]), [], "model: is a trial key at the top level: this "
-                       "looks like a trial config, not a sweep file"),
+    "a trial config": (lambda s, d: yaml.safe_dump(s["trial"]), [], "sweep.yaml: is a trial config (trial keys at the "
+                       "top level), not a sweep file"),
     "--set noise as a comma list": (None, ["--set", "trial.noise=gaussian,uniform"], "trial.noise: is one string; a "
                                     "YAML list is written [gaussian, uniform]"),
     "--set key twice in its value": (None, ["--set", "trial.class_intervention={target: cat, target: dog}"],
