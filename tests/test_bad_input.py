@@ -430,6 +430,7 @@ PROBLEM_CASES = {  # id: (change to trial T0 of a synthetic study, text its prob
                           "trial.json holds NaN"),
     "Infinity in trial.json": (_edit_json(T0, lambda r: r.replace('"test_accuracy": ', '"test_accuracy": Infinity, "x": ', 1)),
                                "trial.json holds Infinity"),
+    "unknown schema version": (_edit_field(T0, lambda t: t.update(schema=99)), "trial.json schema 99 is not one"),
     "share above 1": (_edit_field(T0, lambda t: t["absorption"]["gaussian"].update(bird=3.0)),
                       "absorption has values outside [0, 1]"),
     "shares not summing to 1": (_edit_field(T0, lambda t: t["absorption"]["gaussian"].update(
