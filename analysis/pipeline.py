@@ -67,7 +67,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         where = "report folder (RESULTS/report; choose another with --out)"
     check_writable(out, where, "a writable folder or a bucket URI")
     progress = _Progress(log)
-    progress(f"loading trial folders from {results}")
+    progress(f"loading {len(src.dirs)} trial folders from {results}")
     data = load(src)
     progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
              f"{len(data.problems)} trial folder(s) with problems")
