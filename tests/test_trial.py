@@ -99,6 +99,18 @@ def test_architecture_factors_are_trained_and_recorded(tiny_config, tmp_path):
     assert default["config"]["norm"] is None and default["architecture"]["norm"] == "batch"
 
 
+@pytest.mark.parametrize("model", ["timm:test_convnext", "timm:test_vit"])
+def test_a_timm_model_goes_through_every_probe(tiny_config, tmp_path, model):
+    """The probes read timm's pooled pre-logits as the features and its classifier as the head:
+    the logit decomposition rebuilds the logits from them (a known answer), the clutter and OOD
+    measures run on them."""
+    result = run_trial(tiny_config(model=model, noise=["gaussian"]), str(tmp_path), log=lambda m: None)
+    assert result["status"] == "completed" and result["architecture"]["model"] == model
+    assert result["logit_decomposition"]["gaussian"]["reconstruction_error"] < 1e-4
+    assert {r["detector"] for r in result["ood"]["rows"]} >= {"msp", "mahalanobis", "knn"}
+    assert np.load(tmp_path / "arrays.npz")["class_means"].shape[1] == result["architecture"]["feature_dim"]
+
+
 def test_absurd_learning_rate_is_recorded_as_diverged(tiny_config, tmp_path):
     result = run_trial(tiny_config(lr=1e12, epochs=3), str(tmp_path), log=lambda m: None)
     assert result["status"] == "diverged" and result["diverged_at_epoch"] == 1
