@@ -180,9 +180,9 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "cutoff twice": (edit("trial.frequency_cutoffs", [0.25, 0.25]), [], "trial.frequency_cutoffs: a cutoff is given twice"),
     # what `study check` passed and every trial then failed on: one check serves trial, check and sweep
     "test_subset beyond the data": (edit("trial.test_subset", 500), [], "trial.test_subset: asks for 50 test images "
-                                    "of a class that has only 20 (grid point {'seed': 0}) (got 500); allowed: at most 200"),
+                                    "per class (500 over 10 classes); a class has only 20 (grid point {'seed': 0}) (got 500); allowed: at most 200"),
     "train_subset beyond the data": (edit("trial.train_subset", 1000), [], "trial.train_subset: asks for 100 images "
-                                     "of a class that has only 60"),
+                                     "per class (1000 over 10 classes); a class has only 60"),
     "test_subset below the classes": (edit("trial.test_subset", 5), [], "trial.test_subset: fewer images than the "
                                       "10 trained classes"),
     "pretrained weights missing": (lambda s, d: s["trial"].update(model="resnet18_imagenet", pretrained="/no/w.pth"),
@@ -289,8 +289,8 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
     "nested too deep": ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
     "device cuda without a GPU": (edit("device", "cuda"), [], "device: device: cuda, but torch sees no CUDA device"),
     "truncated tar": (edit("data_root", lambda d: str(d["truncated"])), [], "cannot read the archive"),
-    "test_subset beyond the data": (edit("test_subset", 500), [], "test_subset: asks for 50 test images of a class "
-                                    "that has only 20"),
+    "test_subset beyond the data": (edit("test_subset", 500), [], "test_subset: asks for 50 test images per class "
+                                    "(500 over 10 classes); a class has only 20"),
     "pretrained weights missing": (lambda c, d: c.update(model="resnet18_imagenet", pretrained="/no/w.pth"), [],
                                    "pretrained: no such weights file"),
     "truncated torchvision batch": (edit("data_root", lambda d: str(d["corrupt"])), [], "not a readable CIFAR-10 batch"),
