@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from analysis.contract import COMPLETED
+
 from .config import trained_classes
 from .data import load_cifar10
 
@@ -181,14 +183,15 @@ def fused(p: dict, k: int) -> dict:
 def probe_seconds(p: dict) -> float:
     """One model's probes at the recipe's sizes (10 noise families x 5000 images, the test set,
     the held-out classes): the cost every training pays after its last epoch."""
-    from .trial import finish, new_model, setup
+    from .trial import TrainedData, Training, finish, new_model, setup
     s = setup({**trial_config(p, 0, n_images=p["batch_size"]), "epochs": 1})
     model = new_model(s)
+    untrained = Training(COMPLETED, [], [], 1, 0.0, TrainedData.untouched(s.task), [])
     with tempfile.TemporaryDirectory() as d:
-        finish(s, model, "completed", [], [], 1, None, d)  # warm-up
+        finish(s, model, untrained, d)  # warm-up
         sync(s.device)
         start = time.perf_counter()
-        finish(s, model, "completed", [], [], 1, None, d)
+        finish(s, model, untrained, d)
         sync(s.device)
     return time.perf_counter() - start
 

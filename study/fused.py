@@ -24,9 +24,8 @@ from . import probe, streams
 from analysis.contract import COMPLETED, DIVERGED
 
 from .artifacts import ArtifactDir
-from .augment import AUGMENTATIONS
-from .train import images_to_device, lr_multiplier, make_optimizer
-from .trial import TrialSetup, finish, new_model, setup
+from .train import EpochLoop, images_to_device
+from .trial import TrainedData, Training, TrialSetup, finish, new_model, setup
 
 # what may differ between the configs fused into one array (everything else must be equal)
 PER_MODEL_KEYS = {"seed"}
@@ -114,60 +113,50 @@ def check_fusable(configs: list[dict]) -> None:
                              f"these differ in {differ}")
 
 
-class FusedTrainer:
-    """Trains M models at once; every model sees exactly the batches its separate Trainer would."""
+class FusedTrainer(EpochLoop):
+    """Trains M models at once; every model sees exactly the batches its separate Trainer would.
+    The step is Trainer's (EpochLoop), so `compile` applies to the array model as to one model."""
 
     def __init__(self, setups: list[TrialSetup], models: list[nn.Module]):
         s0 = setups[0]
-        self.cfg, self.device, self.precision, self.normalize = s0.cfg, s0.device, s0.precision, s0.normalize
-        self.model = FusedClassifier(models).to(self.device)
-        if self.precision.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        device, self.normalize = s0.device, s0.normalize
+        model = FusedClassifier(models).to(device)
+        if s0.precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         shared = s0.cfg["train_subset"] is None  # the whole training set: one copy on the device
-        self.xs = [images_to_device(s.task.train_x, self.device) for s in (setups[:1] if shared else setups)]
-        self.ys = [torch.from_numpy(s.task.train_y).to(self.device) for s in (setups[:1] if shared else setups)]
+        self.xs = [images_to_device(s.task.train_x, device) for s in (setups[:1] if shared else setups)]
+        self.ys = [torch.from_numpy(s.task.train_y).to(device) for s in (setups[:1] if shared else setups)]
         if shared:
             self.xs, self.ys = self.xs * len(setups), self.ys * len(setups)
-        self.batch_size = min(self.cfg["batch_size"], len(self.xs[0]))
-        self.steps_per_epoch = len(self.xs[0]) // self.batch_size
-        self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
-        self.augment = AUGMENTATIONS[self.cfg["augmentation"]]
-        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
-        self.gens = [streams.torch_generator("train", s.cfg["seed"], self.device) for s in setups]
-        self.epoch = 0
+        super().__init__(model, s0.cfg, device, s0.precision, len(self.xs[0]))
+        self.gens = [streams.torch_generator("train", s.cfg["seed"], device) for s in setups]
 
-    def run_epoch(self) -> dict:
-        self.model.train()
-        start, cfg, bs, m = time.perf_counter(), self.cfg, self.batch_size, len(self.gens)
+    def epoch_batches(self):
         orders = [torch.randperm(len(x), device=self.device, generator=g) for x, g in zip(self.xs, self.gens)]
-        loss_sum = torch.zeros(m, device=self.device)
-        correct = torch.zeros(m, device=self.device, dtype=torch.long)
-        for b in range(self.steps_per_epoch):
-            step = self.epoch * self.steps_per_epoch + b
-            lr = cfg["lr"] * lr_multiplier(step, self.total_steps, cfg["schedule"], cfg["warmup"])
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        bs = self.batch_size
+
+        def batch(b: int) -> tuple[Tensor, Tensor]:
+            """Each model's own batch, augmented by its own generator, side by side in channels."""
             xs, ys = [], []
             for x, y, order, g in zip(self.xs, self.ys, orders, self.gens):
                 idx = order[b * bs:(b + 1) * bs]
                 xs.append(self.normalize(self.augment(x[idx].float().div_(255), g)))
                 ys.append(y[idx])
-            x = self.precision.layout(torch.cat(xs, dim=1))
-            y = torch.stack(ys, dim=1)                                        # (N, M)
-            with self.precision.autocast():
-                logits = self.model(x)                                        # (N, M, K)
-                per_model = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none",
-                                            label_smoothing=cfg["label_smoothing"]).mean(0)
-            self.optimizer.zero_grad(set_to_none=True)
-            per_model.sum().backward()
-            self.optimizer.step()
-            loss_sum += per_model.detach()
-            correct += (logits.detach().argmax(-1) == y).sum(0)
-        self.epoch += 1
-        losses = (loss_sum / self.steps_per_epoch).tolist()  # the one host sync of the epoch
-        accuracy = (correct.float() / (self.steps_per_epoch * bs)).tolist()
-        return {"epoch": self.epoch, "train_loss": losses, "train_accuracy": accuracy,
-                "seconds": time.perf_counter() - start, "lr_last": lr}
+            return self.precision.layout(torch.cat(xs, dim=1)), torch.stack(ys, dim=1)   # (N, M*3, H, W), (N, M)
+        return batch
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """(N, M, K) logits -> each model's mean loss (M,), as its separate training has it."""
+        return F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none",
+                               label_smoothing=self.cfg["label_smoothing"]).mean(0)
+
+    def correct(self, logits: Tensor, y: Tensor) -> Tensor:
+        return (logits.argmax(-1) == y).sum(0)
+
+    def summary(self, loss_sum: Tensor, correct: Tensor) -> dict:
+        seen = self.steps_per_epoch * self.batch_size
+        return {"train_loss": (loss_sum / self.steps_per_epoch).tolist(),  # the one host sync of the epoch
+                "train_accuracy": (correct.float() / seen).tolist()}
 
 
 def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
@@ -180,10 +169,6 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
     `gpus`: what the scheduler assigned (see trial.setup)."""
     setups = [setup(c, gpus) for c in configs]
     check_fusable([s.cfg for s in setups])
-    for s in setups:
-        if s.applied["compile"]:  # the array model is not compiled
-            s.applied["compile"] = False
-            s.warnings.append(f"compile: {s.cfg['compile']} is not applied to fused training (run.fuse_seeds)")
     models = [new_model(s) for s in setups]
     predictors = [s.predictor(mdl) for s, mdl in zip(setups, models)]
     trajectories = [[probe.trajectory_point(p, s.trajectory_bank, s.classes, 0)] for p, s in zip(predictors, setups)]
@@ -210,11 +195,12 @@ def run_fused_trials(configs: list[dict], outs: list[ArtifactDir | str],
             on_epoch(trainer.epoch, {**metrics, "trajectories": [t[-1] for i, t in enumerate(trajectories)
                                                                  if i not in diverged]})
     train_seconds = time.perf_counter() - t_train  # `models` hold the last epoch's weights (split above)
+    note = f"trained fused with seeds {[c['seed'] for c in configs]}"
     results = []
     for i, (s, mdl, out) in enumerate(zip(setups, models, outs)):
-        s.timing["train_seconds"] = train_seconds / len(setups)  # amortized share of the array
-        s.timing["fused_models"] = len(setups)
-        status = DIVERGED if i in diverged else COMPLETED
-        results.append(finish(s, mdl, status, histories[i], trajectories[i], diverged.get(i, trainer.epoch),
-                              [f"trained fused with seeds {[c['seed'] for c in configs]}"], out))
+        # fused seeds run no interventions (check_fusable): each trained on its task's data as is
+        training = Training(DIVERGED if i in diverged else COMPLETED, histories[i], trajectories[i],
+                            diverged.get(i, trainer.epoch), train_seconds / len(setups),  # an amortized share
+                            TrainedData.untouched(s.task), [note], fused_models=len(setups))
+        results.append(finish(s, mdl, training, out))
     return results

@@ -130,14 +130,74 @@ def images_to_device(x_nhwc: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x_nhwc)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-class Trainer:
+def compile_mode(cfg: dict, device: torch.device) -> bool | str:
+    """What of `compile` applies on `device`: the config's value on CUDA, False elsewhere (a
+    CUDA-only key; the trial records it as applied.compile, with a warning)."""
+    return cfg["compile"] if device.type == "cuda" else False
+
+
+def compiled(model: torch.nn.Module, cfg: dict, device: torch.device):
+    """The model's forward, through torch.compile where `compile` applies (the graphs are cached
+    per process, so later trials of a worker reuse them)."""
+    mode = compile_mode(cfg, device)
+    if not mode:
+        return model
+    return torch.compile(model, mode=mode if isinstance(mode, str) else None)
+
+
+class EpochLoop:
+    """The training step, once, for Trainer (one model) and FusedTrainer (M models as one array).
+
+    Each step sets the learning rate of the schedule, draws a batch, runs the forward pass in the
+    training precision and the loss in fp32, and makes one SGD step. Loss and accuracy stay on the
+    device until the epoch ends (one host sync per epoch). A subclass says how an epoch's batches
+    are drawn (`epoch_batches`), what the loss of a batch is (`loss`), which predictions are right
+    (`correct`) and how the epoch's sums become metrics (`summary`).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: dict, device: torch.device, precision: Precision,
+                 n_images: int):
+        self.model, self.cfg, self.device, self.precision = model, cfg, device, precision
+        self.batch_size = min(cfg["batch_size"], n_images)
+        self.steps_per_epoch = n_images // self.batch_size  # drop the ragged last batch
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.augment = AUGMENTATIONS[cfg["augmentation"]]
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.forward = compiled(model, cfg, device)
+        self.epoch = 0
+
+    def run_epoch(self) -> dict:
+        self.model.train()
+        start, cfg = time.perf_counter(), self.cfg
+        batch = self.epoch_batches()  # draws this epoch's data order now, from the stream
+        loss_sum, correct = None, None
+        for b in range(self.steps_per_epoch):
+            step = self.epoch * self.steps_per_epoch + b
+            lr = cfg["lr"] * lr_multiplier(step, self.total_steps, cfg["schedule"], cfg["warmup"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batch(b)
+            with self.precision.autocast():
+                logits = self.forward(x)
+                loss = self.loss(logits.float(), y)          # a scalar, or one per model
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # a sum of the models' losses: each model gets its own gradient
+            self.optimizer.step()
+            right = self.correct(logits.detach(), y)
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            correct = right if correct is None else correct + right
+        self.epoch += 1
+        return {"epoch": self.epoch, **self.summary(loss_sum, correct), "lr_last": lr,
+                "seconds": time.perf_counter() - start}
+
+
+class Trainer(EpochLoop):
     """One model's training, epoch by epoch; state_dict() is everything needed to resume."""
 
     def __init__(self, model: torch.nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg: dict,
                  device: torch.device, normalize: Normalizer, precision: Precision,
                  classes: list[str] | None = None):
-        self.model, self.cfg, self.device = model, cfg, device
-        self.normalize, self.precision = normalize, precision
+        self.normalize = normalize
         self.x = images_to_device(train_x, device)
         self.y = torch.from_numpy(np.asarray(train_y, dtype=np.int64)).to(device)
         self.class_intervention = None
@@ -148,17 +208,8 @@ class Trainer:
         self.intervention = TrainingIntervention(cfg["intervention"], cfg["intervention_strength"],
                                                  int(self.y.max()) + 1 if classes is None else len(classes),
                                                  normalize.mean.view(3), normalize.std.view(3))
-        self.batch_size = min(cfg["batch_size"], len(self.x))
-        self.steps_per_epoch = len(self.x) // self.batch_size  # drop the ragged last batch
-        self.total_steps = self.steps_per_epoch * cfg["epochs"]
-        self.augment = AUGMENTATIONS[cfg["augmentation"]]
-        self.optimizer = make_optimizer(model, cfg, device)
+        super().__init__(model, cfg, device, precision, len(self.x))
         self.gen = streams.torch_generator("train", cfg["seed"], device)
-        self.epoch = 0
-        self.forward = model
-        if cfg["compile"] and device.type == "cuda":  # compiled graphs are cached per process
-            mode = cfg["compile"] if isinstance(cfg["compile"], str) else None
-            self.forward = torch.compile(model, mode=mode)
 
     def state_dict(self) -> dict:
         """A copy (not a view of live tensors) of everything needed to resume."""
@@ -176,36 +227,21 @@ class Trainer:
         x, y = self.intervention.batch(x, self.y[idx], self.gen)
         return self.precision.layout(self.normalize(x)), y
 
-    def run_epoch(self) -> dict:
-        self.model.train()
-        start = time.perf_counter()
-        cfg, bs = self.cfg, self.batch_size
+    def epoch_batches(self):
         order = torch.randperm(len(self.x), device=self.device, generator=self.gen)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        for b in range(self.steps_per_epoch):
-            step = self.epoch * self.steps_per_epoch + b
-            lr = cfg["lr"] * lr_multiplier(step, self.total_steps, cfg["schedule"], cfg["warmup"])
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[b * bs:(b + 1) * bs]
-            x, y = self.batch(idx)
-            with self.precision.autocast():
-                logits = self.forward(x)
-                loss = self.intervention.loss(logits.float(), y, cfg["label_smoothing"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.detach()
-            n = len(idx)  # noise an intervention appends comes after the batch's own images
-            correct += (logits.detach()[:n].argmax(1) == y[:n]).sum()
-            seen += n
-        self.epoch += 1
-        train_loss = float(loss_sum) / self.steps_per_epoch  # the one host sync of the epoch
-        return {"epoch": self.epoch, "train_loss": train_loss,
-                "train_accuracy": int(correct) / max(seen, 1), "lr_last": lr,
-                "seconds": time.perf_counter() - start}
+        bs = self.batch_size
+        return lambda b: self.batch(order[b * bs:(b + 1) * bs])
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return self.intervention.loss(logits, y, self.cfg["label_smoothing"])
+
+    def correct(self, logits: Tensor, y: Tensor) -> Tensor:
+        n = self.batch_size  # noise an intervention appends comes after the batch's own images
+        return (logits[:n].argmax(1) == y[:n]).sum()
+
+    def summary(self, loss_sum: Tensor, correct: Tensor) -> dict:
+        return {"train_loss": float(loss_sum) / self.steps_per_epoch,  # the one host sync of the epoch
+                "train_accuracy": int(correct) / (self.steps_per_epoch * self.batch_size)}
 
 
 @torch.no_grad()

@@ -3,12 +3,17 @@
 No Ray here. The sweep layer passes `on_epoch` (to report and checkpoint) and `resume` (the last
 checkpoint's state); run on its own, a trial needs neither. `setup` and `finish` are shared with
 the fused multi-seed trainer (study/fused.py), so both write the very same artifacts.
+
+Read top to bottom: `setup` (an immutable TrialSetup), `run_trial` (the training half), `finish`
+(probe, then write), and the probe half as named steps that return what they measured:
+`test_set`, `class_means`, `trained_sample`, `noise_family` (once per family), `heldout_classes`,
+`why_measures`.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -20,8 +25,8 @@ from analysis.contract import (ARRAYS_NPZ, COMPLETED, DIVERGED, NOISE_CLASS, SCH
 
 from . import probe, streams
 from .artifacts import ArtifactDir
-from .config import trained_classes, validate_trial
 from .clutter import measure_all
+from .config import trained_classes, validate_trial
 from .data import Cifar10, load_cifar10
 from .explain import frequency_probes, logit_decomposition, noise_mean_images
 from .models import build_model, factors_of
@@ -29,14 +34,15 @@ from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
 from .task import Task, check_task, make_task
-from .train import Normalizer, Precision, Trainer, images_to_device, predict, resolve_device
+from .train import Normalizer, Precision, Trainer, compile_mode, images_to_device, predict, resolve_device
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
+Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialSetup:
-    """Everything a trial needs before its model exists."""
+    """Everything a trial needs before its model exists; never changed afterwards."""
     cfg: dict
     device: torch.device
     data: Cifar10
@@ -45,12 +51,10 @@ class TrialSetup:
     precision: Precision
     noise_ctx: NoiseContext
     gaussian_bank: torch.Tensor
-    started: float = field(default_factory=time.perf_counter)
-    timing: dict = field(default_factory=dict)
-    interventions: dict = field(default_factory=dict)
-    train_data: tuple | None = None   # (uint8 NCHW, labels) as trained on, after any class intervention
-    applied: dict = field(default_factory=dict)   # config values that could not apply as given: what was used
-    warnings: list = field(default_factory=list)  # why; both go into trial.json
+    started: float          # time.perf_counter() when the trial began: total_seconds counts from here
+    data_seconds: float     # loading the data, cutting the task, making the gaussian bank
+    applied: dict           # config values that could not apply as given: what was used
+    warnings: tuple         # why (into trial.json, with the probes' own warnings)
 
     @property
     def classes(self) -> list[str]:
@@ -62,10 +66,41 @@ class TrialSetup:
     def trajectory_bank(self) -> torch.Tensor:
         return self.gaussian_bank[: self.cfg["n_trajectory"]]
 
-    def predictor(self, model: torch.nn.Module):
+    def predictor(self, model: torch.nn.Module) -> Predict:
         """images -> (logits, penultimate features), in eval mode."""
         return partial(predict, model, normalize=self.normalize, precision=self.precision,
                        batch_size=self.cfg["eval_batch_size"], device=self.device)
+
+
+@dataclass(frozen=True)
+class TrainedData:
+    """The training set exactly as the model saw it: after a class intervention, its changed
+    images and labels. The clutter measures and the OOD detectors' fit are taken from it."""
+    x: np.ndarray                      # uint8 (N, 32, 32, 3)
+    y: np.ndarray                      # labels 0..K-1
+    class_intervention: dict | None    # what the class intervention did, or None
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> "TrainedData":
+        return cls(trainer.x.cpu().permute(0, 2, 3, 1).numpy(), trainer.y.cpu().numpy(), trainer.class_intervention)
+
+    @classmethod
+    def untouched(cls, task: Task) -> "TrainedData":
+        """The task's training set, as trained on when no class intervention ran (fused training)."""
+        return cls(task.train_x, task.train_y, None)
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a model's training went: what `finish` writes beside the probes."""
+    status: str                      # COMPLETED or DIVERGED
+    history: list                    # per epoch: loss, accuracy, last learning rate
+    trajectory: list                 # the share of each class among the trajectory images, per epoch
+    epochs: int                      # epochs trained (the one whose loss turned non-finite, if any)
+    seconds: float                   # training time (a fused array's time shared out per model)
+    data: TrainedData
+    notes: list                      # warnings for trial.json (e.g. an unreadable checkpoint)
+    fused_models: int | None = None  # how many models shared a fused array, if any
 
 
 def setup(config: dict, gpus: list | None = None) -> TrialSetup:
@@ -82,17 +117,20 @@ def setup(config: dict, gpus: list | None = None) -> TrialSetup:
     check_task(data, cfg, classes)
     task = make_task(data, classes, cfg["seed"], cfg["noise_seed"], cfg["train_subset"], cfg["test_subset"])
     mean, std = data.channel_stats()
+    # noise is made in pixel units from the training set's own statistics; the scrambled families
+    # start from natural (test) images
     noise_ctx = NoiseContext(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
                              natural=torch.from_numpy(data.test_x).permute(0, 3, 1, 2))
-    s = TrialSetup(cfg, device, data, task, Normalizer(mean, std, device),
-                   Precision(device, cfg["precision"], cfg["channels_last"]), noise_ctx,
-                   make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx), started=started)
-    s.timing["data_seconds"] = time.perf_counter() - started
-    s.applied["compile"] = cfg["compile"] if device.type == "cuda" else False
-    if cfg["compile"] and device.type != "cuda":
-        s.warnings.append(f"compile: {cfg['compile']} applies on CUDA only; this trial ran on {device} "
-                          "without torch.compile (results are the same, only slower)")
-    return s
+    gaussian_bank = make_bank("gaussian", cfg["n_noise"], cfg["noise_seed"], noise_ctx)
+    data_seconds = time.perf_counter() - started
+    warnings = []
+    if cfg["compile"] and not compile_mode(cfg, device):
+        warnings.append(f"compile: {cfg['compile']} applies on CUDA only; this trial ran on {device} "
+                        "without torch.compile (results are the same, only slower)")
+    return TrialSetup(cfg, device, data, task, Normalizer(mean, std, device),
+                      Precision(device, cfg["precision"], cfg["channels_last"]), noise_ctx, gaussian_bank,
+                      started=started, data_seconds=data_seconds, applied={"compile": compile_mode(cfg, device)},
+                      warnings=tuple(warnings))
 
 
 def new_model(s: TrialSetup) -> torch.nn.Module:
@@ -100,6 +138,8 @@ def new_model(s: TrialSetup) -> torch.nn.Module:
                         **factors_of(s.cfg)).to(s.device)
     return model.to(memory_format=torch.channels_last) if s.precision.channels_last else model
 
+
+# ---------------------------------------------------------------- the training half
 
 def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None = None,
               resume: dict | None = None, notes: list[str] | None = None,
@@ -113,16 +153,18 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
     s = setup(config, gpus)
     cfg = s.cfg
     model = new_model(s)
+    # the trainer applies a class intervention to its copy of the training set, once, here
     trainer = Trainer(model, s.task.train_x, s.task.train_y, cfg, s.device, s.normalize, s.precision,
                       classes=s.task.classes)
-    s.interventions["class_intervention"] = trainer.class_intervention
-    s.train_data = (trainer.x, trainer.y)
     model_predict = s.predictor(model)
     if resume is not None:
+        # the same run continued: weights, optimizer, and the generator whose state decides the
+        # data order and augmentation still to come; what earlier epochs measured is kept
         trainer.load_state_dict(resume["trainer"])
         trajectory, history = list(resume["trajectory"]), list(resume["history"])
         log(f"resumed from the checkpoint of epoch {trainer.epoch}")
     else:
+        # epoch 0: where noise goes before any training (the untrained network's own preference)
         trajectory = [probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, epoch=0)]
         history = []
     status, t_train = COMPLETED, time.perf_counter()
@@ -130,125 +172,239 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
         metrics = trainer.run_epoch()
         history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "lr_last")})
         if not math.isfinite(metrics["train_loss"]):
+            # recorded, not raised: a diverged seed is a result the aggregation counts and excludes
             status = DIVERGED
             log(f"epoch {trainer.epoch}: training loss is {metrics['train_loss']}: diverged")
             break
         trajectory.append(probe.trajectory_point(model_predict, s.trajectory_bank, s.classes, trainer.epoch))
         log(f"epoch {trainer.epoch}/{cfg['epochs']}: loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.3f}, {metrics['seconds']:.1f} s")
-        if on_epoch is not None:  # the trajectory's new point: the absorber forming, reported live
-            on_epoch(trainer.epoch, {**metrics, "trajectory": trajectory[-1]}, lambda: {"trainer": trainer.state_dict(),
-                                                      "trajectory": list(trajectory), "history": list(history)})
-    s.timing["train_seconds"] = time.perf_counter() - t_train
-    return finish(s, model, status, history, trajectory, trainer.epoch, notes, out)
+        if on_epoch is not None:
+            # the trajectory's new point is the absorber forming, reported live; the checkpoint is
+            # a callable, copied only when the sweep keeps one this epoch
+            on_epoch(trainer.epoch, {**metrics, "trajectory": trajectory[-1]},
+                     lambda: {"trainer": trainer.state_dict(), "trajectory": list(trajectory), "history": list(history)})
+    training = Training(status, history, trajectory, trainer.epoch, time.perf_counter() - t_train,
+                        TrainedData.of(trainer), list(notes or []))
+    return finish(s, model, training, out)
 
 
-def finish(s: TrialSetup, model: torch.nn.Module, status: str, history: list, trajectory: list,
-           epoch: int, notes: list[str] | None, out: ArtifactDir | str) -> dict:
+def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: ArtifactDir | str) -> dict:
     """Probe a trained model (unless it diverged) and write its artifacts; returns trial.json."""
     out = ArtifactDir.at(out) if isinstance(out, str) else out
     cfg = s.cfg
     mean, std = s.noise_ctx.mean.tolist(), s.noise_ctx.std.tolist()
     result = {
-        "schema": SCHEMA_VERSION, "status": status, "config": cfg, "config_digest": config_digest(cfg),
+        "schema": SCHEMA_VERSION, "status": training.status, "config": cfg, "config_digest": config_digest(cfg),
         "seed": cfg["seed"], "noise_seed": cfg["noise_seed"],
         "classes": s.classes, "heldout_classes": s.task.heldout,
         "n_train": int(len(s.task.train_x)), "architecture": model.architecture,
-        "train_history": history, "trajectory": trajectory,
+        "train_history": training.history, "trajectory": training.trajectory,
         "normalization": {"mean": mean, "std": std},
         "data": {"source": s.data.source, "kind": s.data.kind, "sha256": s.data.checksum},
         "versions": versions(s.device), "code_revision": code_revision(),
         "compute": {"device": str(s.device), "training_precision": s.precision.training,
                     "probe_precision": s.precision.PROBES},
-        "diverged_at_epoch": epoch if status == DIVERGED else None,
+        "diverged_at_epoch": training.epochs if training.status == DIVERGED else None,
         "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
-                         "class_intervention": s.interventions.get("class_intervention")},
+                         "class_intervention": training.data.class_intervention},
     }
-    arrays = {}
-    if status == COMPLETED:
+    timing = {"data_seconds": s.data_seconds, "train_seconds": training.seconds}
+    if training.fused_models is not None:
+        timing["fused_models"] = training.fused_models
+    arrays, warnings = {}, list(s.warnings)
+    if training.status == COMPLETED:  # a diverged model's outputs are NaN: nothing to probe
         t_probe = time.perf_counter()
-        result.update(_probe_all(s, model, arrays))
-        s.timing["probe_seconds"] = time.perf_counter() - t_probe
-    s.timing["total_seconds"] = time.perf_counter() - s.started
-    result["timing"] = s.timing
-    result["applied"], result["warnings"] = s.applied, list(notes or []) + s.warnings
-    for w in s.warnings:
+        probes = probe_model(s, model, training.data)
+        result.update(probes.measured)
+        arrays, warnings = probes.arrays, warnings + probes.warnings
+        timing["probe_seconds"] = time.perf_counter() - t_probe
+    timing["total_seconds"] = time.perf_counter() - s.started
+    result["timing"] = timing
+    result["applied"], result["warnings"] = s.applied, list(training.notes) + warnings
+    for w in warnings:
         print(f"WARNING: {w}")
     result["arrays"] = {"file": ARRAYS_NPZ, "sha256": out.write_npz(ARRAYS_NPZ, arrays)}
     out.write_json(TRIAL_JSON, result)  # last: its presence marks the trial as done
     return result
 
 
-def _probe_all(s: TrialSetup, model: torch.nn.Module, arrays: dict) -> dict:
-    """Test metrics, every noise family, the held-out classes, and why noise goes where it goes
-    (clutter, logit decomposition, noise means, frequency probes, OOD detectors); fills `arrays`."""
-    cfg, task, classes = s.cfg, s.task, s.classes
-    model_predict = s.predictor(model)
-    to_tensor = partial(images_to_device, device=torch.device("cpu"))
-    test_logits, test_feats = model_predict(to_tensor(task.test_x))
-    part, class_means = probe.test_metrics(test_logits, test_feats, task.test_y, classes)
+# ---------------------------------------------------------------- the probe half
 
-    sample_x, sample_y = clutter_sample(s)  # training images as trained on (after a class intervention)
-    n = cfg["sample_per_class"]
-    per_class = {c: int((sample_y == i).sum()) for i, c in enumerate(task.classes)}
-    short = [f"{c} ({k})" for c, k in per_class.items() if k < n]
-    if short:
-        s.warnings.append(f"sample_per_class {n} is more than the training images of {', '.join(short)}: "
-                          "the clutter measures and the OOD detectors used all of them (clutter.images_per_class)")
-    if cfg["n_noise"] < n:
-        s.warnings.append(f"sample_per_class {n} is more than n_noise {cfg['n_noise']}: each noise "
-                          f"family's clutter was measured on its {cfg['n_noise']} images")
-    sample = to_tensor(sample_x)
-    _, sample_feats = model_predict(sample)
-    if cfg["intervention"] == "noise_class":  # its "class mean": the training noise it learned
-        noise_ref = explain_noise_class_reference(s)
-        class_means[-1] = model_predict(noise_ref)[1].mean(0)
-    detectors = Detectors(sample_feats, sample_y)
-    weight = model.head.weight.detach().float().cpu().numpy()
-    bias = model.head.bias.detach().float().cpu().numpy()
-    pixels = lambda x: (x.float() / 255).numpy() if x.dtype == torch.uint8 else x.numpy()  # noqa: E731
-    clutter_classes = {c: measure_all(pixels(sample[sample_y == i]), sample_feats[sample_y == i])
-                       for i, c in enumerate(task.classes)}
-    arrays["class_means"] = class_means
+@dataclass(frozen=True)
+class Probes:
+    """What the probes of one trained model found."""
+    measured: dict       # into trial.json
+    arrays: dict         # into arrays.npz
+    warnings: list       # what a probe could not take as asked
+
+
+def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> Probes:
+    """Everything measured on a trained model: the test set, every noise family, the held-out
+    classes, and why noise goes where it goes. Each step returns what it measured."""
+    predict = s.predictor(model)
+    test = test_set(s, predict)
+    nodes = class_means(s, predict, test)
+    sample = trained_sample(s, predict, trained)
+    head = (model.head.weight.detach().float().cpu().numpy(), model.head.bias.detach().float().cpu().numpy())
+    families = {f: noise_family(s, predict, f, nodes, test, head) for f in noise_families(s.cfg)}
+    heldout = heldout_classes(s, predict)
+    measured = {
+        **test.metrics, "noise_families": list(families),
+        "absorption": {f: p.found["absorption"] for f, p in families.items()},
+        "absorber": {f: p.found["summary"] for f, p in families.items()},
+        "distance": {f: p.found["distance"] for f, p in families.items()},
+        "mst": {f: p.found["mst"] for f, p in families.items()},
+        "noise_neighbour": {f: p.found["noise_neighbour"] for f, p in families.items()},
+        "heldout": heldout.shares,
+        **why_measures(s, predict, test, sample, families, heldout),
+    }
     # each class's mean training image as trained on, shown beside the mean noise image it receives
-    arrays["class_mean_images"], arrays["class_mean_counts"] = noise_mean_images(
-        pixels(sample), np.asarray(sample_y, dtype=np.int64), len(task.classes))
-    arrays["confusion"] = np.asarray(part["confusion"])
+    class_images, class_counts = noise_mean_images(sample.pixels(), sample.labels.astype(np.int64), len(s.task.classes))
+    arrays = {"class_means": nodes, "class_mean_images": class_images, "class_mean_counts": class_counts,
+              "confusion": np.asarray(test.metrics["confusion"])}
+    for f, p in families.items():
+        arrays.update({f"noise_mean_images_{f}": p.mean_images, f"noise_mean_counts_{f}": p.mean_counts,
+                       f"pred_{f}": p.found["arrays"]["pred"], f"distance_{f}": p.found["arrays"]["distance"]})
+    arrays["noise_means"] = np.stack([p.found["arrays"]["noise_mean"] for p in families.values()])
+    arrays["noise_families"] = np.array(list(families))
+    return Probes(measured, arrays, sample_warnings(s, sample))
 
-    families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
-    found_all, ood_sets, clutter_noise, decomposition = {}, {}, {}, {}
-    for family in families:
-        bank = s.gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx)
-        found = probe.probe_family(model_predict, bank, classes, class_means)
-        found_all[family] = found
-        logits, feats = found["arrays"]["logits"], found["arrays"]["features"]
-        ood_sets[family] = (logits, feats)
-        clutter_noise[family] = measure_all(bank[:n].numpy(), feats[:n])
-        decomposition[family] = logit_decomposition(logits, feats, weight, bias, classes, test_feats)
-        means, counts = noise_mean_images(bank, found["arrays"]["pred"].astype(np.int64), len(classes))
-        arrays[f"noise_mean_images_{family}"], arrays[f"noise_mean_counts_{family}"] = means, counts
-        arrays[f"pred_{family}"] = found["arrays"]["pred"]
-        arrays[f"distance_{family}"] = found["arrays"]["distance"]
-    arrays["noise_means"] = np.stack([found_all[f]["arrays"]["noise_mean"] for f in families])
-    arrays["noise_families"] = np.array(families)
-    heldout, heldout_outputs = probe.heldout_table(model_predict, task.heldout_x, classes, to_tensor)
-    ood_sets.update({f"heldout:{c}": v for c, v in heldout_outputs.items()})
-    return {**part, "noise_families": families,
-            "absorption": {f: x["absorption"] for f, x in found_all.items()},
-            "absorber": {f: x["summary"] for f, x in found_all.items()},
-            "distance": {f: x["distance"] for f, x in found_all.items()},
-            "mst": {f: x["mst"] for f, x in found_all.items()},
-            "noise_neighbour": {f: x["noise_neighbour"] for f, x in found_all.items()},
-            "heldout": heldout,
-            "clutter": {"sample_per_class": int(n), "images_per_class": per_class,
-                        "noise_images": min(n, int(cfg["n_noise"])),
-                        "classes": _by_measure(clutter_classes), "noise": clutter_noise},
-            "logit_decomposition": decomposition,
-            "frequency": frequency_probes(model_predict, cfg["n_frequency"], cfg["noise_seed"], s.noise_ctx,
-                                          cfg["frequency_cutoffs"], classes),
-            "ood": {"convention": "in-distribution (the trained classes' test images) is the positive "
-                                  "class; scores: higher = more in-distribution",
-                    "rows": evaluate(detectors, (test_logits, test_feats), ood_sets)}}
+
+@dataclass(frozen=True)
+class TestSet:
+    """The trained classes' test images through the model."""
+    metrics: dict             # test_accuracy, per_class_accuracy, confusion, n_test
+    logits: np.ndarray
+    feats: np.ndarray         # penultimate features, the OOD detectors' in-distribution set
+
+
+def test_set(s: TrialSetup, predict: Predict) -> TestSet:
+    logits, feats = predict(_on_cpu(s.task.test_x))
+    return TestSet(probe.test_metrics(logits, s.task.test_y, s.classes), logits, feats)
+
+
+def class_means(s: TrialSetup, predict: Predict, test: TestSet) -> np.ndarray:
+    """(K, D): the mean penultimate feature of each output class, the nodes of every geometry.
+
+    A trained class: over its test images. A noise_class model's extra class has no test images;
+    its node is the mean feature of the training-like noise it learned, so the noise node's
+    distance to it means what the distances to the other classes mean."""
+    means = [test.feats[s.task.test_y == c].mean(0) for c in range(len(s.task.classes))]
+    if s.cfg["intervention"] == "noise_class":
+        means.append(predict(noise_class_reference(s))[1].mean(0))
+    return np.stack(means)
+
+
+def noise_families(cfg: dict) -> list[str]:
+    return list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
+
+
+@dataclass(frozen=True)
+class FamilyProbe:
+    found: dict               # probe.probe_family: absorption, summary, distance, mst, noise_neighbour, arrays
+    clutter: dict             # the clutter measures of the bank's first sample_per_class images
+    decomposition: dict       # the logit decomposition at the bank's features
+    mean_images: np.ndarray   # (K, 32, 32, 3) uint8: the mean noise image sent to each class
+    mean_counts: np.ndarray   # how many images each mean is over
+
+
+def noise_family(s: TrialSetup, predict: Predict, family: str, nodes: np.ndarray, test: TestSet,
+                 head: tuple) -> FamilyProbe:
+    """One noise bank through the model: where its images go, the noise node among the class
+    means `nodes`, and the measures that need the bank itself."""
+    cfg = s.cfg
+    # banks are made and dropped one at a time: at n_noise 5000 each is 60 MB; the gaussian one
+    # was made with the setup, for the trajectory
+    bank = s.gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx)
+    found = probe.probe_family(predict, bank, s.classes, nodes)
+    logits, feats = found["arrays"]["logits"], found["arrays"]["features"]
+    n = cfg["sample_per_class"]  # as many noise images as class images in the clutter measures
+    means, counts = noise_mean_images(bank, found["arrays"]["pred"].astype(np.int64), len(s.classes))
+    return FamilyProbe(found, measure_all(bank[:n].numpy(), feats[:n]),
+                       logit_decomposition(logits, feats, *head, s.classes, test.feats), means, counts)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The classes left out of training (their test images) through the model."""
+    shares: dict              # held-out class -> the share of its images given to each output class
+    outputs: dict             # held-out class -> (logits, features), for the OOD detectors
+
+
+def heldout_classes(s: TrialSetup, predict: Predict) -> HeldOut:
+    return HeldOut(*probe.heldout_table(predict, s.task.heldout_x, s.classes, _on_cpu))
+
+
+@dataclass(frozen=True)
+class TrainedSample:
+    """Up to sample_per_class training images per trained class, as trained on, and their features:
+    what the clutter measures and the OOD detectors' fit are taken from."""
+    images: torch.Tensor     # uint8 (N, 3, 32, 32)
+    labels: np.ndarray       # 0..K-1
+    feats: np.ndarray        # penultimate features
+    per_class: dict          # trained class -> its images here (fewer than asked if the class has fewer)
+
+    def pixels(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """The images (or those under `mask`) as float [0, 1] pixels, NCHW."""
+        x = self.images if mask is None else self.images[mask]
+        return (x.float() / 255).numpy()
+
+
+def trained_sample(s: TrialSetup, predict: Predict, trained: TrainedData) -> TrainedSample:
+    # from the training set as the model saw it: a class intervention's changes are in what is measured
+    x, y = clutter_sample(s, trained)
+    images = _on_cpu(x)
+    _, feats = predict(images)
+    return TrainedSample(images, y, feats, {c: int((y == i).sum()) for i, c in enumerate(s.task.classes)})
+
+
+def clutter_sample(s: TrialSetup, trained: TrainedData) -> tuple[np.ndarray, np.ndarray]:
+    """Up to sample_per_class training images per trained class, chosen by noise_seed (the same
+    positions in every trial), from the training set as the model saw it."""
+    rng = streams.numpy_rng("clutter_sample", s.cfg["noise_seed"])
+    picked = []
+    for c in range(len(s.task.classes)):
+        idx = np.flatnonzero(trained.y == c)
+        picked.append(np.sort(rng.choice(idx, size=min(s.cfg["sample_per_class"], len(idx)), replace=False)))
+    idx = np.concatenate(picked)
+    return trained.x[idx], trained.y[idx]
+
+
+def sample_warnings(s: TrialSetup, sample: TrainedSample) -> list[str]:
+    """What the clutter measures could not take as asked."""
+    n, warnings = s.cfg["sample_per_class"], []
+    short = [f"{c} ({k})" for c, k in sample.per_class.items() if k < n]
+    if short:
+        warnings.append(f"sample_per_class {n} is more than the training images of {', '.join(short)}: "
+                        "the clutter measures and the OOD detectors used all of them (clutter.images_per_class)")
+    if s.cfg["n_noise"] < n:
+        warnings.append(f"sample_per_class {n} is more than n_noise {s.cfg['n_noise']}: each noise "
+                        f"family's clutter was measured on its {s.cfg['n_noise']} images")
+    return warnings
+
+
+def why_measures(s: TrialSetup, predict: Predict, test: TestSet, sample: TrainedSample,
+                 families: dict[str, FamilyProbe], heldout: HeldOut) -> dict:
+    """Why noise goes where it goes: the clutter of each trained class and of each noise bank, the
+    logit decomposition, band-limited noise, and OOD detectors against every noise family and
+    every held-out class."""
+    cfg, n = s.cfg, s.cfg["sample_per_class"]
+    clutter_classes = {c: measure_all(sample.pixels(sample.labels == i), sample.feats[sample.labels == i])
+                       for i, c in enumerate(s.task.classes)}
+    # the detectors are fitted on the training sample's features; the test images are in-distribution
+    ood_sets = {f: (p.found["arrays"]["logits"], p.found["arrays"]["features"]) for f, p in families.items()}
+    ood_sets.update({f"heldout:{c}": v for c, v in heldout.outputs.items()})
+    return {
+        "clutter": {"sample_per_class": int(n), "images_per_class": sample.per_class,
+                    "noise_images": min(n, int(cfg["n_noise"])),
+                    "classes": _by_measure(clutter_classes), "noise": {f: p.clutter for f, p in families.items()}},
+        "logit_decomposition": {f: p.decomposition for f, p in families.items()},
+        "frequency": frequency_probes(predict, cfg["n_frequency"], cfg["noise_seed"], s.noise_ctx,
+                                      cfg["frequency_cutoffs"], s.classes),
+        "ood": {"convention": "in-distribution (the trained classes' test images) is the positive "
+                              "class; scores: higher = more in-distribution",
+                "rows": evaluate(Detectors(sample.feats, sample.labels), (test.logits, test.feats), ood_sets)}}
 
 
 def _by_measure(per_class: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -257,25 +413,13 @@ def _by_measure(per_class: dict[str, dict[str, float]]) -> dict[str, dict[str, f
     return {m: {c: per_class[c][m] for c in per_class} for m in measures}
 
 
-def clutter_sample(s: TrialSetup) -> tuple[np.ndarray, np.ndarray]:
-    """Up to sample_per_class training images per trained class, chosen by noise_seed, from the
-    training set as the model saw it: a class intervention's changes are in the clutter measures."""
-    if s.train_data is not None:
-        x = s.train_data[0].cpu().permute(0, 2, 3, 1).numpy()
-        y = s.train_data[1].cpu().numpy()
-    else:
-        x, y = s.task.train_x, s.task.train_y
-    rng = streams.numpy_rng("clutter_sample", s.cfg["noise_seed"])
-    picked = []
-    for c in range(len(s.task.classes)):
-        idx = np.flatnonzero(y == c)
-        picked.append(np.sort(rng.choice(idx, size=min(s.cfg["sample_per_class"], len(idx)), replace=False)))
-    idx = np.concatenate(picked)
-    return x[idx], y[idx]
-
-
-def explain_noise_class_reference(s: TrialSetup) -> torch.Tensor:
-    """Training-like noise (data mean and std) from its own seed, for the noise class's mean."""
+def noise_class_reference(s: TrialSetup) -> torch.Tensor:
+    """Training-like noise (data mean and std) from its own stream, for the noise class's mean."""
     gen = streams.torch_generator("noise_class_reference", s.cfg["noise_seed"])
     return (s.noise_ctx.mean.view(1, 3, 1, 1) + s.noise_ctx.std.view(1, 3, 1, 1)
             * torch.randn(min(2000, s.cfg["n_noise"]), 3, 32, 32, generator=gen))
+
+
+def _on_cpu(images_nhwc: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC images as the uint8 NCHW tensor `predict` takes (it moves each batch to the device)."""
+    return images_to_device(images_nhwc, torch.device("cpu"))

@@ -80,3 +80,29 @@ def test_fused_seed_agrees_with_its_separate_trial(tiny_config, tmp_path):
 def test_only_seeds_may_differ():
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         check_fusable([validate_trial({"seed": 0, "lr": 0.1}), validate_trial({"seed": 1, "lr": 0.2})])
+
+
+def test_one_training_step_serves_both_trainers():
+    from study.train import EpochLoop
+    assert Trainer.run_epoch is FusedTrainer.run_epoch is EpochLoop.run_epoch
+
+
+@pytest.mark.parametrize("mode", [True, "reduce-overhead", "max-autotune"])
+def test_compile_is_applied_on_cuda_in_separate_and_fused_runs(mode, monkeypatch, tiny_config):
+    """`compile` reaches torch.compile for both trainers (on CUDA; on the CPU it is off, as the
+    config key says). torch.compile is replaced by a recorder: no GPU here."""
+    from study import train
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: calls.append((model, mode)) or model)
+    model = build_model("small_cnn", 3, 0)
+    assert train.compiled(model, {"compile": mode}, torch.device("cuda")) is model
+    assert calls == [(model, None if mode is True else mode)]
+    assert train.compiled(model, {"compile": mode}, torch.device("cpu")) is model and len(calls) == 1
+    assert train.compiled(model, {"compile": False}, torch.device("cuda")) is model and len(calls) == 1
+    seen = []
+    monkeypatch.setattr(train, "compiled", lambda m, cfg, device: seen.append((type(m).__name__, cfg["compile"])) or m)
+    setups = [setup(tiny_config(seed=s, compile=mode)) for s in (0, 1)]
+    FusedTrainer(setups, [new_model(s) for s in setups])
+    s = setups[0]
+    Trainer(new_model(s), s.task.train_x, s.task.train_y, s.cfg, s.device, s.normalize, s.precision)
+    assert seen == [("FusedClassifier", mode), ("Classifier", mode)]

@@ -188,3 +188,21 @@ def test_cli_malformed_yaml_and_bad_set(tiny_config, tmp_path, capsys):
     good = write(tmp_path, tiny_config())
     assert main(["trial", good, "--out", str(tmp_path / "o"), "--set", "epoch=2"]) == 2
     assert "--set epoch: no such key" in capsys.readouterr().err
+
+
+def test_setup_is_immutable_and_the_trained_data_is_passed_explicitly(tiny_config):
+    """The clutter sample comes from the data handed in (here: the target class cut to 5 images,
+    as a subsample intervention leaves it), never from state patched onto the setup."""
+    import dataclasses
+
+    from study.trial import TrainedData, clutter_sample, setup
+    s = setup(tiny_config(classes=["cat", "dog"], sample_per_class=20))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.cfg = {}
+    keep = np.flatnonzero(s.task.train_y == 1).tolist() + np.flatnonzero(s.task.train_y == 0)[:5].tolist()
+    trained = TrainedData(s.task.train_x[keep], s.task.train_y[keep], {"kind": "subsample"})
+    x, y = clutter_sample(s, trained)
+    assert np.bincount(y).tolist() == [5, 20]
+    np.testing.assert_array_equal(x[y == 0], s.task.train_x[keep[-5:]])
+    x2, y2 = clutter_sample(s, TrainedData.untouched(s.task))
+    assert np.bincount(y2).tolist() == [20, 20]
