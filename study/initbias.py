@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from .artifacts import ArtifactDir
