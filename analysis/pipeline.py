@@ -54,6 +54,29 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
     return counts, images
 
 
+def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None = None,
+               frames: dict | None = None) -> dict:
+    """Every test of a study: `tests` (tests.csv), `edge_frequency` (the per-edge MST tests),
+    `consistency`, `absorber_distribution`, `causal_pairs`, `causal_dose`, `factor_pairs`, and
+    the `notes` the report prints. The one path from loaded runs to p-values: aggregate() writes
+    its tables, and the whole-pipeline calibration (analysis/calibration.py) runs it on hundreds of
+    simulated studies. `counts`: per-image labels for the kappas (read_arrays; None leaves the
+    kappas out, which no test uses); `frames`: the `absorbers` and `clutter` tables where already
+    made (else made here)."""
+    frames = frames or {"absorbers": tables.absorbers_table(data), "clutter": why.clutter_table(data)}
+    consistency, distribution, tests = inference.consistency(groups, counts or {})
+    dependence, notes = inference.condition_dependence(groups)
+    edge_freq, geometry_tests = inference.geometry(groups)
+    pairs = causal.pairs_table(data)
+    factor_pairs = factors.pairs_table(data)
+    rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)
+            + why.intervention_tests(data) + causal.causal_tests(pairs)
+            + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
+    return {"tests": inference.finalize(rows), "edge_frequency": edge_freq, "consistency": consistency,
+            "absorber_distribution": distribution, "causal_pairs": pairs, "causal_dose": causal.dose_table(pairs),
+            "factor_pairs": factor_pairs, "notes": notes}
+
+
 def aggregate(results: str, out: str | None = None, log: Callable[[str], None] | None = print) -> str:
     """Aggregate a study folder (local or URI) into CSVs, PNGs, report.md and report.html under `out`
     (default: <results>/report). Returns a one-paragraph summary; `log` gets a progress line per
@@ -79,21 +102,14 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     progress(f"tables: {sum(len(f) for f in frames.values())} rows; reading the arrays of "
              f"{sum(len(r) for r in groups.values())} runs in {len(groups)} conditions")
     label_counts, gallery = read_arrays(data, groups, list(groups)[:plots.MAX_GALLERY_CONDITIONS])
-    consistency, distribution, tests = inference.consistency(groups, label_counts)
-    dependence, notes = inference.condition_dependence(groups)
-    edge_freq, geometry_tests = inference.geometry(groups)
     why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
                   "ood": why.ood_table(data), "frequency": why.frequency_table(data)}
     why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
-    pairs = causal.pairs_table(data)
-    doses = causal.dose_table(pairs)
-    factor_pairs = factors.pairs_table(data)
-    test_rows = (tests + dependence + geometry_tests + why.clutter_tests(groups)
-                 + why.lookalike_tests({**why_frames, "absorbers": frames["absorbers"]})
-                 + why.intervention_tests(data) + causal.causal_tests(pairs)
-                 + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
-    frames.update({"consistency": consistency, "absorber_distribution": distribution, "edge_frequency": edge_freq,
-                   "tests": inference.finalize(test_rows), "problems": tables.problems_table(data)})
+    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], "clutter": why_frames["clutter"]})
+    consistency, edge_freq, notes = tested["consistency"], tested["edge_frequency"], tested["notes"]
+    pairs, doses, factor_pairs = tested["causal_pairs"], tested["causal_dose"], tested["factor_pairs"]
+    frames.update({"consistency": consistency, "absorber_distribution": tested["absorber_distribution"],
+                   "edge_frequency": edge_freq, "tests": tested["tests"], "problems": tables.problems_table(data)})
     frames.update({k: v for k, v in why_frames.items() if not v.empty})
     if not pairs.empty:
         frames.update({"causal_pairs": pairs, "causal_dose": doses})

@@ -1,0 +1,181 @@
+"""Whole-pipeline calibration: hundreds of realistic null studies (analysis/nulls.py) through the
+aggregation's statistics (pipeline.statistics, the code that writes tests.csv), the false-positive
+rate of every test id at 0.05, and the power of each test under a planted effect.
+
+    python -m analysis.calibration --studies 400 --power-studies 40 --workers 2
+
+A study is written to a temporary folder in the trial.json contract, read back by analysis.load
+and tested by pipeline.statistics, exactly as `python -m analysis` does (only the plots, the
+report and the table files are left out). Rows whose test cannot reach p <= 0.05 at their n (the
+`smallest_p` column of tests.csv) are counted apart, never as passes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .nulls import CONCENTRATED, Design, Effects, null_holds, write_null_study
+
+ALPHA = 0.05
+BAND = (0.02, 0.07)   # the accepted false-positive rate at ALPHA (issue #15)
+
+# the null studies cycle through every combination of these (48 kinds; 400 studies ~ 8 rounds)
+NULL_LAYOUTS = [dict(axis="augmentation", arms=2), dict(axis="augmentation", arms=3),
+                dict(axis="class_intervention", arms=2), dict(axis="intervention", arms=2)]
+NULL_EFFECTS = {"uniform": Effects(), "concentrated": CONCENTRATED}
+NULL_SEEDS = (8, 12, 20)
+NULL_K = (10, 5)
+
+# planted effects, one per kind of test: (label, layout, effects)
+POWER_SCENARIOS = [
+    ("modal absorber q = 0.5", dict(axis="augmentation", arms=2), Effects(absorber_q=0.5)),
+    ("last arm: absorber another class in 50% of runs", dict(axis="augmentation", arms=2),
+     Effects(absorber_q=0.75, nearest_q=0.75, condition=0.5)),
+    ("nearest class := absorber in 50% of runs", dict(axis="augmentation", arms=2),
+     Effects(absorber_q=0.75, nearest_q=0.75, link=0.5)),
+    ("modal absorber (q = 0.75) is the most cluttered class", dict(axis="augmentation", arms=2), Effects(clutter=True)),
+    ("class means follow one tree in 50% of runs", dict(axis="augmentation", arms=2), Effects(tree=0.5)),
+    ("nearest class concentrated (q = 0.75)", dict(axis="augmentation", arms=2), Effects(nearest_q=0.75)),
+    ("blur target absorbs in 50% of runs at strength 2", dict(axis="class_intervention", arms=2), Effects(causal=0.5)),
+    ("intervention shrinks the top share by 30%", dict(axis="intervention", arms=2), Effects(intervention=0.3)),
+]
+
+
+def null_study(i: int) -> tuple[str, Design, Effects]:
+    """The i-th null study of the calibration: layouts, nulls, seeds and K in rotation."""
+    combos = list(itertools.product(NULL_K, NULL_SEEDS, NULL_EFFECTS, range(len(NULL_LAYOUTS))))
+    k, s, name, layout = combos[i % len(combos)]
+    return name, Design(k=k, seeds=s, **NULL_LAYOUTS[layout]), NULL_EFFECTS[name]
+
+
+def test_rows(design: Design, effects: Effects, seed: int) -> pd.DataFrame:
+    """One study through load -> pipeline.statistics: a row per test (tests.csv) and per MST edge
+    (edge_frequency.csv), with its test id, p and whether the study's truth is its null."""
+    from . import inference, pipeline
+    from .load import load
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load(str(write_null_study(Path(tmp), design, effects, seed=seed)))
+        out = pipeline.statistics(data, inference.by_condition(data))
+    tests, edges = out["tests"], out["edge_frequency"]
+    keep = ["test", "p_value", "n_runs", "condition", "noise"] + [c for c in ("smallest_p",) if c in tests]
+    edges = edges.assign(test=edges["test"] if "test" in edges else "mst_edge")
+    rows = pd.concat([tests[keep], edges[[c for c in keep if c in edges]]], ignore_index=True)
+    truth = null_holds(effects, design)
+    rows["null"] = rows["test"].map(lambda t: truth.get(t))
+    return rows
+
+
+def _one(job) -> pd.DataFrame:
+    index, label, design, effects, seed = job
+    rows = test_rows(design, effects, seed)
+    return rows.assign(study=index, scenario=label, k=design.k, seeds=design.seeds, axis=design.axis)
+
+
+def run(jobs: list, workers: int) -> pd.DataFrame:
+    if workers <= 1:
+        return pd.concat([_one(j) for j in jobs], ignore_index=True)
+    with ProcessPoolExecutor(workers) as pool:
+        return pd.concat(list(pool.map(_one, jobs, chunksize=4)), ignore_index=True)
+
+
+def null_jobs(n: int, seed: int = 0) -> list:
+    return [(i, *null_study(i), seed * 1_000_003 + i) for i in range(n)]
+
+
+def power_jobs(per_scenario: int, seed: int = 0, k: int = 10, seeds: int = 12) -> list:
+    jobs = []
+    for j, (label, layout, effects) in enumerate(POWER_SCENARIOS):
+        design = Design(k=k, seeds=seeds, **layout)
+        jobs += [(j * per_scenario + i, label, design, effects, (seed + 1) * 7_000_003 + j * 10_007 + i)
+                 for i in range(per_scenario)]
+    return jobs
+
+
+def _reachable(rows: pd.DataFrame) -> pd.Series:
+    return rows["smallest_p"] <= ALPHA if "smallest_p" in rows else pd.Series(True, index=rows.index)
+
+
+def fpr_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per test id, over the rows whose study holds its null: the rate of p <= 0.05, its standard
+    error over studies (rows of one study are not independent), and the rows that could not
+    reach 0.05 at their n (left out of the rate, counted here)."""
+    null = rows[rows["null"] == True]  # noqa: E712 (None: a test id the generator does not know)
+    out = []
+    for test, sub in null.groupby("test", sort=True):
+        ok = sub[_reachable(sub)]
+        per_study = (ok["p_value"] <= ALPHA).groupby(ok["study"]).agg(["sum", "count"])
+        rate = per_study["sum"].sum() / max(per_study["count"].sum(), 1)
+        # ratio estimator's standard error over clusters (studies)
+        n = len(per_study)
+        resid = per_study["sum"] - rate * per_study["count"]
+        se = float(np.sqrt((resid**2).sum() / max(n - 1, 1) * n) / per_study["count"].sum()) if n > 1 else np.nan
+        out.append({"test": test, "studies": n, "rows": int(per_study["count"].sum()),
+                    "rejections": int(per_study["sum"].sum()), "fpr": rate, "se": se,
+                    "rows_below_reach": int(len(sub) - len(ok)),
+                    "in_band": BAND[0] <= rate <= BAND[1]})
+    return pd.DataFrame(out)
+
+
+def unknown_tests(rows: pd.DataFrame) -> list[str]:
+    """Test ids the generator does not say the truth of (so nothing calibrates them)."""
+    return sorted(rows.loc[rows["null"].isna(), "test"].unique())
+
+
+def power_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per planted effect and test id whose null it breaks: the rate of p <= 0.05."""
+    hit = rows[rows["null"] == False]  # noqa: E712
+    g = hit[_reachable(hit)].groupby(["scenario", "test"], sort=False)
+    out = g.agg(studies=("study", "nunique"), rows=("p_value", "size"),
+                power=("p_value", lambda p: float((p <= ALPHA).mean()))).reset_index()
+    return out
+
+
+def markdown(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(floats.format(v) if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.calibration", description=__doc__.split("\n\n")[0])
+    p.add_argument("--studies", type=int, default=400, help="null studies (default 400)")
+    p.add_argument("--power-studies", type=int, default=40, help="studies per planted effect (default 40; 0: none)")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", help="write every test row to this CSV")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    rows = run(null_jobs(args.studies, args.seed), args.workers)
+    fpr = fpr_table(rows)
+    print(f"## False-positive rate at {ALPHA} ({args.studies} null studies, {time.perf_counter() - start:.0f} s, "
+          f"{args.workers} workers)\n")
+    print(markdown(fpr))
+    unknown = unknown_tests(rows)
+    if unknown:
+        print(f"\nTest ids with no stated truth in analysis/nulls.py (not calibrated): {', '.join(unknown)}")
+    if args.power_studies:
+        t = time.perf_counter()
+        power = run(power_jobs(args.power_studies, args.seed), args.workers)
+        print(f"\n## Power at {ALPHA} under planted effects (K = 10, 12 seeds per arm, {args.power_studies} "
+              f"studies each, {time.perf_counter() - t:.0f} s)\n")
+        print(markdown(power_table(power)))
+        rows = pd.concat([rows, power], ignore_index=True)
+    if args.rows:
+        rows.to_csv(args.rows, index=False)
+    bad = fpr[~fpr["in_band"]]
+    return 1 if len(bad) or unknown else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Realistic null studies (and planted effects) in the trial.json/arrays.npz contract.
+
+The tests of analysis/ must keep their size under the nulls real studies meet, not only under
+"everything is exchangeable". A study written here is what a sweep would leave in its storage
+(study.json, one folder per grid point with trial.json + arrays.npz), with the structure real
+trainings show but no effect of the kind each test looks for:
+
+- **the noise node is a far leaf**: per run, class means are vectors (a shared component plus
+  per-class variation, iid over classes, so the class labels carry no information about the
+  class-class geometry); the noise mean is far from every class and closest to one class, so
+  it hangs as a leaf on that class. Distances, the MST and the noise neighbour come from the
+  trial's own code (study.probe.geometry);
+- **pixel clutter fixed per class**: the pixel measures of a class are the same numbers in every
+  run (a sweep measures the same training images with the same noise_seed), drawn once per study
+  independently of what absorbs; feature-space measures vary by run around a class value;
+- **concentrated marginals**: the absorber and the class nearest the noise mean are each one
+  class in ~75% of runs (the same class for both) but drawn independently within a run;
+- **paired seeds**: every arm of the study's one axis runs the same seeds, and a seed's runs are
+  alike across arms (same absorber and nearest class with probability `coupling`), with one run
+  diverged and one missing (no trial.json) by default;
+- **arms without effect**: augmentation arms, training interventions against `none`, and
+  per-class interventions (class_intervention: blur on a target at two strengths) that change the
+  target's pixel clutter (the manipulation works) but not where noise goes.
+
+`Effects` plants one effect at a time for power; `null_holds` says, per test id, whether a
+study's truth is the test's null, so the calibration (analysis/calibration.py) counts a rejection
+as a false positive only where it is one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from study.measure import absorption_summary, shares
+from study.probe import geometry
+
+from .load import show_value
+from .synthetic import CIFAR10, write_trial
+
+# the clutter measures a trial writes (study/clutter.py's registries; a test keeps them equal)
+PIXEL_MEASURES = ("png_bits_per_pixel", "spectral_slope", "gradient_energy", "colorfulness", "intensity_std")
+FEATURE_MEASURES = ("feature_trace", "participation_ratio", "twonn_dimension", "centroid_distance")
+# (mean, sd) of each measure across classes: the scale of small_cnn / ResNet-18 trials on CIFAR-10
+MEASURE_SCALE = {"png_bits_per_pixel": (5.9, 0.4), "spectral_slope": (-2.6, 0.15), "gradient_energy": (0.03, 0.008),
+                 "colorfulness": (0.18, 0.04), "intensity_std": (0.23, 0.02), "feature_trace": (0.35, 0.05),
+                 "participation_ratio": (12.0, 2.0), "twonn_dimension": (9.0, 1.5), "centroid_distance": (0.55, 0.05)}
+# class_intervention: blur lowers these pixel measures of its target (as causal.INTENDED says)
+BLURRED = ("png_bits_per_pixel", "gradient_energy", "spectral_slope")
+AXIS_ARMS = {"augmentation": ["none", "flip", "flip_crop", "flip_crop_cutout", "trivialaugment"],
+             "intervention": ["none", "outlier_exposure", "train_noise_aug"]}
+BLUR_STRENGTHS = (1.0, 2.0)
+
+# geometry of the penultimate features (checked in tests/test_nulls.py): with these the noise
+# node is a leaf in every run, hung on its designated nearest class in ~97%, and far: its nearest
+# class is farther (d ~0.29) than the longest class-class tree edge in ~93% of runs (K = 10)
+DIM = 32                  # feature dimension
+SHARED = 6.0              # norm of the component all class means share (ReLU features: high cosines)
+NOISE_SHARED = 0.1        # the noise mean: little of the shared component,
+NOISE_OWN = 2.0           # a direction of its own (orthogonal to the shared one), and
+NOISE_PULL = 1.5          # some of its nearest class's own variation
+
+
+@dataclass(frozen=True)
+class Design:
+    """A study's layout: K classes, S seeds in every arm of one axis (seeds paired across arms)."""
+    k: int = 10
+    seeds: int = 12
+    axis: str = "augmentation"      # augmentation | intervention | class_intervention
+    arms: int = 2                   # augmentation/intervention arms (none first); class_intervention: targets (x 2 strengths, + none)
+    families: tuple[str, ...] = ("gaussian", "uniform")
+    coupling: float = 0.5           # P(a seed's run in an arm keeps that seed's absorber / nearest class / shares)
+    diverged: int = 1               # runs that diverged (trial.json with status diverged)
+    missing: int = 1                # runs with no trial.json (the trial never finished)
+    n_noise: int = 100              # noise images per family (pred_<family> in arrays.npz)
+    epochs: int = 3
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What is planted. The defaults plant nothing: absorber and nearest class uniform."""
+    absorber_q: float | None = None   # P(absorber = the study's modal class); None: 1/K (uniform)
+    nearest_q: float | None = None    # P(class nearest the noise mean = the same modal class); None: 1/K
+    link: float = 0.0                 # P(the nearest class is set to the run's absorber)
+    condition: float = 0.0            # last augmentation arm: P(absorber = another class m')
+    clutter: bool = False             # the modal class is the class with the most PNG bits per pixel
+    tree: float = 0.0                 # P(a run's class means follow the study's planted tree)
+    causal: float = 0.0               # class_intervention arms: P(the absorber is the target) at the top strength, half that at the lower
+    intervention: float = 0.0         # intervention arms: the top share shrinks by this fraction
+    manipulation: float = 1.0         # blur lowers the target's pixel clutter by this many class sds per unit strength
+
+
+CONCENTRATED = Effects(absorber_q=0.75, nearest_q=0.75)   # the realistic null of the noise-neighbour test
+
+
+def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
+    """Per test id: is the study's truth that test's null? (False: a rejection is not an error.)"""
+    k = design.k
+    uniform_absorber = effects.absorber_q in (None, 1 / k) and not effects.clutter
+    uniform_nearest = effects.nearest_q in (None, 1 / k) and effects.link == 0
+    return {
+        "absorber_consistency": uniform_absorber and effects.condition == 0 and effects.causal == 0,
+        "absorber_vs_condition": effects.condition == 0 and effects.causal == 0 and effects.intervention == 0,
+        "mst_edge": effects.tree == 0,
+        "mst_overlap": effects.tree == 0,
+        "distance_agreement": effects.tree == 0,
+        "noise_attachment": uniform_nearest,
+        "noise_distance_agreement": uniform_nearest,
+        "noise_neighbour": effects.link == 0,
+        "clutter_absorption": not effects.clutter,
+        "head_confound": True,
+        "intervention_effect": effects.intervention == 0,
+        "causal_effect": effects.causal == 0,
+        "causal_dose": effects.causal == 0,
+        "manipulation_check": effects.manipulation == 0,
+    }
+
+
+# ---------------------------------------------------------------- one study
+
+@dataclass
+class _Study:
+    """Everything drawn once per study."""
+    classes: list[str]
+    modal: int
+    other: int                      # the condition effect's class
+    absorber_p: np.ndarray
+    nearest_p: np.ndarray
+    shared: np.ndarray              # the class means' shared component
+    noise_dirs: dict[str, np.ndarray]
+    clutter: dict[str, np.ndarray]  # measure -> (K,) class values
+    tree: list[tuple[int, int]]     # planted tree over classes (parent, child)
+    seed_state: dict = field(default_factory=dict)
+
+
+def _categorical(k: int, modal: int, q: float | None) -> np.ndarray:
+    if q is None:
+        return np.full(k, 1 / k)
+    p = np.full(k, (1 - q) / (k - 1))
+    p[modal] = q
+    return p
+
+
+def _draw_study(design: Design, effects: Effects, rng) -> _Study:
+    k = design.k
+    classes = CIFAR10 if k == 10 else [CIFAR10[i] for i in sorted(rng.choice(10, k, replace=False))]
+    clutter = {m: MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal(k)
+               for m in PIXEL_MEASURES + FEATURE_MEASURES}
+    modal = int(np.argmax(clutter["png_bits_per_pixel"])) if effects.clutter else int(rng.integers(k))
+    other = int((modal + rng.integers(1, k)) % k)
+    q = effects.absorber_q if effects.absorber_q is not None or not effects.clutter else 0.75
+    shared = rng.standard_normal(DIM)
+    shared *= SHARED / np.linalg.norm(shared)
+    unit = shared / SHARED
+    dirs = {}
+    for f in design.families:
+        w = rng.standard_normal(DIM)
+        w -= (w @ unit) * unit
+        dirs[f] = w * np.sqrt(DIM) / np.linalg.norm(w)
+    order = rng.permutation(k)
+    tree = [(int(order[rng.integers(i)]), int(order[i])) for i in range(1, k)]
+    return _Study(classes, modal, other, _categorical(k, modal, q), _categorical(k, modal, effects.nearest_q),
+                  shared, dirs, clutter, tree)
+
+
+def _class_means(st: _Study, design: Design, effects: Effects, seed: int, rng) -> np.ndarray:
+    """(K, DIM): the seed's class means (alike across arms), each arm adding a little of its own.
+    With a planted tree, a run's class variation is a random walk down the study's tree."""
+    k = design.k
+    base = st.seed_state.setdefault(("means", seed), rng.standard_normal((k, DIM)))
+    own = base * np.sqrt(0.9) + np.sqrt(0.1) * rng.standard_normal((k, DIM))
+    if effects.tree and rng.random() < effects.tree:
+        walk = np.zeros((k, DIM))
+        root = st.tree[0][0]
+        walk[root] = rng.standard_normal(DIM)
+        for parent, child in st.tree:
+            walk[child] = walk[parent] + 0.35 * rng.standard_normal(DIM)
+        own = walk
+    return st.shared + own
+
+
+def _seeded(st: _Study, key, coupling: float, draw, rng):
+    """The seed's value of `key` with probability `coupling`, else a fresh draw (same marginal)."""
+    if key not in st.seed_state:
+        st.seed_state[key] = draw()
+    return st.seed_state[key] if rng.random() < coupling else draw()
+
+
+def _shares_p(k: int, absorber: int, rng) -> np.ndarray:
+    """A run's class probabilities for noise: the absorber takes 30-98%, the rest a Dirichlet
+    spread that stays below it."""
+    top = rng.uniform(0.3, 0.98)
+    while True:
+        rest = (1 - top) * rng.dirichlet(np.ones(k - 1))
+        if rest.max() < top:
+            return np.insert(rest, absorber, top)
+
+
+def _arm_values(design: Design, classes: list[str], rng) -> list:
+    if design.axis == "class_intervention":
+        targets = [classes[i] for i in sorted(rng.choice(len(classes), design.arms, replace=False))]
+        return ["none"] + [{"target": t, "kind": "blur", "strength": s} for t in targets for s in BLUR_STRENGTHS]
+    return AXIS_ARMS[design.axis][:design.arms]
+
+
+def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed: int, rng) -> tuple[dict, dict]:
+    k, classes = design.k, st.classes
+    means = _class_means(st, design, effects, seed, rng)
+    absorption, summary, mst, distance, neighbour, decomposition, arrays = {}, {}, {}, {}, {}, {}, {}
+    target = classes.index(arm["target"]) if isinstance(arm, dict) else None
+    for f in design.families:
+        a = _seeded(st, ("absorber", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.absorber_p)), rng)
+        if effects.condition and design.axis == "augmentation" and arm_index == design.arms - 1 \
+                and rng.random() < effects.condition:
+            a = st.other
+        if target is not None and rng.random() < effects.causal * arm["strength"] / max(BLUR_STRENGTHS):
+            a = target
+        p = _seeded(st, ("shares", seed, f, a), design.coupling, lambda: _shares_p(k, a, rng), rng)
+        if effects.intervention and design.axis == "intervention" and arm_index > 0:
+            p = p.copy()
+            p[a] *= 1 - effects.intervention
+            p /= p.sum()
+        pred = rng.choice(k, size=design.n_noise, p=p)
+        nearest = _seeded(st, ("nearest", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.nearest_p)), rng)
+        if effects.link and rng.random() < effects.link:
+            nearest = a
+        noise_mean = NOISE_SHARED * st.shared + NOISE_OWN * st.noise_dirs[f] + NOISE_PULL * (means[nearest] - st.shared)
+        nodes, dist, tree = geometry(means, noise_mean, classes)
+        absorption[f] = shares(pred, classes)
+        summary[f] = absorption_summary(pred, rng.uniform(0.5, 0.95, design.n_noise), classes)
+        distance[f] = {"nodes": nodes, "matrix": dist.tolist()}
+        mst[f] = tree
+        neighbour[f] = sorted(u if v == nodes[-1] else v for u, v, _ in tree if nodes[-1] in (u, v))
+        bias = rng.normal(0, 0.1, k)
+        decomposition[f] = {"absorber": summary[f]["absorber"], "n_images": int(np.sum(pred == classes.index(summary[f]["absorber"]))),
+                            "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.normal(0.2, 0.2)),
+                            "mean_weight_part": float(rng.uniform(1, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.5)),
+                            "decided_by_bias": float(rng.uniform(0, 0.3)),
+                            "bias": dict(zip(classes, bias.tolist())),
+                            "weight_norm": dict(zip(classes, (1 + rng.normal(0, 0.05, k)).tolist())),
+                            "noise_feature_norm": float(rng.uniform(2, 4)), "test_feature_norm": float(rng.uniform(5, 7))}
+        arrays[f"pred_{f}"] = pred.astype(np.uint8)
+        arrays[f"distance_{f}"] = dist
+    pixel = {m: st.clutter[m].copy() for m in PIXEL_MEASURES}
+    if target is not None:  # the manipulation: blur lowers its target's pixel clutter, the same in every run
+        for m in BLURRED:
+            pixel[m][target] -= effects.manipulation * arm["strength"] * MEASURE_SCALE[m][1]
+    feature = {m: st.clutter[m] + 0.5 * MEASURE_SCALE[m][1] * rng.standard_normal(k) for m in FEATURE_MEASURES}
+    clutter = {"sample_per_class": 100,
+               "classes": {m: dict(zip(classes, v.tolist())) for m, v in {**pixel, **feature}.items()},
+               "noise": {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal())
+                             for m in PIXEL_MEASURES + FEATURE_MEASURES} for f in design.families}}
+    first = absorption[design.families[0]]
+    trajectory = [{"epoch": e, "shares": {c: (1 - e / design.epochs) / k + e / design.epochs * first[c] for c in classes}}
+                  for e in range(design.epochs + 1)]
+    heldout = [c for c in CIFAR10 if c not in classes]
+    trial = {"schema": 1, "status": "completed", "seed": seed, "noise_seed": 0, "classes": classes,
+             "heldout_classes": heldout, "test_accuracy": float(rng.uniform(0.6, 0.9)),
+             "noise_families": list(design.families), "absorption": absorption, "absorber": summary,
+             "mst": mst, "distance": distance, "noise_neighbour": neighbour, "trajectory": trajectory,
+             "heldout": {h: dict(zip(classes, rng.dirichlet(np.ones(k)).tolist())) for h in heldout},
+             "clutter": clutter, "logit_decomposition": decomposition,
+             "timing": {"train_seconds": 1.0}, "warnings": []}
+    return trial, arrays
+
+
+def write_null_study(root: Path, design: Design = Design(), effects: Effects = Effects(), seed: int = 0,
+                     name: str = "null") -> Path:
+    """Write <root>/<name>/ as a sweep would: study.json and one folder per (arm, seed)."""
+    rng = np.random.default_rng(seed)
+    st = _draw_study(design, effects, rng)
+    arms = _arm_values(design, st.classes, rng)
+    study = Path(root) / name
+    study.mkdir(parents=True, exist_ok=True)
+    points = [({design.axis: v, "seed": s}, i, s) for i, v in enumerate(arms) for s in range(design.seeds)]
+    lost = rng.choice(len(points), design.diverged + design.missing, replace=False)
+    diverged, missing = set(lost[:design.diverged].tolist()), set(lost[design.diverged:].tolist())
+    for n, (axes, i, s) in enumerate(points):
+        folder = study / _dirname(axes)
+        trial, arrays = _run(st, design, effects, axes[design.axis], i, s, rng)
+        trial["config"] = {**axes, "classes": st.classes, "n_noise": design.n_noise, "noise_seed": 0}
+        if n in missing:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text("Traceback (most recent call last):\nRuntimeError: worker died\n")
+            continue
+        if n in diverged:
+            trial = {k: trial[k] for k in ("schema", "seed", "noise_seed", "classes", "config")}
+            trial.update({"status": "diverged", "diverged_at_epoch": int(rng.integers(1, design.epochs + 1)),
+                          "trajectory": []})
+            arrays = {}
+        write_trial(folder, trial, arrays)
+    (study / "study.json").write_text(json.dumps(
+        {"name": name, "axes": [design.axis, "seed"],
+         "points": [{"dir": _dirname(a), "axes": a} for a, _, _ in points]}))
+    return study
+
+
+def _dirname(axes: dict) -> str:
+    """The folder name a sweep gives these axis values (study.sweep.trial_dirname, which needs
+    no hash for the values written here)."""
+    return "_".join(f"{k}={show_value(v)}" for k, v in axes.items())
