@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                        local=not (address or joined or getattr(args, "cluster", False)))
         if args.command == "check":
             print(plan.describe())
+            print(plan.power())
             if address:  # compare with the cluster's nodes (connects to it: Ray)
                 from . import sweep
                 sweep._init_ray(address)

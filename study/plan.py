@@ -287,6 +287,12 @@ class Plan:
         lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    def power(self) -> str:
+        """The power of the absorber tests the aggregation will run on this design, and the seeds
+        each needs for 80% (analysis/power.py, by simulating the tests themselves)."""
+        from analysis.power import design_block  # statsmodels and scipy: only when a check asks
+        return design_block([(self.sweep.axis_values(p), trained_classes(p)) for p in self.points])
+
 
 def prepare(path: str, sets: list[str] | None = None, storage: str | None = None,
             name: str | None = None, local: bool = True) -> Plan:

@@ -46,4 +46,5 @@ def test_study_check_passes_on_real_data(path, real_tar, capsys):
     # a GPU study checked on a machine without one: validated for the cluster it is meant for
     where = ["--cluster"] if load_sweep(path).resources["gpu"] > torch.cuda.device_count() else []
     assert main(["check", str(path), "--set", f"trial.data_root={real_tar}", *where]) == 0
-    assert "grid:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "grid:" in out and "power at alpha = 0.05" in out and "absorber consistency, K =" in out
