@@ -18,9 +18,12 @@ trainings show but no effect of the kind each test looks for:
 - **paired seeds**: every arm of the study's one axis runs the same seeds, and a seed's runs are
   alike across arms (same absorber and nearest class with probability `coupling`), with one run
   diverged and one missing (no trial.json) by default;
-- **arms without effect**: augmentation arms, training interventions against `none`, and
-  per-class interventions (class_intervention: blur on a target at two strengths) that change the
-  target's pixel clutter (the manipulation works) but not where noise goes.
+- **the untrained network's favourite class** (epoch 0 of the trajectory) concentrated on that
+  class too, independent of the absorber;
+- **arms without effect**: augmentation arms, training interventions against `none`, an
+  architecture factor (activation: relu as the reference), and per-class interventions
+  (class_intervention: blur on a target at two strengths) that change the target's pixel clutter
+  (the manipulation works) but not where noise goes.
 
 `Effects` plants one effect at a time for power; `null_holds` says, per test id, whether a
 study's truth is the test's null, so the calibration (analysis/calibration.py) counts a rejection
@@ -50,7 +53,8 @@ MEASURE_SCALE = {"png_bits_per_pixel": (5.9, 0.4), "spectral_slope": (-2.6, 0.15
 # class_intervention: blur lowers these pixel measures of its target (as causal.INTENDED says)
 BLURRED = ("png_bits_per_pixel", "gradient_energy", "spectral_slope")
 AXIS_ARMS = {"augmentation": ["none", "flip", "flip_crop", "flip_crop_cutout", "trivialaugment"],
-             "intervention": ["none", "outlier_exposure", "train_noise_aug"]}
+             "intervention": ["none", "outlier_exposure", "train_noise_aug"],
+             "activation": ["relu", "gelu", "tanh"]}      # a factor axis (analysis/factors.py)
 BLUR_STRENGTHS = (1.0, 2.0)
 
 # geometry of the penultimate features (checked in tests/test_nulls.py): with these the noise
@@ -68,7 +72,7 @@ class Design:
     """A study's layout: K classes, S seeds in every arm of one axis (seeds paired across arms)."""
     k: int = 10
     seeds: int = 12
-    axis: str = "augmentation"      # augmentation | intervention | class_intervention
+    axis: str = "augmentation"      # augmentation | intervention | activation | class_intervention
     arms: int = 2                   # augmentation/intervention arms (none first); class_intervention: targets (x 2 strengths, + none)
     families: tuple[str, ...] = ("gaussian", "uniform")
     coupling: float = 0.5           # P(a seed's run in an arm keeps that seed's absorber / nearest class / shares)
@@ -83,8 +87,10 @@ class Effects:
     """What is planted. The defaults plant nothing: absorber and nearest class uniform."""
     absorber_q: float | None = None   # P(absorber = the study's modal class); None: 1/K (uniform)
     nearest_q: float | None = None    # P(class nearest the noise mean = the same modal class); None: 1/K
+    favourite_q: float | None = None  # P(the untrained network's favourite class = the same modal class); None: 1/K
     link: float = 0.0                 # P(the nearest class is set to the run's absorber)
-    condition: float = 0.0            # last augmentation arm: P(absorber = another class m')
+    favourite_link: float = 0.0       # P(the absorber is set to the untrained network's favourite)
+    condition: float = 0.0            # last arm (augmentation, activation): P(absorber = another class m')
     clutter: bool = False             # the modal class is the class with the most PNG bits per pixel
     tree: float = 0.0                 # P(a run's class means follow the study's planted tree)
     causal: float = 0.0               # class_intervention arms: P(the absorber is the target) at the top strength, half that at the lower
@@ -92,17 +98,23 @@ class Effects:
     manipulation: float = 1.0         # blur lowers the target's pixel clutter by this many class sds per unit strength
 
 
-CONCENTRATED = Effects(absorber_q=0.75, nearest_q=0.75)   # the realistic null of the noise-neighbour test
+# the realistic null of the tests that link two per-run labels (noise neighbour, epoch-0 favourite)
+CONCENTRATED = Effects(absorber_q=0.75, nearest_q=0.75, favourite_q=0.75)
 
 
 def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
     """Per test id: is the study's truth that test's null? (False: a rejection is not an error.)"""
     k = design.k
-    uniform_absorber = effects.absorber_q in (None, 1 / k) and not effects.clutter
+    uniform_absorber = effects.absorber_q in (None, 1 / k) and not effects.clutter and effects.favourite_link == 0
     uniform_nearest = effects.nearest_q in (None, 1 / k) and effects.link == 0
+    same_arms = effects.condition == 0 and effects.causal == 0 and effects.intervention == 0
     return {
         "absorber_consistency": uniform_absorber and effects.condition == 0 and effects.causal == 0,
-        "absorber_vs_condition": effects.condition == 0 and effects.causal == 0 and effects.intervention == 0,
+        "absorber_vs_condition": same_arms,
+        "factor_absorber": same_arms,
+        "factor_top_share": same_arms,
+        "factor_epoch0_bias": True,
+        "epoch0_favourite_is_absorber": effects.favourite_link == 0,
         "mst_edge": effects.tree == 0,
         "mst_overlap": effects.tree == 0,
         "distance_agreement": effects.tree == 0,
@@ -128,6 +140,7 @@ class _Study:
     other: int                      # the condition effect's class
     absorber_p: np.ndarray
     nearest_p: np.ndarray
+    favourite_p: np.ndarray
     shared: np.ndarray              # the class means' shared component
     noise_dirs: dict[str, np.ndarray]
     clutter: dict[str, np.ndarray]  # measure -> (K,) class values
@@ -162,7 +175,7 @@ def _draw_study(design: Design, effects: Effects, rng) -> _Study:
     order = rng.permutation(k)
     tree = [(int(order[rng.integers(i)]), int(order[i])) for i in range(1, k)]
     return _Study(classes, modal, other, _categorical(k, modal, q), _categorical(k, modal, effects.nearest_q),
-                  shared, dirs, clutter, tree)
+                  _categorical(k, modal, effects.favourite_q), shared, dirs, clutter, tree)
 
 
 def _class_means(st: _Study, design: Design, effects: Effects, seed: int, rng) -> np.ndarray:
@@ -188,14 +201,15 @@ def _seeded(st: _Study, key, coupling: float, draw, rng):
     return st.seed_state[key] if rng.random() < coupling else draw()
 
 
-def _shares_p(k: int, absorber: int, rng) -> np.ndarray:
-    """A run's class probabilities for noise: the absorber takes 30-98%, the rest a Dirichlet
-    spread that stays below it."""
-    top = rng.uniform(0.3, 0.98)
-    while True:
-        rest = (1 - top) * rng.dirichlet(np.ones(k - 1))
-        if rest.max() < top:
-            return np.insert(rest, absorber, top)
+def _shares_p(k: int, absorber: int, rng, top: tuple[float, float] = (0.3, 0.98)) -> np.ndarray:
+    """A run's class probabilities for noise: the absorber takes a share drawn from `top` (at
+    least 1.5/K, so that it can lead), the rest a Dirichlet spread that stays below it."""
+    share = rng.uniform(max(top[0], 1.5 / k), max(top[1], 1.5 / k))
+    for _ in range(1000):
+        rest = (1 - share) * rng.dirichlet(np.ones(k - 1))
+        if rest.max() < share:
+            return np.insert(rest, absorber, share)
+    return np.insert(np.full(k - 1, (1 - share) / (k - 1)), absorber, share)
 
 
 def _arm_values(design: Design, classes: list[str], rng) -> list:
@@ -210,9 +224,16 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
     means = _class_means(st, design, effects, seed, rng)
     absorption, summary, mst, distance, neighbour, decomposition, arrays = {}, {}, {}, {}, {}, {}, {}
     target = classes.index(arm["target"]) if isinstance(arm, dict) else None
+    # the untrained network (epoch 0 of the trajectory): its favourite class and how much of the
+    # Gaussian noise it takes, alike for a seed across arms (same initial weights)
+    favourite = _seeded(st, ("favourite", seed), design.coupling, lambda: int(rng.choice(k, p=st.favourite_p)), rng)
+    epoch0 = _seeded(st, ("epoch0", seed, favourite), design.coupling,
+                     lambda: _shares_p(k, favourite, rng, top=(0.15, 0.9)), rng)
     for f in design.families:
         a = _seeded(st, ("absorber", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.absorber_p)), rng)
-        if effects.condition and design.axis == "augmentation" and arm_index == design.arms - 1 \
+        if effects.favourite_link and rng.random() < effects.favourite_link:
+            a = favourite
+        if effects.condition and design.axis in AXIS_ARMS and arm_index == design.arms - 1 \
                 and rng.random() < effects.condition:
             a = st.other
         if target is not None and rng.random() < effects.causal * arm["strength"] / max(BLUR_STRENGTHS):
@@ -252,8 +273,8 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
                "classes": {m: dict(zip(classes, v.tolist())) for m, v in {**pixel, **feature}.items()},
                "noise": {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal())
                              for m in PIXEL_MEASURES + FEATURE_MEASURES} for f in design.families}}
-    first = absorption[design.families[0]]
-    trajectory = [{"epoch": e, "shares": {c: (1 - e / design.epochs) / k + e / design.epochs * first[c] for c in classes}}
+    first = np.array([absorption[design.families[0]][c] for c in classes])
+    trajectory = [{"epoch": e, "shares": dict(zip(classes, ((1 - e / design.epochs) * epoch0 + e / design.epochs * first).tolist()))}
                   for e in range(design.epochs + 1)]
     heldout = [c for c in CIFAR10 if c not in classes]
     trial = {"schema": 1, "status": "completed", "seed": seed, "noise_seed": 0, "classes": classes,
@@ -292,7 +313,7 @@ def write_null_study(root: Path, design: Design = Design(), effects: Effects = E
             arrays = {}
         write_trial(folder, trial, arrays)
     (study / "study.json").write_text(json.dumps(
-        {"name": name, "axes": [design.axis, "seed"],
+        {"name": name, "axes": [design.axis, "seed"], "grid": {design.axis: arms, "seed": list(range(design.seeds))},
          "points": [{"dir": _dirname(a), "axes": a} for a, _, _ in points]}))
     return study
 

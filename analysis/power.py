@@ -65,7 +65,7 @@ def _consistency_p(counts: tuple[int, ...]) -> float:
     k = len(counts)
     classes = [f"c{i}" for i in range(k)]
     absorbers = [c for c, n in zip(classes, counts) for _ in range(n)]
-    return stats.absorber_consistency(absorbers, classes, boot=1)["p_value"]
+    return stats.absorber_consistency(absorbers, classes)["p_value"]
 
 
 @lru_cache(maxsize=4096)
