@@ -12,12 +12,15 @@ trainings show but no effect of the kind each test looks for:
   trial's own code (study.probe.geometry);
 - **pixel clutter fixed per class**: the pixel measures of a class are the same numbers in every
   run (a sweep measures the same training images with the same noise_seed), drawn once per study
-  independently of what absorbs; feature-space measures vary by run around a class value;
+  independently of what absorbs, and so are the noise banks' (the same bank in every run);
+  feature-space measures vary by run around a class value;
 - **concentrated marginals**: the absorber and the class nearest the noise mean are each one
   class in ~75% of runs (the same class for both) but drawn independently within a run;
 - **paired seeds**: every arm of the study's one axis runs the same seeds, and a seed's runs are
   alike across arms (same absorber and nearest class with probability `coupling`), with one run
-  diverged and one missing (no trial.json) by default;
+  diverged and one missing (no trial.json) by default; the calibration sets the coupling of some
+  studies so that the discordance rate sits exactly at the equivalence margin (the boundary of
+  that test's null);
 - **the untrained network's favourite class** (epoch 0 of the trajectory) concentrated on that
   class too, independent of the absorber;
 - **arms without effect**: augmentation arms, training interventions against `none`, an
@@ -37,19 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-from study.measure import absorption_summary, shares
-from study.probe import geometry
+from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
+                       TUNE_ERROR_TXT, trial_dirname)
+from .stats import DISCORDANCE_MARGIN
+from .synthetic import CLUTTER_MEASURES, _mst, write_trial
+from .why import PIXEL_MEASURES
 
-from .load import show_value
-from .synthetic import CIFAR10, write_trial
-
-# the clutter measures a trial writes (study/clutter.py's registries; a test keeps them equal)
-PIXEL_MEASURES = ("png_bits_per_pixel", "spectral_slope", "gradient_energy", "colorfulness", "intensity_std")
-FEATURE_MEASURES = ("feature_trace", "participation_ratio", "twonn_dimension", "centroid_distance")
-# (mean, sd) of each measure across classes: the scale of small_cnn / ResNet-18 trials on CIFAR-10
-MEASURE_SCALE = {"png_bits_per_pixel": (5.9, 0.4), "spectral_slope": (-2.6, 0.15), "gradient_energy": (0.03, 0.008),
-                 "colorfulness": (0.18, 0.04), "intensity_std": (0.23, 0.02), "feature_trace": (0.35, 0.05),
-                 "participation_ratio": (12.0, 2.0), "twonn_dimension": (9.0, 1.5), "centroid_distance": (0.55, 0.05)}
+CIFAR10 = list(CIFAR10_CLASSES)
+FEATURE_MEASURES = [m for m in CLUTTER_MEASURES if m not in PIXEL_MEASURES]
+# (mean, sd) of each measure across classes, from the ranges synthetic.py plants
+MEASURE_SCALE = {m: ((lo + hi) / 2, (hi - lo) / 4) for m, (lo, hi) in CLUTTER_MEASURES.items()}
 # class_intervention: blur lowers these pixel measures of its target (as causal.INTENDED says)
 BLURRED = ("png_bits_per_pixel", "gradient_energy", "spectral_slope")
 AXIS_ARMS = {"augmentation": ["none", "flip", "flip_crop", "flip_crop_cutout", "trivialaugment"],
@@ -111,23 +111,49 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
     return {
         "absorber_consistency": uniform_absorber and effects.condition == 0 and effects.causal == 0,
         "absorber_vs_condition": same_arms,
+        "absorber_vs_condition_chi2": same_arms,
+        "share_vs_condition": same_arms,
+        # an equivalence test: its null is a discordance rate at or above the margin
+        "absorber_equivalence": same_arms and discordance(design, effects) >= DISCORDANCE_MARGIN - 1e-9,
         "factor_absorber": same_arms,
-        "factor_top_share": same_arms,
+        "factor_top_share": effects.intervention == 0 and effects.causal == 0,
         "factor_epoch0_bias": True,
         "epoch0_favourite_is_absorber": effects.favourite_link == 0,
         "mst_edge": effects.tree == 0,
         "mst_overlap": effects.tree == 0,
         "distance_agreement": effects.tree == 0,
+        "noise_edge": uniform_nearest,
         "noise_attachment": uniform_nearest,
         "noise_distance_agreement": uniform_nearest,
         "noise_neighbour": effects.link == 0,
         "clutter_absorption": not effects.clutter,
-        "head_confound": True,
+        "head_absorption": True,
+        "noise_lookalike": True,       # the noise bank's clutter is drawn apart from every class's
         "intervention_effect": effects.intervention == 0,
         "causal_effect": effects.causal == 0,
+        "causal_absorber": effects.causal == 0,
         "causal_dose": effects.causal == 0,
         "manipulation_check": effects.manipulation == 0,
     }
+
+
+def _absorber_q(effects: Effects) -> float | None:
+    return effects.absorber_q if effects.absorber_q is not None or not effects.clutter else 0.75
+
+
+def discordance(design: Design, effects: Effects) -> float:
+    """P(a seed's absorber differs between two arms) when the arms do not differ: each run keeps
+    the seed's absorber with probability c (the coupling), else draws afresh from p, so
+    P(equal) = c^2 + (1 - c^2) sum p^2."""
+    p = _categorical(design.k, 0, _absorber_q(effects))
+    return (1 - design.coupling**2) * (1 - float((p**2).sum()))
+
+
+def coupling_at(k: int, effects: Effects, rate: float = DISCORDANCE_MARGIN) -> float:
+    """The coupling that puts the discordance rate exactly at `rate` (the equivalence test's
+    boundary, where its size is attained)."""
+    p = _categorical(k, 0, _absorber_q(effects))
+    return float(np.sqrt(max(0.0, 1 - rate / (1 - float((p**2).sum())))))
 
 
 # ---------------------------------------------------------------- one study
@@ -144,6 +170,7 @@ class _Study:
     shared: np.ndarray              # the class means' shared component
     noise_dirs: dict[str, np.ndarray]
     clutter: dict[str, np.ndarray]  # measure -> (K,) class values
+    noise_clutter: dict[str, dict]  # family -> measure -> the bank's value (the same bank in every run)
     tree: list[tuple[int, int]]     # planted tree over classes (parent, child)
     seed_state: dict = field(default_factory=dict)
 
@@ -159,11 +186,10 @@ def _categorical(k: int, modal: int, q: float | None) -> np.ndarray:
 def _draw_study(design: Design, effects: Effects, rng) -> _Study:
     k = design.k
     classes = CIFAR10 if k == 10 else [CIFAR10[i] for i in sorted(rng.choice(10, k, replace=False))]
-    clutter = {m: MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal(k)
-               for m in PIXEL_MEASURES + FEATURE_MEASURES}
+    clutter = {m: MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal(k) for m in CLUTTER_MEASURES}
     modal = int(np.argmax(clutter["png_bits_per_pixel"])) if effects.clutter else int(rng.integers(k))
     other = int((modal + rng.integers(1, k)) % k)
-    q = effects.absorber_q if effects.absorber_q is not None or not effects.clutter else 0.75
+    q = _absorber_q(effects)
     shared = rng.standard_normal(DIM)
     shared *= SHARED / np.linalg.norm(shared)
     unit = shared / SHARED
@@ -175,7 +201,9 @@ def _draw_study(design: Design, effects: Effects, rng) -> _Study:
     order = rng.permutation(k)
     tree = [(int(order[rng.integers(i)]), int(order[i])) for i in range(1, k)]
     return _Study(classes, modal, other, _categorical(k, modal, q), _categorical(k, modal, effects.nearest_q),
-                  _categorical(k, modal, effects.favourite_q), shared, dirs, clutter, tree)
+                  _categorical(k, modal, effects.favourite_q), shared, dirs, clutter,
+                  {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal()) for m in CLUTTER_MEASURES}
+                   for f in design.families}, tree)
 
 
 def _class_means(st: _Study, design: Design, effects: Effects, seed: int, rng) -> np.ndarray:
@@ -210,6 +238,30 @@ def _shares_p(k: int, absorber: int, rng, top: tuple[float, float] = (0.3, 0.98)
         if rest.max() < share:
             return np.insert(rest, absorber, share)
     return np.insert(np.full(k - 1, (1 - share) / (k - 1)), absorber, share)
+
+
+def geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]):
+    """What a trial computes from its feature means (study/probe.py's geometry; a test keeps the
+    two equal): cosine distances d = (1 - cos)/2 over the K classes and the noise node, and their
+    minimum spanning tree (networkx; distances drawn from continuous vectors never tie)."""
+    nodes = list(classes) + [NOISE_NODE]
+    v = np.vstack([class_means, noise_mean[None]])
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    dist = (1 - np.clip(unit @ unit.T, -1, 1)) / 2
+    np.fill_diagonal(dist, 0)
+    return nodes, dist, [[u, v, w] for u, v, w in _mst(dist, nodes)]
+
+
+def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict, dict]:
+    """Shares of the noise images per class and the run's summary, as study/measure.py writes them."""
+    k = len(classes)
+    p = np.bincount(pred, minlength=k) / len(pred)
+    top = int(np.argmax(p))
+    nz = p[p > 0]
+    return dict(zip(classes, p.tolist())), {
+        "absorber": classes[top], "top_share": float(p[top]),
+        "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)),
+        "mean_max_softmax": float(rng.uniform(0.5, 0.95))}
 
 
 def _arm_values(design: Design, classes: list[str], rng) -> list:
@@ -249,11 +301,10 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
             nearest = a
         noise_mean = NOISE_SHARED * st.shared + NOISE_OWN * st.noise_dirs[f] + NOISE_PULL * (means[nearest] - st.shared)
         nodes, dist, tree = geometry(means, noise_mean, classes)
-        absorption[f] = shares(pred, classes)
-        summary[f] = absorption_summary(pred, rng.uniform(0.5, 0.95, design.n_noise), classes)
+        absorption[f], summary[f] = absorption_summary(pred, classes, rng)
         distance[f] = {"nodes": nodes, "matrix": dist.tolist()}
         mst[f] = tree
-        neighbour[f] = sorted(u if v == nodes[-1] else v for u, v, _ in tree if nodes[-1] in (u, v))
+        neighbour[f] = sorted(u if v == NOISE_NODE else v for u, v, _ in tree if NOISE_NODE in (u, v))
         bias = rng.normal(0, 0.1, k)
         decomposition[f] = {"absorber": summary[f]["absorber"], "n_images": int(np.sum(pred == classes.index(summary[f]["absorber"]))),
                             "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.normal(0.2, 0.2)),
@@ -271,13 +322,13 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
     feature = {m: st.clutter[m] + 0.5 * MEASURE_SCALE[m][1] * rng.standard_normal(k) for m in FEATURE_MEASURES}
     clutter = {"sample_per_class": 100,
                "classes": {m: dict(zip(classes, v.tolist())) for m, v in {**pixel, **feature}.items()},
-               "noise": {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal())
-                             for m in PIXEL_MEASURES + FEATURE_MEASURES} for f in design.families}}
+               "noise": {f: {m: v if m in PIXEL_MEASURES else v + 0.5 * MEASURE_SCALE[m][1] * rng.standard_normal()
+                             for m, v in st.noise_clutter[f].items()} for f in design.families}}
     first = np.array([absorption[design.families[0]][c] for c in classes])
     trajectory = [{"epoch": e, "shares": dict(zip(classes, ((1 - e / design.epochs) * epoch0 + e / design.epochs * first).tolist()))}
                   for e in range(design.epochs + 1)]
     heldout = [c for c in CIFAR10 if c not in classes]
-    trial = {"schema": 1, "status": "completed", "seed": seed, "noise_seed": 0, "classes": classes,
+    trial = {"schema": SCHEMA_VERSION, "status": COMPLETED, "seed": seed, "noise_seed": 0, "classes": classes,
              "heldout_classes": heldout, "test_accuracy": float(rng.uniform(0.6, 0.9)),
              "noise_families": list(design.families), "absorption": absorption, "absorber": summary,
              "mst": mst, "distance": distance, "noise_neighbour": neighbour, "trajectory": trajectory,
@@ -299,26 +350,20 @@ def write_null_study(root: Path, design: Design = Design(), effects: Effects = E
     lost = rng.choice(len(points), design.diverged + design.missing, replace=False)
     diverged, missing = set(lost[:design.diverged].tolist()), set(lost[design.diverged:].tolist())
     for n, (axes, i, s) in enumerate(points):
-        folder = study / _dirname(axes)
+        folder = study / trial_dirname(axes)
         trial, arrays = _run(st, design, effects, axes[design.axis], i, s, rng)
         trial["config"] = {**axes, "classes": st.classes, "n_noise": design.n_noise, "noise_seed": 0}
         if n in missing:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "error.txt").write_text("Traceback (most recent call last):\nRuntimeError: worker died\n")
+            (folder / TUNE_ERROR_TXT).write_text("Traceback (most recent call last):\nRuntimeError: worker died\n")
             continue
         if n in diverged:
             trial = {k: trial[k] for k in ("schema", "seed", "noise_seed", "classes", "config")}
-            trial.update({"status": "diverged", "diverged_at_epoch": int(rng.integers(1, design.epochs + 1)),
+            trial.update({"status": DIVERGED, "diverged_at_epoch": int(rng.integers(1, design.epochs + 1)),
                           "trajectory": []})
             arrays = {}
         write_trial(folder, trial, arrays)
-    (study / "study.json").write_text(json.dumps(
+    (study / STUDY_JSON).write_text(json.dumps(
         {"name": name, "axes": [design.axis, "seed"], "grid": {design.axis: arms, "seed": list(range(design.seeds))},
-         "points": [{"dir": _dirname(a), "axes": a} for a, _, _ in points]}))
+         "points": [{"dir": trial_dirname(a), "axes": a} for a, _, _ in points]}))
     return study
-
-
-def _dirname(axes: dict) -> str:
-    """The folder name a sweep gives these axis values (study.sweep.trial_dirname, which needs
-    no hash for the values written here)."""
-    return "_".join(f"{k}={show_value(v)}" for k, v in axes.items())

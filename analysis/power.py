@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import stats
+from .inference import paired_seeds
 
 ALPHA = 0.05
 TARGET = 0.8          # the power "seeds needed" aims at
@@ -60,12 +61,9 @@ def _estimate(rejections: int, sims: int) -> Power:
 
 @lru_cache(maxsize=100_000)
 def _consistency_p(counts: tuple[int, ...]) -> float:
-    """p of stats.absorber_consistency for runs with these absorber counts (sorted: the test is
-    symmetric in the class labels, so the p of any labelling of the counts is the same)."""
-    k = len(counts)
-    classes = [f"c{i}" for i in range(k)]
-    absorbers = [c for c, n in zip(classes, counts) for _ in range(n)]
-    return stats.absorber_consistency(absorbers, classes)["p_value"]
+    """p of the consistency test (stats.modal_count_test, which stats.absorber_consistency runs)
+    for runs with these absorber counts (sorted: the test is symmetric in the class labels)."""
+    return stats.modal_count_test(np.repeat(np.arange(len(counts)), counts), len(counts))["p_value"]
 
 
 @lru_cache(maxsize=4096)
@@ -190,8 +188,8 @@ PAIRED_EFFECT = (0.75, 0.25, 0.5)  # q_a, q_b, agree: the modal class absorbs in
 def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
     """A sweep's design as the aggregation will test it, from its grid points (axis values,
     trained classes): (K, seeds) of each condition (the axis values but the seed), and
-    (K, seeds, conditions) of each group of >= 2 conditions that train the same classes on the
-    same >= 2 seeds (paired, as analysis/inference.py pairs them)."""
+    (K, common seeds, conditions) of each group of >= 2 conditions that train the same classes on
+    seeds the aggregation pairs (inference.paired_seeds)."""
     seeds: dict[str, set] = {}
     classes: dict[str, tuple] = {}
     for axes, trained in points:
@@ -202,8 +200,8 @@ def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]],
     groups: dict[tuple, list[str]] = {}
     for c in seeds:
         groups.setdefault(classes[c], []).append(c)
-    paired = sorted({(len(cls), len(seeds[g[0]]), len(g)) for cls, g in groups.items()
-                     if len(g) >= 2 and len(seeds[g[0]]) >= 2 and all(seeds[c] == seeds[g[0]] for c in g)})
+    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2}
+    paired = sorted({(len(cls), len(common[cls]), len(groups[cls])) for cls in common if common[cls]})
     return cells, paired
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from analysis import calibration
 from analysis.load import load
-from analysis.nulls import (CONCENTRATED, FEATURE_MEASURES, PIXEL_MEASURES, Design, Effects, null_holds,
+from analysis.nulls import (CONCENTRATED, FEATURE_MEASURES, PIXEL_MEASURES, Design, Effects, geometry, null_holds,
                             write_null_study)
 from analysis.pipeline import aggregate
 
@@ -21,9 +21,17 @@ def _runs(tmp_path, design, effects, studies=1):
     return runs
 
 
-def test_measure_names_are_the_trials_own():
+def test_measure_names_and_geometry_are_the_trials_own():
     from study.clutter import FEATURE_MEASURES as F, PIXEL_MEASURES as P
+    from study.probe import geometry as trial_geometry
     assert set(PIXEL_MEASURES) == set(P) and set(FEATURE_MEASURES) == set(F)
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c", "d", "e"]
+    for _ in range(20):
+        means, noise = rng.normal(size=(5, 8)) + 2, rng.normal(size=8)
+        ours, theirs = geometry(means, noise, classes), trial_geometry(means, noise, classes)
+        assert ours[0] == theirs[0] and np.allclose(ours[1], theirs[1], atol=1e-12)
+        assert [e[:2] for e in ours[2]] == [e[:2] for e in theirs[2]]
 
 
 @pytest.mark.parametrize("k", [10, 5])
@@ -74,12 +82,13 @@ def test_pixel_clutter_is_fixed_per_class_and_blur_moves_only_its_target(tmp_pat
 
 def test_one_run_diverged_one_missing_and_the_report_is_written(tmp_path):
     study = write_null_study(tmp_path, Design(k=10, seeds=8, axis="class_intervention", arms=2), CONCENTRATED)
-    summary = aggregate(str(study))
+    summary = aggregate(str(study), log=None)
     assert "aggregated 39 runs (38 completed)" in summary          # 5 arms x 8 seeds, one lost of each kind
     problems = pd.read_csv(study / "report" / "problems.csv")
     assert len(problems) == 1 and "no trial.json" in problems["reason"][0]
     tests = pd.read_csv(study / "report" / "tests.csv")
-    assert {"confirmatory", "exploratory", "causal"} <= set(tests["family"])
+    assert {"absorber_consistency", "absorber_vs_condition", "noise_neighbour", "clutter_absorption", "causal_effect",
+            "causal_dose", "manipulation_check"} <= set(tests["test"])
 
 
 def test_null_holds_says_which_effects_break_which_nulls():
