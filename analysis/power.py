@@ -7,7 +7,7 @@ a sweep's design, and
 
     python -m analysis.power --k 10 --seeds 5 8 12 20 --q 0.5
 
-prints the tables of docs/calibration.md. Each figure carries its Monte Carlo standard error
+prints the README's power table. Each figure carries its Monte Carlo standard error
 sqrt(p(1 - p) / sims).
 
 Effects, stated as what a reader of the report would see:

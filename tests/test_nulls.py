@@ -1,5 +1,5 @@
 """The realistic null studies (analysis/nulls.py) have the structure they claim, in the contract the
-aggregation reads; the whole-pipeline calibration over hundreds of them (slow)."""
+aggregation reads; the calibration harness counts false positives only under nulls."""
 from __future__ import annotations
 
 import numpy as np
@@ -81,9 +81,9 @@ def test_pixel_clutter_is_fixed_per_class_and_blur_moves_only_its_target(tmp_pat
 
 
 def test_one_run_diverged_one_missing_and_the_report_is_written(tmp_path):
-    study = write_null_study(tmp_path, Design(k=10, seeds=8, axis="class_intervention", arms=2), CONCENTRATED)
+    study = write_null_study(tmp_path, Design(k=10, seeds=4, axis="class_intervention", arms=1), CONCENTRATED)
     summary = aggregate(str(study), log=None)
-    assert "aggregated 39 runs (38 completed)" in summary          # 5 arms x 8 seeds, one lost of each kind
+    assert "aggregated 11 runs (10 completed)" in summary          # 3 arms x 4 seeds, one lost of each kind
     problems = pd.read_csv(study / "report" / "problems.csv")
     assert len(problems) == 1 and "no trial.json" in problems["reason"][0]
     tests = pd.read_csv(study / "report" / "tests.csv")
@@ -104,21 +104,12 @@ def test_null_holds_says_which_effects_break_which_nulls():
 
 
 def test_the_calibration_table_counts_false_positives_only_under_nulls():
-    rows = pd.DataFrame({"test": ["a"] * 4 + ["b"] * 2, "p_value": [0.01, 0.5, 0.04, 0.9, 0.01, 0.01],
-                         "null": [True, True, True, True, False, None], "study": [0, 0, 1, 1, 0, 1],
+    rows = pd.DataFrame({"test": ["a"] * 5 + ["b"] * 2, "p_value": [0.01, 0.5, 0.04, 0.9, 0.5, 0.01, 0.01],
+                         "p_min": [0.001] * 4 + [0.1, 0.001, 0.001],
+                         "null": [True, True, True, True, True, False, None], "study": [0, 0, 1, 1, 1, 0, 1],
                          "scenario": "x"})
     fpr = calibration.fpr_table(rows).set_index("test")
     assert list(fpr.index) == ["a"] and fpr.loc["a", "fpr"] == 0.5 and fpr.loc["a", "studies"] == 2
+    assert fpr.loc["a", "rows_below_reach"] == 1        # p_min 0.1: cannot reject, counted apart
     assert calibration.unknown_tests(rows) == ["b"]
     assert calibration.power_table(rows)["power"].tolist() == [1.0]
-
-
-@pytest.mark.slow
-def test_every_test_keeps_its_size_under_realistic_nulls():
-    """>= 400 realistic null studies through load -> pipeline.statistics: each test id's rate of
-    p <= 0.05 lies in [0.02, 0.07]; every test id the aggregation emits is calibrated."""
-    rows = calibration.run(calibration.null_jobs(400), workers=2)
-    fpr = calibration.fpr_table(rows)
-    print("\n" + calibration.markdown(fpr))
-    assert calibration.unknown_tests(rows) == []
-    assert fpr["in_band"].all(), fpr[~fpr["in_band"]].to_string()
