@@ -7,6 +7,8 @@
                                [--executor ray|local] [--time-limit SECONDS]
     noisesink analyze RESULTS [--out DIR]          (the aggregation: python -m analysis)
     noisesink bench throughput|accuracy ...        (the benchmark: python -m study.bench)
+    noisesink power [--k 10] [--seeds 5 8 12 20] ...  (seeds needed: python -m analysis.power)
+    noisesink calibrate [--studies 400] ...        (tests under realistic nulls: python -m analysis.calibration)
     noisesink init DIR                             (copy the shipped sweeps and configs)
     noisesink initbias [--nets 200] [--images 100] [--settings S ...] [--out DIR]
 
@@ -28,6 +30,9 @@ from .errors import InputError
 DELEGATED = {
     "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures, report.md and report.html"),
     "bench": ("study.bench", "measure training throughput and the recipe's accuracy"),
+    "power": ("analysis.power", "power of the absorber tests by simulation, and the seeds they need"),
+    "calibrate": ("analysis.calibration", "every test's false-positive rate under realistic null studies, "
+                  "and its power under planted effects"),
 }
 SHIPPED = ("sweeps", "configs")   # folders of YAML files that `noisesink init` copies
 
