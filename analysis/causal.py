@@ -138,7 +138,7 @@ def dose_table(pairs: pd.DataFrame) -> pd.DataFrame:
         levels = [(0.0, base)] + [(d, s.groupby("seed")["share"].mean()) for d, s in sub.groupby("dose")]
         for d, per_seed in levels:
             n, m = len(per_seed), per_seed.mean()
-            half = sps.t.ppf(0.975, n - 1) * per_seed.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            half = stats.t_half_width(per_seed)
             rows.append({"group": group, "kind": kind, "dose": d, "n_seeds": n, "mean_target_share": m,
                          "ci_low": max(0.0, m - half), "ci_high": min(1.0, m + half)})
     return pd.DataFrame(rows)
@@ -164,7 +164,7 @@ def plot(doses: pd.DataFrame, out) -> str | None:
             ax.set_title(g)
         P._legend_outside(fig, list(legend.values()), list(legend), title="intervention")
         return P._save(fig, out, "causal_dose_response.png", "Per-class interventions: the share of Gaussian "
-                       "noise the target class absorbs, by dose (mean and 95% CI over seeds)")
+                       f"noise the target class absorbs, by dose (mean and {stats.LEVEL} CI over seeds)")
 
 
 def report_section(ctx: ReportContext) -> Section:
@@ -190,7 +190,7 @@ def report_section(ctx: ReportContext) -> Section:
                  Bullets([text(f"{r.group}, {r.kind}, dose {r.dose:g}: {r.mean_target_share:.3f} "
                                f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)") for r in doses.itertuples()]),
                  *ctx.figure("causal_dose_response.png", "Per-class interventions: the target's share of Gaussian "
-                             "noise by dose (mean and 95% CI over seeds)"),
+                             f"noise by dose (mean and {stats.LEVEL} CI over seeds)"),
                  Paragraph(text("What this cannot conclude: each intervention changes more than \"clutter\" (added "
                                 "noise also shifts the class's colour statistics; blur removes detail that may carry "
                                 "the class's identity; label noise, subsampling and majority change the class prior "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from . import stats
 from .inference import _row
@@ -24,7 +23,6 @@ NOISE = "gaussian"
 ARCHITECTURE_AXES = ("activation", "pool", "norm", "model")
 FREQUENCY_KINDS = ("majority", "subsample")   # class_intervention kinds that change a class's frequency
 FAMILY = "factors"
-ALPHA = 0.05
 
 
 def factor_axes(data) -> list[str]:
@@ -91,7 +89,7 @@ def _per_seed_diff(sub: pd.DataFrame, value: str) -> np.ndarray:
 def _t_interval(d: np.ndarray) -> tuple[float, float]:
     if len(d) < 2 or d.std(ddof=1) == 0:
         return (float(d.mean()), float(d.mean())) if len(d) else (np.nan, np.nan)
-    half = float(sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    half = stats.t_half_width(d)
     return float(d.mean()) - half, float(d.mean()) + half
 
 
@@ -136,7 +134,7 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
             lo, hi = _t_interval(d)
             tests.append(_row(test_id, f"{label}: changes {what}", label, NOISE,
                               {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
-                              f"sign-flip over seeds of the per-seed mean paired difference; 95% t interval "
+                              f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t interval "
                               f"[{lo:+.3f}, {hi:+.3f}]", effect_name="mean diff / sd",
                               p_min_of_n=stats.sign_flip_p_min))
     return tests
@@ -214,7 +212,7 @@ def report_section(ctx: ReportContext) -> Section:
             if not getattr(r, f"{short}_can_reject"):
                 return "untested"
             p = getattr(r, f"{short}_p_holm")
-            return Strong("yes") if np.isfinite(p) and p < ALPHA else "no evidence"
+            return Strong("yes") if np.isfinite(p) and p < stats.ALPHA else "no evidence"
         items.append(text(
             Strong(f"{r.factor} = {r.level}"), f" (vs {r.reference}; n = {r.n_seeds} seeds, {r.n_pairs} pairs; "
             f"smallest attainable p {r.min_attainable_p:.2g}; test accuracy {r.reference_test_accuracy:.2f} -> "

@@ -183,7 +183,7 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
                 eq = stats.discordance([table[(a, s)][0] for s in common], [table[(b, s)][0] for s in common])
                 tests.append(_row("absorber_equivalence", f"{a} and {b} change the absorber in fewer than "
                                   f"{eq['margin']:.0%} of the seeds", f"{a} vs {b}", f, eq,
-                                  f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson 95% "
+                                  f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson {stats.LEVEL} "
                                   f"interval; exact binomial equivalence test, H0 rate >= {eq['margin']:.2f} "
                                   f"({pair_note})",
                                   p_min_of_n=lambda n, m=eq["margin"]: (1 - m) ** n))

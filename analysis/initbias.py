@@ -20,7 +20,6 @@ STRONG = 0.5           # a network is strongly biased when one class gets >= hal
 PAPER = "Francazi, Lucchi & Baity-Jesi, ICML 2024"
 FACTORS = ("activation", "pool", "norm", "bn_mode", "inputs")
 TESTED_BIAS = "zero"   # the paper's networks have no explicit biases: the tests use the head without its bias
-ALPHA = 0.05
 
 
 def neutral_max_f(n_images: int, k: int, draws: int = 20_000, seed: int = 0) -> tuple[float, float]:
@@ -36,7 +35,7 @@ def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
     m = float(np.mean(x))
     if len(x) < 2:
         return m, np.nan, np.nan
-    half = float(sps.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
+    half = stats.t_half_width(x)
     return m, max(0.0, m - half), min(1.0, m + half)
 
 
@@ -107,12 +106,11 @@ def paired_tests(df: pd.DataFrame, perms: int = 10_000) -> pd.DataFrame:
                 continue
             d = (sb[common] - sa[common]).to_numpy()
             res = stats.sign_flip(d, perms=perms)
-            half = float(sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if d.std() > 0 else 0.0
+            half = stats.t_half_width(d) if d.std() > 0 else 0.0
             rows.append({"test": "initbias_paired_max_f", "factor": factor, "setting_a": a, "setting_b": b,
                          "images": images, "n_nets": len(d), "mean_diff": float(d.mean()),
                          "ci_low": float(d.mean()) - half, "ci_high": float(d.mean()) + half,
-                         "p_value": res["p_value"], "min_attainable_p": (2.0 ** (1 - len(d)) if len(d) <= 16
-                                                                         else 1 / (perms + 1))})
+                         "p_value": res["p_value"], "min_attainable_p": stats.sign_flip_p_min(len(d), perms)})
     out = pd.DataFrame(rows, columns=["test", "factor", "setting_a", "setting_b", "images", "n_nets", "mean_diff",
                                       "ci_low", "ci_high", "p_value", "min_attainable_p"])
     out["p_holm"] = stats.adjust(out["p_value"].to_numpy(), "holm") if len(out) else []
@@ -159,7 +157,7 @@ def _direction_prediction(summ, tests, factor, more, less, claim, source=PAPER) 
         low_set, high_set = (r.setting_a, r.setting_b) if sign > 0 else (r.setting_b, r.setting_a)
         parts.append(f"{low_set} -> {high_set}: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}] "
                      f"(n = {r.n_nets}, Holm p = {fmt_p(r.p_holm)})")
-        verdicts.append("holds" if r.p_holm < ALPHA and diff > 0 else "fails" if r.p_holm < ALPHA else "not shown")
+        verdicts.append("holds" if r.p_holm < stats.ALPHA and diff > 0 else "fails" if r.p_holm < stats.ALPHA else "not shown")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else "mixed: " + ", ".join(verdicts)
     return {"prediction": claim, "source": source,
             "setting": "; ".join(f"{r.setting_a} vs {r.setting_b}" for r, _ in rows),
@@ -229,8 +227,8 @@ def report(summ: pd.DataFrame, tests: pd.DataFrame, preds: pd.DataFrame, figures
                     uniform_p=t["top_class_uniform_p"].map(fmt_p),
                     same_top=t["same_top_test_noise"].map(lambda v: f"{v:.0%}"))
     lines += _md_table(show[["setting", "images", "n_nets", "mean", "strong", "neutral", "uniform_p", "same_top"]])
-    lines += ["", "mean: mean max_f [95% t interval over networks]; strong: share of networks with max_f >= "
-              f"{STRONG} [Wilson 95%]; neutral: mean max_f if every image picked a class uniformly at random; "
+    lines += ["", f"mean: mean max_f [{stats.LEVEL} t interval over networks]; strong: share of networks with "
+              f"max_f >= {STRONG} [Wilson {stats.LEVEL}]; neutral: mean max_f if every image picked a class uniformly at random; "
               "uniform_p: chi-square test that every class is the favourite equally often (the init is "
               "symmetric in the classes, so this should not reject); same_top: networks whose favourite "
               "class is the same for test images and noise.", "",

@@ -28,7 +28,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from .contract import CIFAR10_CLASSES, COMPLETED, NOISE_NODE  # noqa: E402
-from .stats import wilson_interval  # noqa: E402
+from .stats import LEVEL, wilson_interval  # noqa: E402
 
 STYLE = {"text.parse_math": False, "figure.dpi": 110, "axes.titlesize": 10, "axes.labelsize": 9,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8}
@@ -254,7 +254,7 @@ def absorber_frequency(absorbers: pd.DataFrame, class_sets: dict[str, list[str]]
         handles = [plt.Rectangle((0, 0), 1, 1, color=colours[j % 10]) for j, c in enumerate(conditions) if c in labels]
         _legend_outside(fig, handles, [textwrap.fill(labels[c], 38) for c in conditions if c in labels])
         return _save(fig, out, "absorber_frequency.png", "Which class absorbs each noise family, per "
-                     "condition: fraction of runs (whiskers: 95% Wilson interval; no bar: never the absorber)")
+                     f"condition: fraction of runs (whiskers: {LEVEL} Wilson interval; no bar: never the absorber)")
 
 
 def _absorber_heatmap(absorbers, families, conditions, classes, class_sets, out: Path) -> str:

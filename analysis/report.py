@@ -226,12 +226,12 @@ def absorber_section(ctx: ReportContext) -> Section:
         items.append(text(
             Strong(condition), ": Gaussian noise goes to ", Strong(r["modal_absorber"]),
             f" in {r['modal_count']}/{r['n_runs']} runs: modal share {r['modal_share']:.2f} "
-            f"[simultaneous 95% CI {r['modal_share_ci_low']:.2f}, {r['modal_share_ci_high']:.2f}] "
+            f"[simultaneous {stats.LEVEL} CI {r['modal_share_ci_low']:.2f}, {r['modal_share_ci_high']:.2f}] "
             f"(mean top share {r['mean_top_share']:.2f}"
             + (f" +- {r['sd_top_share']:.2f}" if np.isfinite(r["sd_top_share"]) else "")
             + f"); {shown} ({r['n_classes']} classes; modal-count test, "
             + (verdict(t) if t is not None else "n/a") + "); "
-            f"pair agreement {r['agreement']:.2f} [95% CI {r['agreement_ci_low']:.2f}, "
+            f"pair agreement {r['agreement']:.2f} [{stats.LEVEL} CI {r['agreement_ci_low']:.2f}, "
             f"{r['agreement_ci_high']:.2f}] (1/K = {1 / r['n_classes']:.2f} by chance)"
             + (f"; per-image Fleiss kappa {r['fleiss_kappa']:.2f}" if np.isfinite(r["fleiss_kappa"]) else "") + "."))
     s.blocks.append(Bullets(items))
@@ -251,9 +251,9 @@ def absorber_section(ctx: ReportContext) -> Section:
     s.blocks += [
         Table(show[["condition", "noise", "modal_absorber", "runs", "modal_share", "p", "p_adjusted", "agreement",
                     "fleiss", "randolph"]],
-              caption=text("Every noise family, per condition (modal share with its simultaneous 95% interval over "
+              caption=text(f"Every noise family, per condition (modal share with its simultaneous {stats.LEVEL} interval over "
                            "the classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, "
-                           "adjusted within its family; agreement: unbiased pair agreement with its 95% interval):"),
+                           f"adjusted within its family; agreement: unbiased pair agreement with its {stats.LEVEL} interval):"),
               numeric=("runs", "modal_share", "p", "p_adjusted", "agreement", "fleiss", "randolph")),
         Paragraph(text("The distribution of absorbers over all classes, with simultaneous intervals: ",
                        Link("absorber_distribution.csv", "absorber_distribution.csv"), ". Kappas are per-image "
@@ -261,7 +261,7 @@ def absorber_section(ctx: ReportContext) -> Section:
                        "to one class (the prevalence paradox); Randolph's free-marginal kappa does not, so read the "
                        "two together.")),
         *ctx.figure("absorber_frequency.png", "Which class absorbs each noise family: fraction of runs per "
-                    "condition with 95% Wilson intervals"),
+                    f"condition with {stats.LEVEL} Wilson intervals"),
         *ctx.figure("absorption_heatmap.png", "Share of each noise family predicted as each class, one row per run")]
     return s
 
@@ -285,7 +285,7 @@ def condition_section(ctx: ReportContext) -> Section:
     for _, row in eq.iterrows():
         shown = (Strong("shown") if significant(row) else "not shown") if row["can_reject"] else "untested"
         items.append(text(f"{row['condition']}, {row['noise']}: the absorber differs in {int(row['statistic'])}"
-                          f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, 95% CI [{row['ci_low']:.2f}, "
+                          f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, {stats.LEVEL} CI [{row['ci_low']:.2f}, "
                           f"{row['ci_high']:.2f}]); that it changes in fewer than {DISCORDANCE_MARGIN:.0%} of seeds is ",
                           shown, f" ({verdict(row)})"))
     if items:
@@ -493,7 +493,7 @@ reach its level is reported as "too few runs to test", never with a p that reads
   the 2^m patterns of the m discordant seeds up to m = {S.EXACT_SIGN_FLIPS}; statistic the squared
   differences of the marginal counts; Stuart-Maxwell's statistic for reference), for more Cochran's
   Q with each seed's row permuted across conditions; otherwise the permutation chi-square of the
-  absorber x condition table ({S.PERMUTATIONS:,} relabellings; fewer, never under 999, for very large
+  absorber x condition table ({S.PERMUTATIONS:,} relabellings; fewer, never under {S.CONDITION_LEAST_PERMUTATIONS:,}, for very large
   studies). Estimate: the discordance rate of paired seeds with its Clopper-Pearson interval, and
   an exact equivalence test (H0 rate >= {S.DISCORDANCE_MARGIN}).
 - **MST**: the tree over the K class means, classes relabelled: each class pair against its chance
@@ -526,7 +526,7 @@ reach its level is reported as "too few runs to test", never with a p that reads
   against the axis's first value, seeds paired and every other axis equal. Absorber: marginal
   homogeneity of the paired absorbers, each seed's pairs (one per stratum of the other axes) swapped
   as a whole, exact; top share and epoch-0 top share: sign-flip over seeds of the per-seed mean
-  paired difference, with a 95% t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
+  paired difference, with a {S.LEVEL} t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
   untrained network's favourite class is the absorber within runs, beyond how often each is which
   class: pairing permutation across runs per condition (exploratory).
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);

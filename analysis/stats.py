@@ -18,10 +18,15 @@ from scipy import stats as sps
 
 # ---------------------------------------------------------------- settings (Methods quotes these)
 ALPHA = 0.05                      # the level every test and interval is stated at
+LEVEL = f"{1 - ALPHA:.0%}"        # the intervals' confidence level, as the report writes it
 CONSISTENCY_DRAWS = 100_000       # simulated studies of S uniform absorbers (p resolution 1e-5)
 TOP_SHARE_DRAWS = 10_000          # simulated uniform noise banks for the descriptive per-run p
 PERMUTATIONS = 9_999              # permutations where cheap (p resolution 1e-4)
 LEAST_PERMUTATIONS = 199          # the floor as studies grow (p resolution 0.005)
+# the absorber-vs-condition tests (permutation chi-square, Cochran's Q) answer a headline question:
+# a finer floor (p resolution 0.001), and a larger cost budget per test than permutation_budget's
+CONDITION_LEAST_PERMUTATIONS = 999
+CONDITION_PERMUTATION_CAP = 1e7
 EXACT_SIGN_FLIPS = 16             # up to 2^16 sign patterns are enumerated; beyond, Monte Carlo
 EXACT_CLASS_PERMUTATIONS = 40_320  # 8!: class relabellings enumerated up to K = 8; beyond, Monte Carlo
 # equivalence margin of the discordance rate: a condition "does not change the absorber" when it
@@ -58,9 +63,9 @@ def mc_floor(draws: int) -> float:
 
 def permutation_budget(s: int, m: int, cap: float = 2e6, most: int = PERMUTATIONS,
                        least: int = LEAST_PERMUTATIONS) -> int:
-    """How many permutations an exploratory test gets: 9,999 where cheap, fewer as the cost of
-    one replicate (about s * m element operations) grows, never fewer than 199 (p resolution
-    0.005). Keeps a 10,000-trial aggregation to about a minute; p stays valid at any B."""
+    """How many permutations an exploratory test gets: PERMUTATIONS where cheap, fewer as the cost
+    of one replicate (about s * m element operations) grows, never fewer than LEAST_PERMUTATIONS.
+    Keeps a 10,000-trial aggregation to about a minute; p stays valid at any B."""
     return int(min(most, max(least, cap // max(1, s * m))))
 
 
@@ -237,7 +242,7 @@ def permutation_chi2(labels: np.ndarray, groups: np.ndarray, perms: int | None =
     _, a = np.unique(labels, return_inverse=True)
     _, g = np.unique(groups, return_inverse=True)
     r, c, n = a.max() + 1, g.max() + 1, len(a)
-    perms = perms or permutation_budget(n, 1, cap=1e7, least=999)  # 10^4 unless the study is huge
+    perms = perms or permutation_budget(n, 1, cap=CONDITION_PERMUTATION_CAP, least=CONDITION_LEAST_PERMUTATIONS)
     observed = _chi2_stat(np.bincount(a * c + g, minlength=r * c).reshape(r, c))
     rng = np.random.default_rng(seed)
     shuffled = rng.permuted(np.broadcast_to(g, (perms, n)), axis=1)
@@ -343,7 +348,8 @@ def cochran_q(indicator: np.ndarray, perms: int | None = None, seed: int = 0) ->
     if len(mixed) == 0:
         return {"statistic": 0.0, "p_value": 1.0, "p_min": 1.0, "p_asymptotic": 1.0, "permutations": 0}
     res = cochrans_q(x)
-    perms = perms or permutation_budget(*mixed.shape, cap=1e7, least=999)
+    perms = perms or permutation_budget(*mixed.shape, cap=CONDITION_PERMUTATION_CAP,
+                                        least=CONDITION_LEAST_PERMUTATIONS)
     shuffled = np.random.default_rng(seed).permuted(np.broadcast_to(mixed, (perms, *mixed.shape)), axis=2)
     null = (shuffled.sum(1).astype(float) ** 2).sum(1)
     observed = float((mixed.sum(0).astype(float) ** 2).sum())
@@ -695,6 +701,15 @@ def needed_p(pvalues, method: str, alpha: float = ALPHA) -> np.ndarray:
         raise ValueError(f"needed_p: method {method!r}; allowed: holm, fdr_bh")
     out[order] = need
     return out
+
+
+def t_half_width(x, alpha: float = ALPHA) -> float:
+    """Half the width of the (1 - alpha) Student t interval of the mean of x (values over runs or
+    networks, the unit of replication): t_{1-alpha/2, n-1} * sd / sqrt(n); NaN below 2 values."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return np.nan
+    return float(sps.t.ppf(1 - alpha / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def wilson_interval(successes: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:

@@ -119,8 +119,7 @@ CLASS_INTERVENTION_RANGES = {"gaussian_noise": (0, 1), "blur": (0, 8), "label_no
 
 
 def class_intervention(v, where):
-    allowed = ("none, or a mapping {target: <trained class>, kind: gaussian_noise|blur|label_noise|"
-               "subsample|majority, strength: <number>}")
+    allowed = f"none, or a mapping {{target: <trained class>, kind: {'|'.join(CLASS_INTERVENTION_RANGES)}, strength: <number>}}"
     if v == "none":
         return "none"
     if not isinstance(v, dict) or set(v) != {"target", "kind", "strength"}:

@@ -29,10 +29,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .artifacts import ArtifactDir
-from .data import CIFAR10_CLASSES, load_cifar10
+from .config import MAX_SEED, integer
+from .data import CIFAR10_CLASSES, check_source, load_cifar10
 from .errors import InputError
 from .models import FACTOR_MODELS, FACTORS, build_model
 from .noise import NoiseContext, make_bank
+from .plan import check_storage
 from .provenance import code_revision, versions
 from .task import make_task
 
@@ -144,9 +146,6 @@ def run(settings: list[str], nets: int, n_images: int, out: str, noise_seed: int
         raise InputError("--images", "too few images per network for a fraction", ">= 10", n_images)
     if model not in FACTOR_MODELS:
         raise InputError("--model", "has no architecture factors", ", ".join(sorted(FACTOR_MODELS)), model)
-    from .config import MAX_SEED, integer
-    from .data import check_source
-    from .plan import check_storage
     integer(0, MAX_SEED)(noise_seed, "--noise-seed")
     integer(0)(threads, "--threads")
     check_source(data_root)

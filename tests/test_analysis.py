@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.inference import TESTS
-from analysis.pipeline import aggregate
+from analysis.pipeline import aggregate, write_table
 from analysis.synthetic import Condition, write_study
 from conftest import ROOT
 
@@ -75,7 +75,6 @@ def test_parquet_beside_each_csv_holds_the_same_rows(planted, table):
 
 
 def test_a_column_of_mixed_types_is_written_as_text(tmp_path):
-    from analysis.pipeline import write_table
     df = pd.DataFrame({"train_subset": [None, 3000, "all"], "share": [0.1, 0.2, 0.3]})
     write_table(df, tmp_path / "runs")
     back = pd.read_parquet(tmp_path / "runs.parquet")

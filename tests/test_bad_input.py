@@ -242,7 +242,6 @@ def test_existing_storage_is_not_touched_by_a_refused_sweep(tiny_data, tmp_path,
 
 
 def test_unwritable_storage_is_refused(tiny_data, tmp_path, capsys):
-    import os
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere; the read-only case is covered with a read-only mount in test_faults")
     locked = tmp_path / "locked"

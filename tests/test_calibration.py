@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis import stats, trees
-from study.measure import cosine_distance_matrix
+from analysis import inference, stats, trees
+from study.measure import cosine_distance_matrix, minimum_spanning_tree
 
 ALPHA = 0.05
 K = 10
@@ -48,7 +48,6 @@ def far_leaf_distances(rng, k: int = K, d: int = 32, planted: list[tuple[int, in
 def mst_study(rng, s: int, **planted) -> tuple[list, list[int], int, list]:
     """S runs: class trees, the noise node's nearest class, how many runs had the noise as a leaf,
     and the full trees over K + 1 nodes (what the old tests relabelled as a whole)."""
-    from study.measure import minimum_spanning_tree
     class_trees, nearest, leaves, full = [], [], 0, []
     nodes = [str(i) for i in range(K + 1)]
     for _ in range(s):
@@ -206,7 +205,6 @@ def test_edge_frequency_rows_and_consensus():
 
 
 def test_class_tree_matches_the_trials_mst_when_the_noise_node_is_a_leaf():
-    from study.measure import minimum_spanning_tree
     rng = np.random.default_rng(4)
     nodes = [str(i) for i in range(K + 1)]
     for _ in range(50):
@@ -393,7 +391,6 @@ def test_sign_flip_ties_are_relative_to_the_statistics_scale():
 
 
 def test_a_missing_run_keeps_the_design_paired():
-    from analysis import inference
     assert inference.paired_seeds([set(range(8)), set(range(8)) - {3}]) == [0, 1, 2, 4, 5, 6, 7]
     assert inference.paired_seeds([set(range(8)), set(range(8, 16))]) == []
 

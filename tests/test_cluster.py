@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, write_image_tree
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 
@@ -356,7 +356,6 @@ def loopback_cluster(tmp_path_factory):
     the trials must get them from it). Where the system allows, the worker node runs in its own
     mount namespace with an empty tmpfs over `private_dir`: a folder the driver writes that the
     worker cannot see, like a local disk on another machine."""
-    from conftest import write_image_tree
     root = tmp_path_factory.mktemp("cluster")
     bin_dir = Path(sys.executable).parent
     s3_port, gcs_port, dash_port = free_port("127.0.0.1"), free_port(HEAD_IP), free_port(HEAD_IP)

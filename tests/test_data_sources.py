@@ -20,7 +20,6 @@ import pytest
 
 from conftest import ROOT, write_image_tree
 from study import artifacts
-from study import data as data_mod
 from study.data import fetch, load_cifar10, resolve_source
 from study.errors import InputError
 

@@ -12,7 +12,8 @@ import torch
 from study.fused import FusedClassifier, FusedTrainer, check_fusable, run_fused_trials
 from study.config import validate_trial
 from study.models import FACTORS, MODELS, build_model
-from study.train import Trainer
+from study import train
+from study.train import EpochLoop, Trainer
 from study.trial import new_model, run_trial, setup
 
 # Tolerance for a fused seed against its separate trial after 3 CPU epochs: grouped and plain
@@ -83,7 +84,6 @@ def test_only_seeds_may_differ():
 
 
 def test_one_training_step_serves_both_trainers():
-    from study.train import EpochLoop
     assert Trainer.run_epoch is FusedTrainer.run_epoch is EpochLoop.run_epoch
 
 
@@ -91,7 +91,6 @@ def test_one_training_step_serves_both_trainers():
 def test_compile_is_applied_on_cuda_in_separate_and_fused_runs(mode, monkeypatch, tiny_config):
     """`compile` reaches torch.compile for both trainers (on CUDA; on the CPU it is off, as the
     config key says). torch.compile is replaced by a recorder: no GPU here."""
-    from study import train
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: calls.append((model, mode)) or model)
     model = build_model("small_cnn", 3, 0)

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis import document, plots, tables  # noqa: E402
+from analysis import document, plots, report, stats, tables  # noqa: E402
 from analysis.pipeline import aggregate  # noqa: E402
 from analysis.synthetic import Condition, write_study  # noqa: E402
 from browser import find_chromium, open_page  # noqa: E402
@@ -284,3 +284,18 @@ def test_the_browser_check_sees_broken_images_and_console_errors(tmp_path):
     page = open_page(bad)
     assert page.images[0][2] == 0
     assert any("boom" in e for e in page.errors) and any("undefined_function" in e for e in page.errors)
+
+
+def test_methods_quote_the_codes_own_settings(monkeypatch):
+    """Every count and level in Methods is read from the setting it describes: other settings,
+    other text, and none of the shipped figures left behind."""
+    changed = {"CONSISTENCY_DRAWS": 123_457, "PERMUTATIONS": 4_321, "CONDITION_LEAST_PERMUTATIONS": 777,
+               "LEAST_PERMUTATIONS": 55, "EXACT_SIGN_FLIPS": 13, "LEVEL": "90%"}
+    for name, value in changed.items():
+        monkeypatch.setattr(stats, name, value)
+    text = report.methods_text()
+    for shown in ("123,457 simulated studies", "4,321 relabellings", "never under 777", "no fewer than 55",
+                  "up to n = 13", "90% t interval"):
+        assert shown in text, shown
+    for shipped in ("100,000", "9,999", "999,", "199", "95% t interval"):
+        assert shipped not in text, shipped

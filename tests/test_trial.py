@@ -1,6 +1,7 @@
 """One trial end to end on tiny data: artifacts, determinism, divergence, resume, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -12,7 +13,7 @@ from study.__main__ import main
 from study.artifacts import ArtifactDir
 from study.data import CIFAR10_CLASSES
 from study.noise import NOISE_FAMILIES
-from study.trial import run_trial
+from study.trial import TrainedData, clutter_sample, run_trial, setup
 
 TOP_KEYS = {"config", "status", "seed", "noise_seed", "classes", "heldout_classes", "test_accuracy",
             "per_class_accuracy", "confusion", "timing", "versions", "code_revision", "absorption",
@@ -193,9 +194,6 @@ def test_cli_malformed_yaml_and_bad_set(tiny_config, tmp_path, capsys):
 def test_setup_is_immutable_and_the_trained_data_is_passed_explicitly(tiny_config):
     """The clutter sample comes from the data handed in (here: the target class cut to 5 images,
     as a subsample intervention leaves it), never from state patched onto the setup."""
-    import dataclasses
-
-    from study.trial import TrainedData, clutter_sample, setup
     s = setup(tiny_config(classes=["cat", "dog"], sample_per_class=20))
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.cfg = {}
