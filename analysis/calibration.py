@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .nulls import CONCENTRATED, Design, Effects, coupling_at, null_holds, write_null_study
+from .stats import ALPHA
 
-ALPHA = 0.05
 BAND = (0.02, 0.07)   # the accepted false-positive rate at ALPHA (issue #15)
 
 # the null studies cycle through every combination of these (60 kinds; 400 studies ~ 7 rounds)

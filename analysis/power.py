@@ -32,8 +32,8 @@ import numpy as np
 
 from . import stats
 from .inference import paired_seeds
+from .stats import ALPHA
 
-ALPHA = 0.05
 TARGET = 0.8          # the power "seeds needed" aims at
 MAX_SEEDS = 200       # the search for seeds needed stops here
 # Monte Carlo permutations of the paired tests in each simulated study, where they are not exact
