@@ -307,6 +307,8 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int)
     t.add_argument("--ks", help="comma-separated packing factors, e.g. 2,4,8")
     t.add_argument("--out", help="write the figures to this JSON file (and a .csv beside it)")
+    t.add_argument("--data-verify", choices=["full", "shapes"], default="full",
+                   help="shapes: accept a partial CIFAR-10 copy (the tests run the benchmark on a tiny one)")
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", type=int, default=4)
     a.add_argument("--epochs", type=int, default=18)
@@ -327,7 +329,7 @@ def main(argv=None) -> int:
             Path(args.out).write_text(json.dumps(summary, indent=1))
         return 0
     size = args.size if args.size != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
-    p = {**sizes(size), "data_root": args.data_root}
+    p = {**sizes(size), "data_root": args.data_root, "data_verify": args.data_verify}
     if args.steps:
         p["steps"] = args.steps
     if args.ks:

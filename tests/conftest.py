@@ -114,6 +114,31 @@ def wait_for_session_end(sid: int, timeout: float = 120) -> None:
     assert not session_processes(sid), f"processes of session {sid} survive SIGKILL"
 
 
+def kill_session_now(sid: int) -> None:
+    """Kill a driver (started with start_new_session=True) and its local Ray cluster at one
+    instant: every process of the session is stopped first (SIGSTOP, repeated until no process of
+    it is left running, so a child forked meanwhile is caught too), then all are killed. What is
+    on disk afterwards is what the instant of the stop left, so a test can count finished trials
+    without racing Ray's workers, which would otherwise go on until the reaper takes them down."""
+    stopped: set[int] = set()
+    while True:
+        running = [pid for pid in session_processes(sid) if pid not in stopped]
+        if not running:
+            break
+        for pid in running:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                pass  # gone meanwhile
+            stopped.add(pid)
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    wait_for_session_end(sid, timeout=30)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Decoded arrays go to a test-only cache, never the user's."""
@@ -153,4 +178,4 @@ def real_tar() -> Path:
             return Path(candidate)
     pytest.skip("real CIFAR-10 not available (set NOISESINK_DATA to cifar10-jpg.tar): NOT TESTED on real "
                 "data: this test (the full-size check, a trial on a real slice, `study check` of the shipped "
-                "sweeps, the CPU benchmark)")
+                "sweeps)")

@@ -432,7 +432,7 @@ def submit_and_wait(c: dict, entry: list[str], timeout: float = 300) -> tuple[st
         status = ended.group(1).upper() if ended else ""
         if status:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     logs = subprocess.run([ray_bin, "job", "logs", "--address", c["dashboard"], job_id], env=env,
                           capture_output=True, text=True, timeout=60).stdout
     return status, logs

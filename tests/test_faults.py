@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, wait_for_session_end
+from conftest import ROOT, kill_session_now
 from study.trial import run_trial
 
 pytestmark = pytest.mark.slow
@@ -72,9 +72,14 @@ def reported_pid(trial_dir: Path, after_iteration: int):
     return done[-1]["pid"] if done else None
 
 
-def test_killed_trial_worker_resumes_and_matches_an_uninterrupted_run(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory) -> dict:
+    """fault_trial run once, uninterrupted: what an interrupted run of it must end up equal to."""
+    return run_trial(fault_trial(tiny_data), str(tmp_path_factory.mktemp("reference")), log=lambda m: None)
+
+
+def test_killed_trial_worker_resumes_and_matches_an_uninterrupted_run(tiny_data, tmp_path, uninterrupted):
     cfg = fault_trial(tiny_data)
-    reference = run_trial(cfg, str(tmp_path / "reference"), log=lambda m: None)
     path = write_sweep(tmp_path, "killworker", cfg, tmp_path / "results")
     driver = subprocess.Popen(sweep_cmd(path, "--no-report"), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -86,20 +91,20 @@ def test_killed_trial_worker_resumes_and_matches_an_uninterrupted_run(tiny_data,
     assert "resumed from the checkpoint of epoch" in out
     result = json.loads((trial_dir / "trial.json").read_text())
     assert result["status"] == "completed"
-    assert stable(result) == stable(reference)
+    assert stable(result) == stable(uninterrupted)
 
 
-def test_corrupt_checkpoint_restarts_the_trial_from_scratch_with_a_warning(tiny_data, tmp_path):
-    cfg = fault_trial(tiny_data, epochs=8)
-    reference = run_trial(cfg, str(tmp_path / "reference"), log=lambda m: None)
+def test_corrupt_checkpoint_restarts_the_trial_from_scratch_with_a_warning(tiny_data, tmp_path, uninterrupted):
+    cfg = fault_trial(tiny_data)
     path = write_sweep(tmp_path, "corrupt", cfg, tmp_path / "results")
     driver = subprocess.Popen(sweep_cmd(path, "--no-report"), cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     trial_dir = tmp_path / "results" / "corrupt" / "seed=0"
     wait_for(lambda: reported_pid(trial_dir, after_iteration=2))
-    os.kill(driver.pid, signal.SIGKILL)
+    # the driver, the trial worker and the local cluster at one instant, 4 epochs before the end:
+    # nothing writes any more
+    kill_session_now(driver.pid)
     driver.wait()
-    wait_for_session_end(driver.pid)  # the trial worker is gone too: nothing writes any more
     assert not (trial_dir / "trial.json").exists()
     checkpoints = sorted(trial_dir.glob("checkpoint_*/state.pt"))
     assert checkpoints
@@ -112,7 +117,7 @@ def test_corrupt_checkpoint_restarts_the_trial_from_scratch_with_a_warning(tiny_
     result = json.loads((trial_dir / "trial.json").read_text())
     assert result["status"] == "completed"
     assert any("unreadable" in w and "restarted from scratch" in w for w in result["warnings"])
-    assert stable(result) == stable(reference)
+    assert stable(result) == stable(uninterrupted)
 
 
 # ---------------------------------------------------------------- storage

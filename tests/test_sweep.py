@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, wait_for_session_end
+from conftest import ROOT, kill_session_now
 
 pytestmark = pytest.mark.slow
 
@@ -116,14 +116,16 @@ def test_smoke_sweep_runs_on_ray_and_writes_one_result_per_grid_point(tiny_data,
 
 
 def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tmp_path):
+    """The driver and its local Ray cluster are killed at one instant (kill_session_now) once a
+    trial has finished: two run at a time and none can finish in the poll's 50 ms, so at least 1
+    and at most 2 of the 4 trials are done, on any machine; the resumed study computes the rest."""
     sweep = {"name": "resumable",
-             "trial": {"model": "small_cnn", "epochs": 3, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
+             "trial": {"model": "small_cnn", "epochs": 2, "batch_size": 50, "n_noise": 40, "n_trajectory": 20,
                        "noise": ["gaussian", "uniform"], "data_root": str(tiny_data), "data_verify": "shapes",
                        "device": "cpu", "classes": ["cat", "dog", "frog"], "sample_per_class": 20,
                        "n_frequency": 40},
-             "grid": {"seed": [0, 1, 2, 3, 4, 5]},
+             "grid": {"seed": [0, 1, 2, 3]},
              "resources": {"cpu": 1, "gpu": 0},
-             # two at a time: with 2 or more finished, at least 2 cannot have finished yet
              "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1, "max_concurrent": 2}}
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -131,24 +133,23 @@ def test_killed_driver_resumes_without_recomputing_finished_trials(tiny_data, tm
     driver = subprocess.Popen(study_cmd("sweep", str(path), "--no-report"), cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(trial_files(study)) < 2:
+    while time.time() < deadline and not trial_files(study) and driver.poll() is None:
         time.sleep(0.05)
-    os.kill(driver.pid, signal.SIGKILL)
+    kill_session_now(driver.pid)
     driver.wait()
-    wait_for_session_end(driver.pid)  # nothing of the killed study writes any more
     before = {name: hashlib.sha256(f.read_bytes()).hexdigest() for name, f in trial_files(study).items()}
-    assert 2 <= len(before) < 6, before
+    assert 1 <= len(before) <= 2, before
 
     res = subprocess.run(study_cmd("sweep", str(path), "--resume"), cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resuming" in res.stdout
     after = {name: hashlib.sha256(f.read_bytes()).hexdigest() for name, f in trial_files(study).items()}
-    assert sorted(after) == [f"seed={s}" for s in range(6)]
+    assert sorted(after) == [f"seed={s}" for s in range(4)]
     for name, digest in before.items():
         assert after[name] == digest, f"{name} was recomputed"
     runs = pd.read_csv(study / "report" / "runs.csv")
-    assert sorted(runs["seed"]) == [0, 1, 2, 3, 4, 5]
+    assert sorted(runs["seed"]) == [0, 1, 2, 3]
 
 
 def test_fused_seeds_write_the_same_grid_point_folders(tiny_data, tmp_path):
