@@ -174,7 +174,7 @@ def _compact(trial_id: str, t: dict) -> dict:
     run["distance"] = np.array([t["distance"][f]["matrix"] for f in families], dtype=float)
     run["nodes"] = list(t["distance"][families[0]]["nodes"])
     run["heldout"] = t.get("heldout") or {}
-    run["n_noise"] = int(t["config"].get("n_noise", 0))
+    run["n_noise"] = int(t["config"]["n_noise"])
     run["extra"] = {k: t[k] for k in ("clutter", "logit_decomposition", "ood", "frequency",
                                       "intervention") if k in t}
     return run

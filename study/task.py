@@ -51,7 +51,7 @@ def check_task(data: Cifar10, cfg: dict, classes: list[str]) -> None:
     if cfg["batch_size"] > n_train:
         raise InputError("batch_size", f"larger than the {n_train} training images",
                          f"1 <= batch_size <= {n_train}", cfg["batch_size"])
-    if cfg.get("test_subset") is not None:
+    if cfg["test_subset"] is not None:
         tests = np.bincount(data.test_y, minlength=10)[[CIFAR10_CLASSES.index(c) for c in classes]]
         quota = -(-cfg["test_subset"] // len(classes))
         if quota > tests.min():
