@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -124,8 +124,9 @@ def test_corrupt_checkpoint_restarts_the_trial_from_scratch_with_a_warning(tiny_
 
 # These tests need a real filesystem that is read-only, tiny or filling up: a tmpfs. Where this
 # process may not mount (not root, or a container without mount rights), each is run again inside
-# a private user and mount namespace (`unshare -rm`, no privileges needed), where it may; where
-# neither works, it is skipped with what was not tested.
+# a private user and mount namespace (`unshare -rm`, no privileges needed), where it may; the
+# read-only one also runs on a read-only filesystem the machine already has (a container's /sys).
+# Where none of that works, each is skipped with the sentence of what was not tested (its docstring).
 IN_NAMESPACE = "NOISESINK_TEST_IN_NAMESPACE"
 
 
@@ -140,13 +141,31 @@ def can_mount() -> bool:
     return True
 
 
-def needs_tmpfs(test):
-    """Run the test here if this process may mount a tmpfs, else in a user namespace, else skip."""
+def existing_read_only_folder() -> Path | None:
+    """A kernel filesystem (sysfs, proc) this machine mounts read-only, as containers without mount
+    rights do: a real read-only filesystem, so `study check` meets EROFS there as on a read-only
+    disk (it creates nothing). None where there is none, or no /proc/self/mounts (macOS)."""
+    mounts = Path("/proc/self/mounts")
+    if not mounts.is_file():
+        return None
+    for line in mounts.read_text().splitlines():
+        _, folder, kind, options = line.split()[:4]
+        if kind in ("sysfs", "proc") and "ro" in options.split(",") and not os.access(folder, os.W_OK):
+            return Path(folder)
+    return None
+
+
+def needs_tmpfs(test=None, *, or_else=lambda: False):
+    """Run the test here if this process may mount a tmpfs (or `or_else()` says the test has
+    another real filesystem to use), else in a user namespace, else skip saying what was not tested."""
+    if test is None:
+        return functools.partial(needs_tmpfs, or_else=or_else)
+
     @functools.wraps(test)
     def run(*args, **kwargs):
-        if can_mount():
+        if can_mount() or or_else():
             return test(*args, **kwargs)
-        what = test.__name__.removeprefix("test_").replace("_", " ")
+        what = " ".join(test.__doc__.split())
         if os.environ.get(IN_NAMESPACE) or shutil.which("unshare") is None or subprocess.run(
                 ["unshare", "-rm", "true"], capture_output=True).returncode:
             pytest.skip(f"no tmpfs can be mounted here (neither with mount rights nor in an unprivileged "
@@ -177,16 +196,18 @@ def check(path, *args):
                           capture_output=True, text=True, timeout=120)
 
 
-@needs_tmpfs
+@needs_tmpfs(or_else=lambda: existing_read_only_folder() is not None)
 def test_read_only_storage_is_refused_before_trials_start(tiny_data, tmp_path):
-    with tmpfs(tmp_path / "ro", "ro,size=4m") as ro:
-        path = write_sweep(tmp_path, "ro", fault_trial(tiny_data), ro / "results")
+    """`study check` refuses run.storage on a read-only filesystem (exit 2, naming it)."""
+    with (tmpfs(tmp_path / "ro", "ro,size=4m") if can_mount() else nullcontext(existing_read_only_folder())) as ro:
+        path = write_sweep(tmp_path, "ro", fault_trial(tiny_data), ro / "noisesink-results")
         res = check(path)
         assert res.returncode == 2 and "run.storage: not writable" in res.stderr and str(ro) in res.stderr
 
 
 @needs_tmpfs
 def test_too_small_disk_is_refused_before_trials_start(tiny_data, tmp_path):
+    """`study sweep` refuses run.storage on a 1 MB filesystem before writing anything (exit 2)."""
     with tmpfs(tmp_path / "small", "size=1m") as small:
         path = write_sweep(tmp_path, "small", fault_trial(tiny_data), small / "results")
         res = subprocess.run(sweep_cmd(path), cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -196,6 +217,8 @@ def test_too_small_disk_is_refused_before_trials_start(tiny_data, tmp_path):
 
 @needs_tmpfs
 def test_disk_filling_up_mid_study_fails_later_trials_and_keeps_earlier_results(tiny_data, tmp_path):
+    """A disk that fills up mid-study: the later trials fail, the study exits non-zero, the trial
+    written before is intact and the aggregation reports the rest as problems."""
     with tmpfs(tmp_path / "disk", "size=48m") as disk:
         trial = fault_trial(tiny_data, epochs=1, batch_size=50)
         sweep = {"name": "full", "trial": trial, "grid": {"seed": [0, 1, 2]},
