@@ -87,14 +87,14 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                           f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
                           f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
                           f"absorber, {int(sub['baseline_is_absorber'].sum())}/{len(sub)} of their baselines",
-                          effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
+                          variable=kind, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
         d_hit = (per_seed["hit"] - per_seed["base_hit"]).to_numpy()
         res = stats.sign_flip(d_hit)
         tests.append(_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
                           label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
                           "sign-flip over seeds of the per-seed change in the share of targets that absorb "
-                          "(paired with the same seed's network without intervention)", effect_name="mean diff / sd",
-                          p_min_of_n=stats.sign_flip_p_min))
+                          "(paired with the same seed's network without intervention)", variable=kind,
+                          effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
         for m, direction in INTENDED.get(kind, {}).items():
             per_seed_clutter = sub.groupby("seed")[[f"clutter_{m}", f"baseline_clutter_{m}"]].mean()
             diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()

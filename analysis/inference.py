@@ -52,6 +52,15 @@ TESTS = {
     "factor_epoch0_bias": ("tests", "a factor level changes the untrained network's top share (seeds paired)"),
     "epoch0_favourite_is_absorber": ("tests", "within a run, the untrained network's favourite class is the trained "
                                      "absorber more often than the two's distributions over runs imply"),
+    "literature_order": ("tests", "two of a paper's noise families keep their published MSP AUROC order in our "
+                         "networks (runs paired)"),
+    "amplitude_msp_trend": ("tests", "the mean max-softmax changes from 1x the data's std to the largest amplitude "
+                            "(Hein et al. predict a rise)"),
+    "amplitude_kl_trend": ("tests", "KL(mean prediction || training label frequencies) changes from 1x to the "
+                           "largest amplitude (Kang et al. predict a fall)"),
+    "bn_mode_effect": ("tests", "BatchNorm on the noise batch's own, or on re-estimated, statistics changes the top "
+                       "share against the running statistics"),
+    "bias_removal": ("tests", "zeroing the head's biases changes the share of noise the absorber takes"),
 }
 PRIMARY_NOISE = "gaussian"                # the question's noise: the confirmatory family covers only it
 PRIMARY_CLUTTER = "png_bits_per_pixel"    # the one clutter measure in the confirmatory family

@@ -176,7 +176,7 @@ def _compact(trial_id: str, t: dict) -> dict:
     run["heldout"] = t.get("heldout") or {}
     run["n_noise"] = int(t["config"]["n_noise"])
     run["extra"] = {k: t[k] for k in ("clutter", "logit_decomposition", "ood", "frequency",
-                                      "intervention") if k in t}
+                                      "intervention", "amplitude", "batchnorm") if k in t}
     return run
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import causal, document, factors, inference, plots, report, tables, trees, why
+from . import causal, document, factors, hypotheses, inference, plots, report, tables, trees, why
 from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_writable, load, open_study
 
@@ -19,7 +19,8 @@ REPORT_MD, REPORT_HTML = "report.md", "report.html"
 # the report's sections in reading order (each a function of report.ReportContext); add a new one here
 REPORT_SECTIONS = (report.absorber_section, report.condition_section, report.mst_section, report.distance_section,
                    report.heldout_section, report.trajectory_section, report.learned_images_section,
-                   why.report_section, causal.report_section, factors.report_section, report.problems_section)
+                   why.report_section, causal.report_section, factors.report_section, hypotheses.probes_section,
+                   report.problems_section, hypotheses.scoreboard_section)
 
 
 def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
@@ -61,9 +62,14 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
     the `notes` the report prints. The one path from loaded runs to p-values: aggregate() writes
     its tables, and the whole-pipeline calibration (analysis/calibration.py) runs it on hundreds of
     simulated studies. `counts`: per-image labels for the kappas (read_arrays; None leaves the
-    kappas out, which no test uses); `frames`: the `absorbers` and `clutter` tables where already
-    made (else made here)."""
-    frames = frames or {"absorbers": tables.absorbers_table(data), "clutter": why.clutter_table(data)}
+    kappas out, which no test uses); `frames`: the `absorbers`, `clutter`, `logit_decomposition`,
+    `ood`, `amplitude` and `batchnorm` tables where already made (else made here)."""
+    frames = dict(frames or {})
+    for name, make in (("absorbers", tables.absorbers_table), ("clutter", why.clutter_table),
+                       ("logit_decomposition", why.decomposition_table), ("ood", why.ood_table),
+                       ("amplitude", hypotheses.amplitude_table), ("batchnorm", hypotheses.batchnorm_table)):
+        if name not in frames:
+            frames[name] = make(data)
     consistency, distribution, tests = inference.consistency(groups, counts or {})
     dependence, notes = inference.condition_dependence(groups)
     edge_freq, geometry_tests = inference.geometry(groups)
@@ -71,7 +77,7 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
     factor_pairs = factors.pairs_table(data)
     rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)
             + why.intervention_tests(data) + causal.causal_tests(pairs)
-            + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups))
+            + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups) + hypotheses.tests_of_study(frames))
     return {"tests": inference.finalize(rows), "edge_frequency": edge_freq, "consistency": consistency,
             "absorber_distribution": distribution, "causal_pairs": pairs, "causal_dose": causal.dose_table(pairs),
             "factor_pairs": factor_pairs, "notes": notes}
@@ -105,12 +111,16 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
     why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
                   "ood": why.ood_table(data), "frequency": why.frequency_table(data)}
     why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
-    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], "clutter": why_frames["clutter"]})
+    probe_frames = {"amplitude": hypotheses.amplitude_table(data), "batchnorm": hypotheses.batchnorm_table(data),
+                    "handover": hypotheses.handover_table(data), "literature": hypotheses.literature_table(why_frames["ood"])}
+    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], **why_frames, **probe_frames})
     consistency, edge_freq, notes = tested["consistency"], tested["edge_frequency"], tested["notes"]
     pairs, doses, factor_pairs = tested["causal_pairs"], tested["causal_dose"], tested["factor_pairs"]
     frames.update({"consistency": consistency, "absorber_distribution": tested["absorber_distribution"],
                    "edge_frequency": edge_freq, "tests": tested["tests"], "problems": tables.problems_table(data)})
     frames.update({k: v for k, v in why_frames.items() if not v.empty})
+    frames.update({k: v for k, v in probe_frames.items() if not v.empty})
+    frames["scoreboard"] = hypotheses.scoreboard(frames["tests"], list(groups), {**probe_frames, **why_frames})
     if not pairs.empty:
         frames.update({"causal_pairs": pairs, "causal_dose": doses})
     factor_table = factors.factor_table(factor_pairs, frames["tests"])
@@ -125,6 +135,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         with_why = {**frames, **why_frames}  # frames keeps only the non-empty why tables
         figures += why.plots(with_why, folder, groups)
         figures += [f for f in [causal.plot(doses, folder)] if f]
+        figures += hypotheses.plots(probe_frames, folder)
         progress(f"figures: {len(figures)} drawn; writing {len(frames)} tables and the report")
         for name, df in frames.items():
             write_table(df, folder / name)

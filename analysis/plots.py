@@ -666,3 +666,106 @@ def intervention_bars(absorbers: pd.DataFrame, runs: pd.DataFrame, out: Path) ->
         _legend_outside(fig, bars, [b.get_label() for b in bars], title="intervention")
         return _save(fig, out, "interventions.png", "Training interventions: how much noise the top class "
                      "takes, per noise family (trained on Gaussian noise only)")
+
+
+# ---------------------------------------------------------------- the probe-time experiments (#19)
+
+def _condition_colours(conditions: list[str]) -> dict[str, tuple]:
+    return {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
+
+
+def _log2_ticks(ax, values) -> None:
+    """A log-2 axis ticked at `values`, written as plain numbers (the log formatter writes mathtext)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(values)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(min(values) / 1.3, max(values) * 1.3)
+
+
+AMPLITUDE_PANELS = (("mean_max_softmax", "mean max-softmax", (0, 1.02)),
+                    ("kl_label_frequencies", "KL(mean prediction || label freq.), nats", None),
+                    ("top_share", "top share", (0, 1.02)),
+                    ("feature_norm_ratio", "noise / test feature norm", None))
+
+
+def amplitude_curves(amp: pd.DataFrame, out: Path) -> str | None:
+    """The amplitude probe: per measure, one thin line per run against the amplitude (log 2),
+    a colour per condition (the first MAX_PANELS conditions; MAX_RUN_LINES runs each)."""
+    if amp.empty:
+        return None
+    with plt.rc_context(STYLE):
+        conditions, note = _first(list(dict.fromkeys(amp["condition"])))
+        colours = _condition_colours(conditions)
+        fig, axes = _grid(len(AMPLITUDE_PANELS), 3.6, 3.0, cols=4)
+        amplitudes = sorted(amp["amplitude"].unique())
+        for ax, (column, label, ylim) in zip(axes, AMPLITUDE_PANELS):
+            for cond in conditions:
+                sub = amp[amp["condition"] == cond]
+                wide = sub.pivot_table(index="trial_id", columns="amplitude", values=column, observed=True)
+                for _, row in wide.head(MAX_RUN_LINES).iterrows():
+                    ok = np.isfinite(row.to_numpy(dtype=float))
+                    ax.plot(np.asarray(wide.columns)[ok], row.to_numpy(dtype=float)[ok], color=colours[cond], lw=0.8,
+                            alpha=0.6)
+            _log2_ticks(ax, amplitudes)
+            if ylim:
+                ax.set_ylim(*ylim)
+            ax.set_xlabel("amplitude (x the data's std)")
+            ax.set_ylabel(label)
+        _legend_outside(fig, [Line2D([], [], color=colours[c], lw=1.5) for c in conditions], conditions,
+                        title="condition (one line per run)")
+        return _save(fig, out, "amplitude_curves.png", "Gaussian noise around the data mean, scaled: reversion to "
+                     "the label frequencies (MSP and KL falling) or far-field overconfidence (MSP rising)?" + note)
+
+
+def batchnorm_modes(bn: pd.DataFrame, out: Path) -> str | None:
+    """Per condition, the top share of Gaussian noise in each BatchNorm mode, a line per run."""
+    if bn.empty:
+        return None
+    with plt.rc_context(STYLE):
+        conditions, note = _first(list(dict.fromkeys(bn["condition"])))
+        modes = list(dict.fromkeys(bn["mode"]))
+        fig, axes = _grid(len(conditions), max(3.0, 1.1 * len(modes) + 1.0), 3.2)
+        for ax, cond in zip(axes, conditions):
+            wide = bn[bn["condition"] == cond].pivot_table(index="trial_id", columns="mode", values="top_share",
+                                                            observed=True).reindex(columns=modes)
+            for _, row in wide.head(MAX_RUN_LINES).iterrows():
+                ax.plot(range(len(modes)), row.to_numpy(dtype=float), color="C0", lw=0.8, alpha=0.6, marker="o", ms=3)
+            ax.plot(range(len(modes)), wide.mean().to_numpy(dtype=float), color="k", lw=2.2)
+            _x_labels(ax, modes)
+            ax.set_xlim(-0.3, len(modes) - 0.7)
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel("top share of gaussian noise")
+            ax.set_title(f"{cond} (n = {len(wide)} runs)")
+        _legend_outside(fig, [Line2D([], [], color="C0", lw=0.8, marker="o", ms=3), Line2D([], [], color="k", lw=2.2)],
+                        ["one run", "mean over runs"])
+        return _save(fig, out, "batchnorm_modes.png", "BatchNorm on its running statistics (eval), the noise "
+                     "batch's own (batch_stats), or statistics re-estimated on noise (noise_stats)" + note)
+
+
+def handover_epochs(handover: pd.DataFrame, out: Path) -> str | None:
+    """Per condition, each run's hand-over epoch, filled where the untrained network's favourite
+    is the trained absorber."""
+    if handover.empty:
+        return None
+    with plt.rc_context(STYLE):
+        conditions, note = _first(list(dict.fromkeys(handover["condition"])))
+        longest = max(len(str(c)) for c in conditions)   # the y labels take their width from the figure
+        fig, ax = plt.subplots(figsize=(4.0 + 0.07 * longest, 0.45 * len(conditions) + 1.6), layout="constrained")
+        rng = np.random.default_rng(0)  # vertical jitter only, so equal epochs stay readable
+        for i, cond in enumerate(conditions):
+            sub = handover[handover["condition"] == cond]
+            y = i + rng.uniform(-0.18, 0.18, len(sub))
+            same = sub["favourite_is_absorber"].to_numpy(dtype=bool)
+            ax.scatter(sub["handover_epoch"].to_numpy()[same], y[same], color="C3", s=18, zorder=3)
+            ax.scatter(sub["handover_epoch"].to_numpy()[~same], y[~same], facecolor="none", edgecolor="C0", s=18,
+                       zorder=3)
+        ax.set_yticks(range(len(conditions)), conditions)
+        ax.set_ylim(len(conditions) - 0.5, -0.5)
+        ax.set_xlim(-0.5, max(1, int(handover["epochs"].max())) + 0.5)
+        ax.set_xlabel("hand-over epoch")
+        _legend_outside(fig, [Line2D([], [], ls="", marker="o", color="C3"),
+                              Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="C0")],
+                        ["favourite at epoch 0 = trained absorber", "another class"])
+        return _save(fig, out, "handover_epochs.png", "When the trained absorber takes over, per run (from the "
+                     "hand-over epoch on, it leads at every epoch)" + note)

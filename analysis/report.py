@@ -463,6 +463,7 @@ def files_section(ctx: ReportContext, shown: set[str]) -> Section:
 
 def methods_text() -> str:
     """The Methods, as authored markdown; every count and level in it is the code's own setting."""
+    from .hypotheses import ORDER_GAP   # hypotheses builds on this module
     S, I = stats, inference
     confirmatory = ", ".join(I.CONFIRMATORY)
     return f"""The unit of replication is the trained network (a run); noise images are never counted as
@@ -529,6 +530,14 @@ reach its level is reported as "too few runs to test", never with a p that reads
   paired difference, with a {S.LEVEL} t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
   untrained network's favourite class is the absorber within runs, beyond how often each is which
   class: pairing permutation across runs per condition (exploratory).
+- **Probe-time experiments** (exploratory): per run a paired difference (the largest amplitude
+  minus 1x the data's std, for the mean max-softmax and for KL(mean prediction || training label
+  frequencies); a BatchNorm mode minus the running statistics, for the top share; the absorber's
+  share with the head's biases zeroed minus as trained; the MSP AUROC of two literature families a
+  paper found {ORDER_GAP:g} or more points apart). H0: the differences are symmetric about 0;
+  sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p 2^(1-n)); the mean
+  with a 95% t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
+  row by the rules stated with it.
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
   AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
   threshold that accepts 95% of ID); reported as mean +- sd over runs.

@@ -112,6 +112,7 @@ def _why(trial: dict, arrays: dict, rng) -> None:
                                       for m, (lo, hi) in CLUTTER_MEASURES.items()} for f in families}}
     trial["logit_decomposition"] = {f: {
         "absorber": trial["absorber"][f]["absorber"], "n_images": int(trial["config"]["n_noise"]),
+        "absorber_share": trial["absorber"][f]["top_share"], "absorber_share_without_bias": float(rng.uniform(0, 0.6)),
         "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.uniform(0, 1)),
         "mean_weight_part": float(rng.uniform(0, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.6)),
         "decided_by_bias": float(rng.uniform(0, 0.3)), "noise_feature_norm": float(rng.uniform(2, 5)),
@@ -128,6 +129,7 @@ def _why(trial: dict, arrays: dict, rng) -> None:
             shares = rng.dirichlet(np.ones(k))
             trial["frequency"].append({"kind": kind, "cutoff": c, "absorber": classes[int(shares.argmax())],
                                        "top_share": float(shares.max()), "shares": dict(zip(classes, shares.tolist()))})
+    _probes(trial, rng)
     colours = np.random.default_rng(7).uniform(0.15, 0.85, (len(CIFAR10), 3))  # a colour per class, every run
     colour = np.array([colours[CIFAR10.index(c)] if c in CIFAR10 else np.full(3, 0.5) for c in classes])
     ramp = np.broadcast_to(np.linspace(-0.1, 0.1, 32)[None, :, None, None], (1, 32, 32, 1))  # top to bottom
@@ -138,6 +140,41 @@ def _why(trial: dict, arrays: dict, rng) -> None:
         tint = 0.5 + 0.1 * (colour - 0.5)[:, None, None] + rng.normal(0, 0.02, (k, 32, 32, 3))
         arrays[f"noise_mean_images_{f}"] = (np.clip(tint, 0, 1) * 255).astype(np.uint8) * (counts > 0)[:, None, None, None]
         arrays[f"noise_mean_counts_{f}"] = counts
+
+
+AMPLITUDES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+BN_MODES = ("eval", "batch_stats", "noise_stats")
+
+
+def _where(shares: np.ndarray, classes: list[str], msp: float) -> dict:
+    top = int(shares.argmax())
+    nz = shares[shares > 0]
+    return {"absorber": classes[top], "top_share": float(shares[top]), "mean_max_softmax": float(msp),
+            "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(len(classes))),
+            "shares": dict(zip(classes, shares.tolist()))}
+
+
+def _probes(trial: dict, rng) -> None:
+    """The probe-time experiments of #19 (study/hypotheses.py), drawn at random: an amplitude
+    curve whose max-softmax rises or falls with the amplitude, and the three BatchNorm modes."""
+    classes = trial["classes"]
+    k = len(classes)
+    slope = rng.normal(0, 0.05)
+    rows = []
+    for a in AMPLITUDES:
+        shares = rng.dirichlet(np.ones(k))
+        msp = float(np.clip(0.7 + slope * np.log2(a) + rng.normal(0, 0.02), 1 / k, 1))
+        mean_prediction = rng.dirichlet(np.ones(k) * 5)
+        kl = float((mean_prediction * np.log(mean_prediction * k)).sum())
+        rows.append({"amplitude": a, **_where(shares, classes, msp),
+                     "mean_prediction": dict(zip(classes, mean_prediction.tolist())), "kl_uniform": kl,
+                     "kl_label_frequencies": kl, "noise_feature_norm": float(a * rng.uniform(1, 3)),
+                     "feature_norm_ratio": float(a * rng.uniform(0.2, 0.6))})
+    trial["amplitude"] = {"n_images": 100, "label_frequencies": dict(zip(classes, [1 / k] * k)),
+                          "test_feature_norm": 5.0, "rows": rows}
+    trial["batchnorm"] = {"applicable": True, "n_images": 100, "batch_size": 100, "n_reestimate": 100,
+                          "batchnorm_layers": 6, "modes": {m: _where(rng.dirichlet(np.ones(k)), classes, 0.6)
+                                                           for m in BN_MODES}}
 
 
 def write_study(root: Path, conditions: list[Condition], seeds: int, *, axis: str = "augmentation",

@@ -114,6 +114,31 @@ def cutoff_list(v, where):
     return [float(c) for c in v]
 
 
+def amplitude_list(v, where):
+    """[] (the amplitude probe off), or distinct amplitudes > 0 holding 1 (the data's own spread,
+    the reference the far field is compared with) and at least one above it."""
+    allowed = ("[] (off), or a list of distinct numbers 0 < a <= 1000 (multiples of the data's std) holding 1 and a "
+               "larger one, e.g. [0.25, 0.5, 1, 2, 4, 8, 16]")
+    if v == []:
+        return []
+    if not isinstance(v, list) or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                          and math.isfinite(a) and 0 < a <= 1000 for a in v):
+        raise InputError(where, "invalid amplitudes", allowed, v)
+    if len(set(v)) != len(v):
+        raise InputError(where, "an amplitude is given twice", allowed, v)
+    if 1 not in v or max(v) <= 1:
+        raise InputError(where, "needs 1 (the reference) and an amplitude above it", allowed, v)
+    return sorted(float(a) for a in v)
+
+
+def probe_size(v, where):
+    """0 turns a probe off; otherwise at least 10 images."""
+    if isinstance(v, bool) or not isinstance(v, int) or (v != 0 and v < 10):
+        _number_as_text(v, where, "0 (off) or a whole number >= 10", whole=True)
+        raise InputError(where, "must be 0 (off) or a whole number >= 10", "0, or x >= 10", v)
+    return v
+
+
 CLASS_INTERVENTION_RANGES = {"gaussian_noise": (0, 1), "blur": (0, 8), "label_noise": (0, 1),
                              "subsample": (0.01, 1), "majority": (0.01, 1)}
 
@@ -300,6 +325,15 @@ TRIAL_KEYS = [
         "each cutoff)", integer(10, MAX_PROBE_IMAGES)),
     Key("frequency_cutoffs", [0.125, 0.25, 0.5], "cutoffs of the frequency probes, as fractions "
         "of the Nyquist frequency", cutoff_list),
+    Key("amplitudes", [0.25, 0.5, 1, 2, 4, 8, 16], "Gaussian noise around the data mean at these multiples of "
+        "the data's std (one draw, scaled): far from the data, do predictions revert to the label frequencies "
+        "(Kang et al. 2024) or grow overconfident (Hein et al. 2019)? Holds 1 (the reference) and a larger one; "
+        "[] turns the probe off", amplitude_list),
+    Key("n_amplitude", None, "images per amplitude; null: n_trajectory (a Gaussian probe as large as the "
+        "trajectory's)", optional(integer(10))),
+    Key("n_bn", None, "gaussian images probed with BatchNorm on its running statistics, on each batch's own and "
+        "on running statistics re-estimated on as many other noise images (models with BatchNorm); null: "
+        "n_trajectory; 0 turns the probe off", optional(probe_size)),
     Key("intervention", "none", "train against noise: none, outlier_exposure (noise pushed to "
         "the uniform distribution), noise_class (an extra class of noise), train_noise_aug "
         "(Gaussian noise added to training images)", choice(lambda: list(_interventions()))),

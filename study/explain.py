@@ -26,10 +26,13 @@ def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarra
     margin = z[rows, top[rows]] - z[rows, runner[rows]]
     bias_part = b[top[rows]] - b[runner[rows]]
     weight_part = margin - bias_part
+    # the counterfactual of the head-bias explanation: every bias zeroed, how much does the absorber keep?
+    without_bias = np.bincount(weight_term.argmax(1), minlength=len(classes))[absorber] / len(f)
     mean_noise = f.mean(axis=0)
     cos = w @ mean_noise / (np.linalg.norm(w, axis=1) * np.linalg.norm(mean_noise) + 1e-12)
     return {
         "absorber": classes[absorber], "n_images": int(len(rows)),
+        "absorber_share": float(won.mean()), "absorber_share_without_bias": float(without_bias),
         "mean_margin": float(margin.mean()) if len(rows) else None,
         "mean_bias_part": float(bias_part.mean()) if len(rows) else None,
         "mean_weight_part": float(weight_part.mean()) if len(rows) else None,

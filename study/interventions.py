@@ -52,10 +52,14 @@ class TrainingIntervention:
             return (torch.cat([x, noise_batch(m, x, self.mean, self.std, gen)]),
                     torch.cat([y, torch.full((m,), -1, device=y.device, dtype=y.dtype)]))
         if self.kind == "noise_class":  # labelled as the extra class K
-            m = max(1, math.ceil(n * self.strength))
+            m = self.extra_per_batch(n)
             return (torch.cat([x, noise_batch(m, x, self.mean, self.std, gen)]),
                     torch.cat([y, torch.full((m,), self.k, device=y.device, dtype=y.dtype)]))
         return x, y
+
+    def extra_per_batch(self, n: int) -> int:
+        """noise_class: the noise images added to a batch of n (labelled as the extra class)."""
+        return max(1, math.ceil(n * self.strength)) if self.kind == "noise_class" else 0
 
     def loss(self, logits: Tensor, y: Tensor, label_smoothing: float) -> Tensor:
         if self.kind != "outlier_exposure":

@@ -4,6 +4,15 @@ Banks are generated on the CPU from `noise_seed` and the family's name, so every
 on any device, probes the very same images; the trial normalises them like its training data.
 Some families are deliberately not clipped to [0, 1] (gaussian, pink, phase_scrambled): clipping
 would change the statistic that defines them.
+
+The literature's families are here exactly as their reference code draws them, so our numbers
+line up with the published tables (analysis/hypotheses.py holds those tables):
+- ODIN (Liang, Li & Srikant, ICLR 2018; facebookresearch/odin, code/calData.py, testGaussian and
+  testUni): `odin_gaussian` and `uniform`, drawn in pixel space and normalised like the data;
+- Outlier Exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019; hendrycks/outlier-exposure,
+  CIFAR/test.py): `oe_gaussian`, `rademacher` and `oe_blobs`, drawn directly in the network's
+  normalised input space. Our banks are pixel images, so these are written as mean + std * z:
+  normalising them gives back z (to float rounding), whatever the data's statistics.
 """
 from __future__ import annotations
 
@@ -65,14 +74,55 @@ def gaussian_clipped(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
 
 @register("uniform")
 def uniform(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """U[0, 1] per pixel and channel in pixel space: ODIN's uniform noise (`torch.rand`, then
+    normalised with the data's statistics)."""
     return torch.rand(n, 3, 32, 32, generator=gen)
+
+
+@register("odin_gaussian")
+def odin_gaussian(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """ODIN's Gaussian noise: clamp(N(0.5, 1), 0, 1) per pixel and channel in pixel space, then
+    normalised like the data (about 31% of the values sit at each bound)."""
+    return (torch.randn(n, 3, 32, 32, generator=gen) + 0.5).clamp(0, 1)
+
+
+def _normalised(z: Tensor, ctx: NoiseContext) -> Tensor:
+    """The pixel image whose normalised input is z (for the families defined in that space)."""
+    return _channels(ctx.mean) + _channels(ctx.std) * z
 
 
 @register("rademacher")
 def rademacher(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
-    """mean +- std with equal odds: gaussian's first two moments, but only two values."""
+    """mean +- std with equal odds: gaussian's first two moments, but only two values; normalised,
+    exactly Outlier Exposure's Rademacher noise (+-1 in the network's input space)."""
     signs = torch.randint(0, 2, (n, 3, 32, 32), generator=gen).float() * 2 - 1
-    return _channels(ctx.mean) + _channels(ctx.std) * signs
+    return _normalised(signs, ctx)
+
+
+@register("oe_gaussian")
+def oe_gaussian(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Outlier Exposure's Gaussian noise: N(0, 0.5^2) clipped to [-1, 1], in the normalised input
+    space (half the spread of `gaussian`, 2.3% of the values at each bound)."""
+    return _normalised((0.5 * torch.randn(n, 3, 32, 32, generator=gen)).clamp(-1, 1), ctx)
+
+
+OE_BLOB_P, OE_BLOB_SIGMA, OE_BLOB_THRESHOLD = 0.7, 1.5, 0.75   # Outlier Exposure's constants
+
+
+@register("oe_blobs")
+def oe_blobs(n: int, gen: torch.Generator, ctx: NoiseContext) -> Tensor:
+    """Outlier Exposure's blobs, as its code makes them: Bernoulli(0.7) on an HxWx3 array, blurred
+    by skimage's `gaussian(sigma=1.5, multichannel=False)`, i.e. scipy's gaussian_filter over all
+    three axes, the colour axis included (mode nearest, truncate 4); values below 0.75 set to 0
+    (the rest keep their blurred value), then 2v - 1 in the normalised input space: -1 off a
+    blob, 0.5..1 on it."""
+    from scipy.ndimage import gaussian_filter
+    on = (torch.rand(n, 32, 32, 3, generator=gen) < OE_BLOB_P).double().numpy()
+    blurred = gaussian_filter(on, sigma=(0, OE_BLOB_SIGMA, OE_BLOB_SIGMA, OE_BLOB_SIGMA), mode="nearest",
+                              truncate=4.0)
+    blurred[blurred < OE_BLOB_THRESHOLD] = 0.0
+    z = torch.from_numpy(blurred).float().permute(0, 3, 1, 2) * 2 - 1
+    return _normalised(z, ctx)
 
 
 @register("blobs")

@@ -44,6 +44,10 @@ STREAMS: dict[str, Stream] = {
     "frequency": Stream("noise_seed", 8, "the white noise under every band-limited frequency probe"),
     "noise_class_reference": Stream("noise_seed", 9, "training-like noise whose mean feature stands for "
                                     "the extra class of a noise_class model"),
+    "amplitude": Stream("noise_seed", 10, "the white noise of the amplitude probe (the same draw scaled to "
+                        "every amplitude)"),
+    "batchnorm": Stream("noise_seed", 11, "the gaussian images of the BatchNorm probe: the first n_bn are "
+                        "probed, the next n_bn re-estimate the running statistics"),
 }
 
 

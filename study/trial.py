@@ -23,12 +23,13 @@ import torch
 from analysis.contract import (ARRAYS_NPZ, COMPLETED, DIVERGED, NOISE_CLASS, SCHEMA_VERSION, TRIAL_JSON,
                                config_digest)
 
-from . import probe, streams
+from . import hypotheses, probe, streams
 from .artifacts import ArtifactDir
 from .clutter import measure_all
 from .config import trained_classes, validate_trial
 from .data import Cifar10, load_cifar10
 from .explain import frequency_probes, logit_decomposition, noise_mean_images
+from .interventions import TrainingIntervention
 from .models import build_model, factors_of
 from .noise import NOISE_FAMILIES, NoiseContext, make_bank
 from .ood import Detectors, evaluate
@@ -218,6 +219,7 @@ def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: Artif
         probes = probe_model(s, model, training.data)
         result.update(probes.measured)
         arrays, warnings = probes.arrays, warnings + probes.warnings
+        timing.update(probes.seconds)
         timing["probe_seconds"] = time.perf_counter() - t_probe
     timing["total_seconds"] = time.perf_counter() - s.started
     result["timing"] = timing
@@ -237,6 +239,7 @@ class Probes:
     measured: dict       # into trial.json
     arrays: dict         # into arrays.npz
     warnings: list       # what a probe could not take as asked
+    seconds: dict        # the timing of steps worth their own entry (inside probe_seconds)
 
 
 def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> Probes:
@@ -249,6 +252,9 @@ def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> 
     head = (model.head.weight.detach().float().cpu().numpy(), model.head.bias.detach().float().cpu().numpy())
     families = {f: noise_family(s, predict, f, nodes, test, head) for f in noise_families(s.cfg)}
     heldout = heldout_classes(s, predict)
+    started = time.perf_counter()
+    explanations = hypothesis_probes(s, model, trained, test)
+    seconds = {"hypothesis_probe_seconds": time.perf_counter() - started}
     measured = {
         **test.metrics, "noise_families": list(families),
         "absorption": {f: p.found["absorption"] for f, p in families.items()},
@@ -258,6 +264,7 @@ def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> 
         "noise_neighbour": {f: p.found["noise_neighbour"] for f, p in families.items()},
         "heldout": heldout.shares,
         **why_measures(s, predict, test, sample, families, heldout),
+        **explanations,
     }
     # each class's mean training image as trained on, shown beside the mean noise image it receives
     class_images, class_counts = noise_mean_images(sample.pixels(), sample.labels.astype(np.int64), len(s.task.classes))
@@ -268,7 +275,7 @@ def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> 
                        f"pred_{f}": p.found["arrays"]["pred"], f"distance_{f}": p.found["arrays"]["distance"]})
     arrays["noise_means"] = np.stack([p.found["arrays"]["noise_mean"] for p in families.values()])
     arrays["noise_families"] = np.array(list(families))
-    return Probes(measured, arrays, sample_warnings(s, sample))
+    return Probes(measured, arrays, sample_warnings(s, sample), seconds)
 
 
 @dataclass(frozen=True)
@@ -405,6 +412,39 @@ def why_measures(s: TrialSetup, predict: Predict, test: TestSet, sample: Trained
         "ood": {"convention": "in-distribution (the trained classes' test images) is the positive "
                               "class; scores: higher = more in-distribution",
                 "rows": evaluate(Detectors(sample.feats, sample.labels), (test.logits, test.feats), ood_sets)}}
+
+
+def hypothesis_probes(s: TrialSetup, model: torch.nn.Module, trained: TrainedData, test: TestSet) -> dict:
+    """The probe-time experiments that tell the published explanations apart (study/hypotheses.py):
+    the amplitude probe (unless `amplitudes` is []) and the BatchNorm modes (unless n_bn is 0);
+    n_amplitude and n_bn left null take n_trajectory."""
+    cfg, out = s.cfg, {}
+    if cfg["amplitudes"]:
+        # the label frequencies as trained on: a class intervention's, and a noise_class model's extra class
+        iv = TrainingIntervention(cfg["intervention"], cfg["intervention_strength"], len(s.task.classes),
+                                  s.noise_ctx.mean, s.noise_ctx.std)
+        batch = min(cfg["batch_size"], len(trained.y))
+        extra = iv.extra_per_batch(batch)
+        freq = hypotheses.label_frequencies(trained.y, len(s.task.classes), extra / (batch + extra))
+        norm = float(np.linalg.norm(np.asarray(test.feats, dtype=np.float64), axis=1).mean())
+        n = cfg["n_amplitude"] or cfg["n_trajectory"]
+        z = hypotheses.white_noise(n, cfg["noise_seed"])
+        out["amplitude"] = {"n_images": n, "label_frequencies": dict(zip(s.classes, freq.tolist())),
+                            "test_feature_norm": norm,
+                            "rows": hypotheses.amplitude_probe(s.predictor(model), z, s.noise_ctx, cfg["amplitudes"],
+                                                               s.classes, freq, norm)}
+    n_bn = cfg["n_trajectory"] if cfg["n_bn"] is None else cfg["n_bn"]
+    if n_bn:
+        # BatchNorm's batch statistics depend on the batch: the probe sets the batch size itself
+        predict_with = partial(_predict_with, s)
+        images, again = hypotheses.batchnorm_images(n_bn, cfg["noise_seed"], s.noise_ctx)
+        out["batchnorm"] = hypotheses.batchnorm_probe(predict_with, model, images, again, s.classes,
+                                                      cfg["eval_batch_size"])
+    return out
+
+
+def _predict_with(s: TrialSetup, model: torch.nn.Module, images: torch.Tensor, batch_size: int):
+    return predict(model, images, normalize=s.normalize, precision=s.precision, batch_size=batch_size, device=s.device)
 
 
 def _by_measure(per_class: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import augment
+from study import augment, streams
 from study.augment import AUGMENTATIONS
 from study.errors import InputError
 from study.models import FACTOR_MODELS, FACTORS, MODELS, build_model
@@ -345,6 +345,72 @@ def _check_rademacher(x):
         torch.testing.assert_close(values, torch.stack([MEAN[c] - STD[c], MEAN[c] + STD[c]]))
 
 
+def _normalised(x):
+    """What the network sees: the bank normalised like the data."""
+    return (x - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
+
+
+def _check_odin_gaussian(x):
+    """clamp(N(0.5, 1), 0, 1): P(0) = P(1) = Phi(-0.5) = 0.3085, mean 0.5 by symmetry, and inside
+    (0, 1) the density of N(0.5, 1), whose interior mean is 0.5 too."""
+    from scipy.stats import norm
+    assert x.min() == 0 and x.max() == 1
+    assert abs((x == 0).float().mean() - norm.cdf(-0.5)) < 0.005
+    assert abs((x == 1).float().mean() - norm.cdf(-0.5)) < 0.005
+    assert abs(x.mean() - 0.5) < 0.003
+
+
+def _check_oe_gaussian(x):
+    """Normalised: N(0, 0.5^2) clipped to [-1, 1]: 2.28% at each bound (Phi(-2)), sd of the
+    clipped normal sqrt(0.25 * (1 - 2 * 2 phi(2) - 2 Phi(-2)) + 2 Phi(-2)) = 0.4882."""
+    from scipy.stats import norm
+    z = _normalised(x).double()
+    assert z.min() >= -1 - 1e-5 and z.max() <= 1 + 1e-5
+    at_bound = (z.abs() > 1 - 1e-5).double().mean() / 2
+    assert abs(at_bound - norm.cdf(-2)) < 0.002
+    var = 0.25 * (2 * norm.cdf(2) - 1 - 2 * 2 * norm.pdf(2)) + 2 * norm.cdf(-2)
+    assert abs(z.std() - var ** 0.5) < 0.003 and abs(z.mean()) < 0.003
+
+
+def _check_rademacher_is_outlier_exposures(x):
+    """Normalised, exactly +-1 (Outlier Exposure's Rademacher noise), each sign half the time."""
+    _check_rademacher(x)
+    z = _normalised(x)
+    torch.testing.assert_close(z.abs(), torch.ones_like(z), atol=1e-5, rtol=0)
+    assert abs((z > 0).float().mean() - 0.5) < 0.005
+
+
+def _reference_oe_blobs(on_hwc: np.ndarray) -> np.ndarray:
+    """An independent reference for one image: the 3-d Gaussian filter (sigma 1.5 on every axis,
+    the colour axis included, as skimage's gaussian(multichannel=False) does) written out as three
+    1-d convolutions with scipy's kernel (radius int(4 * 1.5 + 0.5) = 6, edges repeated), then
+    Outlier Exposure's threshold and map."""
+    radius = int(4.0 * 1.5 + 0.5)
+    t = np.arange(-radius, radius + 1)
+    k = np.exp(-t**2 / (2 * 1.5**2))
+    k /= k.sum()
+    out = on_hwc.astype(np.float64)
+    for axis in range(3):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        out = sum(k[i] * np.take(padded, np.arange(i, i + out.shape[axis]), axis=axis) for i in range(len(k)))
+    out[out < 0.75] = 0
+    return out * 2 - 1
+
+
+def _check_oe_blobs(x):
+    """Matches the independent reference image by image (the Bernoulli draws recovered from the
+    generator), and the published shape: -1 off a blob, 0.5..1 on it, blobs covering some pixels."""
+    z = _normalised(x)
+    gen = streams.torch_generator("noise_bank", 7, name="oe_blobs")
+    on = (torch.rand(len(x), 32, 32, 3, generator=gen) < 0.7).numpy()
+    for i in range(5):
+        ref = _reference_oe_blobs(on[i]).transpose(2, 0, 1)
+        np.testing.assert_allclose(z[i].numpy(), ref, atol=1e-5)
+    off = (z + 1).abs() < 1e-5
+    assert torch.all(off | ((z >= 0.5 - 1e-5) & (z <= 1 + 1e-5)))
+    assert 0.05 < (~off).float().mean() < 0.95
+
+
 def _check_blobs(x):
     assert x.min() >= 0 and x.max() <= 1
     # smooth: neighbouring pixels nearly equal, unlike white noise
@@ -396,7 +462,8 @@ def _check_constant(x):
 
 
 DEFINING = {"gaussian": _check_gaussian, "gaussian_clipped": _check_clipped, "uniform": _check_uniform,
-            "rademacher": _check_rademacher, "blobs": _check_blobs, "salt_pepper": _check_salt_pepper,
+            "odin_gaussian": _check_odin_gaussian, "oe_gaussian": _check_oe_gaussian, "oe_blobs": _check_oe_blobs,
+            "rademacher": _check_rademacher_is_outlier_exposures, "blobs": _check_blobs, "salt_pepper": _check_salt_pepper,
             "pink": _check_pink, "phase_scrambled": _check_phase_scrambled,
             "pixel_shuffled": _check_pixel_shuffled, "constant": _check_constant}
 

@@ -67,6 +67,7 @@ EXPECTED = {
     "conditions": ["absorption_heatmap.png", "absorber_frequency.png", "consensus_mst_gaussian.png",
                    "distance_heatmap_gaussian.png", "trajectory.png", "absorber_over_training.png",
                    "accuracy.png", "clutter_vs_absorption.png", "ood_auroc.png", "frequency_probes.png",
+                   "amplitude_curves.png", "batchnorm_modes.png", "handover_epochs.png",
                    *[f"mean_images_{f}.png" for f in FAMILIES]],
     "interventions": ["interventions.png"],
     "causal": ["causal_dose_response.png"],

@@ -56,6 +56,17 @@ def test_trial_json_holds_every_measurement(subset_trial):
     assert [p["epoch"] for p in on_disk["trajectory"]] == [0, 1, 2]
     assert on_disk["versions"]["torch"] and on_disk["code_revision"]["source_sha256"]
     assert on_disk["config"]["seed"] == on_disk["seed"] == 0
+    # the probe-time experiments of #19 (n_amplitude and n_bn default to n_trajectory): one row per
+    # amplitude, every BatchNorm mode, their seconds
+    amp = on_disk["amplitude"]
+    assert [r["amplitude"] for r in amp["rows"]] == [0.25, 0.5, 1, 2, 4, 8, 16] and amp["n_images"] == 20
+    assert amp["label_frequencies"] == pytest.approx({"dog": 1 / 3, "cat": 1 / 3, "bird": 1 / 3}, abs=0.02)
+    for r in amp["rows"]:
+        assert sum(r["shares"].values()) == pytest.approx(1) and 1 / 3 <= r["mean_max_softmax"] <= 1
+        assert r["kl_uniform"] >= 0 and r["feature_norm_ratio"] > 0
+    bn = on_disk["batchnorm"]
+    assert bn["applicable"] and set(bn["modes"]) == {"eval", "batch_stats", "noise_stats"} and bn["n_images"] == 20
+    assert 0 < on_disk["timing"]["hypothesis_probe_seconds"] < on_disk["timing"]["probe_seconds"]
 
 
 def test_arrays_match_the_json_and_its_checksum(subset_trial):

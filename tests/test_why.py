@@ -108,6 +108,10 @@ def test_decomposition_sums_back_to_the_logits():
     assert d["mean_bias_part"] + d["mean_weight_part"] == pytest.approx(d["mean_margin"])
     assert d["absorber"] == "a"  # the big bias wins most images
     assert 0 < d["decided_by_bias"] <= 1 and set(d["cos_weight_noise_mean"]) == {"a", "b", "c", "d"}
+    # the head-bias counterfactual: with every bias zeroed, class a keeps the images its weights win
+    assert d["absorber_share"] == pytest.approx(((f @ w.T + b).argmax(1) == 0).mean())
+    assert d["absorber_share_without_bias"] == pytest.approx(((f @ w.T).argmax(1) == 0).mean())
+    assert d["absorber_share_without_bias"] < d["absorber_share"]
 
 
 # ---------------------------------------------------------------- frequency probes

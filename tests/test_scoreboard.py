@@ -1,0 +1,138 @@
+"""The aggregation side of #19 (analysis/hypotheses.py): the hand-over epoch, the published
+orderings, the paired tests (they find a planted effect, and under a realistic null they reject
+no more often than their level), and the scoreboard's verdicts, each rule from a planted
+tests.csv row."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import hypotheses as H
+from analysis.inference import finalize
+
+CLASSES = ["cat", "dog", "ship"]
+
+
+def test_handover_known_answers():
+    epochs = np.arange(5)
+    # the favourite (ship) leads at epochs 0-1, cat from 2 on: hand-over at 2, where the favourite lost the lead
+    shares = np.array([[.2, .3, .5], [.3, .2, .5], [.6, .2, .2], [.7, .2, .1], [.8, .1, .1]])
+    h = H.handover(epochs, shares, CLASSES)
+    assert h == {"epoch0_favourite": "ship", "epoch0_share": 0.5, "trained_absorber": "cat",
+                 "favourite_is_absorber": False, "handover_epoch": 2, "favourite_lost_at": 2, "epochs": 4}
+    # carried over: the favourite leads throughout
+    lead = np.array([[.5, .3, .2]] * 5)
+    h = H.handover(epochs, lead, CLASSES)
+    assert h["favourite_is_absorber"] and h["handover_epoch"] == 0 and h["favourite_lost_at"] is None
+    # the favourite loses the lead and wins it back at epoch 3: hand-over at 3, not 0
+    back = np.array([[.5, .3, .2], [.2, .6, .2], [.3, .4, .3], [.6, .2, .2], [.6, .2, .2]])
+    h = H.handover(epochs, back, CLASSES)
+    assert h["favourite_is_absorber"] and h["handover_epoch"] == 3 and h["favourite_lost_at"] == 1
+
+
+def test_the_published_orderings_are_the_clear_gaps_within_a_paper():
+    pairs = {(a.family, b.family) for a, b in H.published_orderings()}
+    assert pairs == {("oe_gaussian", "rademacher"), ("oe_blobs", "rademacher")}
+
+
+def _amplitude_frame(diffs: np.ndarray, condition: str = "c") -> pd.DataFrame:
+    rows = []
+    for i, d in enumerate(diffs):
+        base = 0.6 + 0.01 * i
+        rows += [{"trial_id": f"t{i}", "condition": condition, "seed": i, "amplitude": a,
+                  "mean_max_softmax": base + d * (a == 16.0), "kl_label_frequencies": 0.5 - d * (a == 16.0)}
+                 for a in (0.5, 1.0, 16.0)]
+    return pd.DataFrame(rows)
+
+
+def test_amplitude_tests_find_a_planted_rise_and_its_size():
+    rng = np.random.default_rng(0)
+    diffs = 0.2 + rng.normal(0, 0.03, 10)
+    tests = {t["test"]: t for t in H.amplitude_tests(_amplitude_frame(diffs))}
+    msp, kl = tests["amplitude_msp_trend"], tests["amplitude_kl_trend"]
+    assert msp["statistic"] == pytest.approx(diffs.mean()) and msp["n_runs"] == 10
+    assert msp["p_value"] == pytest.approx(2 / 2**10) and kl["statistic"] == pytest.approx(-diffs.mean())
+    assert msp["ci_low"] < diffs.mean() < msp["ci_high"]
+
+
+@pytest.mark.parametrize("n", [6, 8, 12])
+def test_paired_tests_keep_their_level_under_a_realistic_null(n):
+    """Runs differ in how much their far field moves (sd from 0.01 to 0.3) but not in direction:
+    the sign-flip test of the mean difference rejects at most about alpha of 400 null studies."""
+    rng = np.random.default_rng(n)
+    rejected = 0
+    for _ in range(400):
+        sd = rng.uniform(0.01, 0.3, n)
+        row = H._paired_test("bn_mode_effect", "h", "c", pd.Series(rng.normal(0, sd)), "m", variable="batch_stats")
+        rejected += row["p_value"] < 0.05
+    assert rejected / 400 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 400)
+
+
+def test_literature_tests_pair_runs_and_skip_ties():
+    rows = []
+    for i in range(6):
+        for family, auroc in (("oe_gaussian", 0.9), ("oe_blobs", 0.91), ("rademacher", 0.7), ("uniform", 0.8),
+                              ("odin_gaussian", 0.95)):
+            rows.append({"trial_id": f"t{i}", "condition": "c", "seed": i, "detector": "msp", "ood_set": family,
+                         "auroc": auroc + 0.01 * i * (family == "rademacher"), "fpr95": 0.5})
+    ood = pd.DataFrame(rows)
+    tests = H.literature_tests(ood)
+    assert sorted(t["variable"] for t in tests) == ["oe_blobs > rademacher", "oe_gaussian > rademacher"]
+    assert all(t["statistic"] > 0 and t["p_value"] == pytest.approx(2 / 64) for t in tests)
+    lit = H.literature_table(ood)
+    row = lit[lit["family"] == "oe_gaussian"].iloc[0]
+    assert row["msp_auroc"] == pytest.approx(90.0) and row["published_auroc"] == 94.7 and not row["fpr95_comparable"]
+    assert lit[lit["family"] == "uniform"]["fpr95_comparable"].iloc[0]
+
+
+def _row(test, statistic, p, *, variable="", p_min=0.001, condition="c", noise="gaussian", n=10):
+    return {"test": test, "family": "exploratory", "hypothesis": "h", "condition": condition, "noise": noise,
+            "variable": variable, "statistic": statistic, "p_value": p, "p_min": p_min, "effect": None,
+            "effect_name": "mean diff / sd", "ci_low": np.nan, "ci_high": np.nan, "n_runs": n, "method": "m",
+            "_p_min_of_n": None}
+
+
+def _verdicts(rows, conditions=("c",)) -> dict:
+    board = H.scoreboard(finalize(rows), list(conditions))
+    return {(r.hypothesis, r.condition): r.verdict for r in board.itertuples()}
+
+
+def test_each_verdict_rule_from_a_planted_row():
+    v = _verdicts([_row("amplitude_msp_trend", +0.3, 0.001),        # hein: rises as predicted
+                   _row("amplitude_kl_trend", +0.2, 0.001),         # kang: KL rises, against the prediction
+                   _row("bias_removal", -0.1, 0.5),                 # head bias: could reject, did not
+                   _row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),  # cannot reach its level
+                   _row("epoch0_favourite_is_absorber", 9, 0.002)])  # one-sided: a rejection supports
+    assert v[("hein", "c")] == H.SUPPORTED
+    assert v[("kang", "c")] == H.CONTRADICTED
+    assert v[("head_bias", "c")] == H.NOT_SHOWN
+    assert v[("bn_batch", "c")] == H.NOT_TESTABLE
+    assert v[("initial_bias", "c")] == H.SUPPORTED
+    assert v[("bn_noise", "c")] == H.NOT_TESTABLE          # no row for re-estimated statistics
+    assert v[("clutter_causal_blur", "all")] == H.NOT_TESTABLE   # no class_intervention axis
+
+
+def test_a_missing_test_says_what_the_design_lacks_and_every_condition_gets_a_row():
+    board = H.scoreboard(finalize([_row("bias_removal", -0.3, 0.001, condition="a")]), ["a", "b"])
+    head = board[board["hypothesis"] == "head_bias"].set_index("condition")
+    assert head.loc["a", "verdict"] == H.SUPPORTED and head.loc["b", "verdict"] == H.NOT_TESTABLE
+    assert "needs the logit decomposition" in head.loc["b", "why"]
+    assert set(board["hypothesis"]) == {h.key for h in H.HYPOTHESES}
+
+
+def test_causal_rows_take_their_direction_from_the_kind():
+    rows = [_row("causal_effect", -0.2, 0.001, variable="blur", condition="all: blur 2"),
+            _row("causal_effect", -0.2, 0.001, variable="gaussian_noise", condition="all: gaussian_noise 0.1")]
+    v = _verdicts(rows)
+    assert v[("clutter_causal_blur", "all: blur 2")] == H.SUPPORTED
+    assert v[("clutter_causal_noise", "all: gaussian_noise 0.1")] == H.CONTRADICTED
+    assert v[("frequency_causal", "all")] == H.NOT_TESTABLE
+
+
+def test_the_clutter_row_reads_the_primary_measure_only():
+    rows = [_row("clutter_absorption", 0.8, 0.0001, variable="png_bits_per_pixel"),
+            _row("clutter_absorption", -0.9, 0.0001, variable="gradient_energy")]
+    board = H.scoreboard(finalize(rows), ["c"])
+    clutter = board[board["hypothesis"] == "clutter"]
+    assert len(clutter) == 1 and clutter["verdict"].iloc[0] == H.SUPPORTED
