@@ -2,6 +2,7 @@
 
     python -m study.bench throughput [--out FILE.json] [--steps N] [--ks 2,4,8] [--size gpu|cpu]
     python -m study.bench accuracy --seeds 4 [--epochs 18] [--lr 0.2] [--mode fused|packed|separate]
+    python -m study.bench probes [--sweep sweeps/smoke.yaml] [--out FILE.json]
 
 throughput measures, on whatever device is present:
   (a) baseline: the recipe most users write - torchvision DataLoader, PIL transforms in worker
@@ -11,6 +12,11 @@ throughput measures, on whatever device is present:
   (c) packed: k trainer processes sharing the device; fused: k seeds as one array model;
 and prints images/s, s/epoch, trainings per device-hour at the recipe (probes included) and each
 ratio against (a). On a CPU it runs a reduced size (small_cnn, few batches) so CI can run it.
+
+probes measures what the probe-time experiments of #19 cost: the sweep's first grid point as one
+trial without them (amplitudes [], n_bn 0, noise without the literature families #19 added) and
+with them, in one process one after the other; the difference of the probe phases against the
+trial's wall time.
 """
 from __future__ import annotations
 
@@ -299,6 +305,40 @@ def accuracy(args) -> dict:
     return summary
 
 
+NEW_FAMILIES = ("odin_gaussian", "oe_gaussian", "oe_blobs")   # the literature families #19 added
+
+
+def probe_cost(sweep_path: str, out: str | None = None) -> dict:
+    """The sweep's first grid point trained and probed twice (without, then with the new probes);
+    returns and prints the timings and the new probes' share of the trial's wall time."""
+    from .config import load_sweep
+    from .noise import NOISE_FAMILIES
+    from .trial import run_trial
+    cfg = load_sweep(sweep_path).points()[0]
+    families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
+    without = {**cfg, "amplitudes": [], "n_bn": 0, "noise": [f for f in families if f not in NEW_FAMILIES]}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, c in (("without", without), ("with", cfg)):
+            t = run_trial(c, f"{tmp}/{name}", log=lambda m: None)["timing"]
+            rows[name] = {k: t.get(k, 0.0) for k in ("total_seconds", "train_seconds", "probe_seconds",
+                                                     "hypothesis_probe_seconds")}
+    added = rows["with"]["probe_seconds"] - rows["without"]["probe_seconds"]
+    summary = {"sweep": sweep_path, "config": {k: cfg[k] for k in ("model", "classes", "epochs", "train_subset", "n_noise",
+                                                                  "n_trajectory", "n_amplitude", "n_bn", "amplitudes")},
+               "rows": rows, "added_seconds": added, "share_of_trial": added / rows["with"]["total_seconds"],
+               "torch": torch.__version__, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"{'run':<10}{'total s':>9}{'train s':>9}{'probe s':>9}{'#19 probes s':>14}")
+    for name, r in rows.items():
+        print(f"{name:<10}{r['total_seconds']:>9.1f}{r['train_seconds']:>9.1f}{r['probe_seconds']:>9.1f}"
+              f"{r['hypothesis_probe_seconds']:>14.1f}")
+    print(f"added by #19 (literature families, amplitude, BatchNorm): {added:.1f} s = "
+          f"{100 * summary['share_of_trial']:.1f}% of the trial's {rows['with']['total_seconds']:.1f} s wall time")
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -322,7 +362,13 @@ def main(argv=None) -> int:
     a.add_argument("--out", help="write the summary to this JSON file")
     for sp in (t, a):
         sp.add_argument("--data-root", default=None, help="CIFAR-10 copy (default: NOISESINK_DATA)")
+    pr = sub.add_parser("probes")
+    pr.add_argument("--sweep", default="sweeps/smoke.yaml", help="its first grid point is the trial measured")
+    pr.add_argument("--out", help="write the figures to this JSON file")
     args = ap.parse_args(argv)
+    if args.what == "probes":
+        probe_cost(args.sweep, args.out)
+        return 0
     if args.what == "accuracy":
         summary = accuracy(args)
         if args.out:

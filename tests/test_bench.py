@@ -43,3 +43,17 @@ def test_flop_counts_match_the_known_multiply_adds(model, mmac):
     assert flops_per_image(model, train=True) / forward == pytest.approx(3, rel=0.01)
     cfg = {"model": model, "classes": "all", "epochs": 2, "batch_size": 512}
     assert training_flops(cfg, 50_000) == pytest.approx(2 * 97 * 512 * flops_per_image(model, train=True))
+
+
+def test_probe_cost_runs_the_first_grid_point_without_and_with_the_new_probes(tiny_config, tmp_path, capsys):
+    import yaml
+    from study.bench import probe_cost
+    sweep = tmp_path / "probes.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "probes", "trial": tiny_config(classes=["cat", "dog", "ship"]),
+                                     "grid": {"seed": [3, 4]}}))
+    summary = probe_cost(str(sweep), str(tmp_path / "probes.json"))
+    rows = summary["rows"]
+    assert rows["without"]["hypothesis_probe_seconds"] < rows["with"]["hypothesis_probe_seconds"]
+    assert summary["added_seconds"] == pytest.approx(rows["with"]["probe_seconds"] - rows["without"]["probe_seconds"])
+    assert json.loads((tmp_path / "probes.json").read_text())["share_of_trial"] == summary["share_of_trial"]
+    assert "added by #19" in capsys.readouterr().out
