@@ -7,7 +7,7 @@ the fused multi-seed trainer (study/fused.py), so both write the very same artif
 Read top to bottom: `setup` (an immutable TrialSetup), `run_trial` (the training half), `finish`
 (probe, then write), and the probe half as named steps that return what they measured:
 `test_set`, `class_means`, `trained_sample`, `noise_family` (once per family), `heldout_classes`,
-`why_measures`.
+`why_measures`, `hypothesis_probes`.
 """
 from __future__ import annotations
 
