@@ -111,7 +111,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 class KeepModes(nn.Module):
     """A model's `features` and `head` whose layers keep the train/eval flags they were given:
-    `predict` calls eval() on what it probes, which would put BatchNorm back on its running
+    `predict` calls `.eval()` on what it probes, which would put BatchNorm back on its running
     statistics."""
 
     def __init__(self, model: nn.Module):
