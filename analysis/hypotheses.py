@@ -163,7 +163,7 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
     lo, hi = _t_interval(d)
     return _row(test_id, hypothesis, condition, NOISE,
                 {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
-                f"sign-flip over runs of the per-run difference; 95% t interval [{lo:+.3g}, {hi:+.3g}]; {method}",
+                f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; {method}",
                 variable=variable, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min)
 
 
@@ -388,7 +388,7 @@ def _levels(frames: dict, test: str, condition: str, variable: str) -> str:
 
 def _measured(row, frames: dict) -> str:
     """The estimate with its interval, and the levels behind it."""
-    ci = (f" [95% CI {row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
+    ci = (f" [{stats.LEVEL} CI {row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
           if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]) else "")
     levels = _levels(frames, row["test"], row["condition"], row["variable"])
     return f"{STATISTIC.get(row['test'], 'statistic')}: {row['statistic']:+.3g}{ci}" + (f" ({levels})" if levels else "")
@@ -458,7 +458,7 @@ def _literature_part(ctx: ReportContext) -> list:
                              for m, p, ok in zip(lit["msp_fpr95"], lit["published_fpr95"], lit["fpr95_comparable"])])
     return [Paragraph(text(Strong("Literature noise, as published."), " The families of ODIN and Outlier Exposure, "
                            "drawn as their reference code draws them (study/noise.py), scored by max-softmax as the "
-                           "papers' baselines were: our AUROC (in %, mean and 95% t interval over runs) beside the "
+                           f"papers' baselines were: our AUROC (in %, mean and {stats.LEVEL} t interval over runs) beside the "
                            "published one. Other networks and training, so compare the pattern, not the numbers:")),
             Table(show[["condition", "family", "paper", "network", "n_runs", "ours", "published", "fpr95"]],
                   caption=text("MSP AUROC and FPR95 (ours: share of noise accepted when 95% of test images are)"),
@@ -521,7 +521,7 @@ def scoreboard_section(ctx: ReportContext) -> Section:
         return s
     s.blocks.append(Paragraph(text(
         "Each published explanation, what it predicts in this design, what the study measured (the estimate with "
-        "its 95% interval where it has one), the test (its id in ", Link("tests.csv", "tests.csv"), ") and n, and "
+        f"its {stats.LEVEL} interval where it has one), the test (its id in ", Link("tests.csv", "tests.csv"), ") and n, and "
         "the verdict. Every test here is exploratory (Benjamini-Hochberg over the exploratory family) except "
         "the clutter correlation and the causal share effect (confirmatory, Holm); the unit is the trained network "
         "(the class, for the clutter correlation). The verdict is derived from the tests.csv row by these rules:")))

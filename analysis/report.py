@@ -536,7 +536,7 @@ reach its level is reported as "too few runs to test", never with a p that reads
   share with the head's biases zeroed minus as trained; the MSP AUROC of two literature families a
   paper found {ORDER_GAP:g} or more points apart). H0: the differences are symmetric about 0;
   sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p 2^(1-n)); the mean
-  with a 95% t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
+  with a {S.LEVEL} t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
   row by the rules stated with it.
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
   AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
