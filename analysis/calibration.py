@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import os
 import sys
 import tempfile
 import time
@@ -25,17 +26,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .nulls import CONCENTRATED, Design, Effects, coupling_at, null_holds, write_null_study
+from .nulls import CONCENTRATED, INTERIOR, Design, Effects, coupling_at, null_holds, write_null_study
 from .stats import ALPHA
 
 BAND = (0.02, 0.07)   # the accepted false-positive rate at ALPHA (issue #15)
+# Tests whose false-positive rate under these nulls is below the band by design, and why (measured:
+# docs/statistics.md). Only the lower bound is excused: above the band nothing is.
+CONSERVATIVE = {
+    "absorber_vs_condition": "the exact swap test over the m discordant seeds: its statistic (squared "
+    "differences of the two arms' class counts) takes few values over the 2^m swaps, so the attainable "
+    "size at m <= 10 is well below 0.05",
+    "absorber_vs_condition_chi2": "the permutation chi-square relabels conditions over runs and ignores "
+    "the pairing: a seed's runs are alike across arms, so the arms differ less than independent runs "
+    "would (the paired absorber_vs_condition is the test of record; this one is secondary)",
+    "epoch0_favourite_is_absorber": "the pairing permutation with both labels ~75% one class: the hits "
+    "take few values (as for noise_neighbour), so its attainable size is below 0.05",
+    "noise_lookalike": "cannot reject here: with pixel clutter fixed per class and one noise bank, the "
+    "class nearest the bank is the same in every run, and relabelling the classes gives p >= 1/K "
+    "(p_min 0.1 at K = 10): every row is below reach, as the report says",
+}
+# A test id with few null rows (its rate's standard error over studies above SE_FLOOR) is checked
+# against the band widened by SE_SPAN of its standard errors (stated in the table; the figure is
+# a measurement, the band its target)
+SE_FLOOR, SE_SPAN = 0.01, 2.5
 
 # the null studies cycle through every combination of these (60 kinds; 400 studies ~ 7 rounds)
 NULL_LAYOUTS = [dict(axis="augmentation", arms=2), dict(axis="augmentation", arms=3),
                 dict(axis="class_intervention", arms=2), dict(axis="intervention", arms=2),
                 dict(axis="activation", arms=2)]
 NULL_EFFECTS = {"uniform": Effects(), "concentrated": CONCENTRATED}
-NULL_SEEDS = (8, 12, 20)
+NULL_SEEDS = (8, 13, 20)   # 13: with two runs lost, 11 complete pairs, the fewest the equivalence test can use
 NULL_K = (10, 5)
 
 # planted effects, one per kind of test: (label, layout, effects)
@@ -54,6 +74,8 @@ POWER_SCENARIOS = [
     ("nearest class concentrated (q = 0.75)", dict(axis="augmentation", arms=2), Effects(nearest_q=0.75)),
     ("blur target absorbs in 50% of runs at strength 2", dict(axis="class_intervention", arms=2), Effects(causal=0.5)),
     ("intervention shrinks the top share by 60%", dict(axis="intervention", arms=2), Effects(intervention=0.6)),
+    ("arms alike: discordance 0.05, below the 0.25 margin", dict(axis="augmentation", arms=2,
+     coupling=coupling_at(10, Effects(), rate=0.05)), Effects()),
 ]
 
 
@@ -70,12 +92,16 @@ def null_study(i: int) -> tuple[str, Design, Effects]:
     return name, design, effects
 
 
+# a study lives for a second: in memory where the machine has a RAM disk
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 def test_rows(design: Design, effects: Effects, seed: int) -> pd.DataFrame:
     """One study through load -> pipeline.statistics: a row per test (tests.csv) and per MST edge
     (edge_frequency.csv), with its test id, p and whether the study's truth is its null."""
     from . import inference, pipeline
     from .load import load
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         data = load(str(write_null_study(Path(tmp), design, effects, seed=seed)))
         out = pipeline.statistics(data, inference.by_condition(data))
     tests, edges = out["tests"], out["edge_frequency"]
@@ -129,7 +155,7 @@ def fpr_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per test id, over the rows whose study holds its null: the rate of p <= 0.05, its standard
     error over studies (rows of one study are not independent), and the rows that could not
     reach 0.05 at their n (left out of the rate, counted here)."""
-    null = rows[rows["null"] == True]  # noqa: E712 (None: a test id the generator does not know)
+    null = rows[rows["null"].map(lambda v: v is True)]   # None: a test id the generator does not know
     out = []
     for test, sub in null.groupby("test", sort=True):
         ok = sub[_reachable(sub)]
@@ -142,8 +168,29 @@ def fpr_table(rows: pd.DataFrame) -> pd.DataFrame:
         out.append({"test": test, "studies": n, "rows": int(per_study["count"].sum()),
                     "rejections": int(per_study["sum"].sum()), "fpr": rate, "se": se,
                     "rows_below_reach": int(len(sub) - len(ok)),
-                    "in_band": BAND[0] <= rate <= BAND[1]})
+                    "in_band": BAND[0] <= rate <= BAND[1], "conservative": test in CONSERVATIVE})
     return pd.DataFrame(out)
+
+
+def band_errors(fpr: pd.DataFrame) -> list[str]:
+    """What breaks the calibration: a rate above the band, or below it where CONSERVATIVE does not
+    say why. A rate measured on few rows (SE > SE_FLOOR) may miss the band by SE_SPAN SEs."""
+    errors = []
+    for r in fpr.itertuples():
+        slack = SE_SPAN * r.se if r.se > SE_FLOOR else 0.0
+        if r.fpr > BAND[1] + slack:
+            errors.append(f"{r.test}: {r.fpr:.3f} > {BAND[1]} ({r.rejections}/{r.rows}, SE {r.se:.3f})")
+        elif r.fpr < BAND[0] - slack and not r.conservative:
+            errors.append(f"{r.test}: {r.fpr:.3f} < {BAND[0]} and not in calibration.CONSERVATIVE")
+    return errors
+
+
+def interior_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows deep inside a composite null (nulls.INTERIOR): the rate of p <= 0.05 there, which a
+    valid test keeps below its size."""
+    sub = rows[(rows["null"] == INTERIOR) & _reachable(rows)]
+    return sub.groupby("test").agg(studies=("study", "nunique"), rows=("p_value", "size"),
+                                   rate=("p_value", lambda p: float((p <= ALPHA).mean()))).reset_index()
 
 
 def unknown_tests(rows: pd.DataFrame) -> list[str]:
@@ -153,7 +200,7 @@ def unknown_tests(rows: pd.DataFrame) -> list[str]:
 
 def power_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per planted effect and test id whose null it breaks: the rate of p <= 0.05."""
-    hit = rows[rows["null"] == False]  # noqa: E712
+    hit = rows[rows["null"].map(lambda v: v is False)]
     g = hit[_reachable(hit)].groupby(["scenario", "test"], sort=False)
     out = g.agg(studies=("study", "nunique"), rows=("p_value", "size"),
                 power=("p_value", lambda p: float((p <= ALPHA).mean()))).reset_index()
@@ -170,32 +217,39 @@ def markdown(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.calibration", description=__doc__.split("\n\n")[0])
-    p.add_argument("--studies", type=int, default=400, help="null studies (default 400)")
+    p.add_argument("--studies", type=int, default=400, help="null studies (default 400; 0: none)")
     p.add_argument("--power-studies", type=int, default=40, help="studies per planted effect (default 40; 0: none)")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", help="write every test row to this CSV")
     args = p.parse_args(argv)
-    start = time.perf_counter()
-    rows = run(null_jobs(args.studies, args.seed), args.workers)
-    fpr = fpr_table(rows)
-    print(f"## False-positive rate at {ALPHA} ({args.studies} null studies, {time.perf_counter() - start:.0f} s, "
-          f"{args.workers} workers)\n")
-    print(markdown(fpr))
-    unknown = unknown_tests(rows)
-    if unknown:
-        print(f"\nTest ids with no stated truth in analysis/nulls.py (not calibrated): {', '.join(unknown)}")
+    errors, parts = [], []
+    if args.studies:
+        start = time.perf_counter()
+        rows = run(null_jobs(args.studies, args.seed), args.workers)
+        parts.append(rows)
+        fpr = fpr_table(rows)
+        print(f"## False-positive rate at {ALPHA} ({args.studies} null studies, {time.perf_counter() - start:.0f} s, "
+              f"{args.workers} workers)\n")
+        print(markdown(fpr))
+        for test, why in CONSERVATIVE.items():
+            print(f"\n- {test} (below the band by design): {why}")
+        interior = interior_table(rows)
+        if len(interior):
+            print("\nInside a composite null (not its size):\n\n" + markdown(interior))
+        errors = band_errors(fpr) + [f"{t}: no stated truth in analysis/nulls.py" for t in unknown_tests(rows)]
+        if errors:
+            print("\nNot calibrated:\n" + "\n".join(f"- {e}" for e in errors))
     if args.power_studies:
         t = time.perf_counter()
         power = run(power_jobs(args.power_studies, args.seed), args.workers)
+        parts.append(power)
         print(f"\n## Power at {ALPHA} under planted effects (K = 10, 12 seeds per arm, {args.power_studies} "
               f"studies each, {time.perf_counter() - t:.0f} s)\n")
         print(markdown(power_table(power)))
-        rows = pd.concat([rows, power], ignore_index=True)
-    if args.rows:
-        rows.to_csv(args.rows, index=False)
-    bad = fpr[~fpr["in_band"]]
-    return 1 if len(bad) or unknown else 0
+    if args.rows and parts:
+        pd.concat(parts, ignore_index=True).to_csv(args.rows, index=False)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ class Design:
     coupling: float = 0.5           # P(a seed's run in an arm keeps that seed's absorber / nearest class / shares)
     diverged: int = 1               # runs that diverged (trial.json with status diverged)
     missing: int = 1                # runs with no trial.json (the trial never finished)
-    n_noise: int = 100              # noise images per family (pred_<family> in arrays.npz)
+    n_noise: int = 5000             # noise images per family (pred_<family>): a trial's default (study/config.py);
+                                    # with a few hundred, shares step by 1/n and the paired tests on them tie
     epochs: int = 3
 
 
@@ -102,8 +103,14 @@ class Effects:
 CONCENTRATED = Effects(absorber_q=0.75, nearest_q=0.75, favourite_q=0.75)
 
 
-def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
-    """Per test id: is the study's truth that test's null? (False: a rejection is not an error.)"""
+# the truth of a composite null's interior: the null holds, but the test's size is attained only at
+# its boundary, so these studies say nothing about the size (the calibration leaves them out of it)
+INTERIOR = "interior"
+
+
+def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
+    """Per test id: is the study's truth that test's null? (False: a rejection is not an error;
+    INTERIOR: deep inside a composite null, where a valid test rejects less than its size.)"""
     k = design.k
     uniform_absorber = effects.absorber_q in (None, 1 / k) and not effects.clutter and effects.favourite_link == 0
     uniform_nearest = effects.nearest_q in (None, 1 / k) and effects.link == 0
@@ -113,8 +120,7 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
         "absorber_vs_condition": same_arms,
         "absorber_vs_condition_chi2": same_arms,
         "share_vs_condition": same_arms,
-        # an equivalence test: its null is a discordance rate at or above the margin
-        "absorber_equivalence": same_arms and discordance(design, effects) >= DISCORDANCE_MARGIN - 1e-9,
+        "absorber_equivalence": _equivalence_truth(design, effects, same_arms),
         "factor_absorber": same_arms,
         "factor_top_share": effects.intervention == 0 and effects.causal == 0,
         "factor_epoch0_bias": True,
@@ -135,6 +141,18 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool]:
         "causal_dose": effects.causal == 0,
         "manipulation_check": effects.manipulation == 0,
     }
+
+
+def _equivalence_truth(design: Design, effects: Effects, same_arms: bool) -> bool | str | None:
+    """The equivalence test's null is a discordance rate >= the margin: True at the margin (where its
+    size is attained), INTERIOR above it (an effect of the condition only raises the rate), False
+    below it with arms alike; None (unknown) for an effect on arms already below the margin."""
+    rate = discordance(design, effects)
+    if abs(rate - DISCORDANCE_MARGIN) < 1e-9:
+        return True if same_arms else INTERIOR
+    if rate > DISCORDANCE_MARGIN:
+        return INTERIOR
+    return False if same_arms else None
 
 
 def _absorber_q(effects: Effects) -> float | None:
