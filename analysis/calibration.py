@@ -41,6 +41,14 @@ CONSERVATIVE = {
     "would (the paired absorber_vs_condition is the test of record; this one is secondary)",
     "epoch0_favourite_is_absorber": "the pairing permutation with both labels ~75% one class: the hits "
     "take few values (as for noise_neighbour), so its attainable size is below 0.05",
+    "mst_edge": "an exact one-sided binomial test against 2/K: discrete, its attainable size at S runs is "
+    "below 0.05 (0.032 at K = 10, S = 20), and Benjamini-Yekutieli's rows are tested raw here",
+    "noise_edge": "an exact binomial test against 1/K: discrete, its attainable size at S runs is below 0.05",
+    "absorber_consistency": "the modal-count test is discrete: its size at K = 10 is 0.013 / 0.030 / 0.051 "
+    "at S = 5 / 8 / 12 (README's power table, q = 1/K)",
+    "noise_attachment": "the same modal-count test as absorber_consistency, on the class the noise hangs on",
+    "noise_neighbour": "the pairing permutation with both labels ~75% one class: the hits take few values, "
+    "so its attainable size is below 0.05",
     "noise_lookalike": "cannot reject here: with pixel clutter fixed per class and one noise bank, the "
     "class nearest the bank is the same in every run, and relabelling the classes gives p >= 1/K "
     "(p_min 0.1 at K = 10): every row is below reach, as the report says",
