@@ -134,7 +134,7 @@ def test_every_test_keeps_its_size_under_realistic_nulls():
     layouts) through load -> pipeline.statistics, the path to tests.csv: each test id's rate of
     p <= 0.05 lies in [0.02, 0.07] (within 2.5 standard errors where few rows measure it), or
     below it where calibration.CONSERVATIVE says why; none above. Every test id the studies emit has a stated truth, and every test id the generator
-    knows is exercised. The table in docs/statistics.md is this run's."""
+    knows is exercised (the same studies as `python -m analysis.calibration --studies 400`)."""
     rows = calibration.run(calibration.null_jobs(400), workers=2)
     fpr = calibration.fpr_table(rows)
     print("\n" + calibration.markdown(fpr))
