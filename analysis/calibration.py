@@ -39,6 +39,9 @@ CONSERVATIVE = {
     "absorber_vs_condition_chi2": "the permutation chi-square relabels conditions over runs and ignores "
     "the pairing: a seed's runs are alike across arms, so the arms differ less than independent runs "
     "would (the paired absorber_vs_condition is the test of record; this one is secondary)",
+    "factor_absorber": "the same exact swap as absorber_vs_condition (whole seeds swapped, marginal "
+    "homogeneity of the paired absorbers): discrete at few discordant seeds, its attainable size is "
+    "well below 0.05 (0/30 null rows rejected at 10 seeds)",
     "epoch0_favourite_is_absorber": "the pairing permutation with both labels ~75% one class: the hits "
     "take few values (as for noise_neighbour), so its attainable size is below 0.05",
     "mst_edge": "an exact one-sided binomial test against 2/K: discrete, its attainable size at S runs is "
