@@ -324,4 +324,8 @@ def finalize(rows: list[dict]) -> pd.DataFrame:
             df.loc[mask, "method"] = df.loc[mask, "method"] + f"; {method} within the {family} family"
     df["can_reject"] = df["p_min"] <= df["p_needed"].astype(float)
     df["n_needed"] = [_needed_n(f, lvl) for f, lvl in zip(df["_p_min_of_n"], df["p_needed"].astype(float))]
+    # a row that cannot reject with more runs than n_needed is held back by its design (e.g. both labels
+    # of a pairing test on one class), not by n: more runs would not help, so no n is promised
+    held_by_design = ~df["can_reject"] & (df["n_needed"] <= df["n_runs"].astype(float))
+    df.loc[held_by_design, "n_needed"] = np.nan
     return df.drop(columns="_p_min_of_n")

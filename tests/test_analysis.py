@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.inference import TESTS
+from analysis.inference import TESTS, _row, finalize
 from analysis.pipeline import aggregate, write_table
 from analysis.synthetic import Condition, write_study
 from conftest import ROOT
@@ -193,3 +194,18 @@ def test_aggregation_benchmark_script_runs_at_a_small_size():
                           "--n-noise", "500"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "aggregation of 200 trials:" in res.stdout and "peak memory" in res.stdout
+
+
+def test_n_needed_is_no_promise_where_the_design_not_n_holds_a_test_back():
+    """A pairing test with both labels on one class has p = 1 at any n; its p_min_of_n (the most
+    favourable marginals) reaches the level at 5 runs. With 8 runs already there, tests.csv must not
+    say '5 runs would let it' (the report says 'cannot reach significance in this design')."""
+    floor = lambda n: 0.5 ** n   # noqa: E731  (reaches 0.05 at n = 5)
+    held = _row("noise_neighbour", "h", "c", "gaussian", {"p_value": 1.0, "p_min": 1.0, "n_runs": 8}, "m",
+                p_min_of_n=floor)
+    short = _row("noise_neighbour", "h", "d", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 2}, "m",
+                 p_min_of_n=floor)
+    df = finalize([held, short])
+    assert not df["can_reject"].any()
+    assert np.isnan(df.loc[0, "n_needed"])            # held back by the design
+    assert df.loc[1, "n_needed"] > 2                   # held back by n: more runs would help
