@@ -439,7 +439,11 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
           f"{n_failed} failed, {n_never} never started; {time.perf_counter() - start:.0f} s")
     for name, reason in failed:
         print(f"  failed: {name}: {reason[:300]}")
-    if never:  # only the pending watch stops trials before they start
+    if never and not watch.fired:  # stopped before they started by the user (Ctrl-C), not by resources
+        print(f"sweep {plan.name}: interrupted before {n_never} trial(s) started; finished trials are kept in "
+              f"{plan.uri}; rerun with --resume to continue", file=sys.stderr)
+        return 1
+    if never:  # the pending watch stopped them: no node could hold them
         r = plan.sweep.resources
         raise InputError("resources", f"{n_never} trial(s) waited more than run.pending_timeout = "
                          f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "

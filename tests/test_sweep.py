@@ -221,3 +221,24 @@ def test_mlflow_tracking_through_tunes_callback(tiny_data, tmp_path):
         assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1.0, 2.0]
     finally:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE")
+
+
+def test_an_interrupted_sweep_is_not_called_a_resource_problem(tiny_data, tmp_path, monkeypatch, capsys):
+    """In process, with Tune stubbed out: Ctrl-C stops the sweep before some trials start (they
+    never reported) while the pending watch never fired. The driver says it was interrupted and how
+    to continue, not that trials waited past run.pending_timeout."""
+    from types import SimpleNamespace
+
+    from study import sweep
+    from study.plan import prepare
+
+    plan = prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
+    unstarted = [SimpleNamespace(path=str(Path(plan.uri) / f"t{i}"), config={}, error=None, metrics={})
+                 for i in range(2)]
+    monkeypatch.setattr(sweep, "_init_ray", lambda address: None)
+    monkeypatch.setattr(sweep, "check_shared_storage", lambda plan: None)
+    monkeypatch.setattr(sweep, "build_tuner", lambda *args: SimpleNamespace(fit=lambda: unstarted))
+    assert sweep.run(plan) == 1
+    err = capsys.readouterr().err
+    assert "interrupted before 2 trial(s) started" in err and "--resume" in err
+    assert "pending_timeout" not in err
