@@ -86,6 +86,8 @@ def verdict(row) -> str:
         why = f"smallest attainable p {fmt_p(row['p_min'])} > {fmt_p(row['p_needed'])} needed"
         if np.isfinite(row["n_needed"]) and row["n_needed"] > row["n_runs"]:
             return f"too few runs to test: needs >= {int(row['n_needed'])} seeds ({why})"
+        if np.isfinite(row["n_needed"]):   # enough runs, too few of them informative (ties, agreeing seeds)
+            return f"too few informative runs to test (ties or agreeing seeds); more seeds may help ({why})"
         return f"cannot reach significance in this design ({why})"
     method = CORRECTION_NAME[inference.CORRECTION[row["family"]]]
     return f"p = {fmt_p(row['p_value'])}, {method}-adjusted {fmt_p(row['p_adjusted'])}"

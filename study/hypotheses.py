@@ -177,6 +177,9 @@ def batchnorm_probe(predict_with: PredictWith, model: nn.Module, images: Tensor,
     if not layers:
         return {"applicable": False, "reason": "the model has no BatchNorm layers"}
     b = min(batch_size, len(images), len(reestimate_images))
+    if b < 2:   # BatchNorm in train mode needs >= 2 values per channel (1x1 maps late in the network)
+        return {"applicable": False, "reason": f"batch statistics need batches of >= 2 images (got {b}: "
+                "eval_batch_size, n_bn)"}
     images, reestimate_images = images[: len(images) // b * b], reestimate_images[: len(reestimate_images) // b * b]
     modes = {}
     with torch.no_grad():

@@ -101,12 +101,14 @@ def _verdicts(rows, conditions=("c",)) -> dict:
 def test_each_verdict_rule_from_a_planted_row():
     v = _verdicts([_row("amplitude_msp_trend", +0.3, 0.001),        # hein: rises as predicted
                    _row("amplitude_kl_trend", +0.2, 0.001),         # kang: KL rises, against the prediction
-                   _row("bias_removal", -0.1, 0.5),                 # head bias: could reject, did not
+                   _row("literature_order", +0.1, 0.5, variable="oe_blobs > rademacher"),  # could reject, did not
+                   _row("bias_removal", -0.1, 0.001),               # head bias: rejects, but its null is off
                    _row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),  # cannot reach its level
                    _row("epoch0_favourite_is_absorber", 9, 0.002)])  # one-sided: a rejection supports
     assert v[("hein", "c")] == H.SUPPORTED
     assert v[("kang", "c")] == H.CONTRADICTED
-    assert v[("head_bias", "c")] == H.NOT_SHOWN
+    assert v[("literature", "c")] == H.NOT_SHOWN
+    assert v[("head_bias", "c")] == H.NOT_TESTABLE          # withheld: bias_removal's null is biased
     assert v[("bn_batch", "c")] == H.NOT_TESTABLE
     assert v[("initial_bias", "c")] == H.SUPPORTED
     assert v[("bn_noise", "c")] == H.NOT_TESTABLE          # no row for re-estimated statistics
@@ -114,9 +116,11 @@ def test_each_verdict_rule_from_a_planted_row():
 
 
 def test_a_missing_test_says_what_the_design_lacks_and_every_condition_gets_a_row():
-    board = H.scoreboard(finalize([_row("bias_removal", -0.3, 0.001, condition="a")]), ["a", "b"])
+    board = H.scoreboard(finalize([_row("amplitude_msp_trend", +0.3, 0.001, condition="a")]), ["a", "b"])
+    hein = board[board["hypothesis"] == "hein"].set_index("condition")
+    assert hein.loc["a", "verdict"] == H.SUPPORTED and hein.loc["b", "verdict"] == H.NOT_TESTABLE
+    assert "needs the amplitude probe" in hein.loc["b", "why"]
     head = board[board["hypothesis"] == "head_bias"].set_index("condition")
-    assert head.loc["a", "verdict"] == H.SUPPORTED and head.loc["b", "verdict"] == H.NOT_TESTABLE
     assert "needs the logit decomposition" in head.loc["b", "why"]
     assert set(board["hypothesis"]) == {h.key for h in H.HYPOTHESES}
 
@@ -214,8 +218,8 @@ def test_under_null_studies_the_scoreboard_says_supported_no_more_often_than_its
     tested = board[board["verdict"] != H.NOT_TESTABLE]
     # every explanation this design can test got tested, in each condition (else the check would be vacuous);
     # with two classes concentrated 3/4 on one, the favourite test often cannot reach its level
-    assert set(tested["hypothesis"]) == {"literature", "kang", "hein", "bn_batch", "bn_noise", "initial_bias",
-                                         "head_bias"}
+    # (head_bias is withheld: bias_removal's null is off, see analysis/hypotheses.py)
+    assert set(tested["hypothesis"]) == {"literature", "kang", "hein", "bn_batch", "bn_noise", "initial_bias"}
     assert (tested.groupby("hypothesis")["study"].nunique() > studies / 2).all()
     slack = H.ALPHA + 3 * np.sqrt(H.ALPHA * (1 - H.ALPHA) / studies)
     rates = (board.assign(supported=board["verdict"] == H.SUPPORTED, contradicted=board["verdict"] == H.CONTRADICTED)
