@@ -325,7 +325,7 @@ TRIAL_KEYS = [
         "each cutoff)", integer(10, MAX_PROBE_IMAGES)),
     Key("frequency_cutoffs", [0.125, 0.25, 0.5], "cutoffs of the frequency probes, as fractions "
         "of the Nyquist frequency", cutoff_list),
-    Key("amplitudes", [0.25, 0.5, 1, 2, 4, 8, 16], "Gaussian noise around the data mean at these multiples of "
+    Key("amplitudes", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "Gaussian noise around the data mean at these multiples of "
         "the data's std (one draw, scaled): far from the data, do predictions revert to the label frequencies "
         "(Kang et al. 2024) or grow overconfident (Hein et al. 2019)? Holds 1 (the reference) and a larger one; "
         "[] turns the probe off", amplitude_list),

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_image_tree
+from study.noise import NOISE_FAMILIES
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 
@@ -462,7 +463,7 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_c
     runs = pd.read_csv(report / "runs.csv")
     assert len(runs) == 4 and (runs["status"] == "completed").all()
     assert pd.read_csv(report / "problems.csv").empty
-    assert len(pd.read_csv(report / "absorption.csv")) == (2 * 10 + 2 * 2) * 10  # runs x classes x noises
+    assert len(pd.read_csv(report / "absorption.csv")) == (2 * 10 + 2 * 2) * len(NOISE_FAMILIES)  # runs x classes x noises
     # the trials ran on both nodes (Tune records each trial's node in its result.json), and each
     # read the tar from the bucket: trial.json names the URI and the tar's own sha256
     import hashlib
