@@ -392,18 +392,23 @@ def loopback_cluster(tmp_path_factory):
             tf.add(tree / "test", arcname="test")
         s3.upload_file(str(data_tar), "data", "cifar10.tar")
         common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+        # Each node's dashboard agent listens on its node address *and* on 127.0.0.1, at 52365 unless
+        # told otherwise: two nodes here, or a local Ray of another test process, would take the same
+        # port and the loser's agent fails to bind (the head's: "No available agent to submit job").
+        agent_port = lambda: f"--dashboard-agent-listen-port={free_port('127.0.0.1')}"  # noqa: E731
         subprocess.run([ray_bin, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={gcs_port}",
                         f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash_port}",
-                        f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", *common],
+                        f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", agent_port(), *common],
                        env=env, check=True, capture_output=True, timeout=120)
         worker = [ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
-                  '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", *common]
+                  '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", agent_port(), *common]
         if isolated:
             worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                       f'mount -t tmpfs tmpfs "{private_dir}" && exec "$@"', "sh", *worker]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
         yield {"env": env, "dashboard": f"http://{HEAD_IP}:{dash_port}", "ray": ray_bin, "endpoint": endpoint,
-               "data_tar": data_tar, "private_dir": private_dir if isolated else None}
+               "data_tar": data_tar, "private_dir": private_dir if isolated else None,
+               "head_logs": Path(temp_dirs[0]) / "session_latest" / "logs"}
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
         moto.kill()
@@ -420,10 +425,22 @@ TINY = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "
 def submit_and_wait(c: dict, entry: list[str], timeout: float = 300) -> tuple[str, str]:
     """`ray job submit --working-dir <checkout>`; the job's final status and its logs."""
     ray_bin, env = c["ray"], c["env"]
-    submitted = subprocess.run([ray_bin, "job", "submit", "--address", c["dashboard"], "--working-dir", str(ROOT),
-                                "--no-wait", "--", *entry], env=env, capture_output=True, text=True, timeout=120)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+    # A fresh head's job agent registers some seconds after `ray start` returns (longer on a loaded
+    # machine: CI runs two test files at once); until then the dashboard answers 500 "No available agent ... try again later" after
+    # waiting only 10 s itself. Retry that one answer, nothing else.
+    agent_deadline = time.time() + 180
+    while True:
+        submitted = subprocess.run([ray_bin, "job", "submit", "--address", c["dashboard"], "--working-dir",
+                                    str(ROOT), "--no-wait", "--", *entry], env=env, capture_output=True, text=True,
+                                   timeout=120)
+        said = submitted.stdout + submitted.stderr
+        if submitted.returncode == 0 or "No available agent" not in said or time.time() > agent_deadline:
+            break
+        time.sleep(2)
+    agent_log = c["head_logs"] / "dashboard_agent.log"
+    assert submitted.returncode == 0, said[-4000:] + (
+        f"\n--- {agent_log} (tail):\n" + agent_log.read_text()[-3000:] if agent_log.exists() else "")
+    job_id = re.search(r"raysubmit_\w+", said).group(0)
     status, deadline = "", time.time() + timeout
     while time.time() < deadline:
         res = subprocess.run([ray_bin, "job", "status", "--address", c["dashboard"], job_id], env=env,
