@@ -76,21 +76,24 @@ def config_digest(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def config_changes(stored: dict, expected: dict, defaults: dict) -> list[str]:
+def config_changes(stored: dict, expected: dict, before_key: dict) -> list[str]:
     """The keys (RUN_ONLY_KEYS aside) whose value in a stored result's config differs from the
     expected config, each as `key: was X, now Y`; [] when the result belongs to the config. A key
     the stored config lacks (written before the key existed) is no change when the expected value
-    is the key's default, which reproduces what the code did before the key was added."""
-    def show(v):
-        return "absent" if v is _MISSING else json.dumps(v)
+    is `before_key[key]`, the value that does what the code did before the key was added (its
+    default, unless the default turns on a new measurement: then the value that turns it off)."""
+    def show(key, v):
+        if v is not _MISSING:
+            return json.dumps(v)
+        return f"absent (as {json.dumps(before_key[key])})" if key in before_key else "absent"
 
     changes = []
     for key in sorted((set(stored) | set(expected)) - set(RUN_ONLY_KEYS)):
         old, new = stored.get(key, _MISSING), expected.get(key, _MISSING)
-        if old is _MISSING and new is not _MISSING and new == defaults.get(key, _MISSING):
+        if old is _MISSING and new is not _MISSING and key in before_key and _plain(new) == _plain(before_key[key]):
             continue
         if old is _MISSING or new is _MISSING or _plain(old) != _plain(new):
-            changes.append(f"{key}: was {show(old)}, now {show(new)}")
+            changes.append(f"{key}: was {show(key, old)}, now {show(key, new)}")
     return changes
 
 

@@ -360,7 +360,7 @@ def _belonging(runs: list[dict], study: dict | None, problems: list) -> list[dic
     for run in runs:
         cfg = expected.get(run["trial_id"])
         changes = [] if cfg is None or run.get("config_digest") == config_digest(cfg) else \
-            config_changes(run["config"], cfg, study.get("defaults") or {})
+            config_changes(run["config"], cfg, study.get("before_key", study.get("defaults")) or {})
         if changes:
             problems.append({"trial_id": run["trial_id"], "reason": "a result of another config than "
                              f"study.json's ({'; '.join(changes)})", "action": "excluded"})

@@ -312,10 +312,10 @@ def probe_cost(sweep_path: str, out: str | None = None) -> dict:
     """The sweep's first grid point trained and probed twice (without, then with the new probes);
     returns and prints the timings and the new probes' share of the trial's wall time."""
     from .config import load_sweep
-    from .noise import NOISE_FAMILIES
+    from .noise import noise_families
     from .trial import run_trial
     cfg = load_sweep(sweep_path).points()[0]
-    families = list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
+    families = noise_families(cfg)
     without = {**cfg, "amplitudes": [], "n_bn": 0, "noise": [f for f in families if f not in NEW_FAMILIES]}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

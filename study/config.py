@@ -265,12 +265,22 @@ MAX_SEED = 2**63 - 1  # seeds are stored in 64-bit integer columns (tables, Parq
 # TB and end the trial in an out-of-memory kill); 5,000 already give shares to within 1.4% (95%).
 MAX_PROBE_IMAGES = 100_000
 
+_AS_DEFAULT = object()
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
     default: Any
     help: str          # what it means, and why the default is what it is
     check: Callable
+    # The value that does what the code did before the key existed, for a stored result whose config
+    # lacks it (contract.config_changes). The default, unless the default measures something new.
+    absent: Any = _AS_DEFAULT
+
+    @property
+    def before_key(self) -> Any:
+        return self.default if self.absent is _AS_DEFAULT else self.absent
 
 
 TRIAL_KEYS = [
@@ -328,12 +338,12 @@ TRIAL_KEYS = [
     Key("amplitudes", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "Gaussian noise around the data mean at these multiples of "
         "the data's std (one draw, scaled): far from the data, do predictions revert to the label frequencies "
         "(Kang et al. 2024) or grow overconfident (Hein et al. 2019)? Holds 1 (the reference) and a larger one; "
-        "[] turns the probe off", amplitude_list),
+        "[] turns the probe off", amplitude_list, absent=[]),
     Key("n_amplitude", None, "images per amplitude; null: n_trajectory (a Gaussian probe as large as the "
         "trajectory's)", optional(integer(10))),
     Key("n_bn", None, "gaussian images probed with BatchNorm on its running statistics, on each batch's own and "
         "on running statistics re-estimated on as many other noise images (models with BatchNorm); null: "
-        "n_trajectory; 0 turns the probe off", optional(probe_size)),
+        "n_trajectory; 0 turns the probe off", optional(probe_size), absent=0),
     Key("intervention", "none", "train against noise: none, outlier_exposure (noise pushed to "
         "the uniform distribution), noise_class (an extra class of noise), train_noise_aug "
         "(Gaussian noise added to training images)", choice(lambda: list(_interventions()))),
@@ -362,6 +372,7 @@ TRIAL_KEYS = [
         "share)", integer(0)),
 ]
 TRIAL_DEFAULTS = {k.name: k.default for k in TRIAL_KEYS}
+TRIAL_BEFORE_KEY = {k.name: k.before_key for k in TRIAL_KEYS}  # see Key.absent
 _TRIAL_BY_NAME = {k.name: k for k in TRIAL_KEYS}
 
 

@@ -41,6 +41,11 @@ class NoiseContext:
     natural: Tensor         # uint8 (M, 3, 32, 32) natural images for the scrambled families
 
 
+def noise_families(cfg: dict) -> list[str]:
+    """The noise families a trial config probes, in registry order for `all`."""
+    return list(NOISE_FAMILIES) if cfg["noise"] == "all" else list(cfg["noise"])
+
+
 def make_bank(family: str, n: int, noise_seed: int, ctx: NoiseContext) -> Tensor:
     gen = streams.torch_generator("noise_bank", noise_seed, name=family)
     return NOISE_FAMILIES[family](n, gen, ctx).float().contiguous()

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from analysis.contract import (CIFAR10_CLASSES, FINAL_STATUSES, REPORT_DIR, STUDY_JSON, TRIAL_JSON,
+from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, REPORT_DIR, STUDY_JSON, TRIAL_JSON,
                                config_changes, config_digest, join_uri, trial_dirname)
 from analysis.load import check_writable
 
 from .artifacts import ArtifactDir, filesystem, json_safe
-from .config import NAME_CHECK, TRIAL_DEFAULTS, Sweep, _storage, load_sweep, trained_classes
+from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, _storage, load_sweep, trained_classes
 from .data import check_source, is_uri, load_cifar10
 from .errors import InputError
 from .task import check_task
@@ -37,14 +37,14 @@ def study_footprint(points: list[dict], concurrent: int, keep_checkpoints: int =
     the checkpoints (weights + momentum, `keep_checkpoints` each) of the trials running at once;
     a finished trial's checkpoints are deleted."""
     from .models import build_model, factors_of
-    from .noise import NOISE_FAMILIES
+    from .noise import noise_families
     sizes, artifacts = {}, 0
     for p in points:
         key = (p["model"], len(trained_classes(p)), *factors_of(p).values())
         if key not in sizes:  # builds every model once: one that cannot be built fails here, before any trial
             model = build_model(p["model"], key[1], 0, **factors_of(p))
             sizes[key] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        families = len(NOISE_FAMILIES) if p["noise"] == "all" else len(p["noise"])
+        families = len(noise_families(p))
         artifacts += p["n_noise"] * families * 2 + 3_000_000    # labels, noise-mean images, json
     return artifacts + concurrent * keep_checkpoints * 2 * max(sizes.values())
 
@@ -199,9 +199,14 @@ def result_state(out: ArtifactDir, cfg: dict) -> list[str] | None:
         return None
     if not isinstance(t.get("config"), dict):
         return ["config: absent from trial.json"]
+    from .noise import noise_families
+    # `noise: all` grows with the registry: a result of older code lacks the newer families
+    lacking = [f for f in noise_families(cfg) if f not in t.get("noise_families", [])]
+    missing = [f"noise: {json.dumps(cfg['noise'])} now also probes {', '.join(lacking)}, which the "
+               "stored result lacks"] if lacking and t["status"] == COMPLETED else []
     if t.get("config_digest") == config_digest(cfg):
-        return []
-    return config_changes(t["config"], cfg, TRIAL_DEFAULTS)
+        return missing
+    return config_changes(t["config"], cfg, TRIAL_BEFORE_KEY) + missing
 
 
 STALE_HELP = ("the config those results were made with; or a new study name (--name NEW) for the new "
@@ -326,7 +331,7 @@ def study_record(plan: Plan) -> dict:
     resolved = {k: v for k, v in plan.points[0].items() if k not in s.grid}
     return json_safe({"name": plan.name, "file": plan.file, "axes": list(s.grid), "grid": s.grid,
                       "trial": s.trial, "resources": s.resources, "run": s.run,
-                      "resolved": resolved, "defaults": TRIAL_DEFAULTS,
+                      "resolved": resolved, "before_key": TRIAL_BEFORE_KEY,
                       "points": [{"dir": d, "axes": s.axis_values(p)}
                                  for d, p in zip(plan.dirnames, plan.points)]})
 

@@ -31,7 +31,7 @@ from .data import Cifar10, load_cifar10
 from .explain import frequency_probes, logit_decomposition, noise_mean_images
 from .interventions import TrainingIntervention
 from .models import build_model, factors_of
-from .noise import NOISE_FAMILIES, NoiseContext, make_bank
+from .noise import NoiseContext, make_bank, noise_families
 from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
 from .task import Task, check_task, make_task
@@ -301,10 +301,6 @@ def class_means(s: TrialSetup, predict: Predict, test: TestSet) -> np.ndarray:
     if s.cfg["intervention"] == "noise_class":
         means.append(predict(noise_class_reference(s))[1].mean(0))
     return np.stack(means)
-
-
-def noise_families(cfg: dict) -> list[str]:
-    return list(NOISE_FAMILIES) if cfg["noise"] == "all" else cfg["noise"]
 
 
 @dataclass(frozen=True)

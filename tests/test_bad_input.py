@@ -596,10 +596,12 @@ def _finished(plan, index: int, **changed) -> Path:
     """A finished trial.json at grid point `index`, made with the point's config and `changed`."""
     from analysis.contract import config_digest
     from study.artifacts import ArtifactDir
+    from study.noise import noise_families
     from study.plan import join_uri
     cfg = {**plan.points[index], **changed}
     ArtifactDir.at(join_uri(plan.uri, plan.dirnames[index])).write_json(
-        "trial.json", {"schema": 1, "status": "completed", "config": cfg, "config_digest": config_digest(cfg)})
+        "trial.json", {"schema": 1, "status": "completed", "config": cfg, "config_digest": config_digest(cfg),
+                       "noise_families": noise_families(cfg)})
     return Path(plan.uri) / plan.dirnames[index] / "trial.json"
 
 
@@ -628,6 +630,7 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
     from study.artifacts import ArtifactDir
     from study.config import TRIAL_DEFAULTS
     from study.errors import InputError
+    from study.noise import noise_families
     from study.plan import is_done, join_uri, prepare
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(base_sweep(tiny_data, tmp_path / "storage")))
@@ -639,12 +642,30 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
     newer = {**plan.points[0], "n_noise": 30}
     with pytest.raises(InputError, match="another config \\(n_noise: was 20, now 30\\)"):
         is_done(out, newer)
-    old = {k: v for k, v in plan.points[0].items() if k != "label_smoothing"}  # written before the key existed
-    ArtifactDir.at(join_uri(plan.uri, plan.dirnames[0])).write_json("trial.json", {"status": "completed", "config": old})
+    families = noise_families(plan.points[0])
+
+    def written_before(*keys, measured=families):
+        old = {k: v for k, v in plan.points[0].items() if k not in keys}
+        out.write_json("trial.json", {"status": "completed", "config": old, "noise_families": measured})
+
+    written_before("label_smoothing")
     assert is_done(out, plan.points[0]) is True                         # ... and the key is at its default
     assert plan.points[0]["label_smoothing"] == TRIAL_DEFAULTS["label_smoothing"]
-    with pytest.raises(InputError, match="label_smoothing: was absent, now 0.2"):
+    with pytest.raises(InputError, match=r"label_smoothing: was absent \(as 0.1\), now 0.2"):
         is_done(out, {**plan.points[0], "label_smoothing": 0.2})
+    # a key whose default turns on a new measurement: the old result lacks it, so it is not reused
+    # at the default, and is at the value that turns the measurement off
+    written_before("amplitudes", "n_bn")
+    assert plan.points[0]["amplitudes"] == TRIAL_DEFAULTS["amplitudes"] != []
+    with pytest.raises(InputError, match=r"amplitudes: was absent \(as \[\]\), now \[0.25, .*n_bn: was absent \(as 0\)"):
+        is_done(out, plan.points[0])
+    assert is_done(out, {**plan.points[0], "amplitudes": [], "n_bn": 0}) is True
+    # `noise: all` measured by code whose registry had fewer families
+    assert plan.points[0]["noise"] == "all"
+    written_before(measured=families[:-2])
+    with pytest.raises(InputError, match=f'noise: "all" now also probes {families[-2]}, {families[-1]}, which the '
+                                         "stored result lacks"):
+        is_done(out, plan.points[0])
 
 
 def test_the_aggregation_excludes_a_result_of_another_config_than_study_json(tmp_path):
@@ -656,7 +677,7 @@ def test_the_aggregation_excludes_a_result_of_another_config_than_study_json(tmp
     record = json.loads((study / "study.json").read_text())
     first = json.loads((study / T0 / "trial.json").read_text())["config"]
     record["resolved"] = {k: v for k, v in first.items() if k not in record["axes"]}
-    record["defaults"] = {}
+    record["before_key"] = {}
     (study / "study.json").write_text(json.dumps(record))
     _edit_field("augmentation=flip_seed=1", lambda t: t["config"].update(n_noise=999))(study)
     aggregate(str(study))
