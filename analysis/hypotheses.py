@@ -68,20 +68,25 @@ def has(r: dict, key: str) -> bool:
 
 
 AMPLITUDE_COLUMNS = ["amplitude", "absorber", "top_share", "entropy_norm", "mean_max_softmax", "kl_uniform",
-                     "kl_label_frequencies", "noise_feature_norm", "feature_norm_ratio", "share_to_gaussian_absorber"]
+                     "kl_label_frequencies", "noise_feature_norm", "feature_norm_ratio", "share_to_gaussian_absorber",
+                     "not_piecewise_affine"]
 
 
 def amplitude_table(data) -> pd.DataFrame:
     """Per run and amplitude; share_to_gaussian_absorber: the share going to the run's absorber of
-    the `gaussian` bank (does the same class keep absorbing as the noise grows?)."""
+    the `gaussian` bank (does the same class keep absorbing as the noise grows?);
+    not_piecewise_affine: the network's module kinds outside Hein et al.'s theorem ("" for a ReLU
+    network; missing where the trial did not record it)."""
     rows = []
     for r in completed(data):
         if not has(r, "amplitude"):
             continue
+        probe = r["extra"]["amplitude"]
         g = r["absorber"][r["families"].index(NOISE)] if NOISE in r["families"] else None
-        rows += [{**run_ids(r), **{k: x.get(k) for k in AMPLITUDE_COLUMNS[:-1]},
-                  "share_to_gaussian_absorber": x["shares"].get(g) if g else np.nan}
-                 for x in r["extra"]["amplitude"]["rows"]]
+        outside = ", ".join(probe["not_piecewise_affine"]) if "not_piecewise_affine" in probe else None
+        rows += [{**run_ids(r), **{k: x.get(k) for k in AMPLITUDE_COLUMNS[:-2]},
+                  "share_to_gaussian_absorber": x["shares"].get(g) if g else np.nan, "not_piecewise_affine": outside}
+                 for x in probe["rows"]]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", *AMPLITUDE_COLUMNS])
 
 
@@ -263,7 +268,9 @@ VERDICT_RULES = {
     NOT_SHOWN: f"the test could reach its level at its n but its adjusted p is {ALPHA} or more: the study neither "
                "supports nor contradicts the prediction (a bound on the effect is its interval)",
     NOT_TESTABLE: "the study has no tests.csv row for the prediction (its design lacks what the test needs), "
-                  "or the row's smallest attainable p cannot reach the level its family's correction asks",
+                  "or the row's smallest attainable p cannot reach the level its family's correction asks, or "
+                  "the explanation does not apply to the condition's networks (Hein et al.: ReLU networks), or "
+                  "the test's null is not the explanation's (the verdict is withheld, with why)",
 }
 
 
@@ -281,6 +288,20 @@ class Hypothesis:
     per_condition: bool = True         # its rows are per study condition (else per intervention group)
     noise: str | None = NOISE
     withheld: str = ""                 # why no verdict is given even where the test rejects (its null is off)
+    # (frames, condition) -> why the explanation does not speak to this condition's networks ("" if it does)
+    outside: Callable[[dict, str], str] = lambda frames, condition: ""
+
+
+def _outside_hein(frames: dict, condition: str) -> str:
+    """Hein et al.'s theorem covers networks piecewise affine in their input: not a condition whose
+    networks have GELU, tanh, GroupNorm or LayerNorm (study/hypotheses.py PIECEWISE_AFFINE)."""
+    amp = frames.get("amplitude")
+    if amp is None or amp.empty or "not_piecewise_affine" not in amp:
+        return ""
+    kinds = sorted({k for v in amp.loc[amp["condition"] == condition, "not_piecewise_affine"].dropna()
+                    for k in str(v).split(", ") if k})
+    return (f"Hein et al.'s result is about networks piecewise affine in their input (ReLU); this condition's "
+            f"networks have {', '.join(kinds)}: the test's row stands, the explanation does not apply") if kinds else ""
 
 
 HYPOTHESES = (
@@ -296,7 +317,8 @@ HYPOTHESES = (
                "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs"),
     Hypothesis("hein", "far-field overconfidence", "Far-field ReLU overconfidence (Hein et al., CVPR 2019): scaling an input up drives "
                "a ReLU network's max-softmax to 1", "the mean max-softmax rises from 1x to the largest amplitude",
-               "amplitude_msp_trend", +1, "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs"),
+               "amplitude_msp_trend", +1, "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs",
+               outside=_outside_hein),
     Hypothesis("bn_batch", "BatchNorm: batch statistics", "BatchNorm statistics mismatch: the running statistics, not the weights, carry "
                "the absorption", "with BatchNorm on the noise batch's own statistics, the top share falls",
                "bn_mode_effect", -1, "a model with BatchNorm layers and the BatchNorm probe (n_bn > 0), >= 2 runs",
@@ -336,10 +358,13 @@ HYPOTHESES = (
 )
 
 
-def verdict_of(row, h: Hypothesis) -> tuple[str, str]:
-    """(verdict, why) for one tests.csv row (None: no row), by VERDICT_RULES."""
+def verdict_of(row, h: Hypothesis, outside: str = "") -> tuple[str, str]:
+    """(verdict, why) for one tests.csv row (None: no row), by VERDICT_RULES; `outside`: why the
+    explanation does not apply to the condition's networks."""
     if row is None:
         return NOT_TESTABLE, f"no test in this study: needs {h.needs}"
+    if outside:
+        return NOT_TESTABLE, outside
     if h.withheld:
         return NOT_TESTABLE, h.withheld
     if not np.isfinite(row["p_value"]) or not bool(row["can_reject"]):
@@ -417,7 +442,7 @@ def scoreboard(tests: pd.DataFrame, conditions: list[str], frames: dict | None =
         for condition in wanted:
             found = hit[hit["condition"] == condition] if len(hit) else hit
             for row in ([r for _, r in found.iterrows()] or [None]):
-                verdict, why = verdict_of(row, h)
+                verdict, why = verdict_of(row, h, h.outside(frames or {}, condition))
                 base = {"hypothesis": h.key, "name": h.name, "explanation": h.explanation, "prediction": h.prediction,
                         "condition": condition, "test": h.test, "verdict": verdict, "why": why}
                 if row is None:

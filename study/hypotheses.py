@@ -103,6 +103,20 @@ def amplitude_probe(predict: Predict, z: Tensor, ctx: NoiseContext, amplitudes: 
     return rows
 
 
+# Hein et al.'s far-field result is a theorem about networks piecewise affine in their input:
+# ReLU-like activations, max/avg pooling, BatchNorm on running statistics (affine at probe time).
+# GELU or tanh are not piecewise affine; GroupNorm and LayerNorm divide by the input's own scale.
+PIECEWISE_AFFINE = (nn.Conv2d, nn.Linear, nn.ReLU, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                    nn.AdaptiveMaxPool2d, nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Flatten, nn.Dropout)
+
+
+def not_piecewise_affine(model: nn.Module) -> list[str]:
+    """The kinds of the model's leaf modules that are not piecewise affine in eval mode ([] for a
+    ReLU network). Judged by modules: a nonlinearity applied functionally in forward() is unseen."""
+    return sorted({type(m).__name__ for m in model.modules()
+                   if next(m.children(), None) is None and not isinstance(m, PIECEWISE_AFFINE)})
+
+
 # ---------------------------------------------------------------- BatchNorm statistics
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -179,7 +193,7 @@ def batchnorm_probe(predict_with: PredictWith, model: nn.Module, images: Tensor,
     b = min(batch_size, len(images), len(reestimate_images))
     if b < 2:   # BatchNorm in train mode needs >= 2 values per channel (1x1 maps late in the network)
         return {"applicable": False, "reason": f"batch statistics need batches of >= 2 images (got {b}: "
-                "eval_batch_size, n_bn)"}
+                "batch_size, n_bn)"}
     images, reestimate_images = images[: len(images) // b * b], reestimate_images[: len(reestimate_images) // b * b]
     modes = {}
     with torch.no_grad():

@@ -426,16 +426,17 @@ def hypothesis_probes(s: TrialSetup, model: torch.nn.Module, trained: TrainedDat
         n = cfg["n_amplitude"] or cfg["n_trajectory"]
         z = hypotheses.white_noise(n, cfg["noise_seed"])
         out["amplitude"] = {"n_images": n, "label_frequencies": dict(zip(s.classes, freq.tolist())),
-                            "test_feature_norm": norm,
+                            "test_feature_norm": norm, "not_piecewise_affine": hypotheses.not_piecewise_affine(model),
                             "rows": hypotheses.amplitude_probe(s.predictor(model), z, s.noise_ctx, cfg["amplitudes"],
                                                                s.classes, freq, norm)}
     n_bn = cfg["n_trajectory"] if cfg["n_bn"] is None else cfg["n_bn"]
     if n_bn:
-        # BatchNorm's batch statistics depend on the batch: the probe sets the batch size itself
+        # BatchNorm's batch statistics depend on the batch: the probe uses the batch size the
+        # network was trained with (a key of the config), never eval_batch_size (a speed setting)
         predict_with = partial(_predict_with, s)
         images, again = hypotheses.batchnorm_images(n_bn, cfg["noise_seed"], s.noise_ctx)
         out["batchnorm"] = hypotheses.batchnorm_probe(predict_with, model, images, again, s.classes,
-                                                      cfg["eval_batch_size"])
+                                                      cfg["batch_size"])
     return out
 
 

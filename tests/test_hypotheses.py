@@ -190,7 +190,7 @@ def test_a_model_without_batchnorm_is_not_applicable():
 
 
 def test_batches_of_one_image_are_not_applicable_rather_than_a_crash():
-    """eval_batch_size: 1 would put one image per BatchNorm batch: train mode cannot normalise
+    """batch_size: 1 would put one image per BatchNorm batch: train mode cannot normalise
     a single value per channel, so the probe says why instead of ending the trial."""
     net = build_model("small_cnn", 3, seed=0)
     out = H.batchnorm_probe(predict_with, net, torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32), list("abc"), 1)

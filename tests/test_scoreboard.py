@@ -125,6 +125,33 @@ def test_a_missing_test_says_what_the_design_lacks_and_every_condition_gets_a_ro
     assert set(board["hypothesis"]) == {h.key for h in H.HYPOTHESES}
 
 
+def test_hein_speaks_only_to_piecewise_affine_networks():
+    """The same rejecting amplitude_msp_trend row: a verdict for the ReLU condition, none where the
+    networks have GELU (Hein et al.'s theorem is about piecewise affine networks), and a verdict
+    where the trial did not record it (results older than the record)."""
+    rows = [_row("amplitude_msp_trend", +0.3, 0.001, condition=c) for c in ("relu", "gelu", "unrecorded")]
+    amp = pd.DataFrame({"condition": ["relu", "gelu", "gelu", "unrecorded"], "amplitude": [1.0, 1.0, 16.0, 1.0],
+                        "mean_max_softmax": 0.5, "kl_label_frequencies": 0.1,
+                        "not_piecewise_affine": ["", "GELU", "GELU, GroupNorm", None]})
+    board = H.scoreboard(finalize(rows), ["relu", "gelu", "unrecorded"], {"amplitude": amp})
+    hein = board[board["hypothesis"] == "hein"].set_index("condition")
+    assert hein.loc["relu", "verdict"] == H.SUPPORTED and hein.loc["unrecorded", "verdict"] == H.SUPPORTED
+    assert hein.loc["gelu", "verdict"] == H.NOT_TESTABLE
+    assert "networks have GELU, GroupNorm" in hein.loc["gelu", "why"]
+    kang = board[board["hypothesis"] == "kang"].set_index("condition")
+    assert "piecewise" not in kang.loc["gelu", "why"]   # Kang et al.'s prediction is not limited to ReLU
+
+
+@pytest.mark.parametrize("model, factors, outside", [
+    ("small_cnn", {}, []), ("resnet18", {}, []), ("small_cnn", {"pool": "avg"}, []),
+    ("resnet18", {"activation": "gelu"}, ["GELU"]), ("small_cnn", {"activation": "tanh"}, ["Tanh"]),
+    ("small_cnn", {"norm": "group"}, ["GroupNorm"]), ("timm:test_convnext", {}, ["GELUTanh", "LayerNorm", "LayerNorm2d"])])
+def test_which_networks_are_piecewise_affine(model, factors, outside):
+    from study.hypotheses import not_piecewise_affine
+    from study.models import build_model
+    assert not_piecewise_affine(build_model(model, 10, 0, **factors)) == outside
+
+
 def test_causal_rows_take_their_direction_from_the_kind():
     rows = [_row("causal_effect", -0.2, 0.001, variable="blur", condition="all: blur 2"),
             _row("causal_effect", -0.2, 0.001, variable="gaussian_noise", condition="all: gaussian_noise 0.1")]

@@ -60,6 +60,7 @@ def test_trial_json_holds_every_measurement(subset_trial):
     # amplitude, every BatchNorm mode, their seconds
     amp = on_disk["amplitude"]
     assert [r["amplitude"] for r in amp["rows"]] == [0.25, 0.5, 1, 2, 4, 8, 16] and amp["n_images"] == 20
+    assert amp["not_piecewise_affine"] == []   # small_cnn: ReLU, max-pooling, BatchNorm (Hein et al.'s theorem applies)
     assert amp["label_frequencies"] == pytest.approx({"dog": 1 / 3, "cat": 1 / 3, "bird": 1 / 3}, abs=0.02)
     for r in amp["rows"]:
         assert sum(r["shares"].values()) == pytest.approx(1) and 1 / 3 <= r["mean_max_softmax"] <= 1
@@ -88,11 +89,14 @@ def test_arrays_match_the_json_and_its_checksum(subset_trial):
 
 def test_same_config_and_seed_give_identical_results(tiny_config, tmp_path):
     """Every stream of the seed (init, order and augmentation, train subset) repeats; another seed
-    trains on other images in another order from other weights."""
+    trains on other images in another order from other weights. A run-only key (eval_batch_size,
+    outside config_digest) changes nothing measured: not even the BatchNorm probe's batch statistics."""
     cfg = tiny_config(epochs=2, noise=["gaussian", "uniform"], train_subset=150, augmentation="flip_crop_cutout")
     a = run_trial(cfg, str(tmp_path / "a"), log=lambda m: None)
-    b = run_trial(cfg, str(tmp_path / "b"), log=lambda m: None)
-    assert stable(a) == stable(b)
+    b = run_trial({**cfg, "eval_batch_size": 7}, str(tmp_path / "b"), log=lambda m: None)
+    assert a["batchnorm"]["applicable"] and a["batchnorm"]["batch_size"] == min(cfg["batch_size"], cfg["n_trajectory"])
+    assert a["config_digest"] == b["config_digest"]
+    assert stable(a) == stable({**b, "config": a["config"]})
     c = run_trial({**cfg, "seed": 1}, str(tmp_path / "c"), log=lambda m: None)
     assert stable(c)["train_history"] != stable(a)["train_history"]
 
