@@ -60,7 +60,8 @@ TESTS = {
                            "largest amplitude (Kang et al. predict a fall)"),
     "bn_mode_effect": ("tests", "BatchNorm on the noise batch's own, or on re-estimated, statistics changes the top "
                        "share against the running statistics"),
-    "bias_removal": ("tests", "zeroing the head's biases changes the share of noise the absorber takes"),
+    "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
+                  "biases dealt to the classes at random (per-run ranks among random deals)"),
 }
 PRIMARY_NOISE = "gaussian"                # the question's noise: the confirmatory family covers only it
 PRIMARY_CLUTTER = "png_bits_per_pixel"    # the one clutter measure in the confirmatory family

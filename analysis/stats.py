@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import stats as sps
+from scipy import signal as sps_signal
 
 # ---------------------------------------------------------------- settings (Methods quotes these)
 ALPHA = 0.05                      # the level every test and interval is stated at
@@ -526,6 +527,52 @@ def mantel_test(vectors: np.ndarray, n_nodes: int | None, perms: int | None = No
 
 
 # ---------------------------------------------------------------- 6. class-level covariates
+
+def uniform_rank_p_min(n: int, deals: int) -> float:
+    """Two-sided: only all n ranks at the top (or all at the bottom) reach the largest |statistic|."""
+    return min(1.0, 2 * float(deals + 1) ** -n) if n else 1.0
+
+
+def _uniform_sum_pmf(n: int, deals: int) -> np.ndarray:
+    """P(sum of n independent uniform ranks on 0..deals = s), s = 0..n*deals: the uniform's pmf to
+    the n-th convolution power by squaring (FFT convolutions past a few thousand terms; the
+    rounding, ~1e-16 of the largest term, is clipped at 0)."""
+    def conv(a, b):
+        out = np.convolve(a, b) if min(len(a), len(b)) < 2000 else sps_signal.fftconvolve(a, b)
+        return np.clip(out, 0, None)
+    result, base = np.ones(1), np.full(deals + 1, 1 / (deals + 1))
+    while n:
+        if n & 1:
+            result = conv(result, base)
+        n >>= 1
+        if n:
+            base = conv(base, base)
+    return result / result.sum()
+
+
+def uniform_rank_test(ranks, deals: int) -> dict:
+    """Each of n runs ranks its actual value among `deals` random relabellings made within the run
+    (ties broken at random), so under H0 (in every run the actual labelling is exchangeable with the
+    random ones) the ranks are independent and uniform on 0..deals. Statistic: the mean over runs of
+    rank/deals - 1/2 (0 under H0, +1/2 when every run tops all its relabellings). p: two-sided,
+    exact, from the distribution of the sum of n independent uniform ranks (a convolution).
+    n: the runs. Smallest attainable p: uniform_rank_p_min, 2/(deals+1)^n."""
+    r = np.asarray(ranks, dtype=np.int64)
+    n = len(r)
+    if n == 0:
+        return {"statistic": np.nan, "p_value": np.nan, "p_min": 1.0, "effect": 0.0}
+    if r.min() < 0 or r.max() > deals:
+        raise ValueError(f"uniform_rank_test: ranks must lie in 0..{deals}, got {r.min()}..{r.max()}")
+    pmf = _uniform_sum_pmf(n, deals)
+    centre = n * deals / 2
+    sums = np.arange(len(pmf))
+    observed = abs(r.sum() - centre)
+    p = float(pmf[np.abs(sums - centre) >= observed - 1e-9].sum())
+    sd = (r / deals).std(ddof=1) if n > 1 else 0.0
+    stat = float(r.mean() / deals - 0.5)
+    return {"statistic": stat, "p_value": min(1.0, p), "p_min": uniform_rank_p_min(n, deals),
+            "effect": stat / sd if sd > 0 else 0.0}
+
 
 def class_permutations(k: int, perms: int, rng) -> tuple[np.ndarray, bool]:
     """All K! orderings of the classes when K! <= EXACT_CLASS_PERMUTATIONS (exact), else `perms`

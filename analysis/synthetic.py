@@ -113,6 +113,7 @@ def _why(trial: dict, arrays: dict, rng) -> None:
     trial["logit_decomposition"] = {f: {
         "absorber": trial["absorber"][f]["absorber"], "n_images": int(trial["config"]["n_noise"]),
         "absorber_share": trial["absorber"][f]["top_share"], "absorber_share_without_bias": float(rng.uniform(0, 0.6)),
+        "top_share_dealt_mean": float(rng.uniform(0.2, 0.6)), "bias_deal_rank": int(rng.integers(0, 100)), "bias_deals": 99,
         "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.uniform(0, 1)),
         "mean_weight_part": float(rng.uniform(0, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.6)),
         "decided_by_bias": float(rng.uniform(0, 0.3)), "noise_feature_norm": float(rng.uniform(2, 5)),

@@ -32,7 +32,8 @@ def clutter_table(data) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "set", "name", "measure", "value"])
 
 
-DECOMPOSITION_COLUMNS = ["absorber", "n_images", "absorber_share", "absorber_share_without_bias", "mean_margin", "mean_bias_part", "mean_weight_part",
+DECOMPOSITION_COLUMNS = ["absorber", "n_images", "absorber_share", "absorber_share_without_bias", "top_share_dealt_mean",
+                         "bias_deal_rank", "bias_deals", "mean_margin", "mean_bias_part", "mean_weight_part",
                          "bias_share_of_margin", "decided_by_bias", "noise_feature_norm", "test_feature_norm"]
 
 

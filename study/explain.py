@@ -10,10 +10,31 @@ from . import streams
 from .noise import NoiseContext, radial_frequency
 
 
+BIAS_DEALS = 99   # random deals of the biases per noise family: a run's rank among them resolves 1/100
+
+
+def _top_share(z: np.ndarray) -> float:
+    """The share of the images that the class winning most of them wins."""
+    return float(np.bincount(z.argmax(1), minlength=z.shape[1]).max() / len(z))
+
+
+def bias_deal(weight_term: np.ndarray, b: np.ndarray, rng: np.random.Generator, deals: int = BIAS_DEALS) -> dict:
+    """The head-bias counterfactual without selecting a class: the top share (of whichever class
+    wins most) with the biases as trained, against the same bias values dealt to the classes at
+    random. H0 of the explanation's test: the trained deal is exchangeable with random ones, so its
+    rank among them (ties broken at random) is uniform on 0..deals."""
+    actual = _top_share(weight_term + b)
+    dealt = np.array([_top_share(weight_term + b[rng.permutation(len(b))]) for _ in range(deals)])
+    below, tied = int(np.sum(dealt < actual)), int(np.sum(dealt == actual))
+    return {"top_share_dealt_mean": float(dealt.mean()), "bias_deals": deals,
+            "bias_deal_rank": below + int(rng.integers(0, tied + 1))}
+
+
 def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                        classes: list[str], test_feats: np.ndarray) -> dict:
+                        classes: list[str], test_feats: np.ndarray, rng: np.random.Generator) -> dict:
     """logit_c = w_c . f + b_c at the noise features. For the images the absorber wins, its margin
-    over the runner-up splits into a weight part (w_a - w_r) . f and a bias part b_a - b_r."""
+    over the runner-up splits into a weight part (w_a - w_r) . f and a bias part b_a - b_r. `rng`
+    deals the biases at random (bias_deal)."""
     f = np.asarray(feats, dtype=np.float64)
     w, b = np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64)
     weight_term = f @ w.T
@@ -26,7 +47,8 @@ def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarra
     margin = z[rows, top[rows]] - z[rows, runner[rows]]
     bias_part = b[top[rows]] - b[runner[rows]]
     weight_part = margin - bias_part
-    # the counterfactual of the head-bias explanation: every bias zeroed, how much does the absorber keep?
+    # every bias zeroed, how much does the absorber keep? (descriptive: the absorber was picked with
+    # the biases, so any biases it loses favoured it; bias_deal is the counterfactual to test)
     without_bias = np.bincount(weight_term.argmax(1), minlength=len(classes))[absorber] / len(f)
     mean_noise = f.mean(axis=0)
     cos = w @ mean_noise / (np.linalg.norm(w, axis=1) * np.linalg.norm(mean_noise) + 1e-12)
@@ -46,6 +68,7 @@ def logit_decomposition(logits: np.ndarray, feats: np.ndarray, weight: np.ndarra
         "noise_feature_norm": float(np.linalg.norm(f, axis=1).mean()),
         "test_feature_norm": float(np.linalg.norm(test_feats, axis=1).mean()),
         "reconstruction_error": float(np.abs(z - logits).max()),
+        **bias_deal(weight_term, b, rng),
     }
 
 

@@ -48,6 +48,8 @@ STREAMS: dict[str, Stream] = {
                         "every amplitude)"),
     "batchnorm": Stream("noise_seed", 11, "the gaussian images of the BatchNorm probe: the first n_bn are "
                         "probed, the next n_bn re-estimate the running statistics"),
+    "bias_deal": Stream("seed", 12, "the random deals of the head's biases to the classes (the head-bias "
+                        "counterfactual) and the tie-break of their rank, keyed by the noise family"),
 }
 
 

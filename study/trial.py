@@ -325,7 +325,8 @@ def noise_family(s: TrialSetup, predict: Predict, family: str, nodes: np.ndarray
     n = cfg["sample_per_class"]  # as many noise images as class images in the clutter measures
     means, counts = noise_mean_images(bank, found["arrays"]["pred"].astype(np.int64), len(s.classes))
     return FamilyProbe(found, measure_all(bank[:n].numpy(), feats[:n]),
-                       logit_decomposition(logits, feats, *head, s.classes, test.feats), means, counts)
+                       logit_decomposition(logits, feats, *head, s.classes, test.feats,
+                                           streams.numpy_rng("bias_deal", cfg["seed"], family)), means, counts)
 
 
 @dataclass(frozen=True)

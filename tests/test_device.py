@@ -53,11 +53,11 @@ def test_the_reconstruction_check_would_catch_bf16_probes():
     classes = [str(i) for i in range(10)]
 
     logits, feats = predict(model, images, norm, bf16, 32, torch.device("cpu"))
-    exact = logit_decomposition(logits, feats, w, b, classes, feats)["reconstruction_error"]
+    exact = logit_decomposition(logits, feats, w, b, classes, feats, np.random.default_rng(0))["reconstruction_error"]
     with torch.no_grad(), bf16.autocast():
         f = model.eval().features(bf16.layout(norm(images)))
         z = model.head(f)
-    rounded = logit_decomposition(z.float().numpy(), f.float().numpy(), w, b, classes, feats)["reconstruction_error"]
+    rounded = logit_decomposition(z.float().numpy(), f.float().numpy(), w, b, classes, feats, np.random.default_rng(0))["reconstruction_error"]
     assert exact < 1e-4 < rounded, (exact, rounded)
 
 

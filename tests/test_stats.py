@@ -264,3 +264,25 @@ def test_mst_tests_are_calibrated():
     edge_size = stats.edge_pvalue(12, s, stats.relabel_chance(n - 1, n))
     assert 0.03 <= edge_rejections / edges_tested <= 0.07, (edge_rejections / edges_tested, edge_size)
     assert 0.03 <= overlap_rejections / (SIMULATIONS // 2) <= 0.07, overlap_rejections / (SIMULATIONS // 2)
+
+
+def test_uniform_rank_test_matches_enumeration_and_keeps_its_size():
+    """The exact p against brute force over all (deals+1)^n rank patterns, the floor 2/(deals+1)^n,
+    and the size under H0 (independent uniform ranks) at 0.05."""
+    deals, ranks = 4, np.array([4, 3, 4])
+    patterns = np.array(list(itertools.product(range(deals + 1), repeat=3)))
+    centre = 3 * deals / 2
+    brute = np.mean(np.abs(patterns.sum(1) - centre) >= abs(ranks.sum() - centre))
+    res = stats.uniform_rank_test(ranks, deals)
+    assert res["p_value"] == pytest.approx(brute) and res["statistic"] == pytest.approx(11 / 12 - 0.5)
+    top = stats.uniform_rank_test([99, 99], 99)
+    assert top["p_value"] == pytest.approx(2 / 100**2) == top["p_min"]
+    assert stats.uniform_rank_test([0], 99)["p_value"] == pytest.approx(0.02)
+    # the FFT path (a long sum) agrees with the direct one where both apply
+    assert stats._uniform_sum_pmf(60, 99)[2970] == pytest.approx(
+        np.convolve(stats._uniform_sum_pmf(30, 99), stats._uniform_sum_pmf(30, 99))[2970], rel=1e-9)
+    rng = np.random.default_rng(4)
+    p = np.array([stats.uniform_rank_test(rng.integers(0, 100, 8), 99)["p_value"] for _ in range(4000)])
+    assert abs(np.mean(p <= 0.05) - 0.05) < 3 * np.sqrt(0.05 * 0.95 / 4000)
+    with pytest.raises(ValueError, match="ranks must lie in 0..99"):
+        stats.uniform_rank_test([100], 99)

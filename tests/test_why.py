@@ -103,7 +103,7 @@ def test_decomposition_sums_back_to_the_logits():
     w, b = rng.normal(size=(4, 6)), np.array([3.0, 0.0, -1.0, 0.5])
     f = rng.normal(size=(500, 6))
     logits = f @ w.T + b
-    d = logit_decomposition(logits, f, w, b, ["a", "b", "c", "d"], f)
+    d = logit_decomposition(logits, f, w, b, ["a", "b", "c", "d"], f, np.random.default_rng(0))
     assert d["reconstruction_error"] < 1e-9
     assert d["mean_bias_part"] + d["mean_weight_part"] == pytest.approx(d["mean_margin"])
     assert d["absorber"] == "a"  # the big bias wins most images
@@ -112,6 +112,31 @@ def test_decomposition_sums_back_to_the_logits():
     assert d["absorber_share"] == pytest.approx(((f @ w.T + b).argmax(1) == 0).mean())
     assert d["absorber_share_without_bias"] == pytest.approx(((f @ w.T).argmax(1) == 0).mean())
     assert d["absorber_share_without_bias"] < d["absorber_share"]
+    # the big bias dealt to another class moves its images there: the trained deal tops every deal
+    # that moves it, and ties (about a quarter) with those that leave 3.0 on class a
+    assert d["bias_deals"] == 99 and d["top_share_dealt_mean"] < d["absorber_share"]
+
+
+def test_the_bias_deal_rank_is_uniform_when_the_biases_do_not_matter_and_top_when_they_do():
+    from study.explain import _top_share, bias_deal
+    rng = np.random.default_rng(3)
+    # biases far smaller than the weight term's spread: every deal gives the same top share (ties),
+    # and the random tie-break makes the rank uniform on 0..99 over trials
+    ranks = []
+    for i in range(400):
+        weight_term = rng.normal(size=(300, 5)) * 10 + np.array([1.0, 0, 0, 0, 0])
+        ranks.append(bias_deal(weight_term, rng.normal(0, 1e-6, 5), np.random.default_rng(i))["bias_deal_rank"])
+    counts = np.bincount(np.array(ranks) // 10, minlength=10)
+    assert counts.min() > 20 and counts.max() < 65, counts        # about 40 per decile
+    # exchangeable biases of weight-term size: the rank is still uniform (mean 49.5, sd 28.9)
+    ranks = [bias_deal(rng.normal(size=(300, 5)), rng.normal(0, 1, 5), np.random.default_rng(i))["bias_deal_rank"]
+             for i in range(400)]
+    assert abs(np.mean(ranks) - 49.5) < 4.5, np.mean(ranks)   # 3 standard errors of a mean of 400
+    # a bias aligned with the weights' own favourite concentrates noise: every deal that moves it
+    # elsewhere (about 4 in 5) ranks below the trained one, the rest tie with it
+    weight_term = rng.normal(size=(300, 5)) + np.array([0.5, 0, 0, 0, 0])
+    out = bias_deal(weight_term, np.array([2.0, 0, 0, 0, 0]), np.random.default_rng(0))
+    assert out["bias_deal_rank"] >= 70 and out["top_share_dealt_mean"] < _top_share(weight_term + [2.0, 0, 0, 0, 0]) - 0.1
 
 
 # ---------------------------------------------------------------- frequency probes
