@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import inference, stats
-from .contract import COMPLETED, DIVERGED
+from .contract import BIAS_DEALS, COMPLETED, DIVERGED
 from .document import (Bullets, Code, Emph, Figure, Link, Paragraph, Report, Section, Strong, Table, authored,
                        fmt_p, md, text)
 from .stats import ALPHA, DISCORDANCE_MARGIN
@@ -534,11 +534,14 @@ reach its level is reported as "too few runs to test", never with a p that reads
   class: pairing permutation across runs per condition (exploratory).
 - **Probe-time experiments** (exploratory): per run a paired difference (the largest amplitude
   minus 1x the data's std, for the mean max-softmax and for KL(mean prediction || training label
-  frequencies); a BatchNorm mode minus the running statistics, for the top share; the absorber's
-  share with the head's biases zeroed minus as trained; the MSP AUROC of two literature families a
-  paper found {ORDER_GAP:g} or more points apart). H0: the differences are symmetric about 0;
-  sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p 2^(1-n)); the mean
-  with a {S.LEVEL} t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
+  frequencies); a BatchNorm mode minus the running statistics, for the top share; the MSP AUROC of
+  two literature families a paper found {ORDER_GAP:g} or more points apart). H0: the differences are
+  symmetric about 0; sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p
+  2^(1-n)); the mean with a {S.LEVEL} t interval. The head bias: each run ranks its top share of
+  Gaussian noise among {BIAS_DEALS} random deals of its biases to the classes (ties broken at random); H0: the
+  trained deal is one more random one, so the ranks are independent and uniform; exact test of their
+  sum (smallest attainable p 2/{BIAS_DEALS + 1}^n), with the mean top-share difference and its
+  {S.LEVEL} t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
   row by the rules stated with it.
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
   AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from analysis.contract import BIAS_DEALS
+
 from .measure import shares
 from . import streams
 from .noise import NoiseContext, radial_frequency
-
-
-BIAS_DEALS = 99   # random deals of the biases per noise family: a run's rank among them resolves 1/100
 
 
 def _top_share(z: np.ndarray) -> float:
