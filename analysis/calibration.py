@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .nulls import CONCENTRATED, INTERIOR, Design, Effects, coupling_at, null_holds, write_null_study
-from .stats import ALPHA
+from .stats import ALPHA, wilson_interval
 
 BAND = (0.02, 0.07)   # the accepted false-positive rate at ALPHA (issue #15)
 # Tests whose false-positive rate under these nulls is below the band by design, and why (measured:
@@ -56,6 +56,18 @@ CONSERVATIVE = {
     "class nearest the bank is the same in every run, and relabelling the classes gives p >= 1/K "
     "(p_min 0.1 at K = 10): every row is below reach, as the report says",
 }
+# Tests whose null these studies hold but which reject too often, by a known flaw of the test (not of
+# the generator), and why; the scoreboard takes no verdict from them (checked in tests/test_nulls.py).
+# band_errors skips them; fpr_table shows their rate, which the slow test requires above the band
+# (an exclusion that no longer excuses anything must go).
+KNOWN_INVALID = {
+    "head_absorption:head_bias": "a bias is a term of every logit (w.f + b), so within a run a class's bias goes "
+    "with its share of the noise even where the biases are exchangeable noise trained to favour no class; "
+    "relabelling the classes once for all runs treats the bias as a class property fixed across runs, "
+    "which it is not (a fresh draw per network). The row measures that mechanics, not the head-bias "
+    "explanation (the scoreboard's test of which is bias_deal, ranking the biases as trained among random "
+    "deals of them)",
+}
 # A test id with few null rows (its rate's standard error over studies above SE_FLOOR) is checked
 # against the band widened by SE_SPAN of its standard errors (stated in the table; the figure is
 # a measurement, the band its target)
@@ -66,6 +78,10 @@ NULL_LAYOUTS = [dict(axis="augmentation", arms=2), dict(axis="augmentation", arm
                 dict(axis="class_intervention", arms=2), dict(axis="intervention", arms=2),
                 dict(axis="activation", arms=2)]
 NULL_EFFECTS = {"uniform": Effects(), "concentrated": CONCENTRATED}
+# gaussian (the question's noise) and uniform, and at K = 10 (CIFAR-10 as the papers had it) the
+# literature families a published ordering compares (hypotheses.published_orderings: oe_gaussian and
+# oe_blobs above rademacher); every family adds its per-family tests, so K = 5 studies keep two
+NULL_FAMILIES = ("gaussian", "uniform", "oe_gaussian", "oe_blobs", "rademacher")
 NULL_SEEDS = (8, 13, 20)   # 13: with two runs lost, 11 complete pairs, the fewest the equivalence test can use
 NULL_K = (10, 5)
 
@@ -85,6 +101,9 @@ POWER_SCENARIOS = [
     ("nearest class concentrated (q = 0.75)", dict(axis="augmentation", arms=2), Effects(nearest_q=0.75)),
     ("blur target absorbs in 50% of runs at strength 2", dict(axis="class_intervention", arms=2), Effects(causal=0.5)),
     ("intervention shrinks the top share by 60%", dict(axis="intervention", arms=2), Effects(intervention=0.6)),
+    ("probes: second levels moved by 1 level sd, the absorber's head bias by 1 sd",
+     dict(axis="augmentation", arms=2, families=NULL_FAMILIES),
+     Effects(probes=1.0)),
     ("arms alike: discordance 0.05, below the 0.25 margin", dict(axis="augmentation", arms=2,
      coupling=coupling_at(10, Effects(), rate=0.05)), Effects()),
 ]
@@ -93,13 +112,17 @@ POWER_SCENARIOS = [
 def null_study(i: int) -> tuple[str, Design, Effects]:
     """The i-th null study of the calibration: layouts, nulls, seeds and K in rotation. The
     two-arm augmentation layout couples a seed's runs so that the discordance rate is exactly the
-    equivalence margin (where that test's size is attained); the others at the default coupling."""
+    equivalence margin (where that test's size is attained), its head biases drawn given that the
+    planned absorbers lead; the others at the default coupling, their biases free to overturn the
+    weights' leader (nulls.head_biases)."""
     combos = list(itertools.product(NULL_K, NULL_SEEDS, NULL_EFFECTS, range(len(NULL_LAYOUTS))))
     k, s, name, layout = combos[i % len(combos)]
     effects = NULL_EFFECTS[name]
-    design = Design(k=k, seeds=s, **NULL_LAYOUTS[layout])
+    design = Design(k=k, seeds=s, families=NULL_FAMILIES if k == 10 else NULL_FAMILIES[:2], **NULL_LAYOUTS[layout])
     if layout == 0:
         design = replace(design, coupling=coupling_at(k, effects))
+    else:   # the head's biases may overturn the weights' leader (the absorber then not the one planned)
+        design = replace(design, overturn=True)
     return name, design, effects
 
 
@@ -116,9 +139,12 @@ def test_rows(design: Design, effects: Effects, seed: int) -> pd.DataFrame:
         data = load(str(write_null_study(Path(tmp), design, effects, seed=seed)))
         out = pipeline.statistics(data, inference.by_condition(data))
     tests, edges = out["tests"], out["edge_frequency"]
-    keep = ["test", "p_value", "p_min", "n_runs", "condition", "noise"]
+    keep = ["test", "p_value", "p_min", "n_runs", "condition", "noise", "variable"]
     rows = pd.concat([tests[keep], edges[[c for c in keep if c in edges]]], ignore_index=True)
     truth = null_holds(effects, design)
+    # rows of a test id whose truth depends on the variable are keyed `test:variable` (nulls.null_holds)
+    key = rows["test"] + ":" + rows["variable"].fillna("").astype(str)
+    rows["test"] = rows["test"].where(~key.isin(list(truth)), key)
     rows["null"] = rows["test"].map(lambda t: truth.get(t))
     return rows
 
@@ -126,7 +152,8 @@ def test_rows(design: Design, effects: Effects, seed: int) -> pd.DataFrame:
 def _one(job) -> pd.DataFrame:
     index, label, design, effects, seed = job
     rows = test_rows(design, effects, seed)
-    return rows.assign(study=index, scenario=label, k=design.k, seeds=design.seeds, axis=design.axis)
+    return rows.assign(study=index, scenario=label, k=design.k, seeds=design.seeds, axis=design.axis,
+                       overturn=design.overturn)
 
 
 def _worker_start() -> None:
@@ -163,9 +190,10 @@ def _reachable(rows: pd.DataFrame) -> pd.Series:
 
 
 def fpr_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per test id, over the rows whose study holds its null: the rate of p <= 0.05, its standard
-    error over studies (rows of one study are not independent), and the rows that could not
-    reach 0.05 at their n (left out of the rate, counted here)."""
+    """Per test id, over the rows whose study holds its null: the rate of p <= 0.05, its 95%
+    binomial (Wilson) interval over rows, its standard error over studies (rows of one study are
+    not independent: where they are correlated, the SE, not the binomial interval, is the honest
+    spread), and the rows that could not reach 0.05 at their n (left out of the rate, counted here)."""
     null = rows[rows["null"].map(lambda v: v is True)]   # None: a test id the generator does not know
     out = []
     for test, sub in null.groupby("test", sort=True):
@@ -176,22 +204,33 @@ def fpr_table(rows: pd.DataFrame) -> pd.DataFrame:
         n = len(per_study)
         resid = per_study["sum"] - rate * per_study["count"]
         se = float(np.sqrt((resid**2).sum() / max(n - 1, 1) * n) / per_study["count"].sum()) if n > 1 else np.nan
+        lo, hi = wilson_interval(int(per_study["sum"].sum()), int(per_study["count"].sum()))
         out.append({"test": test, "studies": n, "rows": int(per_study["count"].sum()),
-                    "rejections": int(per_study["sum"].sum()), "fpr": rate, "se": se,
+                    "rejections": int(per_study["sum"].sum()), "fpr": rate, "ci_low": lo, "ci_high": hi, "se": se,
                     "rows_below_reach": int(len(sub) - len(ok)),
-                    "in_band": BAND[0] <= rate <= BAND[1], "conservative": test in CONSERVATIVE})
+                    "in_band": BAND[0] <= rate <= BAND[1], "conservative": test in CONSERVATIVE,
+                    "known_invalid": test in KNOWN_INVALID})
     return pd.DataFrame(out)
 
 
 def band_errors(fpr: pd.DataFrame) -> list[str]:
     """What breaks the calibration: a rate above the band, or below it where CONSERVATIVE does not
-    say why. A rate measured on few rows (SE > SE_FLOOR) may miss the band by SE_SPAN SEs."""
+    say why. A rate measured on few rows may miss the band by SE_SPAN standard errors where the SE
+    is above SE_FLOOR; the SE is at least the binomial one at the band's edge over the rows (a
+    test id with no rejection in its few rows has a cluster SE of 0, which says nothing about a
+    rate of 0.02). Tests in KNOWN_INVALID are not judged (their rate is shown; no verdict is
+    taken from them)."""
     errors = []
     for r in fpr.itertuples():
-        slack = SE_SPAN * r.se if r.se > SE_FLOOR else 0.0
-        if r.fpr > BAND[1] + slack:
+        if r.test in KNOWN_INVALID:
+            continue
+
+        def slack(edge: float) -> float:
+            se = max(r.se if np.isfinite(r.se) else 0.0, float(np.sqrt(edge * (1 - edge) / max(r.rows, 1))))
+            return SE_SPAN * se if se > SE_FLOOR else 0.0
+        if r.fpr > BAND[1] + slack(BAND[1]):
             errors.append(f"{r.test}: {r.fpr:.3f} > {BAND[1]} ({r.rejections}/{r.rows}, SE {r.se:.3f})")
-        elif r.fpr < BAND[0] - slack and not r.conservative:
+        elif r.fpr < BAND[0] - slack(BAND[0]) and not r.conservative:
             errors.append(f"{r.test}: {r.fpr:.3f} < {BAND[0]} and not in calibration.CONSERVATIVE")
     return errors
 
@@ -245,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(fpr))
         for test, why in CONSERVATIVE.items():
             print(f"\n- {test} (below the band by design): {why}")
+        for test, why in KNOWN_INVALID.items():
+            print(f"\n- {test} (KNOWN INVALID: rejects too often under its null; no verdict rests on it): {why}")
         interior = interior_table(rows)
         if len(interior):
             print("\nInside a composite null (not its size):\n\n" + markdown(interior))

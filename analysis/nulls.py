@@ -27,6 +27,22 @@ trainings show but no effect of the kind each test looks for:
   architecture factor (activation: relu as the reference), and per-class interventions
   (class_intervention: blur on a target at two strengths) that change the target's pixel clutter
   (the manipulation works) but not where noise goes.
+- **the probes of #19** (study/hypotheses.py, analysis/hypotheses.py), each pair of levels a paired
+  test compares alike in law within a run, so equal in expectation, with the values bounded and
+  skewed as real ones are: the amplitude rows and the BatchNorm modes come from one softmax
+  response per run (`v`, favouring the run's Gaussian absorber: the same network) to the same
+  images, at a scale drawn per level around a run effect, so the mean max-softmax and the top
+  share pile up near 1 and the KL to the label frequencies is >= 0 and right-skewed; the OOD
+  rows (every detector against every family and held-out class) follow the binormal ROC model
+  around a run effect, so the literature families' MSP AUROCs crowd the ceiling of 1; and the
+  head's biases are exchangeable noise (one vector per run, `head_biases`) added to per-image
+  weight terms (log p + Gumbel noise), the noise going where the sum is largest, so the absorber
+  is picked with its bias: zeroing the biases lowers its share although they carry nothing (the
+  selection that made the old bias_removal test invalid; bias_deal ranks the biases as given among
+  random deals of them instead). Where the biases may overturn the weights' leader
+  (`Design.overturn`) they are exchangeable with respect to the weights, bias_deal's null; drawn
+  given that the planned absorbers still lead, they favour those classes a little. A run lacks one
+  compared level with probability `lacking` (a missing pair: the paired tests must drop that run).
 
 `Effects` plants one effect at a time for power; `null_holds` says, per test id, whether a
 study's truth is the test's null, so the calibration (analysis/calibration.py) counts a rejection
@@ -39,11 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
-from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
+from .contract import (BIAS_DEALS, CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
                        TUNE_ERROR_TXT, trial_dirname)
+from .hypotheses import BN_REFERENCE, published_orderings
 from .stats import DISCORDANCE_MARGIN
-from .synthetic import CLUTTER_MEASURES, _mst, write_trial
+from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, _mst, write_trial
 from .why import PIXEL_MEASURES
 
 CIFAR10 = list(CIFAR10_CLASSES)
@@ -66,6 +84,21 @@ NOISE_SHARED = 0.1        # the noise mean: little of the shared component,
 NOISE_OWN = 2.0           # a direction of its own (orthogonal to the shared one), and
 NOISE_PULL = 1.5          # some of its nearest class's own variation
 
+# the probes of #19: per-run responses (see the module docstring)
+PREFERENCE = 2.5          # the response's pull to the run's Gaussian absorber (logit units; classes N(0, 1))
+LEVEL_SD = 0.5            # each level's own shift of the response, per class (a BatchNorm mode, an amplitude
+                          # changes the features: the absorber may change too)
+IMAGE_SD = 0.5            # each image's own deviation from the response, per class
+SCALE = (0.5, 0.6, 0.4)   # a level's logit scale: exp(mean + sd_run * run effect + sd_level * own draw)
+# the head's biases: N(0, sd^2) per class, sd log-uniform over BIAS_SD per run (in units of the Gumbel(0, 1)
+# image-to-image logit noise): the spread of sd(bias) / mean margin over the 16 networks of the CPU
+# hypotheses study (0.04-2, median 0.15) is matched by the margins this gives (tests/test_nulls.py)
+BIAS_SD = (0.07, 3.0)
+OOD_SEPARATION = (0.5, 3.5)  # the study's binormal ID/OOD separation d (AUROC = Phi(d / sqrt 2): 0.64-0.99)
+OOD_SD = (0.6, 0.4)       # d's spread: sd of the run effect (shared by every set and detector), of each set's own draw
+Z95 = float(ndtri(0.95))
+N_TEST_PER_CLASS = 1000   # CIFAR-10's test images per class: the in-distribution side of the OOD rows
+
 
 @dataclass(frozen=True)
 class Design:
@@ -81,6 +114,15 @@ class Design:
     n_noise: int = 5000             # noise images per family (pred_<family>): a trial's default (study/config.py);
                                     # with a few hundred, shares step by 1/n and the paired tests on them tie
     epochs: int = 3
+    n_probe: int = 200              # images per amplitude and per BatchNorm mode (a trial's default, n_trajectory,
+                                    # is 500: fewer keeps the calibration cheap, the per-run values a little noisier)
+    lacking: float = 0.05           # P(a run lacks one level a probe's paired test compares: a missing pair)
+    deal_images: int = 500          # images the random deals of the head's biases are ranked on (the trial uses all
+                                    # n_noise: 99 deals of 5000 images per family would triple the calibration's time;
+                                    # the trained deal ranked on the same images keeps the rank uniform under H0)
+    overturn: bool = False          # the head's biases may overturn the weights' leader (drawn unconditioned: the
+                                    # absorber is the class leading weight part + bias, at times not the planned one);
+                                    # else drawn given that the planned absorbers still lead
 
 
 @dataclass(frozen=True)
@@ -97,6 +139,9 @@ class Effects:
     causal: float = 0.0               # class_intervention arms: P(the absorber is the target) at the top strength, half that at the lower
     intervention: float = 0.0         # intervention arms: the top share shrinks by this fraction
     manipulation: float = 1.0         # blur lowers the target's pixel clutter by this many class sds per unit strength
+    probes: float = 0.0               # the probes' second levels move by this many level sds: the largest amplitude's
+                                      # scale up, the other BatchNorm modes' scale and pull to the absorber down, the
+                                      # higher published literature families' separation up, the absorber's head bias up
 
 
 # the realistic null of the tests that link two per-run labels (noise neighbour, epoch-0 favourite)
@@ -133,13 +178,23 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "noise_distance_agreement": uniform_nearest,
         "noise_neighbour": effects.link == 0,
         "clutter_absorption": not effects.clutter,
-        "head_absorption": True,
+        "head_absorption": True,       # the head's weight norms: drawn apart from everything
+        # the head's biases are exchangeable noise, the head-bias explanation's null (rows of one test
+        # id, `test:variable`, with a truth of their own; calibration.test_rows keys them so)
+        "head_absorption:head_bias": design.overturn and effects.probes == 0,
         "noise_lookalike": True,       # the noise bank's clutter is drawn apart from every class's
         "intervention_effect": effects.intervention == 0,
         "causal_effect": effects.causal == 0,
         "causal_absorber": effects.causal == 0,
         "causal_dose": effects.causal == 0,
         "manipulation_check": effects.manipulation == 0,
+        "amplitude_msp_trend": effects.probes == 0,
+        "amplitude_kl_trend": effects.probes == 0,
+        "bn_mode_effect": effects.probes == 0,
+        "literature_order": effects.probes == 0,
+        # the head's biases exchangeable with respect to the weights (bias_deal's null) only where they are
+        # drawn free (overturn); drawn given that the planned absorbers lead, they favour those classes
+        "bias_deal": design.overturn and effects.probes == 0,
     }
 
 
@@ -148,6 +203,8 @@ def _equivalence_truth(design: Design, effects: Effects, same_arms: bool) -> boo
     size is attained), INTERIOR above it (an effect of the condition only raises the rate), False
     below it with arms alike; None (unknown) for an effect on arms already below the margin."""
     rate = discordance(design, effects)
+    if design.overturn:     # the biases hand some runs' noise to other classes: the rate is only known to rise
+        return INTERIOR if rate >= DISCORDANCE_MARGIN else None
     if abs(rate - DISCORDANCE_MARGIN) < 1e-9:
         return True if same_arms else INTERIOR
     if rate > DISCORDANCE_MARGIN:
@@ -190,6 +247,7 @@ class _Study:
     clutter: dict[str, np.ndarray]  # measure -> (K,) class values
     noise_clutter: dict[str, dict]  # family -> measure -> the bank's value (the same bank in every run)
     tree: list[tuple[int, int]]     # planted tree over classes (parent, child)
+    ood_separation: float           # the binormal separation of ID and noise scores around which runs vary
     seed_state: dict = field(default_factory=dict)
 
 
@@ -221,7 +279,7 @@ def _draw_study(design: Design, effects: Effects, rng) -> _Study:
     return _Study(classes, modal, other, _categorical(k, modal, q), _categorical(k, modal, effects.nearest_q),
                   _categorical(k, modal, effects.favourite_q), shared, dirs, clutter,
                   {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal()) for m in CLUTTER_MEASURES}
-                   for f in design.families}, tree)
+                   for f in design.families}, tree, float(rng.uniform(*OOD_SEPARATION)))
 
 
 def _class_means(st: _Study, design: Design, effects: Effects, seed: int, rng) -> np.ndarray:
@@ -282,6 +340,172 @@ def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict,
         "mean_max_softmax": float(rng.uniform(0.5, 0.95))}
 
 
+def logit_decomposition(weight_term: np.ndarray, bias: np.ndarray, classes: list[str]) -> tuple[dict, np.ndarray]:
+    """(the record, the predictions) of study/explain.py's logit decomposition for logits
+    w_c . f + b_c given their weight terms (n, K) and the biases (K,) (a test keeps the two
+    equal): the absorber (the class winning most images with the biases), its share with and
+    without the biases, and the split of its margins. The fields that need features (cosines,
+    norms) are the caller's."""
+    w, b = np.asarray(weight_term, dtype=np.float64), np.asarray(bias, dtype=np.float64)
+    z = w + b
+    top = z.argmax(1)
+    rest = z.copy()
+    rest[np.arange(len(z)), top] = -np.inf
+    runner = rest.argmax(1)
+    absorber = int(np.bincount(top, minlength=len(classes)).argmax())
+    won = top == absorber
+    rows = np.flatnonzero(won)
+    margin = z[rows, top[rows]] - z[rows, runner[rows]]
+    bias_part = b[top[rows]] - b[runner[rows]]
+    weight_part = margin - bias_part
+    some = len(rows) > 0
+    return {"absorber": classes[absorber], "n_images": int(len(rows)), "absorber_share": float(won.mean()),
+            "absorber_share_without_bias": float(np.mean(w.argmax(1) == absorber)),
+            "mean_margin": float(margin.mean()) if some else None,
+            "mean_bias_part": float(bias_part.mean()) if some else None,
+            "mean_weight_part": float(weight_part.mean()) if some else None,
+            "bias_share_of_margin": float(bias_part.sum() / margin.sum()) if some and margin.sum() else None,
+            "decided_by_bias": float((weight_part < 0).mean()) if some else None,
+            "bias": dict(zip(classes, b.tolist()))}, top
+
+
+def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, overturn: bool, rng,
+                batch: int = 256) -> np.ndarray:
+    """The run's head biases, exchangeable noise a priori: sd log-uniform over BIAS_SD, then
+    N(0, sd^2) per class. `overturn`: as drawn, so the biases may hand the noise to another class
+    than the weights' leader (the absorber a study then names is picked with its bias: zeroing
+    the biases takes its noise away). Else drawn given that each family's planned absorber a
+    still leads log p + b (p the family's weight-part shares), by rejection sampling of (sd, b)
+    from the prior (exact): the milder selection of a study whose weights pick the absorber.
+    `shift`: the planted head-bias effect (the first family's absorber's bias raised by `shift` sds)."""
+    logp = np.log(np.array([p for _, p in planned]))                  # (families, K)
+    wins = np.array([a for a, _ in planned])
+    while True:
+        sd = np.exp(rng.uniform(*np.log(BIAS_SD), 1 if overturn else batch))
+        b = sd[:, None] * rng.standard_normal((len(sd), k))
+        b[:, wins[0]] += shift * sd
+        ok = np.ones(len(sd), bool) if overturn else ((logp[None] + b[:, None]).argmax(2) == wins[None]).all(1)
+        if ok.any():
+            return b[int(np.argmax(ok))]
+
+
+def bias_deal(weight_term: np.ndarray, b: np.ndarray, rng, deals: int = BIAS_DEALS) -> dict:
+    """study/explain.py's bias_deal (a test keeps the two equal, draw for draw): the top share with
+    the biases as given, its mean over `deals` random deals of the same values to the classes, and
+    its rank among them (ties broken at random)."""
+    def top_share(z):
+        return float(np.bincount(z.argmax(1), minlength=z.shape[1]).max() / len(z))
+    actual = top_share(weight_term + b)
+    dealt = np.array([top_share(weight_term + b[rng.permutation(len(b))]) for _ in range(deals)])
+    below, tied = int(np.sum(dealt < actual)), int(np.sum(dealt == actual))
+    return {"top_share_dealt_mean": float(dealt.mean()), "bias_deals": deals,
+            "bias_deal_rank": below + int(rng.integers(0, tied + 1))}
+
+
+def _response(v: np.ndarray, eps: np.ndarray, scale: float, classes: list[str]) -> tuple[dict, np.ndarray]:
+    """Where images go whose logits are scale * (v + eps) (study/hypotheses.py's `predictions`:
+    absorber, top share, normalised entropy, mean max-softmax, shares), and their mean prediction."""
+    z = scale * (v[None] + eps)
+    e = np.exp(z - z.max(1, keepdims=True))
+    probs = e / e.sum(1, keepdims=True)
+    k = len(classes)
+    share = np.bincount(probs.argmax(1), minlength=k) / len(probs)
+    top, nz = int(share.argmax()), share[share > 0]
+    return {"absorber": classes[top], "top_share": float(share[top]),
+            "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)),
+            "mean_max_softmax": float(probs.max(1).mean()), "shares": dict(zip(classes, share.tolist()))}, probs.mean(0)
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || q) in nats, 0 log 0 = 0 (q > 0 here: the label frequencies of all K classes)."""
+    on = p > 0
+    return float(np.sum(p[on] * np.log(p[on] / q[on])))
+
+
+def _probes(st: "_Study", design: Design, effects: Effects, absorber: int, rng) -> tuple[dict, dict]:
+    """The run's amplitude and BatchNorm records (study/trial.py's hypothesis_probes): one
+    response vector v for the run (its network; favouring its Gaussian absorber), the same white
+    noise at every amplitude and other Gaussian images for the modes, a logit scale drawn per
+    level around the run's own. Every level alike in law (the null of the probes' paired tests)
+    but the planted shift's; with probability `lacking` a run lacks one compared level."""
+    k, classes, n = design.k, st.classes, design.n_probe
+    v = rng.standard_normal(k)
+    v[absorber] += PREFERENCE
+    run = rng.standard_normal()
+
+    def scale(shift: float = 0.0) -> float:
+        return float(np.exp(SCALE[0] + SCALE[1] * run + SCALE[2] * (rng.standard_normal() + shift)))
+
+    freq = np.full(k, 1 / k)                  # no class intervention here changes the labels
+    test_norm = float(rng.uniform(5, 8))
+    z = IMAGE_SD * rng.standard_normal((n, k))    # the same draw at every amplitude
+    rows = []
+    for a in AMPLITUDES:
+        s = scale(effects.probes if a == max(AMPLITUDES) else 0.0)
+        where, mean_prediction = _response(v + LEVEL_SD * rng.standard_normal(k), z, s, classes)
+        norm = test_norm * s * float(rng.uniform(0.3, 0.6))
+        rows.append({"amplitude": float(a), **where, "mean_prediction": dict(zip(classes, mean_prediction.tolist())),
+                     "kl_uniform": _kl(mean_prediction, np.full(k, 1 / k)),
+                     "kl_label_frequencies": _kl(mean_prediction, freq),
+                     "noise_feature_norm": norm, "feature_norm_ratio": norm / test_norm})
+    if rng.random() < design.lacking:         # a missing pair: the 1x row or the largest amplitude's
+        lost = (1.0, max(AMPLITUDES))[int(rng.integers(2))]
+        rows = [r for r in rows if r["amplitude"] != lost]
+    amplitude = {"n_images": n, "label_frequencies": dict(zip(classes, freq.tolist())), "test_feature_norm": test_norm,
+                 "rows": rows}
+    others = [m for m in BN_MODES if m != BN_REFERENCE]
+    lost = others[int(rng.integers(len(others)))] if rng.random() < design.lacking else None
+    eps = IMAGE_SD * rng.standard_normal((n, k))
+    pull = np.zeros(k)
+    pull[absorber] = effects.probes        # planted: the other modes' response favours the absorber less
+    modes = {m: _response(v + LEVEL_SD * (rng.standard_normal(k) - (0 if m == BN_REFERENCE else pull)), eps,
+                          scale(0.0 if m == BN_REFERENCE else -effects.probes), classes)[0]
+             for m in BN_MODES if m != lost}
+    batchnorm = {"applicable": True, "n_images": n, "batch_size": n, "n_reestimate": n, "batchnorm_layers": 6,
+                 "modes": modes}
+    return amplitude, batchnorm
+
+
+def binormal_metrics(d: np.ndarray, id_share: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC, AUPR-In, AUPR-Out and FPR95 with in-distribution as the positive class (study/ood.py's
+    convention) when ID scores are N(d, 1), OOD scores N(0, 1) and ID is `id_share` of the images:
+    AUROC = Phi(d / sqrt 2), FPR95 = 1 - Phi(d - z_0.95), the AUPRs by quadrature over thresholds."""
+    d, pi = np.asarray(d, dtype=np.float64)[..., None], np.asarray(id_share, dtype=np.float64)[..., None]
+    t = np.linspace(-8.0, 14.0, 221)
+    tpr, fpr = ndtr(d - t), ndtr(-t)                      # ID, OOD above t
+    low_ood, low_id = ndtr(t), ndtr(t - d)                # OOD, ID below t
+    prec_in = pi * tpr / np.maximum(pi * tpr + (1 - pi) * fpr, 1e-300)
+    prec_out = (1 - pi) * low_ood / np.maximum((1 - pi) * low_ood + pi * low_id, 1e-300)
+
+    def area(y, x):
+        return np.abs(((y[..., 1:] + y[..., :-1]) / 2 * np.diff(x, axis=-1)).sum(-1))
+    return {"auroc": ndtr(d[..., 0] / np.sqrt(2)), "aupr_in": area(prec_in, tpr), "aupr_out": area(prec_out, low_ood),
+            "fpr95": ndtr(Z95 - d[..., 0])}
+
+
+def _ood(st: "_Study", design: Design, effects: Effects, heldout: list[str], rng) -> dict:
+    """The OOD rows (study/ood.py's evaluate): every detector against every noise family and
+    held-out class, the binormal separation around the study's, shared by the run (a better
+    detector network separates every set better), each set and detector its own draw; held-out
+    classes (real images of other classes) a third as separated. The higher family of a published
+    ordering moves up by `probes` draw sds; with probability `lacking` one literature family lacks
+    its MSP row (a missing pair)."""
+    sets = list(design.families) + [f"heldout:{h}" for h in heldout]
+    higher = {hi.family for hi, _ in published_orderings()}
+    lit = [f for f in design.families if f in {x.family for pair in published_orderings() for x in pair}]
+    base = np.array([1 / 3 if s.startswith("heldout:") else 1.0 for s in sets]) * st.ood_separation
+    shift = np.array([effects.probes if s in higher else 0.0 for s in sets])
+    d = (base + OOD_SD[0] * rng.standard_normal())[:, None] + OOD_SD[1] * (
+        rng.standard_normal((len(sets), len(DETECTORS))) + shift[:, None])
+    n_test = design.k * N_TEST_PER_CLASS
+    n_ood = np.array([N_TEST_PER_CLASS if s.startswith("heldout:") else design.n_noise for s in sets])
+    m = binormal_metrics(d, np.broadcast_to((n_test / (n_test + n_ood))[:, None], d.shape))
+    lost = lit[int(rng.integers(len(lit)))] if lit and rng.random() < design.lacking else None
+    return {"rows": [{"detector": det, "ood_set": s, **{k: float(v[i, j]) for k, v in m.items()}}
+                     for i, s in enumerate(sets) for j, det in enumerate(DETECTORS)
+                     if not (s == lost and det == "msp")]}
+
+
 def _arm_values(design: Design, classes: list[str], rng) -> list:
     if design.axis == "class_intervention":
         targets = [classes[i] for i in sorted(rng.choice(len(classes), design.arms, replace=False))]
@@ -299,7 +523,8 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
     favourite = _seeded(st, ("favourite", seed), design.coupling, lambda: int(rng.choice(k, p=st.favourite_p)), rng)
     epoch0 = _seeded(st, ("epoch0", seed, favourite), design.coupling,
                      lambda: _shares_p(k, favourite, rng, top=(0.15, 0.9)), rng)
-    for f in design.families:
+    planned = []
+    for i, f in enumerate(design.families):
         a = _seeded(st, ("absorber", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.absorber_p)), rng)
         if effects.favourite_link and rng.random() < effects.favourite_link:
             a = favourite
@@ -313,7 +538,16 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
             p = p.copy()
             p[a] *= 1 - effects.intervention
             p /= p.sum()
-        pred = rng.choice(k, size=design.n_noise, p=p)
+        planned.append((a, p))
+    bias = head_biases(planned, k, effects.probes, design.overturn, rng)
+    for i, f in enumerate(design.families):
+        a, p = planned[i]
+        # each image's weight terms: log p + Gumbel noise, so that without biases the images go to
+        # the classes with probabilities p (the Gumbel-max trick); the noise goes where weight term
+        # + bias is largest
+        weight_term = np.log(p) - np.log(rng.standard_exponential((design.n_noise, k)))
+        decomposition[f], pred = logit_decomposition(weight_term, bias, classes)
+        decomposition[f].update(bias_deal(weight_term[:design.deal_images], bias, rng))
         nearest = _seeded(st, ("nearest", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.nearest_p)), rng)
         if effects.link and rng.random() < effects.link:
             nearest = a
@@ -323,14 +557,10 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
         distance[f] = {"nodes": nodes, "matrix": dist.tolist()}
         mst[f] = tree
         neighbour[f] = sorted(u if v == NOISE_NODE else v for u, v, _ in tree if NOISE_NODE in (u, v))
-        bias = rng.normal(0, 0.1, k)
-        decomposition[f] = {"absorber": summary[f]["absorber"], "n_images": int(np.sum(pred == classes.index(summary[f]["absorber"]))),
-                            "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.normal(0.2, 0.2)),
-                            "mean_weight_part": float(rng.uniform(1, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.5)),
-                            "decided_by_bias": float(rng.uniform(0, 0.3)),
-                            "bias": dict(zip(classes, bias.tolist())),
-                            "weight_norm": dict(zip(classes, (1 + rng.normal(0, 0.05, k)).tolist())),
-                            "noise_feature_norm": float(rng.uniform(2, 4)), "test_feature_norm": float(rng.uniform(5, 7))}
+        decomposition[f].update({"cos_weight_noise_mean": dict(zip(classes, rng.uniform(-0.2, 0.4, k).tolist())),
+                                 "weight_norm": dict(zip(classes, (1 + rng.normal(0, 0.05, k)).tolist())),
+                                 "noise_feature_norm": float(rng.uniform(2, 4)),
+                                 "test_feature_norm": float(rng.uniform(5, 7)), "reconstruction_error": 0.0})
         arrays[f"pred_{f}"] = pred.astype(np.uint8)
         arrays[f"distance_{f}"] = dist
     pixel = {m: st.clutter[m].copy() for m in PIXEL_MEASURES}
@@ -346,12 +576,14 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
     trajectory = [{"epoch": e, "shares": dict(zip(classes, ((1 - e / design.epochs) * epoch0 + e / design.epochs * first).tolist()))}
                   for e in range(design.epochs + 1)]
     heldout = [c for c in CIFAR10 if c not in classes]
+    amplitude, batchnorm = _probes(st, design, effects, classes.index(summary[design.families[0]]["absorber"]), rng)
     trial = {"schema": SCHEMA_VERSION, "status": COMPLETED, "seed": seed, "noise_seed": 0, "classes": classes,
              "heldout_classes": heldout, "test_accuracy": float(rng.uniform(0.6, 0.9)),
              "noise_families": list(design.families), "absorption": absorption, "absorber": summary,
              "mst": mst, "distance": distance, "noise_neighbour": neighbour, "trajectory": trajectory,
              "heldout": {h: dict(zip(classes, rng.dirichlet(np.ones(k)).tolist())) for h in heldout},
-             "clutter": clutter, "logit_decomposition": decomposition,
+             "clutter": clutter, "logit_decomposition": decomposition, "ood": _ood(st, design, effects, heldout, rng),
+             "amplitude": amplitude, "batchnorm": batchnorm,
              "timing": {"train_seconds": 1.0}, "warnings": []}
     return trial, arrays
 
