@@ -27,6 +27,14 @@ REPORT_DIR = "report"         # <study>/report/: the aggregation's default outpu
 
 # trial.json's layout; bump when a reader of the old layout would misread the new one
 SCHEMA_VERSION = 1
+# What a completed trial measures changes with the code as well as with its config: each change that
+# adds or redefines a measurement bumps MEASUREMENTS, with its line in MEASUREMENT_CHANGES.
+# trial.json records it (absent: 1), and no executor reuses a completed result of an older one.
+MEASUREMENTS = 2
+MEASUREMENT_CHANGES = {
+    2: "the head's biases dealt at random (bias_deal_rank), the BatchNorm probe in batches of the training "
+       "batch_size, the module kinds outside Hein et al.'s theorem",
+}
 READABLE_SCHEMAS = (1,)       # the versions analysis/load.py understands
 
 # ---------------------------------------------------------------- a trial's status

@@ -105,9 +105,12 @@ def amplitude_probe(predict: Predict, z: Tensor, ctx: NoiseContext, amplitudes: 
 
 # Hein et al.'s far-field result is a theorem about networks piecewise affine in their input:
 # ReLU-like activations, max/avg pooling, BatchNorm on running statistics (affine at probe time).
-# GELU or tanh are not piecewise affine; GroupNorm and LayerNorm divide by the input's own scale.
-PIECEWISE_AFFINE = (nn.Conv2d, nn.Linear, nn.ReLU, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                    nn.AdaptiveMaxPool2d, nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Flatten, nn.Dropout)
+# GELU or tanh are not piecewise affine; GroupNorm and LayerNorm divide by the input's own scale;
+# saturating ones (ReLU6, Hardtanh) are, but can leave the network constant far out, where the
+# theorem promises nothing: they count as outside too.
+PIECEWISE_AFFINE = (nn.Conv2d, nn.Linear, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.MaxPool2d, nn.AvgPool2d,
+                    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.modules.batchnorm._BatchNorm, nn.Identity,
+                    nn.Flatten, nn.Dropout)
 
 
 def not_piecewise_affine(model: nn.Module) -> list[str]:

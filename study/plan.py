@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, REPORT_DIR, STUDY_JSON, TRIAL_JSON,
-                               config_changes, config_digest, join_uri, trial_dirname)
+from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, MEASUREMENT_CHANGES, MEASUREMENTS,
+                               REPORT_DIR, STUDY_JSON, TRIAL_JSON, config_changes, config_digest, join_uri,
+                               trial_dirname)
 from analysis.load import check_writable
 
 from .artifacts import ArtifactDir, filesystem, json_safe
@@ -200,10 +201,17 @@ def result_state(out: ArtifactDir, cfg: dict) -> list[str] | None:
     if not isinstance(t.get("config"), dict):
         return ["config: absent from trial.json"]
     from .noise import noise_families
-    # `noise: all` grows with the registry: a result of older code lacks the newer families
-    lacking = [f for f in noise_families(cfg) if f not in t.get("noise_families", [])]
-    missing = [f"noise: {json.dumps(cfg['noise'])} now also probes {', '.join(lacking)}, which the "
-               "stored result lacks"] if lacking and t["status"] == COMPLETED else []
+    missing = []
+    if t["status"] == COMPLETED:   # a result of older code lacks what the code measures since
+        old = t.get("measurements", 1)
+        if old < MEASUREMENTS:
+            missing.append(f"measurements: revision {old}, now {MEASUREMENTS} (since: "
+                           f"{'; '.join(MEASUREMENT_CHANGES[r] for r in range(old + 1, MEASUREMENTS + 1))})")
+        # `noise: all` grows with the registry
+        lacking = [f for f in noise_families(cfg) if f not in t.get("noise_families", [])]
+        if lacking:
+            missing.append(f"noise: {json.dumps(cfg['noise'])} probes {', '.join(lacking)}, which the stored "
+                           "result lacks")
     if t.get("config_digest") == config_digest(cfg):
         return missing
     return config_changes(t["config"], cfg, TRIAL_BEFORE_KEY) + missing

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from analysis.contract import (ARRAYS_NPZ, COMPLETED, DIVERGED, NOISE_CLASS, SCHEMA_VERSION, TRIAL_JSON,
+from analysis.contract import (ARRAYS_NPZ, COMPLETED, DIVERGED, MEASUREMENTS, NOISE_CLASS, SCHEMA_VERSION, TRIAL_JSON,
                                config_digest)
 
 from . import hypotheses, probe, streams
@@ -196,7 +196,8 @@ def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: Artif
     cfg = s.cfg
     mean, std = s.noise_ctx.mean.tolist(), s.noise_ctx.std.tolist()
     result = {
-        "schema": SCHEMA_VERSION, "status": training.status, "config": cfg, "config_digest": config_digest(cfg),
+        "schema": SCHEMA_VERSION, "measurements": MEASUREMENTS, "status": training.status, "config": cfg,
+        "config_digest": config_digest(cfg),
         "seed": cfg["seed"], "noise_seed": cfg["noise_seed"],
         "classes": s.classes, "heldout_classes": s.task.heldout,
         "n_train": int(len(s.task.train_x)), "architecture": model.architecture,

@@ -594,14 +594,14 @@ def test_a_gpu_study_is_refused_on_a_machine_without_one_unless_checked_for_a_cl
 
 def _finished(plan, index: int, **changed) -> Path:
     """A finished trial.json at grid point `index`, made with the point's config and `changed`."""
-    from analysis.contract import config_digest
+    from analysis.contract import MEASUREMENTS, config_digest
     from study.artifacts import ArtifactDir
     from study.noise import noise_families
     from study.plan import join_uri
     cfg = {**plan.points[index], **changed}
     ArtifactDir.at(join_uri(plan.uri, plan.dirnames[index])).write_json(
-        "trial.json", {"schema": 1, "status": "completed", "config": cfg, "config_digest": config_digest(cfg),
-                       "noise_families": noise_families(cfg)})
+        "trial.json", {"schema": 1, "measurements": MEASUREMENTS, "status": "completed", "config": cfg,
+                       "config_digest": config_digest(cfg), "noise_families": noise_families(cfg)})
     return Path(plan.uri) / plan.dirnames[index] / "trial.json"
 
 
@@ -630,6 +630,7 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
     from study.artifacts import ArtifactDir
     from study.config import TRIAL_DEFAULTS
     from study.errors import InputError
+    from analysis.contract import MEASUREMENTS
     from study.noise import noise_families
     from study.plan import is_done, join_uri, prepare
     path = tmp_path / "sweep.yaml"
@@ -644,9 +645,10 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
         is_done(out, newer)
     families = noise_families(plan.points[0])
 
-    def written_before(*keys, measured=families):
+    def written_before(*keys, measured=families, revision=MEASUREMENTS):
         old = {k: v for k, v in plan.points[0].items() if k not in keys}
-        out.write_json("trial.json", {"status": "completed", "config": old, "noise_families": measured})
+        out.write_json("trial.json", {"status": "completed", "config": old, "noise_families": measured,
+                                      "measurements": revision})
 
     written_before("label_smoothing")
     assert is_done(out, plan.points[0]) is True                         # ... and the key is at its default
@@ -663,8 +665,13 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
     # `noise: all` measured by code whose registry had fewer families
     assert plan.points[0]["noise"] == "all"
     written_before(measured=families[:-2])
-    with pytest.raises(InputError, match=f'noise: "all" now also probes {families[-2]}, {families[-1]}, which the '
+    with pytest.raises(InputError, match=f'noise: "all" probes {families[-2]}, {families[-1]}, which the '
                                          "stored result lacks"):
+        is_done(out, plan.points[0])
+    # the code measures more since the result was written, with no key to say so
+    written_before(revision=None)
+    out.write_json("trial.json", {k: v for k, v in out.read_json().items() if k != "measurements"})
+    with pytest.raises(InputError, match=r"measurements: revision 1, now \d+ \(since: the head's biases dealt"):
         is_done(out, plan.points[0])
 
 

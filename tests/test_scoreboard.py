@@ -269,3 +269,19 @@ def test_too_few_runs_to_reach_the_level_is_not_testable_however_large_the_effec
     board = H.scoreboard(finalize(H.tests_of_study(frames)), ["ten"], frames)
     hein = board[board["hypothesis"] == "hein"].iloc[0]
     assert hein["statistic"] > 0.5 and hein["verdict"] == H.NOT_TESTABLE and "smallest attainable p" in hein["why"]
+
+
+def test_the_head_bias_row_takes_its_direction_from_the_ranks_it_tests():
+    """Right-skewed deals: the trained placement beats most random ones (high ranks, small p)
+    while the mean over deals is above it (a few deals hand a large bias to the class the weights
+    favour). The row's statistic and verdict follow the ranks; the share difference is described."""
+    rows = [{"trial_id": f"t{i}", "condition": "c", "seed": i, "noise": "gaussian", "absorber_share": 0.60,
+             "top_share_dealt_mean": 0.62, "bias_deal_rank": 80 + i, "bias_deals": 99} for i in range(12)]
+    (row,) = H.bias_deal_tests(pd.DataFrame(rows))
+    assert row["statistic"] > 0.3 and row["p_value"] < 1e-5 and row["ci_low"] > 0
+    assert "difference -0.020" in row["method"]
+    board = H.scoreboard(finalize([row]), ["c"])
+    assert board.set_index("hypothesis").loc["head_bias", "verdict"] == H.SUPPORTED
+    # a run with another number of deals is left out, and said so
+    (row,) = H.bias_deal_tests(pd.DataFrame(rows + [{**rows[0], "trial_id": "x", "bias_deals": 49}]))
+    assert row["n_runs"] == 12 and "1 run(s) with another number of deals left out" in row["method"]
