@@ -179,9 +179,6 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "noise_neighbour": effects.link == 0,
         "clutter_absorption": not effects.clutter,
         "head_absorption": True,       # the head's weight norms: drawn apart from everything
-        # the head's biases are exchangeable noise, the head-bias explanation's null (rows of one test
-        # id, `test:variable`, with a truth of their own; calibration.test_rows keys them so)
-        "head_absorption:head_bias": design.overturn and effects.probes == 0,
         "noise_lookalike": True,       # the noise bank's clutter is drawn apart from every class's
         "intervention_effect": effects.intervention == 0,
         "causal_effect": effects.causal == 0,

@@ -96,7 +96,7 @@ def test_null_holds_says_which_effects_break_which_nulls():
     null = null_holds(Effects(), d)
     assert not null["manipulation_check"]                          # blur does move clutter
     # the head's biases drawn given the planned absorbers favour them: no null of a head-bias test
-    assert all(v for t, v in null.items() if t not in ("manipulation_check", "bias_deal", "head_absorption:head_bias"))
+    assert all(v for t, v in null.items() if t not in ("manipulation_check", "bias_deal"))
     assert not null["bias_deal"] and null_holds(Effects(), Design(overturn=True))["bias_deal"]
     assert not any(null_holds(Effects(probes=1.0), Design(overturn=True))[t] for t in
                    ("amplitude_msp_trend", "amplitude_kl_trend", "bn_mode_effect", "literature_order", "bias_deal"))
@@ -244,16 +244,17 @@ def test_probe_levels_are_alike_bounded_skewed_paired_by_run_and_sometimes_unpai
     assert abs(ranks.mean() - 0.5) < 3 * np.sqrt(1 / 12 / len(ranks))
 
 
-def test_known_invalid_tests_are_named_with_a_reason_and_no_verdict_rests_on_them():
+def test_known_invalid_tests_are_named_with_a_reason_and_no_verdict_rests_on_them(monkeypatch):
     """A test the calibration finds invalid is excused from the band only by name, with its
-    reason, and the scoreboard takes no verdict from it."""
+    reason, and the scoreboard takes no verdict from it. None is listed today: the one found,
+    head_absorption's head-bias row, was taken out of that test (checked below)."""
     from analysis import hypotheses as hyp
-    assert set(calibration.KNOWN_INVALID) == {"head_absorption:head_bias"}
-    assert all(len(why) > 80 for why in calibration.KNOWN_INVALID.values())
-    assert set(calibration.KNOWN_INVALID) <= set(null_holds(Effects(), Design()))
-    for test in calibration.KNOWN_INVALID:
+    for test, why in calibration.KNOWN_INVALID.items():
+        assert len(why) > 80 and test in null_holds(Effects(), Design())
         name, _, variable = test.partition(":")
         assert not [h.key for h in hyp.HYPOTHESES if h.test == name and h.variable(variable)], test
-    fpr = pd.DataFrame({"test": list(calibration.KNOWN_INVALID), "fpr": [0.3], "se": [0.01], "rejections": 30,
+    monkeypatch.setitem(calibration.KNOWN_INVALID, "head_absorption:x", "named, with its reason")
+    fpr = pd.DataFrame({"test": ["head_absorption:x"], "fpr": [0.3], "se": [0.01], "rejections": 30,
                         "rows": 100, "conservative": False})
     assert calibration.band_errors(fpr) == []
+    assert calibration.band_errors(fpr.assign(test="head_absorption")) != []

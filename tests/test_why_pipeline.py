@@ -73,7 +73,8 @@ def test_why_tests_figures_and_report(interventions_report):
     assert (clutter.loc[~primary, "family"] == "exploratory").all()
     # 3 classes: the class-relabelling test has 6 relabellings, smallest p 1/3: it cannot show anything
     assert (clutter["p_min"] == 1 / 3).all() and not clutter["can_reject"].any()
-    assert set(tests.loc[tests["test"] == "head_absorption", "variable"]) == {"head_bias", "head_weight_norm"}
+    # the head's bias is not a class covariate (it is a term of the logit; bias_deal tests it)
+    assert set(tests.loc[tests["test"] == "head_absorption", "variable"]) == {"head_weight_norm"}
     assert (tests["test"] == "noise_lookalike").sum() == 3
     iv = tests[tests["test"] == "intervention_effect"]
     assert set(iv["condition"]) == {"outlier_exposure", "noise_class"} and (iv["n_runs"] == 3).all()
