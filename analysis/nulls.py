@@ -57,8 +57,9 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .contract import (BIAS_DEALS, CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
+from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
                        TUNE_ERROR_TXT, trial_dirname)
+from .decomposition import bias_deal, margin_split
 from .hypotheses import BN_REFERENCE, published_orderings
 from .stats import DISCORDANCE_MARGIN
 from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, _mst, write_trial
@@ -337,35 +338,6 @@ def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict,
         "mean_max_softmax": float(rng.uniform(0.5, 0.95))}
 
 
-def logit_decomposition(weight_term: np.ndarray, bias: np.ndarray, classes: list[str]) -> tuple[dict, np.ndarray]:
-    """(the record, the predictions) of study/explain.py's logit decomposition for logits
-    w_c . f + b_c given their weight terms (n, K) and the biases (K,) (a test keeps the two
-    equal): the absorber (the class winning most images with the biases), its share with and
-    without the biases, and the split of its margins. The fields that need features (cosines,
-    norms) are the caller's."""
-    w, b = np.asarray(weight_term, dtype=np.float64), np.asarray(bias, dtype=np.float64)
-    z = w + b
-    top = z.argmax(1)
-    rest = z.copy()
-    rest[np.arange(len(z)), top] = -np.inf
-    runner = rest.argmax(1)
-    absorber = int(np.bincount(top, minlength=len(classes)).argmax())
-    won = top == absorber
-    rows = np.flatnonzero(won)
-    margin = z[rows, top[rows]] - z[rows, runner[rows]]
-    bias_part = b[top[rows]] - b[runner[rows]]
-    weight_part = margin - bias_part
-    some = len(rows) > 0
-    return {"absorber": classes[absorber], "n_images": int(len(rows)), "absorber_share": float(won.mean()),
-            "absorber_share_without_bias": float(np.mean(w.argmax(1) == absorber)),
-            "mean_margin": float(margin.mean()) if some else None,
-            "mean_bias_part": float(bias_part.mean()) if some else None,
-            "mean_weight_part": float(weight_part.mean()) if some else None,
-            "bias_share_of_margin": float(bias_part.sum() / margin.sum()) if some and margin.sum() else None,
-            "decided_by_bias": float((weight_part < 0).mean()) if some else None,
-            "bias": dict(zip(classes, b.tolist()))}, top
-
-
 def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, overturn: bool, rng,
                 batch: int = 256) -> np.ndarray:
     """The run's head biases, exchangeable noise a priori: sd log-uniform over BIAS_SD, then
@@ -384,19 +356,6 @@ def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, ove
         ok = np.ones(len(sd), bool) if overturn else ((logp[None] + b[:, None]).argmax(2) == wins[None]).all(1)
         if ok.any():
             return b[int(np.argmax(ok))]
-
-
-def bias_deal(weight_term: np.ndarray, b: np.ndarray, rng, deals: int = BIAS_DEALS) -> dict:
-    """study/explain.py's bias_deal (a test keeps the two equal, draw for draw): the top share with
-    the biases as given, its mean over `deals` random deals of the same values to the classes, and
-    its rank among them (ties broken at random)."""
-    def top_share(z):
-        return float(np.bincount(z.argmax(1), minlength=z.shape[1]).max() / len(z))
-    actual = top_share(weight_term + b)
-    dealt = np.array([top_share(weight_term + b[rng.permutation(len(b))]) for _ in range(deals)])
-    below, tied = int(np.sum(dealt < actual)), int(np.sum(dealt == actual))
-    return {"top_share_dealt_mean": float(dealt.mean()), "bias_deals": deals,
-            "bias_deal_rank": below + int(rng.integers(0, tied + 1))}
 
 
 def _response(v: np.ndarray, eps: np.ndarray, scale: float, classes: list[str]) -> tuple[dict, np.ndarray]:
@@ -449,6 +408,7 @@ def _probes(st: "_Study", design: Design, effects: Effects, absorber: int, rng) 
         lost = (1.0, max(AMPLITUDES))[int(rng.integers(2))]
         rows = [r for r in rows if r["amplitude"] != lost]
     amplitude = {"n_images": n, "label_frequencies": dict(zip(classes, freq.tolist())), "test_feature_norm": test_norm,
+                 "not_piecewise_affine": [],   # the networks Hein et al.'s theorem is about
                  "rows": rows}
     others = [m for m in BN_MODES if m != BN_REFERENCE]
     lost = others[int(rng.integers(len(others)))] if rng.random() < design.lacking else None
@@ -543,7 +503,7 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
         # the classes with probabilities p (the Gumbel-max trick); the noise goes where weight term
         # + bias is largest
         weight_term = np.log(p) - np.log(rng.standard_exponential((design.n_noise, k)))
-        decomposition[f], pred = logit_decomposition(weight_term, bias, classes)
+        decomposition[f], pred = margin_split(weight_term, bias, classes)
         decomposition[f].update(bias_deal(weight_term[:design.deal_images], bias, rng))
         nearest = _seeded(st, ("nearest", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.nearest_p)), rng)
         if effects.link and rng.random() < effects.link:

@@ -118,7 +118,7 @@ def test_decomposition_sums_back_to_the_logits():
 
 
 def test_the_bias_deal_rank_is_uniform_when_the_biases_do_not_matter_and_top_when_they_do():
-    from study.explain import _top_share, bias_deal
+    from analysis.decomposition import bias_deal, top_share as _top_share
     rng = np.random.default_rng(3)
     # biases far smaller than the weight term's spread: every deal gives the same top share (ties),
     # and the random tie-break makes the rank uniform on 0..99 over trials
