@@ -540,8 +540,8 @@ reach its level is reported as "too few runs to test", never with a p that reads
   2^(1-n)); the mean with a {S.LEVEL} t interval. The head bias: each run ranks its top share of
   Gaussian noise among {BIAS_DEALS} random deals of its biases to the classes (ties broken at random); H0: the
   trained deal is one more random one, so the ranks are independent and uniform; exact test of their
-  sum (smallest attainable p 2/{BIAS_DEALS + 1}^n), with the mean top-share difference and its
-  {S.LEVEL} t interval. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
+  sum (smallest attainable p 2/{BIAS_DEALS + 1}^n); the estimate is the mean of rank/{BIAS_DEALS} - 1/2
+  with its {S.LEVEL} t interval, the top share as trained minus dealt beside it. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
   row by the rules stated with it.
 - **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
   AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
