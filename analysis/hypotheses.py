@@ -214,7 +214,7 @@ def batchnorm_tests(bn: pd.DataFrame) -> list[dict]:
 def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
     """Per condition: does the placement of the head's biases among the classes, as trained,
     concentrate Gaussian noise on one class more (or less) than the same bias values placed at
-    random? Each run ranks its top share among its random deals (study/explain.py bias_deal;
+    random? Each run ranks its top share among its random deals (analysis/decomposition.py bias_deal;
     uniform under H0); the ranks are tested with stats.uniform_rank_test. The row's statistic is
     that test's, the mean over runs of rank/deals - 1/2, with a t interval over runs, so the
     verdict's direction is the p's; the top shares (as trained, dealt) and their difference, with

@@ -526,7 +526,7 @@ def mantel_test(vectors: np.ndarray, n_nodes: int | None, perms: int | None = No
             "effect_name": "mean pairwise spearman", "n_runs": int(len(z)), "permutations": perms}
 
 
-# ---------------------------------------------------------------- 6. class-level covariates
+# ---------------------------------------------------------------- per-run ranks among within-run relabellings
 
 def uniform_rank_p_min(n: int, deals: int) -> float:
     """Two-sided: only all n ranks at the top (or all at the bottom) reach the largest |statistic|."""
@@ -577,6 +577,8 @@ def uniform_rank_test(ranks, deals: int) -> dict:
     return {"statistic": stat, "p_value": min(1.0, max(p, p_min)), "p_min": p_min,
             "effect": stat / sd if sd > 0 else 0.0}
 
+
+# ---------------------------------------------------------------- 6. class-level covariates
 
 def class_permutations(k: int, perms: int, rng) -> tuple[np.ndarray, bool]:
     """All K! orderings of the classes when K! <= EXACT_CLASS_PERMUTATIONS (exact), else `perms`

@@ -157,7 +157,7 @@ def test_every_test_keeps_its_size_under_realistic_nulls():
 def test_probe_records_have_the_trials_own_shapes(tmp_path):
     """The null trial's amplitude rows, BatchNorm record and modes, OOD rows and logit
     decomposition carry the keys study/hypotheses.py, study/ood.py and study/explain.py write;
-    the decomposition is study/explain.py's own on the same logits; the binormal OOD metrics
+    the decomposition comes from the same code as the trial's (analysis/decomposition.py); the binormal OOD metrics
     match study/ood.py's on a large sample drawn from the binormal model (a known answer)."""
     import json
     import torch

@@ -209,7 +209,7 @@ def _null_study(rng, n: int, conditions=(("ten", 10, 0.3), ("two", 2, 0.75))) ->
             level = rng.beta(6, 1.5)
             for mode in ("eval", "batch_stats", "noise_stats"):   # exchangeable modes
                 bn.append({**ids, "mode": mode, "top_share": float(np.clip(level + rng.normal(0, scale), 0, 1))})
-            # the biases as trained are one more random deal: the rank is uniform (study/explain.py bias_deal)
+            # the biases as trained are one more random deal: the rank is uniform (analysis/decomposition.py bias_deal)
             dec.append({**ids, "noise": "gaussian", "absorber_share": float(np.clip(level + rng.normal(0, scale), 0, 1)),
                         "top_share_dealt_mean": float(np.clip(level + rng.normal(0, scale / 3), 0, 1)),
                         "bias_deal_rank": int(rng.integers(0, 100)), "bias_deals": 99})
