@@ -1,7 +1,8 @@
-"""python -m analysis RESULTS [--out DIR]: aggregate a study's trial artifacts.
+"""python -m analysis RESULTS [RESULTS ...] [--out DIR]: aggregate a study's trial artifacts.
 
 RESULTS is a study folder written by `python -m study sweep` (<storage>/<name>), local or a URI
-pyarrow reads (s3://, gs://, file://). Writes tidy CSVs, PNG plots, report.md and report.html to --out
+pyarrow reads (s3://, gs://, file://). Several are the parts of one study, run on several machines
+(`noisesink sweep SWEEP --seeds ...` on each): aggregated as one, each run's folder in runs.csv. Writes tidy CSVs, PNG plots, report.md and report.html to --out
 (default RESULTS/report). Needs no torch and no Ray.
 
 Bad input (a folder that holds no study, a file, an unreachable URI, a malformed study.json, an
@@ -18,12 +19,13 @@ from .errors import InputError
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", help="study folder or URI (<storage>/<name>)")
+    p.add_argument("results", nargs="+", help="study folder or URI (<storage>/<name>); several: the parts of "
+                   "one study run on several machines (the same sweep file, e.g. with --seeds), aggregated as one")
     p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
     args = p.parse_args(argv)
     from .pipeline import aggregate
     try:
-        print(aggregate(args.results, args.out))
+        print(aggregate(args.results if len(args.results) > 1 else args.results[0], args.out))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

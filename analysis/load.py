@@ -84,6 +84,8 @@ class Loaded:
     problems: list[dict] = field(default_factory=list)   # trial_id, reason, action
     fs: pafs.FileSystem | None = None
     _bad_arrays: set = field(default_factory=set)        # trials whose arrays.npz was refused
+    # a study merged from several folders (load_many): each run's `source` -> (fs, root)
+    sources: dict = field(default_factory=dict)
 
     def arrays(self, run: dict) -> dict[str, np.ndarray] | None:
         """The run's arrays.npz, checked against the sha256 trial.json records, or None with a
@@ -91,8 +93,9 @@ class Loaded:
         tid = run["trial_id"]
         if tid in self._bad_arrays:
             return None
+        fs, root = self.sources.get(run.get("source"), (self.fs, self.root))
         try:
-            data = _read(self.fs, f"{self.root}/{tid}/{ARRAYS_NPZ}")
+            data = _read(fs, f"{root}/{tid}/{ARRAYS_NPZ}")
             if not run.get("arrays_sha256"):
                 raise _Unusable("trial.json records no sha256 for arrays.npz, so it cannot be verified")
             if hashlib.sha256(data).hexdigest() != run["arrays_sha256"]:
@@ -347,6 +350,84 @@ def load(results: str | Source, workers: int = 16) -> Loaded:
     out = Loaded(root=root, study=study, axes=axes, problems=problems, fs=fs)
     out.runs = _dedupe(runs, axes, expected, out.problems)
     return out
+
+
+def load_many(results: list[str], workers: int = 16) -> Loaded:
+    """Several folders (or URIs) holding parts of one study, aggregated as one: a study run in
+    parts on several machines (`noisesink sweep ... --seeds`). Every part must be of the same study
+    design: the same axes and the same config apart from the axes (a difference is refused, naming
+    both folders and the first key that differs). A grid point found in two parts is counted once
+    when both hold the same result (the same config digest and arrays.npz), refused otherwise.
+    Each run records the folder it came from (`source`)."""
+    if len(results) == 1:
+        return load(results[0], workers)
+    sources = [open_study(r) for r in results]
+    check_same_study(sources)
+    parts = [load(src, workers) for src in sources]
+    first = parts[0]
+    merged = Loaded(root=first.root, study=merged_study([p.study for p in parts]), axes=first.axes, fs=first.fs)
+    seen: dict[str, dict] = {}
+    for src, part in zip(sources, parts):
+        merged.sources[src.results] = (src.fs, src.root)
+        merged.problems += [{**p, "trial_id": p["trial_id"], "reason": f"{p['reason']} [{src.results}]"}
+                            for p in part.problems]
+        for run in part.runs:
+            run["source"] = src.results
+            other = seen.get(run["trial_id"])
+            if other is None:
+                seen[run["trial_id"]] = run
+                continue
+            if (other["config_digest"], other["arrays_sha256"]) != (run["config_digest"], run["arrays_sha256"]):
+                raise InputError(f"{other['source']} and {src.results}", f"both hold grid point {run['trial_id']} "
+                                 "with different results", "each grid point in one folder only, or the same result "
+                                 "(copies of one trial) in both", run["trial_id"])
+            merged.problems.append({"trial_id": run["trial_id"], "reason": f"the same result is in {other['source']} "
+                                    f"and {src.results}", "action": "counted once"})
+    merged.runs = sorted(seen.values(), key=lambda r: r["trial_id"])
+    return merged
+
+
+def check_same_study(sources: list[Source]) -> None:
+    """The parts of one study: same axes, and the same config apart from the axes (study.json's
+    `resolved`); parts without a study.json are compared by their runs when loaded."""
+    ref = next((s for s in sources if s.study is not None), None)
+    for src in sources:
+        if ref is not None and src.study is not None and src is not ref:
+            same_design(ref.study, src.study, f"{ref.results} and {src.results}")
+
+
+def same_design(a: dict, b: dict, where: str) -> None:
+    """Two study.json records of one study design, or an InputError naming `where` and the first
+    difference: the axes, or a key of the config outside the grid."""
+    allowed = "folders of one sweep file with one config, run in parts (e.g. with --seeds)"
+    if list(a["axes"]) != list(b["axes"]):
+        raise InputError(where, f"are not parts of one study: their grids have different axes ({a['axes']} vs "
+                         f"{b['axes']})", allowed)
+    ra, rb = a.get("resolved"), b.get("resolved")
+    if isinstance(ra, dict) and isinstance(rb, dict):
+        changes = config_changes(rb, ra, a.get("before_key", a.get("defaults")) or {})
+        if changes:
+            raise InputError(where, f"are not parts of one study: their configs differ outside the grid ({changes[0]})",
+                             allowed)
+
+
+def merged_study(studies: list[dict | None]) -> dict | None:
+    """study.json of the whole: the first part's, with every part's grid points and axis values."""
+    present = [s for s in studies if s is not None]
+    if not present:
+        return None
+    merged = dict(present[0])
+    points: dict[str, dict] = {}
+    grid = {a: [] for a in merged.get("grid", {})}
+    for s in present:
+        for p in s["points"]:
+            points.setdefault(p["dir"], p)
+        for a, values in (s.get("grid") or {}).items():
+            grid.setdefault(a, [])
+            grid[a] += [v for v in values if v not in grid[a]]
+    merged["points"], merged["grid"] = list(points.values()), grid
+    merged["parts"] = [s.get("file") for s in present]
+    return merged
 
 
 def _belonging(runs: list[dict], study: dict | None, problems: list) -> list[dict]:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import causal, document, factors, hypotheses, inference, plots, report, tables, trees, why
 from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
-from .load import Loaded, check_writable, load, open_study
+from .load import Loaded, check_same_study, check_writable, load, load_many, open_study
 
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -83,11 +83,16 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
             "factor_pairs": factor_pairs, "notes": notes}
 
 
-def aggregate(results: str, out: str | None = None, log: Callable[[str], None] | None = print) -> str:
+def aggregate(results: str | list[str], out: str | None = None, log: Callable[[str], None] | None = print) -> str:
     """Aggregate a study folder (local or URI) into CSVs, PNGs, report.md and report.html under `out`
-    (default: <results>/report). Returns a one-paragraph summary; `log` gets a progress line per
-    stage, with its counts and the seconds since the start (None: silent)."""
-    src = open_study(results)  # an unusable RESULTS or --out ends here, before any work
+    (default: <results>/report). Several folders are the parts of one study (load.load_many; the
+    default `out` is then the first one's report folder). Returns a one-paragraph summary; `log`
+    gets a progress line per stage, with its counts and the seconds since the start (None: silent)."""
+    parts = [results] if isinstance(results, str) else list(results)
+    sources = [open_study(r) for r in parts]  # an unusable RESULTS or --out ends here, before any work
+    if len(parts) > 1:
+        check_same_study(sources)
+    results, src = parts[0], sources[0]
     where = "--out"
     if out is None:  # <the study folder>/report, as a URI when the results came as one
         _, given = open_filesystem(results)
@@ -96,8 +101,8 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         where = "report folder (RESULTS/report; choose another with --out)"
     check_writable(out, where, "a writable folder or a bucket URI")
     progress = _Progress(log)
-    progress(f"loading {len(src.dirs)} trial folders from {results}")
-    data = load(src)
+    progress(f"loading {sum(len(s.dirs) for s in sources)} trial folders from {', '.join(parts)}")
+    data = load(src) if len(parts) == 1 else load_many(parts)
     progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
              f"{len(data.problems)} trial folder(s) with problems")
     groups = inference.by_condition(data)
@@ -140,7 +145,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         for name, df in frames.items():
             write_table(df, folder / name)
         name = (data.study or {}).get("name") or Path(data.root).name
-        ctx = report.ReportContext(name=name, root=results, frames=frames, figures=figures, consensus=consensus,
+        ctx = report.ReportContext(name=name, root=" + ".join(parts), frames=frames, figures=figures, consensus=consensus,
                                    notes=notes)
         built = report.build(ctx, REPORT_SECTIONS)
         (folder / REPORT_MD).write_text(document.to_markdown(built))
@@ -148,7 +153,7 @@ def aggregate(results: str, out: str | None = None, log: Callable[[str], None] |
         progress(f"writing {len(list(folder.iterdir()))} files to {out}")
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == COMPLETED).sum()) if len(frames["runs"]) else 0
-    return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {results}; "
+    return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {' + '.join(parts)}; "
             f"{len(frames['problems'])} problem(s); report: {out}/{REPORT_MD} and {REPORT_HTML}")
 
 

@@ -135,6 +135,11 @@ def intro(ctx: ReportContext) -> list:
     blocks = [Paragraph(text(f"Aggregated {ctx.generated:%Y-%m-%d %H:%M} UTC from ", Code(ctx.root),
                              f": {len(runs)} runs ({len(done)} completed, {diverged} diverged), "
                              f"{len(ctx.table('problems'))} problem(s) reading trial folders."))]
+    if "source" in runs:  # a study merged from parts run on several machines
+        pieces = ["Runs by the folder they came from (runs.csv: ", Code("source"), "):"]
+        for src, n in runs["source"].value_counts(sort=False).items():
+            pieces += [" ", Code(src), f": {n}."]
+        blocks.append(Paragraph(text(*pieces)))
     if len(done):
         acc = done.groupby("condition")["test_accuracy"].agg(["mean", "std", "count"])
         blocks.append(Paragraph(text("Test accuracy (trained classes): " + "; ".join(

@@ -23,6 +23,8 @@ def runs_table(data: Loaded) -> pd.DataFrame:
         row.update({"classes": show_value(r["classes"]), "test_accuracy": r["test_accuracy"],
                     "train_seconds": r["train_seconds"], "diverged_at_epoch": r["diverged_at_epoch"],
                     "warnings": " | ".join(r["warnings"])})
+        if "source" in r:  # a study merged from several folders: where this run came from
+            row["source"] = r["source"]
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "condition", "seed",
                                                          "test_accuracy", "train_seconds"])

@@ -2,11 +2,12 @@
 
     noisesink trial CONFIG.yaml --out DIR [--set key=value ...]
     noisesink check SWEEP.yaml [--set section.key=value ...]
-    noisesink sweep SWEEP.yaml [--storage PATH_OR_URI] [--name NAME] [--set ...]
+    noisesink sweep SWEEP.yaml [--storage PATH_OR_URI] [--name NAME] [--set ...] [--seeds 0-5]
                                [--resume] [--no-report] [--address RAY_ADDRESS]
                                [--executor ray|local] [--time-limit SECONDS]
-    noisesink analyze RESULTS [--out DIR]          (the aggregation: python -m analysis)
-    noisesink bench throughput|accuracy ...        (the benchmark: python -m study.bench)
+    noisesink analyze RESULTS [RESULTS ...] [--out DIR]  (the aggregation: python -m analysis)
+    noisesink export RESULTS DIR                   (completed trials' trial.json + arrays.npz, to commit)
+    noisesink bench throughput|accuracy|recipe ... (the benchmark: python -m study.bench)
     noisesink power [--k 10] [--seeds 5 8 12 20] ...  (seeds needed: python -m analysis.power)
     noisesink calibrate [--studies 400] ...        (tests under realistic nulls: python -m analysis.calibration)
     noisesink init DIR                             (copy the shipped sweeps and configs)
@@ -29,6 +30,7 @@ from .errors import InputError
 # name -> (module with main(argv), help). Each module also runs as `python -m <module>`.
 DELEGATED = {
     "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures, report.md and report.html"),
+    "export": ("analysis.export", "copy a study's finished trials (trial.json + arrays.npz) to commit or send"),
     "bench": ("study.bench", "measure training throughput and the recipe's accuracy"),
     "power": ("analysis.power", "power of the absorber tests by simulation, and the seeds they need"),
     "calibrate": ("analysis.calibration", "every test's false-positive rate under realistic null studies, "
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--storage", help="local folder or URI (s3://, gs://) for the results; "
                        "overrides run.storage")
         s.add_argument("--name", help="study name; overrides the file's `name`")
+        s.add_argument("--seeds", metavar="LIST", help="run only these seeds of the grid, e.g. 0-5 or 0,2,4-7 "
+                       "(the same as --set grid.seed=[...]): one part of a study run in parts on several "
+                       "machines; `noisesink analyze PART1 PART2 ...` aggregates the parts as one study")
         s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local "
                        "Ray, whose machine bounds the resources a trial may ask for)")
         if name == "check":
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             probe_address(address, where)
         ray = sys.modules.get("ray")  # a Ray this process already joined brings its own resources
         joined = on_ray and ray is not None and ray.is_initialized()
-        plan = prepare(args.sweep, args.set, storage=args.storage, name=args.name,
+        sets = args.set + ([f"grid.seed={parse_seeds(args.seeds)}"] if args.seeds is not None else [])
+        plan = prepare(args.sweep, sets, storage=args.storage, name=args.name,
                        local=not (address or joined or getattr(args, "cluster", False)))
         if args.command == "check":
             print(plan.describe())
@@ -168,6 +174,20 @@ def check_output(out: str) -> None:
     if ArtifactDir(*filesystem(out)).exists(TRIAL_JSON):
         raise InputError("--out", f"already holds a trial's {TRIAL_JSON}, which this run would replace",
                          "a new folder (or delete the old result first)", out)
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """--seeds: whole numbers and inclusive ranges, comma-separated ("0-5", "0,2,4-7"), each seed once."""
+    allowed = "comma-separated seeds and inclusive ranges of seeds >= 0, e.g. 0-5 or 0,2,4-7"
+    seeds = []
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
+            raise InputError("--seeds", f"cannot read {part.strip()!r}", allowed, spec)
+        seeds += range(int(lo), int(hi) + 1) if dash else [int(lo)]
+    if len(set(seeds)) != len(seeds):
+        raise InputError("--seeds", "a seed is given twice", allowed, spec)
+    return seeds
 
 
 def _check_executor(args) -> None:

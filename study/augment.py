@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AUGMENTATIONS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {}
+AUGMENTATIONS: dict[str, Callable[..., Tensor]] = {}
+# entries whose flips the trainer decides (fn(x, gen, flip=bool per image)): each image is flipped
+# in every other epoch, which sees both views of every image in two epochs (airbench)
+ALTERNATING_FLIP: set[str] = set()
 
 
-def register(name: str):
+def register(name: str, alternating_flip: bool = False):
     def deco(fn):
         AUGMENTATIONS[name] = fn
+        if alternating_flip:
+            ALTERNATING_FLIP.add(name)
         return fn
     return deco
 
@@ -181,3 +186,12 @@ def flip_crop_cutout(x: Tensor, gen: torch.Generator) -> Tensor:
 def flip_crop_trivialaugment(x: Tensor, gen: torch.Generator) -> Tensor:
     """The strong policy: flip + crop, then one TrivialAugmentWide op per image."""
     return trivial_augment(random_crop(random_flip(x, gen), gen), gen)
+
+
+@register("altflip_translate", alternating_flip=True)
+def altflip_translate(x: Tensor, gen: torch.Generator, flip: Tensor | None = None) -> Tensor:
+    """airbench's: the flips the trainer alternates (`flip`, a bool per image; None flips a random
+    half), then a random translation by up to 2 pixels (reflect padding)."""
+    if flip is None:
+        flip = _uniform(len(x), x, gen) < 0.5
+    return random_crop(torch.where(flip[:, None, None, None], x.flip(3), x), gen, pad=2)

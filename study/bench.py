@@ -3,6 +3,7 @@
     python -m study.bench throughput [--out FILE.json] [--steps N] [--ks 2,4,8] [--size gpu|cpu]
     python -m study.bench accuracy --seeds 4 [--epochs 18] [--lr 0.2] [--mode fused|packed|separate]
     python -m study.bench probes [--sweep sweeps/smoke.yaml] [--out FILE.json]
+    python -m study.bench recipe [ROWS_OR_CONFIG ...] [--csv FILE] [--again]   (study/recipe.py)
 
 throughput measures, on whatever device is present:
   (a) baseline: the recipe most users write - torchvision DataLoader, PIL transforms in worker
@@ -240,14 +241,14 @@ def print_table(rows: list[dict], p: dict, probe_s: float, device: str) -> str:
 
 # ---------------------------------------------------------------- FLOPs, for the MFU
 
-def flops_per_image(model_name: str, num_classes: int = 10, train: bool = False) -> float:
+def flops_per_image(model_name: str, num_classes: int = 10, train: bool = False, **factors) -> float:
     """FLOPs of one 32x32 image through the model as torch.utils.flop_counter counts them (the
     convolutions and matmuls, 2 per multiply-add; batch-norm and activations are not counted):
     the forward pass, or with `train` the forward and backward passes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .models import build_model
-    model = build_model(model_name, num_classes, 0).to("meta")   # shapes only: nothing is computed
+    model = build_model(model_name, num_classes, 0, **factors).to("meta")   # shapes only: nothing is computed
     x = torch.zeros(2, 3, 32, 32, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(x)
@@ -261,8 +262,9 @@ def training_flops(cfg: dict, n_train: int) -> float:
     `epochs` x the full batches of `n_train` images (the trainer drops the ragged last batch).
     Probes are not included: the MFU of a training is this over its seconds."""
     batch = min(cfg["batch_size"], n_train)
+    from .models import factors_of
     return cfg["epochs"] * (n_train // batch) * batch * flops_per_image(
-        cfg["model"], len(trained_classes(cfg)), train=True)
+        cfg["model"], len(trained_classes(cfg)), train=True, **factors_of(cfg))
 
 
 # ---------------------------------------------------------------- the accuracy check
@@ -362,10 +364,22 @@ def main(argv=None) -> int:
     a.add_argument("--out", help="write the summary to this JSON file")
     for sp in (t, a):
         sp.add_argument("--data-root", default=None, help="CIFAR-10 copy (default: NOISESINK_DATA)")
+    rc = sub.add_parser("recipe", help="the recipe Pareto: accuracy against training time, a row per config")
+    rc.add_argument("rows", nargs="*", help="rows files (YAML lists of {config, set}) or trial configs "
+                    "(default: configs/pareto.yaml)")
+    rc.add_argument("--csv", default=None, help="the table (default: docs/results/recipe-pareto.csv; a .png beside it)")
+    rc.add_argument("--again", action="store_true", help="retrain configs whose row is already in the table")
     pr = sub.add_parser("probes")
     pr.add_argument("--sweep", default="sweeps/smoke.yaml", help="its first grid point is the trial measured")
     pr.add_argument("--out", help="write the figures to this JSON file")
     args = ap.parse_args(argv)
+    if args.what == "recipe":
+        from . import recipe
+        csv_path = args.csv or recipe.DEFAULT_CSV
+        rows = recipe.read_row_specs(args.rows or [recipe.DEFAULT_ROWS])
+        recipe.run(rows, csv_path, again=args.again, log=lambda m: print(m, flush=True))
+        print(f"recipe: figure {recipe.plot(csv_path)}")
+        return 0
     if args.what == "probes":
         probe_cost(args.sweep, args.out)
         return 0

@@ -290,14 +290,16 @@ TRIAL_KEYS = [
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
     Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
         "stem) is the original question's network", model_name),
-    Key("activation", None, "relu, gelu or tanh (small_cnn and resnet18); null keeps the model's "
-        "own (relu): ReLU's non-zero mean is what biases untrained networks (Francazi et al. 2024)",
+    Key("activation", None, "relu, gelu or tanh (small_cnn, resnet18, airbench); null keeps the model's "
+        "own (relu; airbench gelu): ReLU's non-zero mean is what biases untrained networks (Francazi et al. 2024)",
         optional(choice(_factor_options("activation")))),
-    Key("pool", None, "max or avg: small_cnn's every pooling, resnet18's global one; null keeps "
-        "the model's own (small_cnn max, resnet18 avg): max-pooling biases them even with tanh",
+    Key("pool", None, "max or avg: small_cnn's and airbench's every pooling, resnet18's global one; null keeps "
+        "the model's own (small_cnn and airbench max, resnet18 avg): max-pooling biases them even with tanh",
         optional(choice(_factor_options("pool")))),
-    Key("norm", None, "batch, group, layer (GroupNorm with 1 group) or none (small_cnn and "
-        "resnet18); null keeps the model's own (batch)", optional(choice(_factor_options("norm")))),
+    Key("norm", None, "batch, group, layer (GroupNorm with 1 group) or none (small_cnn, "
+        "resnet18, airbench); null keeps the model's own (batch; airbench's with a frozen scale)", optional(choice(_factor_options("norm")))),
+    Key("width", None, "channel multiplier of models that take one (airbench, resnet18): 0.25 costs "
+        "~1/16 of the FLOPs of 1; null keeps the model's own (1)", optional(number(0, 8, lo_open=True))),
     Key("pretrained", None, "resnet18_imagenet and timm models: `imagenet` (the library's "
         "weights, downloaded) or a path to a saved weights file; null trains from scratch",
         optional(text)),
@@ -311,8 +313,18 @@ TRIAL_KEYS = [
         number(0)),
     Key("label_smoothing", 0.1, "softens targets; speeds up short schedules", number(0, 1)),
     Key("schedule", "onecycle", "onecycle: linear warm-up then linear decay to 0; cosine: "
-        "warm-up then cosine decay", choice(["onecycle", "cosine"])),
+        "warm-up then cosine decay; triangle: airbench's, from 0.2 of the peak up to it, then down "
+        "to 0.07 of it at the last step", choice(["onecycle", "cosine", "triangle"])),
     Key("warmup", 0.2, "fraction of the steps spent warming up", number(0, 1)),
+    Key("bias_lr_scale", 1.0, "learning-rate multiplier (and weight-decay divisor) of the "
+        "normalization layers' shifts; airbench's 64 lets its BatchNorm shifts, the only affine part "
+        "of its norms, keep up in few epochs", number(0, lo_open=True)),
+    Key("lookahead", False, "airbench's Lookahead (Zhang et al. 2019) as an EMA: every 5 steps the "
+        "weights move to an average of their past that forgets less as training ends, and the "
+        "last step takes the average; smooths the short schedule's end", boolean),
+    Key("tta", 0, "test-time augmentation of the test accuracy only (tta_accuracy beside the "
+        "single-view test_accuracy): 0 none, 1 mirror, 2 mirror and 1-pixel translations "
+        "(airbench); probes are always one plain forward pass", integer(0, 2)),
     Key("augmentation", "flip_crop", "registry name; flip_crop is the standard CIFAR recipe",
         choice(lambda: list(_augmentations()))),
     Key("train_subset", None, "null for the whole training set, or N images, class-balanced and "
@@ -427,6 +439,10 @@ def _cross_check(cfg: dict, where: str) -> None:
                                               or cfg["model"].startswith(TIMM_PREFIX)):
         raise InputError(f"{where}pretrained", f"only resnet18_imagenet and timm models take "
                          f"pretrained weights, model is {cfg['model']}", "null", cfg["pretrained"])
+    from .models import WIDTH_MODELS
+    if cfg["width"] is not None and cfg["model"] not in WIDTH_MODELS:
+        raise InputError(f"{where}width", f"model {cfg['model']} has no width multiplier",
+                         f"null, or model: {' | '.join(sorted(WIDTH_MODELS))}", cfg["width"])
     for factor in ("activation", "pool", "norm"):
         if cfg[factor] is not None and cfg["model"] not in FACTOR_MODELS:
             raise InputError(f"{where}{factor}", f"model {cfg['model']} has no architecture factors",

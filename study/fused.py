@@ -106,6 +106,12 @@ def check_fusable(configs: list[dict]) -> None:
     first = configs[0]
     if first["intervention"] != "none" or first["class_intervention"] != "none":
         raise ValueError("fused training runs no interventions; train these seeds as separate trials")
+    from .augment import ALTERNATING_FLIP
+    from .models import FITTED_MODELS
+    if (first["lookahead"] or first["bias_lr_scale"] != 1 or first["augmentation"] in ALTERNATING_FLIP
+            or first["model"] in FITTED_MODELS):
+        raise ValueError("fused training runs the plain recipe (no lookahead, bias_lr_scale 1, random flips, "
+                         "no data-fitted first layer); train these seeds as separate trials")
     for c in configs[1:]:
         differ = sorted(k for k in first if first[k] != c[k] and k not in PER_MODEL_KEYS)
         if differ:

@@ -24,6 +24,8 @@ from .errors import InputError
 
 MODELS: dict[str, Callable[..., "Classifier"]] = {}
 FACTOR_MODELS: set[str] = set()   # the registry entries that take activation / pool / norm
+WIDTH_MODELS: set[str] = set()    # the registry entries that take a width multiplier
+FITTED_MODELS: set[str] = set()   # the entries whose first layer is fitted to the data (fit_to_data)
 TIMM_PREFIX = "timm:"
 
 # factor -> option -> what it builds; every option of every factor is a registry of its own
@@ -43,6 +45,11 @@ def _groups(channels: int) -> int:
     return math.gcd(32, channels // 4)
 
 
+def widths_at(base: tuple, width: float) -> tuple:
+    """Channel counts scaled by `width`, at least 4 each (rounded to whole channels)."""
+    return tuple(max(4, round(c * width)) for c in base)
+
+
 NORMS: dict[str, Callable[[int], nn.Module]] = {
     "batch": nn.BatchNorm2d,
     "group": lambda c: nn.GroupNorm(_groups(c), c),
@@ -52,11 +59,15 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 FACTORS = {"activation": ACTIVATIONS, "pool": POOLS, "norm": NORMS}
 
 
-def register(name: str, factors: bool = False):
+def register(name: str, factors: bool = False, width: bool = False, fitted: bool = False):
     def deco(fn):
         MODELS[name] = fn
+        if fitted:
+            FITTED_MODELS.add(name)
         if factors:
             FACTOR_MODELS.add(name)
+        if width:
+            WIDTH_MODELS.add(name)
         return fn
     return deco
 
@@ -74,7 +85,8 @@ class Classifier(nn.Module):
 
 
 def build_model(name: str, num_classes: int, seed: int, pretrained: str | None = None,
-                activation: str | None = None, pool: str | None = None, norm: str | None = None) -> Classifier:
+                activation: str | None = None, pool: str | None = None, norm: str | None = None,
+                width: float | None = None) -> Classifier:
     """The same (name, num_classes, seed, factors) always gives the same initial weights (the seed's
     `init` stream; torch's global generator is left as it was); models that differ only in their
     factors draw the same random numbers, so seed s of every variant starts from the same weights
@@ -84,6 +96,11 @@ def build_model(name: str, num_classes: int, seed: int, pretrained: str | None =
     if given and name not in FACTOR_MODELS:
         raise InputError(next(iter(given)), f"model {name} has no architecture factors",
                          f"null, or a model among {', '.join(sorted(FACTOR_MODELS))}", next(iter(given.values())))
+    if width is not None:
+        if name not in WIDTH_MODELS:
+            raise InputError("width", f"model {name} has no width multiplier",
+                             f"null, or a model among {', '.join(sorted(WIDTH_MODELS))}", width)
+        given["width"] = width
     with streams.global_torch("init", seed):  # layers initialise from torch's global generator
         if name.startswith(TIMM_PREFIX):
             model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained)
@@ -96,8 +113,8 @@ def build_model(name: str, num_classes: int, seed: int, pretrained: str | None =
 
 
 def factors_of(cfg: dict) -> dict:
-    """The architecture factors of a resolved trial config, as build_model takes them."""
-    return {k: cfg[k] for k in FACTORS}
+    """The architecture factors and width of a resolved trial config, as build_model takes them."""
+    return {**{k: cfg[k] for k in FACTORS}, "width": cfg.get("width")}
 
 
 def _scale_for_no_norm(features: nn.Module, activation: str) -> None:
@@ -108,7 +125,7 @@ def _scale_for_no_norm(features: nn.Module, activation: str) -> None:
     gain = nn.init.calculate_gain("tanh" if activation == "tanh" else "relu")
     with torch.no_grad():
         for m in features.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not isinstance(m, PatchWhitening):  # that one is fitted to data
                 fan_in = m.weight[0].numel()
                 m.weight.mul_(gain / math.sqrt(fan_in) / m.weight.std())
 
@@ -151,15 +168,44 @@ def _resnet_features(net: nn.Module) -> nn.Sequential:
                          net.layer3, net.layer4, net.avgpool, nn.Flatten())
 
 
-@register("resnet18", factors=True)
-def resnet18_cifar(num_classes: int, pretrained: str | None = None, activation: str = "relu",
-                   pool: str = "avg", norm: str = "batch") -> Classifier:
-    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool
-    (He et al. 2016, sec. 4.2), so 32x32 inputs keep 4x4 maps before the 512-d pooling. `pool`
-    is the global pooling (the CIFAR stem has no other); `norm` every normalization layer."""
+RESNET18_WIDTHS = (64, 128, 256, 512)   # the four stages' channels at width 1
+
+
+def _resnet18_at_width(num_classes: int, norm_layer, width: float) -> nn.Module:
+    """torchvision's ResNet-18 with every stage's channels x `width`: its own `_make_layer` builds
+    the stages anew at the scaled widths, and its own initialisation (He-normal convs, norm
+    scales 1 and shifts 0) is applied to them. Width 1 is torchvision's model untouched (so its
+    seeds draw the same initial weights as before the width existed)."""
     from torchvision.models import resnet18
-    net = resnet18(num_classes=num_classes, norm_layer=NORMS[norm])
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    from torchvision.models.resnet import BasicBlock
+    net = resnet18(num_classes=num_classes, norm_layer=norm_layer)
+    if width == 1:
+        return net
+    c = widths_at(RESNET18_WIDTHS, width)
+    net.inplanes = c[0]
+    net.bn1 = norm_layer(c[0])
+    net.layer1 = net._make_layer(BasicBlock, c[0], 2)
+    for i, stage in enumerate(("layer2", "layer3", "layer4"), start=1):
+        setattr(net, stage, net._make_layer(BasicBlock, c[i], 2, stride=2))
+    net.fc = nn.Linear(c[3], num_classes)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return net
+
+
+@register("resnet18", factors=True, width=True)
+def resnet18_cifar(num_classes: int, pretrained: str | None = None, activation: str = "relu",
+                   pool: str = "avg", norm: str = "batch", width: float = 1.0) -> Classifier:
+    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool
+    (He et al. 2016, sec. 4.2), so 32x32 inputs keep 4x4 maps before the pooling of the last
+    stage's 512 x `width` channels. `pool` is the global pooling (the CIFAR stem has no other);
+    `norm` every normalization layer; `width` scales every stage (0.25: ~1/16 of the FLOPs)."""
+    net = _resnet18_at_width(num_classes, NORMS[norm], width)
+    net.conv1 = nn.Conv2d(3, widths_at(RESNET18_WIDTHS, width)[0], kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     net.avgpool = POOLS[pool][1](1)
     for m in list(net.modules()):  # the stem's and every BasicBlock's activation (used twice there)
@@ -168,9 +214,11 @@ def resnet18_cifar(num_classes: int, pretrained: str | None = None, activation: 
     features = _resnet_features(net)
     if norm == "none":
         _scale_for_no_norm(features, activation)
-    model = Classifier(features, 512, num_classes)
+    model = Classifier(features, net.fc.in_features, num_classes)
     model.head = net.fc
     model.architecture = {"activation": activation, "pool": pool, "norm": norm}
+    if width != 1:
+        model.architecture["width"] = width
     return model
 
 
@@ -280,3 +328,112 @@ def _timm():
         raise InputError("model", "timm is not installed", "pip install timm (a noisesink dependency)",
                          "timm:...") from None
     return timm
+
+
+# ---------------------------------------------------------------- airbench (Jordan 2024)
+
+class _Scale(nn.Module):
+    """Multiplies by a constant: airbench's 1/9 before the classifier, which sets the logits'
+    scale at init and, as part of the features, scales the head's gradient as published."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+
+def _airbench_norm(channels: int) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: scale frozen at 1 (only the shift learns), eps 1e-12, and running
+    statistics that follow the batches fast (PyTorch momentum 0.4, i.e. airbench's 0.6)."""
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+def _identity_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """3x3 'same' conv without bias, its first c_in filters initialised to the identity (Dirac):
+    at init each block passes its input through, plus PyTorch's default random part elsewhere."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(c_in, c_out)])
+    return conv
+
+
+class PatchWhitening(nn.Conv2d):
+    """airbench's first layer: a frozen 2x2 conv (no padding: 32 -> 31 pixels) whose filters are
+    the eigenvectors of the training patches' covariance divided by sqrt(eigenvalue + eps), each
+    also negated (2 * 3 * 2 * 2 = 24 channels), so its output is the whitened patches. Only its
+    bias learns, for the first `bias_epochs` epochs. `fit(x)` sets the filters from normalised
+    training images (N, 3, H, W); until then they are PyTorch's default random conv filters (an
+    untrained network that was never fitted still computes something, e.g. for new_model's callers
+    that probe it before any data: the trial fits it first)."""
+
+    EPS = 5e-4          # airbench: regularises the smallest eigenvalues
+    bias_epochs = 3     # airbench: the bias trains for 3 of the ~10 epochs, then freezes
+
+    def __init__(self):
+        super().__init__(3, 24, kernel_size=2, padding=0, bias=True)
+        self.weight.requires_grad_(False)
+        with torch.no_grad():
+            self.bias.zero_()
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        k = self.kernel_size[0]
+        patches = x.float().unfold(2, k, 1).unfold(3, k, 1)                  # N, C, H', W', k, k
+        patches = patches.transpose(1, 3).reshape(-1, 3 * k * k).double()    # rows in (C, kh, kw) order
+        patches = patches - patches.mean(0)  # centred; airbench's uncentred form differs by mean^2 ~ 0
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + self.EPS)[:, None]).reshape(-1, 3, k, k)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight.dtype))
+
+    def epoch_start(self, epoch: int) -> None:
+        self.bias.requires_grad_(epoch < self.bias_epochs)
+
+
+class Airbench(Classifier):
+    """A Classifier whose first layer is fitted to the training data before training
+    (`fit_to_data`) and whose whitening bias freezes after `PatchWhitening.bias_epochs`."""
+
+    def fit_to_data(self, x: Tensor) -> None:
+        self.features[0].fit(x)
+
+    def epoch_start(self, epoch: int) -> None:
+        self.features[0].epoch_start(epoch)
+
+
+AIRBENCH_WIDTHS = (64, 256, 256)   # airbench94's block widths at width 1
+
+
+@register("airbench", factors=True, width=True, fitted=True)
+def airbench(num_classes: int, pretrained: str | None = None, width: float = 1.0,
+             activation: str = "gelu", pool: str = "max", norm: str = "batch") -> Classifier:
+    """airbench94's network (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"):
+    the 2x2 patch-whitening layer (24 channels), then three blocks of conv -> pool 2 -> norm ->
+    act -> conv -> norm -> act at widths (64, 256, 256) x `width`, a global pooling of the last
+    3x3 map, and the features scaled by 1/9. As published: GELU, max-pooling, BatchNorm with a
+    frozen scale, identity-initialised convs. One difference: the linear head has a bias
+    (initialised at 0; airbench's has none) because the logit decomposition reads it.
+    `activation`, `pool` and `norm` switch the factors like small_cnn's."""
+    w1, w2, w3 = widths_at(AIRBENCH_WIDTHS, width)
+    norm_layer = _airbench_norm if norm == "batch" else NORMS[norm]
+    act = ACTIVATIONS[activation]
+    layers: list[nn.Module] = [PatchWhitening(), act()]
+    c_in = 24
+    for c in (w1, w2, w3):
+        layers += [_identity_conv(c_in, c), POOLS[pool][0](2), norm_layer(c), act(),
+                   _identity_conv(c, c), norm_layer(c), act()]
+        c_in = c
+    layers += [POOLS[pool][1](1), nn.Flatten(), _Scale(1 / 9)]   # the last map is 3x3: airbench's pool of 3
+    features = nn.Sequential(*layers)
+    if norm == "none":
+        _scale_for_no_norm(features, activation)
+    model = Airbench(features, w3, num_classes)
+    with torch.no_grad():
+        model.head.bias.zero_()
+    model.architecture = {"activation": activation, "pool": pool, "norm": norm, "width": width,
+                          "widths": [w1, w2, w3]}
+    return model

@@ -17,10 +17,11 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import streams
-from .augment import AUGMENTATIONS
+from .augment import ALTERNATING_FLIP, AUGMENTATIONS
 from .errors import InputError
 from .interventions import TrainingIntervention, apply_class_intervention
 
@@ -103,9 +104,18 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+TRIANGLE_START, TRIANGLE_END = 0.2, 0.07   # airbench94's triangle: from 0.2 of the peak, down to 0.07
+
+
 def lr_multiplier(step: int, total: int, schedule: str, warmup: float) -> float:
     """Linear warm-up over the first `warmup` fraction, then linear (onecycle) or cosine decay
-    to 0 at the last step."""
+    to 0 at the last step; triangle (airbench) rises linearly from TRIANGLE_START at step 0 to 1
+    at the `warmup` fraction and falls linearly to TRIANGLE_END at step `total`."""
+    if schedule == "triangle":
+        peak = int(warmup * total)
+        if step < peak:
+            return TRIANGLE_START + (1 - TRIANGLE_START) * step / peak
+        return 1 + (TRIANGLE_END - 1) * (step - peak) / max(1, total - peak)
     warm = max(1, round(warmup * total)) if warmup > 0 else 0
     if step < warm:
         return (step + 1) / warm
@@ -115,14 +125,60 @@ def lr_multiplier(step: int, total: int, schedule: str, warmup: float) -> float:
     return 1 - progress
 
 
+NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: dict, device: torch.device) -> torch.optim.SGD:
+    """Nesterov SGD. With bias_lr_scale != 1 the normalization layers' shifts form a group of
+    their own whose learning rate is scaled up and weight decay down by it (the decay per step,
+    lr x weight_decay, stays the same: airbench's `bias_scaler`); each group's `lr_scale` is what
+    the schedule's learning rate is multiplied by."""
     kwargs = dict(lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
                   weight_decay=cfg["weight_decay"])
     if device.type == "cuda":
         kwargs["fused"] = True      # one kernel for the whole update
     else:
         kwargs["foreach"] = True
-    return torch.optim.SGD(model.parameters(), **kwargs)
+    scale = cfg["bias_lr_scale"]
+    if scale == 1:
+        groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    else:
+        shifts = {id(m.bias) for m in model.modules() if isinstance(m, NORM_TYPES) and m.bias is not None}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in shifts], "lr_scale": 1.0},
+                  {"params": [p for p in model.parameters() if id(p) in shifts], "lr_scale": scale,
+                   "weight_decay": cfg["weight_decay"] / scale}]
+    return torch.optim.SGD(groups, **kwargs)
+
+
+class Lookahead:
+    """airbench's Lookahead as an exponential moving average of the weights (and BatchNorm's
+    running statistics): every `EVERY` steps the average takes a step towards the weights,
+    keeping a fraction decay = 0.95^5 (step / total)^3 of itself (~0 early, 0.77 at the end),
+    and the weights are set to the average; the last step sets them to the average as it is."""
+
+    EVERY = 5
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, step: int, total: int) -> None:
+        """After optimizer step number `step` (1-based) of `total`."""
+        if step % self.EVERY and step != total:
+            return
+        decay = 1.0 if step == total else 0.95 ** 5 * (step / total) ** 3
+        live = self.model.state_dict()
+        for k, avg in self.average.items():
+            avg.lerp_(live[k], 1 - decay)
+            live[k].copy_(avg)
+
+    def state_dict(self) -> dict:
+        return self.average
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            self.average[k].copy_(v)
 
 
 def images_to_device(x_nhwc: np.ndarray, device: torch.device) -> Tensor:
@@ -164,18 +220,21 @@ class EpochLoop:
         self.augment = AUGMENTATIONS[cfg["augmentation"]]
         self.optimizer = make_optimizer(model, cfg, device)
         self.forward = compiled(model, cfg, device)
+        self.lookahead = Lookahead(model) if cfg["lookahead"] else None
         self.epoch = 0
 
     def run_epoch(self) -> dict:
         self.model.train()
         start, cfg = time.perf_counter(), self.cfg
+        if hasattr(self.model, "epoch_start"):  # a model whose layers change with the epoch (airbench)
+            self.model.epoch_start(self.epoch)
         batch = self.epoch_batches()  # draws this epoch's data order now, from the stream
         loss_sum, correct = None, None
         for b in range(self.steps_per_epoch):
             step = self.epoch * self.steps_per_epoch + b
             lr = cfg["lr"] * lr_multiplier(step, self.total_steps, cfg["schedule"], cfg["warmup"])
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             x, y = batch(b)
             with self.precision.autocast():
                 logits = self.forward(x)
@@ -183,6 +242,8 @@ class EpochLoop:
             self.optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # a sum of the models' losses: each model gets its own gradient
             self.optimizer.step()
+            if self.lookahead is not None:
+                self.lookahead.step(step + 1, self.total_steps)
             right = self.correct(logits.detach(), y)
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             correct = right if correct is None else correct + right
@@ -210,20 +271,33 @@ class Trainer(EpochLoop):
                                                  normalize.mean.view(3), normalize.std.view(3))
         super().__init__(model, cfg, device, precision, len(self.x))
         self.gen = streams.torch_generator("train", cfg["seed"], device)
+        # airbench's derandomised flip: each image flipped in every other epoch, starting with a
+        # random half (drawn once, first from the stream, so a resumed run draws the same half)
+        self.flip_first = (torch.rand(len(self.x), device=device, generator=self.gen) < 0.5
+                           if cfg["augmentation"] in ALTERNATING_FLIP else None)
 
     def state_dict(self) -> dict:
         """A copy (not a view of live tensors) of everything needed to resume."""
-        return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                              "generator": self.gen.get_state(), "epoch": self.epoch})
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.gen.get_state(), "epoch": self.epoch}
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.augment(self.x[idx].float().div_(255), self.gen)
+        x = self.x[idx].float().div_(255)
+        if self.flip_first is None:
+            x = self.augment(x, self.gen)
+        else:
+            x = self.augment(x, self.gen, flip=self.flip_first[idx] ^ bool(self.epoch % 2))
         x, y = self.intervention.batch(x, self.y[idx], self.gen)
         return self.precision.layout(self.normalize(x)), y
 
@@ -266,6 +340,32 @@ def predict(model: torch.nn.Module, images: Tensor, normalize: Normalizer, preci
             feats.append(f.float())
             logits.append(model.head(f).float())
     return torch.cat(logits).cpu().numpy(), torch.cat(feats).cpu().numpy()
+
+
+def tta_views(x: Tensor, level: int) -> list[tuple[float, Tensor]]:
+    """airbench's test-time augmentation as (weight, view) pairs of a float pixel batch: level 1
+    the image and its mirror (1/2 each); level 2 those at 1/4 each, and the image translated by
+    one pixel up-left and down-right (reflect padding), each with its mirror, at 1/8 each."""
+    mirrored = [x, x.flip(3)]
+    if level == 1:
+        return [(0.5, v) for v in mirrored]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :-2, :-2], padded[..., 2:, 2:]]
+    return [(0.25, v) for v in mirrored] + [(0.125, v) for s in shifted for v in (s, s.flip(3))]
+
+
+def tta_logits(model: torch.nn.Module, images: Tensor, normalize: Normalizer, precision: Precision,
+               batch_size: int, device: torch.device, level: int) -> np.ndarray:
+    """The weighted mean of the logits over `tta_views`, for the test accuracy only (a probe's
+    answer is always the one plain forward pass of `predict`)."""
+    total = None
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        part = sum(w * predict(model, v, normalize, precision, batch_size, device)[0]
+                   for w, v in tta_views(x, level))
+        total = part if total is None else np.concatenate([total, part])
+    return total
 
 
 @contextmanager

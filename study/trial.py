@@ -35,7 +35,8 @@ from .noise import NoiseContext, make_bank, noise_families
 from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
 from .task import Task, check_task, make_task
-from .train import Normalizer, Precision, Trainer, compile_mode, images_to_device, predict, resolve_device
+from .train import (Normalizer, Precision, Trainer, compile_mode, images_to_device, predict, resolve_device,
+                    tta_logits)
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
 Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
@@ -134,9 +135,15 @@ def setup(config: dict, gpus: list | None = None) -> TrialSetup:
                       warnings=tuple(warnings))
 
 
+WHITENING_IMAGES = 5000  # airbench fits its whitening layer to the first 5,000 training images
+
+
 def new_model(s: TrialSetup) -> torch.nn.Module:
     model = build_model(s.cfg["model"], len(s.classes), s.cfg["seed"], s.cfg["pretrained"],
                         **factors_of(s.cfg)).to(s.device)
+    if hasattr(model, "fit_to_data"):  # a first layer made from the data (airbench's whitening)
+        x = images_to_device(s.task.train_x[:WHITENING_IMAGES], s.device).float().div_(255)
+        model.fit_to_data(s.normalize(x))
     return model.to(memory_format=torch.channels_last) if s.precision.channels_last else model
 
 
@@ -248,6 +255,7 @@ def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> 
     classes, and why noise goes where it goes. Each step returns what it measured."""
     predict = s.predictor(model)
     test = test_set(s, predict)
+    test.metrics["tta_accuracy"] = tta_accuracy(s, model)
     nodes = class_means(s, predict, test)
     sample = trained_sample(s, predict, trained)
     head = (model.head.weight.detach().float().cpu().numpy(), model.head.bias.detach().float().cpu().numpy())
@@ -290,6 +298,16 @@ class TestSet:
 def test_set(s: TrialSetup, predict: Predict) -> TestSet:
     logits, feats = predict(_on_cpu(s.task.test_x))
     return TestSet(probe.test_metrics(logits, s.task.test_y, s.classes), logits, feats)
+
+
+def tta_accuracy(s: TrialSetup, model: torch.nn.Module) -> float | None:
+    """The test accuracy under test-time augmentation (`tta` > 0), else None; beside the
+    single-view test_accuracy, never instead of it."""
+    if not s.cfg["tta"]:
+        return None
+    logits = tta_logits(model, _on_cpu(s.task.test_x), s.normalize, s.precision, s.cfg["eval_batch_size"],
+                        s.device, s.cfg["tta"])
+    return float((logits.argmax(1) == s.task.test_y).mean())
 
 
 def class_means(s: TrialSetup, predict: Predict, test: TestSet) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from study import augment, streams
 from study.augment import AUGMENTATIONS
 from study.errors import InputError
-from study.models import FACTOR_MODELS, FACTORS, MODELS, build_model
+from study.models import FACTOR_MODELS, FACTORS, MODELS, WIDTH_MODELS, PatchWhitening, build_model
 from study.noise import NOISE_FAMILIES, NoiseContext, make_bank, radial_frequency
 
 MEAN = torch.tensor([0.49, 0.48, 0.45])
@@ -23,6 +23,7 @@ TIMM_MODELS = ["timm:test_resnet", "timm:test_convnext", "timm:test_vit"]
 VARIANTS = ([(name, {}) for name in sorted(MODELS)]
             + [(name, {factor: option}) for name in sorted(FACTOR_MODELS) for factor in FACTORS
                for option in FACTORS[factor]]
+            + [(name, {"width": 0.25}) for name in sorted(WIDTH_MODELS)]
             + [(name, {}) for name in TIMM_MODELS])
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
 
@@ -85,7 +86,8 @@ def _check_pool(model, option, x):
 def _check_norm(model, option, x):
     if option == "none":
         assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in model.modules())
-        convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)
+                 and not isinstance(m, PatchWhitening)]   # fitted to the data, not initialised
         for m in convs:  # variance-preserving: std = gain / sqrt(fan_in)
             gain = torch.nn.init.calculate_gain("relu")
             assert m.weight.std().item() == pytest.approx(gain / m.weight[0].numel() ** 0.5, rel=1e-4)

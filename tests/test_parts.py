@@ -1,0 +1,112 @@
+"""A study run in parts on several machines: --seeds picks a slice, `analyze A B` aggregates the
+parts as one study (same design required, a grid point in two parts only if identical), and
+`export` copies the finished trials compactly and idempotently."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from analysis.contract import ARRAYS_NPZ, STUDY_JSON, TRIAL_JSON
+from analysis.errors import InputError
+from analysis.export import export
+from analysis.load import load, load_many
+from analysis.pipeline import aggregate
+from analysis.synthetic import Condition, write_study
+from study.__main__ import parse_seeds
+
+
+
+@pytest.mark.parametrize("spec, seeds", [("0-5", [0, 1, 2, 3, 4, 5]), ("3", [3]), ("0,2,4-6", [0, 2, 4, 5, 6])])
+def test_seeds_are_read_as_lists_and_ranges(spec, seeds):
+    assert parse_seeds(spec) == seeds
+
+
+@pytest.mark.parametrize("spec, message", [("5-2", "cannot read"), ("a", "cannot read"), ("-1", "cannot read"),
+                                           ("1,1", "twice"), ("0-3,2", "twice")])
+def test_bad_seeds_are_one_clear_error(spec, message):
+    with pytest.raises(InputError, match=message):
+        parse_seeds(spec)
+
+
+def _parts(tmp_path, seeds=8, split=4, change_b=None):
+    """One synthetic study of `seeds` seeds, split into two part folders at seed `split`; `change_b`
+    changes part b's config outside the grid (as study.json records it)."""
+    whole = write_study(tmp_path / "whole", [Condition("flip", absorber="bird"), Condition("none", absorber="cat")],
+                        seeds=seeds)
+    study = json.loads((whole / STUDY_JSON).read_text())
+    config = json.loads((whole / study["points"][0]["dir"] / TRIAL_JSON).read_text())["config"]
+    resolved = {k: v for k, v in config.items() if k not in study["axes"]}
+    parts = []
+    for name, keep, resolved in (("a", range(split), resolved), ("b", range(split, seeds), {**resolved, **(change_b or {})})):
+        part = tmp_path / name / "synthetic"
+        points = [p for p in study["points"] if p["axes"]["seed"] in keep]
+        for p in points:
+            shutil.copytree(whole / p["dir"], part / p["dir"])
+        (part / STUDY_JSON).write_text(json.dumps({**study, "points": points, "resolved": resolved,
+                                                   "grid": {"augmentation": ["flip", "none"], "seed": list(keep)}}))
+        parts.append(part)
+    return whole, parts
+
+
+def test_parts_load_as_the_whole_study_with_their_sources(tmp_path):
+    whole, (a, b) = _parts(tmp_path)
+    merged, single = load_many([str(a), str(b)]), load(str(whole))
+    assert [r["trial_id"] for r in merged.runs] == [r["trial_id"] for r in single.runs]
+    assert {r["source"] for r in merged.runs} == {str(a), str(b)}
+    assert len(merged.study["points"]) == 16 and merged.study["grid"]["seed"] == list(range(8))
+    run = next(r for r in merged.runs if r["seed"] == 6)
+    assert merged.arrays(run) is not None   # read from its own folder
+    summary = aggregate([str(a), str(b)], str(tmp_path / "report"), log=None)
+    assert "16 runs" in summary
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert set(runs["source"]) == {str(a), str(b)} and len(runs) == 16
+    assert f"`{a}`: 8." in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_parts_of_different_configs_are_refused_naming_both_and_the_key(tmp_path):
+    _, (a, b) = _parts(tmp_path, change_b={"n_noise": 300})
+    with pytest.raises(InputError, match=r"n_noise: was 300, now 200") as e:
+        aggregate([str(a), str(b)], str(tmp_path / "report"), log=None)
+    assert str(a) in str(e.value) and str(b) in str(e.value)
+    assert not (tmp_path / "report").exists()   # refused before any work
+
+
+def test_a_grid_point_in_two_parts_counts_once_if_identical_else_is_refused(tmp_path):
+    _, (a, b) = _parts(tmp_path)
+    shutil.copytree(a / "augmentation=flip_seed=0", b / "augmentation=flip_seed=0")
+    merged = load_many([str(a), str(b)])
+    assert len(merged.runs) == 16
+    assert any("counted once" == p["action"] for p in merged.problems)
+    t = json.loads((b / "augmentation=flip_seed=0" / TRIAL_JSON).read_text())
+    t["config_digest"] = "another"
+    (b / "augmentation=flip_seed=0" / TRIAL_JSON).write_text(json.dumps(t))
+    with pytest.raises(InputError, match="different results"):
+        load_many([str(a), str(b)])
+
+
+def test_export_copies_only_the_finished_trials_and_is_idempotent(tmp_path):
+    whole, (a, b) = _parts(tmp_path)
+    (a / "augmentation=flip_seed=1" / "checkpoint_000001").mkdir()
+    (a / "augmentation=flip_seed=1" / "checkpoint_000001" / "state.pt").write_bytes(b"x" * 1000)
+    (a / "augmentation=none_seed=2" / TRIAL_JSON).unlink()          # unfinished: not exported
+    dest = tmp_path / "export"
+    first = export(str(a), str(dest), log=lambda m: None)
+    assert first["trials"] == 7
+    assert sorted(p.name for p in (dest / "augmentation=flip_seed=1").iterdir()) == [ARRAYS_NPZ, TRIAL_JSON]
+    assert not (dest / "augmentation=none_seed=2").exists()
+    again = export(str(a), str(dest), log=lambda m: None)
+    assert again == {**first, "trials": 0, "kept": 7}
+    export(str(b), str(dest), log=lambda m: None)    # the other part into the same folder: one study
+    study = json.loads((dest / STUDY_JSON).read_text())
+    assert len(study["points"]) == 16
+    assert len(load(str(dest)).runs) == 15
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    t = json.loads((other / "augmentation=flip_seed=0" / TRIAL_JSON).read_text())
+    t["test_accuracy"] = 0.5
+    (other / "augmentation=flip_seed=0" / TRIAL_JSON).write_text(json.dumps(t))
+    with pytest.raises(InputError, match="another result"):
+        export(str(other), str(dest), log=lambda m: None)
