@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InputError
+from .errors import exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,14 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", help="study folder or URI (<storage>/<name>); several: the parts of "
                    "one study run on several machines (the same sweep file, e.g. with --seeds), aggregated as one")
     p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
+    from .guard import WEAK_MARGIN
+    p.add_argument("--weak-margin", type=float, default=WEAK_MARGIN, metavar="M",
+                   help="a condition is too weak to interpret (marked, out of the confirmatory family) when the lower "
+                   f"bound of its test accuracy is below chance + M (default {WEAK_MARGIN})")
     args = p.parse_args(argv)
-    from .pipeline import aggregate
-    try:
-        print(aggregate(args.results if len(args.results) > 1 else args.results[0], args.out))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not 0 <= args.weak_margin < 1:
+        print(f"error: --weak-margin: out of range (got {args.weak_margin}); allowed: 0 <= M < 1", file=sys.stderr)
         return 2
-    return 0
+    from .pipeline import aggregate
+    return exit_code(lambda: print(aggregate(args.results if len(args.results) > 1 else args.results[0], args.out,
+                                             weak_margin=args.weak_margin)))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ BIAS_DEALS = 99               # random deals of the head's biases per noise fami
 
 def show_value(v) -> str:
     """A grid value as text for labels and folder names: [cat, dog] -> cat.dog,
-    {target: bird, kind: blur, strength: 1.0} -> bird.blur.1.0."""
+    {target: bird, kind: blur, strength: 1.0} -> bird.blur.1.0; an arm {name: fast, ...} -> fast."""
+    if isinstance(v, dict) and "name" in v:
+        return show_value(v["name"])
     if isinstance(v, dict):
         return ".".join(show_value(x) for x in v.values())
     if isinstance(v, list):
@@ -75,6 +77,11 @@ def trial_dirname(axes: dict) -> str:
 # Trial keys that change where and how fast a trial runs, not what it measures: a result made
 # with other values of these is the same result (and no condition of the aggregation).
 RUN_ONLY_KEYS = ("device", "threads", "data_root", "data_verify", "eval_batch_size", "compile")
+# Trial keys whose values decide which network a seed builds (its shapes and its weights): runs of
+# two conditions that differ in one of these are different networks, so a seed does not pair them.
+# (The architecture factors are not among them: models that differ only in a factor draw the same
+# initial weights for a seed, study/models.py.)
+NETWORK_KEYS = ("model", "width", "pretrained", "classes")
 _MISSING = object()
 
 

@@ -21,3 +21,14 @@ class InputError(Exception):
 
     def __reduce__(self):  # picklable and copyable, so it crosses process boundaries (Ray) intact
         return (type(self), (self.where, self.problem, self.allowed, self.value))
+
+
+def exit_code(call) -> int:
+    """Run a command's work: 0, or the InputError's one line on stderr and 2."""
+    import sys
+    try:
+        call()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

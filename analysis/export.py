@@ -15,7 +15,7 @@ import json
 import sys
 
 from .contract import ARRAYS_NPZ, STUDY_JSON, TRIAL_JSON, open_filesystem
-from .errors import InputError
+from .errors import InputError, exit_code
 from .load import _read, check_writable, load, merged_study, open_study, same_design
 
 
@@ -84,12 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", help="a study folder or URI (<storage>/<name>)")
     p.add_argument("dir", help="folder or URI to export into (created if missing)")
     args = p.parse_args(argv)
-    try:
-        export(args.results, args.dir)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: export(args.results, args.dir))
 
 
 if __name__ == "__main__":

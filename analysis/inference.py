@@ -9,13 +9,15 @@ Benjamini-Hochberg. MST edges are in edge_frequency.csv, Benjamini-Yekutieli.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
 import numpy as np
 import pandas as pd
 
-from . import stats, trees
+from . import guard, stats, trees
+from .contract import NETWORK_KEYS
 from .tables import completed
 
 # id -> (table, what a small p says). README's table of test ids is checked against this.
@@ -60,6 +62,9 @@ TESTS = {
                            "largest amplitude (Kang et al. predict a fall)"),
     "bn_mode_effect": ("tests", "BatchNorm on the noise batch's own, or on re-estimated, statistics changes the top "
                        "share against the running statistics"),
+    "accuracy_trend": ("tests", "across conditions that train the same classes, a noise family's top share or mean "
+                       "max-softmax goes with the networks' test accuracy (Spearman over runs, runs permuted); "
+                       "confirmatory for Gaussian noise where the conditions are different networks (a ladder)"),
     "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
                   "biases dealt to the classes at random (per-run ranks among random deals)"),
 }
@@ -70,7 +75,7 @@ FACTORS = ("factor_absorber", "factor_top_share", "factor_epoch0_bias")   # thei
 CORRECTION = {"confirmatory": "holm", "factors": "holm", "exploratory": "fdr_bh"}
 TEST_COLUMNS = ["test", "family", "hypothesis", "condition", "noise", "variable", "statistic", "p_value",
                 "p_adjusted", "p_min", "p_needed", "can_reject", "n_needed", "effect", "effect_name",
-                "ci_low", "ci_high", "n_runs", "method"]
+                "ci_low", "ci_high", "n_runs", "method", "too_weak"]
 N_SEARCH = 100_000   # n_needed is searched up to this many runs
 PAIRING_TESTS = ("noise_neighbour", "epoch0_favourite_is_absorber")   # the pairing permutation
 
@@ -150,6 +155,40 @@ def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.D
 
 # ---------------------------------------------------------------- 3. absorber vs condition
 
+def different_networks(groups: dict[str, list[dict]], conditions: list[str]) -> bool:
+    """Whether the conditions build different networks (contract.NETWORK_KEYS differ)."""
+    return len({json.dumps([groups[c][0]["config"].get(k) for k in NETWORK_KEYS]) for c in conditions}) > 1
+
+
+def accuracy_trends(groups: dict[str, list[dict]]) -> list[dict]:
+    """Within each set of >= 2 conditions that train the same classes: does a family's top share, or
+    its mean max-softmax, go with the test accuracy over the runs (stats.rank_trend)? Pre-registered
+    (confirmatory, Gaussian noise) where the conditions are different networks, the design of an
+    accuracy ladder; exploratory elsewhere (there accuracy varies only by chance)."""
+    by_classes = defaultdict(list)
+    for condition, runs in groups.items():
+        by_classes[tuple(runs[0]["classes"])].append(condition)
+    rows = []
+    for conditions in by_classes.values():
+        runs = [r for c in conditions for r in groups[c] if r.get("test_accuracy") is not None]
+        if len(conditions) < 2 or len(runs) < 3:
+            continue
+        ladder = different_networks(groups, conditions)
+        acc = [r["test_accuracy"] for r in runs]
+        for f in families_of(runs):
+            for variable in ("top_share", "mean_max_softmax"):
+                values = [r[variable][r["families"].index(f)] for r in runs]
+                res = stats.rank_trend(acc, values)
+                row = _row("accuracy_trend", f"the {variable} of {f} noise goes with test accuracy",
+                           " vs ".join(conditions), f, res, "Spearman rho over runs, runs permuted "
+                           f"({stats.PERMUTATIONS} permutations); percentile bootstrap interval over runs",
+                           variable=variable, p_min_of_n=lambda n: stats.mc_floor(stats.PERMUTATIONS))
+                if ladder and f == PRIMARY_NOISE:
+                    row["family"] = "confirmatory"
+                rows.append(row)
+    return rows
+
+
 def paired_seeds(seed_sets: list[set]) -> list:
     """The seeds every condition has (the complete pairs), when the conditions were run on the
     same seeds: at least 2 in common and at least half of each condition's runs. One diverged or
@@ -170,6 +209,11 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
         label = " vs ".join(conditions)
         seed_sets = [{r["seed"] for r in groups[c]} for c in conditions]
         common = paired_seeds(seed_sets)
+        if common and different_networks(groups, conditions):   # e.g. a ladder's rungs: small_cnn, airbench
+            notes.append(f"{label}: the conditions build different networks ({', '.join(NETWORK_KEYS)} differ), so a "
+                         "seed does not pair their runs: the absorber is compared across them unpaired (the condition "
+                         "labels permuted over runs).")
+            common = []
         unpaired_runs = sum(len(s) for s in seed_sets) - len(common) * len(conditions)
         if common and unpaired_runs:
             notes.append(f"{label}: {unpaired_runs} run(s) without a partner in every condition (diverged, failed "
@@ -312,10 +356,17 @@ def _needed_n(p_min_of_n, level: float) -> float:
     return float(lo)
 
 
-def finalize(rows: list[dict]) -> pd.DataFrame:
+def finalize(rows: list[dict], weak: set[str] = frozenset()) -> pd.DataFrame:
     """tests.csv: each family's correction, and for every row the p it needs (stats.needed_p),
-    whether its smallest attainable p can reach it, and how many runs would let it."""
+    whether its smallest attainable p can reach it, and how many runs would let it. A row about a
+    condition too weak to interpret (`weak`, analysis/guard.py) is marked `too_weak` and leaves the
+    confirmatory and factors families for the exploratory one."""
     df = pd.DataFrame(rows, columns=[*TEST_COLUMNS, "_p_min_of_n"])
+    df["too_weak"] = [guard.involves(c, weak) for c in df["condition"]]
+    moved = df["too_weak"] & (df["family"] != "exploratory")
+    df.loc[moved, "method"] = df.loc[moved, "method"] + "; out of the " + df.loc[moved, "family"] + \
+        " family: a condition too weak to interpret"
+    df.loc[moved, "family"] = "exploratory"
     df["p_value"] = df["p_value"].astype(float)
     df["p_min"] = df["p_min"].astype(float)
     for family, method in CORRECTION.items():

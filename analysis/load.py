@@ -156,7 +156,7 @@ def _compact(trial_id: str, t: dict) -> dict:
     run = {"trial_id": trial_id, "status": t["status"], "seed": int(t["seed"]),
            "config": t["config"], "classes": classes,
            "heldout_classes": list(t.get("heldout_classes") or []),
-           "test_accuracy": t.get("test_accuracy"),
+           "test_accuracy": t.get("test_accuracy"), "n_test": t.get("n_test"), "tta_accuracy": t.get("tta_accuracy"),
            "train_seconds": (t.get("timing") or {}).get("train_seconds"),
            "arrays_sha256": (t.get("arrays") or {}).get("sha256"), "config_digest": t.get("config_digest"),
            "warnings": t.get("warnings") or [],
@@ -436,7 +436,7 @@ def _belonging(runs: list[dict], study: dict | None, problems: list) -> list[dic
     problem, never mixed in. Studies written before study.json held `resolved` are not checked."""
     if not study or not isinstance(study.get("resolved"), dict):
         return runs
-    expected = {p["dir"]: {**study["resolved"], **p["axes"]} for p in study["points"]}
+    expected = {p["dir"]: {**study["resolved"], **p.get("keys", {}), **p["axes"]} for p in study["points"]}
     kept = []
     for run in runs:
         cfg = expected.get(run["trial_id"])

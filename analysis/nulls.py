@@ -190,6 +190,7 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "amplitude_kl_trend": effects.probes == 0,
         "bn_mode_effect": effects.probes == 0,
         "literature_order": effects.probes == 0,
+        "accuracy_trend": True,        # each run's test accuracy is drawn apart from everything it measures
         # the head's biases exchangeable with respect to the weights (bias_deal's null) only where they are
         # drawn free (overturn); drawn given that the planned absorbers lead, they favour those classes
         "bias_deal": design.overturn and effects.probes == 0,

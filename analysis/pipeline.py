@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import causal, document, factors, hypotheses, inference, plots, report, tables, trees, why
+from . import causal, document, factors, guard, hypotheses, inference, plots, report, tables, trees, why
 from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_same_study, check_writable, load, load_many, open_study
 
@@ -56,7 +56,7 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
 
 
 def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None = None,
-               frames: dict | None = None) -> dict:
+               frames: dict | None = None, weak_margin: float = guard.WEAK_MARGIN) -> dict:
     """Every test of a study: `tests` (tests.csv), `edge_frequency` (the per-edge MST tests),
     `consistency`, `absorber_distribution`, `causal_pairs`, `causal_dose`, `factor_pairs`, and
     the `notes` the report prints. The one path from loaded runs to p-values: aggregate() writes
@@ -75,15 +75,20 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
     edge_freq, geometry_tests = inference.geometry(groups)
     pairs = causal.pairs_table(data)
     factor_pairs = factors.pairs_table(data)
-    rows = (tests + dependence + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)
+    rows = (tests + dependence + inference.accuracy_trends(groups) + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)
             + why.intervention_tests(data) + causal.causal_tests(pairs)
             + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups) + hypotheses.tests_of_study(frames))
-    return {"tests": inference.finalize(rows), "edge_frequency": edge_freq, "consistency": consistency,
+    accuracy = guard.accuracy_guard(groups, weak_margin)
+    weak = guard.weak_conditions(accuracy)
+    consistency["too_weak"] = [c in weak for c in consistency["condition"]] if len(consistency) else []
+    return {"tests": inference.finalize(rows, weak), "accuracy_guard": accuracy, "edge_frequency": edge_freq,
+            "consistency": consistency,
             "absorber_distribution": distribution, "causal_pairs": pairs, "causal_dose": causal.dose_table(pairs),
             "factor_pairs": factor_pairs, "notes": notes}
 
 
-def aggregate(results: str | list[str], out: str | None = None, log: Callable[[str], None] | None = print) -> str:
+def aggregate(results: str | list[str], out: str | None = None, log: Callable[[str], None] | None = print,
+              weak_margin: float = guard.WEAK_MARGIN) -> str:
     """Aggregate a study folder (local or URI) into CSVs, PNGs, report.md and report.html under `out`
     (default: <results>/report). Several folders are the parts of one study (load.load_many; the
     default `out` is then the first one's report folder). Returns a one-paragraph summary; `log`
@@ -118,11 +123,13 @@ def aggregate(results: str | list[str], out: str | None = None, log: Callable[[s
     why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
     probe_frames = {"amplitude": hypotheses.amplitude_table(data), "batchnorm": hypotheses.batchnorm_table(data),
                     "handover": hypotheses.handover_table(data), "literature": hypotheses.literature_table(why_frames["ood"])}
-    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], **why_frames, **probe_frames})
+    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], **why_frames, **probe_frames},
+                        weak_margin=weak_margin)
     consistency, edge_freq, notes = tested["consistency"], tested["edge_frequency"], tested["notes"]
     pairs, doses, factor_pairs = tested["causal_pairs"], tested["causal_dose"], tested["factor_pairs"]
     frames.update({"consistency": consistency, "absorber_distribution": tested["absorber_distribution"],
-                   "edge_frequency": edge_freq, "tests": tested["tests"], "problems": tables.problems_table(data)})
+                   "edge_frequency": edge_freq, "tests": tested["tests"], "problems": tables.problems_table(data),
+                   "accuracy_guard": tested["accuracy_guard"]})
     frames.update({k: v for k, v in why_frames.items() if not v.empty})
     frames.update({k: v for k, v in probe_frames.items() if not v.empty})
     frames["scoreboard"] = hypotheses.scoreboard(frames["tests"], list(groups), {**probe_frames, **why_frames})

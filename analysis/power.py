@@ -240,6 +240,26 @@ def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
     return "\n".join(lines)
 
 
+def unpaired_power(k: int, s: int, q: float, conditions: int = 2, sims: int = 400, alpha: float = ALPHA,
+                   seed: int = 0, perms: int = PERMS) -> Power:
+    """Power of the unpaired test that the absorber depends on the condition (stats.permutation_chi2:
+    condition labels permuted over runs), for `conditions` arms of S runs each whose modal classes
+    differ: arm i's runs absorb to class i with probability q, else uniformly to another class (the
+    ladder's design: rungs of different networks, so their seeds are not paired)."""
+    if not (k >= conditions >= 2 and s >= 1 and 0 <= q <= 1):
+        raise ValueError(f"need K >= conditions >= 2, S >= 1, q in [0, 1] (got K={k}, conditions={conditions}, "
+                         f"S={s}, q={q})")
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(conditions), s)
+    rejections = 0
+    for _ in range(sims):
+        modal = rng.random(len(groups)) < q
+        other = (groups + 1 + rng.integers(0, k - 1, len(groups))) % k   # uniform over the K - 1 others
+        absorbers = np.where(modal, groups, other)
+        rejections += stats.permutation_chi2(absorbers, groups, perms=perms, seed=int(rng.integers(2**31)))["p_value"] <= alpha
+    return _estimate(int(rejections), sims)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.power", description="Power of the absorber tests by simulation.")
     p.add_argument("--k", type=int, nargs="+", default=[10])
@@ -247,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--q", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--paired", type=float, nargs=3, default=list(PAIRED_EFFECT), metavar=("Q_A", "Q_B", "AGREE"))
     p.add_argument("--conditions", type=int, nargs="+", default=[2, 3], help="paired conditions")
+    p.add_argument("--unpaired", type=float, metavar="Q", help="also the unpaired test that the absorber depends on "
+                   "the condition (permutation chi-square), for arms whose modal classes differ, each with share Q")
     p.add_argument("--sims", type=int, default=4000)
     args = p.parse_args(argv)
     print(f"Absorber consistency: power at alpha = {ALPHA} ({args.sims} simulated studies each; +- 1 Monte Carlo SE)\n")
@@ -271,6 +293,17 @@ def main(argv: list[str] | None = None) -> int:
             need = seeds_needed(lambda n: paired_power(k, n, q_a, q_b, agree, c, sims), start=args.seeds[0])  # noqa: B023
             print(f"| {k} | {c} | {discordance(k, q_a, q_b, agree):.2f} | "
                   + " | ".join(f"{x.power:.3f} +- {x.se:.3f}" for x in cells) + f" | {need} |")
+    if args.unpaired is not None:
+        q, sims = args.unpaired, max(200, args.sims // 10)
+        print(f"\nUnpaired absorber test (permutation chi-square): each arm's runs absorb to its own modal class "
+              f"with probability {q}, else uniformly elsewhere; {sims} simulated studies each\n")
+        print("| K | conditions | " + " | ".join(f"S = {s}" for s in args.seeds) + " | seeds for 80% |")
+        print("|---|---|" + "---|" * (len(args.seeds) + 1))
+        for k in args.k:
+            for c in args.conditions:
+                cells = [unpaired_power(k, s, q, c, sims) for s in args.seeds]
+                need = seeds_needed(lambda n: unpaired_power(k, n, q, c, sims), start=args.seeds[0])  # noqa: B023
+                print(f"| {k} | {c} | " + " | ".join(f"{x.power:.3f} +- {x.se:.3f}" for x in cells) + f" | {need} |")
     return 0
 
 

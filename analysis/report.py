@@ -156,6 +156,14 @@ def answer_first(ctx: ReportContext) -> list:
     if cons.empty:
         return [Paragraph(text("No completed runs: nothing to conclude."))]
     items, open_questions = [], []
+    guard_table = ctx.table("accuracy_guard")
+    too_weak = guard_table[guard_table["too_weak"]] if len(guard_table) else guard_table
+    weak_names = set(too_weak["condition"]) if len(too_weak) else set()
+    for r in too_weak.itertuples():
+        open_questions.append(text(Strong(f"{r.condition}: too weak to interpret"), f" (test accuracy {r.accuracy_mean:.3f}, "
+                                   f"pooled {stats.LEVEL} interval [{r.ci_low:.3f}, {r.ci_high:.3f}] against chance {r.chance:.3f}; "
+                                   f"{r.rule}): its networks barely learned, so where they send noise says little about "
+                                   "trained classifiers; its tests are exploratory."))
     for i, (condition, sub) in enumerate(cons.groupby("condition", sort=False)):
         parts, weak = [], []
         for r in sub.itertuples():
@@ -169,7 +177,8 @@ def answer_first(ctx: ReportContext) -> list:
                 weak.append(r.noise)
         n = int(sub["n_runs"].max())
         if i < ANSWER_CONDITIONS:
-            items.append(text(Strong(condition), f" (n = {n} runs): ") + _joined(parts))
+            flag = " (too weak to interpret)" if condition in weak_names else ""
+            items.append(text(Strong(condition), f" (n = {n} runs){flag}: ") + _joined(parts))
         if weak:
             t = _one(tests, "absorber_consistency", condition=condition, noise=inference.PRIMARY_NOISE)
             why = (f"; {inference.PRIMARY_NOISE}: {verdict(t)}" if t is not None and inference.PRIMARY_NOISE in weak

@@ -377,6 +377,30 @@ def sign_flip(diffs: np.ndarray, perms: int = PERMUTATIONS, seed: int = 0) -> di
             "effect": float(d.mean() / sd) if sd > 0 else 0.0}
 
 
+def rank_trend(x, y, perms: int = PERMUTATIONS, boot: int = 2000, seed: int = 0) -> dict:
+    """H0: y does not go with x over runs (y exchangeable across the runs: e.g. the top share of
+    noise and the test accuracy of networks trained to different accuracies). Statistic: Spearman's
+    rho; p: two-sided, y permuted over runs (Monte Carlo, `perms`). n: the runs. Smallest attainable
+    p: 1/(1 + perms) (exact 2/n! below it, for n <= 6). Estimate: rho with a percentile bootstrap
+    interval over runs (resampled with replacement; a resample without spread in x or y is skipped)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    p_min = max(mc_floor(perms), 2 / math.factorial(n) if n <= 6 else 0.0)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"statistic": np.nan, "p_value": 1.0, "p_min": p_min, "effect": np.nan, "effect_name": "spearman_rho",
+                "ci_low": np.nan, "ci_high": np.nan, "n_runs": n}
+    rx, ry = _standardized_ranks(x), _standardized_ranks(y)
+    observed = float(rx @ ry)   # unit-length centred ranks: their dot product is Spearman's rho
+    rng = np.random.default_rng(seed)
+    null = np.abs(rng.permuted(np.broadcast_to(ry, (perms, n)), axis=1) @ rx)
+    idx = rng.integers(0, n, (boot, n))
+    keep = (np.ptp(x[idx], axis=1) > 0) & (np.ptp(y[idx], axis=1) > 0)
+    rhos = [float(_standardized_ranks(x[i]) @ _standardized_ranks(y[i])) for i in idx[keep]]
+    low, high = np.quantile(rhos, [ALPHA / 2, 1 - ALPHA / 2]) if rhos else (np.nan, np.nan)
+    return {"statistic": observed, "p_value": mc_pvalue(null, abs(observed)), "p_min": p_min, "effect": observed,
+            "effect_name": "spearman_rho", "ci_low": float(low), "ci_high": float(high), "n_runs": n}
+
+
 def discordance(first: list, second: list, margin: float = DISCORDANCE_MARGIN, alpha: float = ALPHA) -> dict:
     """Paired (same seeds), two conditions: the share of seeds whose absorber differs between them,
     with its Clopper-Pearson (1 - alpha) interval, and an exact equivalence test. H0: the

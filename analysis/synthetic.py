@@ -30,6 +30,7 @@ class Condition:
     p_absorber: float = 0.9                     # chance a run picks the planted absorber
     tree: list[tuple[str, str]] | None = None   # planted MST edges over classes + noise
     p_tree: float = 0.9                         # chance a run's distances follow the planted tree
+    accuracy: tuple[float, float] = (0.7, 0.95)  # each run's test accuracy is uniform in this range
 
 
 def _tree_distances(nodes: list[str], tree: list[tuple[str, str]] | None, rng) -> np.ndarray:
@@ -83,7 +84,8 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
     heldout = {h: dict(zip(classes, rng.dirichlet(np.ones(k)).tolist())) for h in CIFAR10 if h not in classes}
     trial = {"schema": SCHEMA_VERSION, "status": COMPLETED, "seed": seed, "noise_seed": 0, "classes": classes,
              "heldout_classes": [h for h in CIFAR10 if h not in classes],
-             "test_accuracy": float(rng.uniform(0.7, 0.95)), "noise_families": families,
+             "test_accuracy": float(rng.uniform(*cond.accuracy)), "n_test": 1000 * len(cond.classes),
+             "noise_families": families,
              "absorption": absorption, "absorber": summary, "mst": mst, "distance": distance,
              "trajectory": trajectory, "heldout": heldout, "timing": {"train_seconds": 1.0},
              "warnings": []}

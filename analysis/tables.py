@@ -21,6 +21,7 @@ def runs_table(data: Loaded) -> pd.DataFrame:
         row = {"trial_id": r["trial_id"], "status": r["status"], "condition": r["condition"], "seed": r["seed"]}
         row.update({a: show_value(v) for a, v in r["axes"].items() if a != "seed"})
         row.update({"classes": show_value(r["classes"]), "test_accuracy": r["test_accuracy"],
+                    "tta_accuracy": r.get("tta_accuracy"),   # test-time augmented, where the trial measured it
                     "train_seconds": r["train_seconds"], "diverged_at_epoch": r["diverged_at_epoch"],
                     "warnings": " | ".join(r["warnings"])})
         if "source" in r:  # a study merged from several folders: where this run came from

@@ -283,9 +283,47 @@ class Key:
         return self.default if self.absent is _AS_DEFAULT else self.absent
 
 
+def arm_name(v, where):
+    """An arm's name (letters, digits, _ . -), or a whole arm {name: NAME, keys...} as a grid value
+    (its keys are checked when each grid point is resolved: validate_trial expands it)."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        expand_arm({"arm": v}, where[:-len("arm")] if where.endswith("arm") else "")
+        arm_name(v["name"], f"{where}.name")
+        return v
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", v):
+        raise InputError(where, "invalid arm name", "null, or a name of 1-60 letters, digits, _ . -, or a mapping "
+                         "{name: NAME, <trial keys>: ...}", v)
+    return v
+
+
+def expand_arm(raw: dict, where: str) -> dict:
+    """`arm: {name: NAME, key: value, ...}` -> `arm: NAME` and the arm's keys: one grid axis that
+    sets several trial keys at once (e.g. the rungs of a ladder: model, width, epochs). A key the
+    arm sets may not be set beside it too (which of the two would hold is not obvious)."""
+    arm = raw.get("arm")
+    if not isinstance(arm, dict):
+        return raw
+    allowed = "a mapping {name: NAME, <trial keys>: values} (not seed or arm itself)"
+    if "name" not in arm:
+        raise InputError(f"{where}arm", "has no name", allowed, arm)
+    keys = {k: v for k, v in arm.items() if k != "name"}
+    for k in keys:
+        if k not in _TRIAL_BY_NAME or k in ("arm", "seed"):
+            raise InputError(f"{where}arm.{k}", "is not a key an arm can set", allowed, arm)
+        if k in raw:
+            raise InputError(f"{where}arm.{k}", f"is set both by the arm {arm['name']!r} and beside it "
+                             f"({k}: {raw[k]!r})", "each key in one place: the arm, or the config", keys[k])
+    return {**raw, **keys, "arm": arm["name"]}
+
+
 TRIAL_KEYS = [
     Key("seed", 0, "seeds weight init, data order, augmentation, the train subset and a class "
         "intervention (each its own stream: study/streams.py)", integer(0, MAX_SEED)),
+    Key("arm", None, "the name of this trial's condition when several keys change together (a grid axis of "
+        "mappings {name: NAME, key: value, ...}, e.g. the rungs of a ladder); the name labels the condition",
+        arm_name),
     Key("classes", "all", "`all` or a list of CIFAR-10 classes, labelled 0..K-1 in the order "
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
     Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
@@ -396,6 +434,7 @@ def validate_trial(raw: dict, where: str = "") -> dict:
     unknown = [k for k in raw if k not in _TRIAL_BY_NAME]
     if unknown:
         raise InputError(f"{where}{unknown[0]}", "unknown key", ", ".join(_TRIAL_BY_NAME))
+    raw = expand_arm(raw, where)
     cfg = dict(TRIAL_DEFAULTS)
     for k, v in raw.items():
         cfg[k] = _TRIAL_BY_NAME[k].check(v, f"{where}{k}")
@@ -551,11 +590,32 @@ def apply_sets(data: dict, sets: list[str], known: Callable[[list[str]], bool],
     return data
 
 
-def load_trial_config(path: str | Path, sets: list[str] | None = None) -> dict:
+BASE = "base"   # a trial config's `base: OTHER.yaml` (relative to it): OTHER's keys, then its own over them
+
+
+def read_trial_keys(path: str | Path, _seen: tuple = ()) -> dict:
+    """A trial config's own keys over those of its `base` chain (unresolved: no defaults added), so
+    that variants of a recipe (another width, the cat/dog classes) name only what they change."""
+    path = Path(path)
     data = read_yaml(path)
     if {"trial", "grid"} & set(data) and not set(data) & set(_TRIAL_BY_NAME):
         raise InputError(str(path), "is a sweep file (it has trial/grid sections), not a trial config",
                          "a trial config (configs/*.yaml); a sweep file runs with `study check` / `study sweep`")
+    if BASE not in data:
+        return data
+    base = data[BASE]
+    if not isinstance(base, str) or not base:
+        raise InputError(f"{path}: {BASE}", "must be the path of another trial config", "a path, relative to this file", base)
+    file = (path.parent / base).resolve()
+    if file in _seen or file == path.resolve():
+        raise InputError(f"{path}: {BASE}", "the chain of bases comes back to a config already in it",
+                         "bases that end in a config without one", base)
+    own = {k: v for k, v in data.items() if k != BASE}
+    return {**read_trial_keys(file, (*_seen, path.resolve())), **own}
+
+
+def load_trial_config(path: str | Path, sets: list[str] | None = None) -> dict:
+    data = read_trial_keys(path)
     data = apply_sets(data, sets, lambda p: len(p) == 1 and p[0] in _TRIAL_BY_NAME, _trial_set_hint)
     return validate_trial(data)
 
@@ -767,4 +827,22 @@ def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
                          "a sweep file (name, trial, grid, resources, run); a trial config runs with "
                          "`study trial CONFIG --out DIR`")
     data = apply_sets(data, sets, _sweep_path_known, _sweep_set_hint)
+    arms = (data.get("grid") or {}).get("arm") if isinstance(data.get("grid"), dict) else None
+    if isinstance(arms, list):
+        data["grid"]["arm"] = [arm_from_config(a, Path(path).parent, f"grid.arm[{i}]") for i, a in enumerate(arms)]
     return validate_sweep(data)
+
+
+def arm_from_config(arm, folder: Path, where: str):
+    """An arm `{name: NAME, config: FILE, key: value ...}` takes FILE's trial keys (FILE relative to
+    the sweep file's folder), then its own keys over them: the rungs of a ladder are the operating
+    points' own config files, so a recipe is written once."""
+    if not isinstance(arm, dict) or "config" not in arm:
+        return arm
+    file = Path(arm["config"]) if Path(str(arm["config"])).is_absolute() else folder / str(arm["config"])
+    keys = read_trial_keys(file)
+    unknown = [k for k in keys if k not in _TRIAL_BY_NAME]
+    if unknown:
+        raise InputError(f"{where}.config: {file}", f"unknown key {unknown[0]!r}", ", ".join(_TRIAL_BY_NAME))
+    named = {"name": arm["name"]} if "name" in arm else {}
+    return {**named, **keys, **{k: v for k, v in arm.items() if k not in ("name", "config")}}

@@ -120,6 +120,8 @@ def check_trials(points: list[dict], locate=None, gpu_here: bool = False) -> lis
             build_model(p["model"], len(trained_classes(p)), 0, p["pretrained"], **factors_of(p))
         except InputError as e:
             raise locate(p, e) from None
+    from .recipe import weak_recipe_warnings
+    warnings += weak_recipe_warnings(points)
     compiled = sorted({str(p["compile"]) for p in points if p["compile"] and
                        (p["device"] == "cpu" or not gpu_here)})
     if compiled:
@@ -336,11 +338,15 @@ def study_record(plan: Plan) -> dict:
     s = plan.sweep
     # every point's resolved config is `resolved` with its axes; the aggregation checks each
     # trial.json's config against it (contract.config_changes), so no stale result is mixed in
-    resolved = {k: v for k, v in plan.points[0].items() if k not in s.grid}
+    # an arm axis sets other keys too: those that differ between points are each point's `keys`
+    varying = {k for k in plan.points[0] if k not in s.grid
+               and len({json.dumps(p[k], sort_keys=True) for p in plan.points}) > 1}
+    resolved = {k: v for k, v in plan.points[0].items() if k not in s.grid and k not in varying}
     return json_safe({"name": plan.name, "file": plan.file, "axes": list(s.grid), "grid": s.grid,
                       "trial": s.trial, "resources": s.resources, "run": s.run,
                       "resolved": resolved, "before_key": TRIAL_BEFORE_KEY,
-                      "points": [{"dir": d, "axes": s.axis_values(p)}
+                      "points": [{"dir": d, "axes": s.axis_values(p), **({"keys": {k: p[k] for k in sorted(varying)}}
+                                                                           if varying else {})}
                                  for d, p in zip(plan.dirnames, plan.points)]})
 
 

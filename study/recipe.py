@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.contract import config_digest
+from analysis.contract import RUN_ONLY_KEYS, config_digest
 
 from .errors import InputError
 
@@ -186,3 +186,45 @@ def plot(csv_path: str = DEFAULT_CSV, png: str | None = None) -> str:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
+
+
+# Keys that change what a trial probes or how it is tested, not the network it trains: a sweep's
+# point and a Pareto row that agree on every other key train the same network.
+NOT_TRAINING = ("noise", "n_noise", "noise_seed", "n_trajectory", "eval_batch_size", "sample_per_class",
+                "n_frequency", "frequency_cutoffs", "amplitudes", "n_amplitude", "n_bn", "tta", "test_subset",
+                "seed", "arm")
+
+
+def _training(cfg: dict) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k not in NOT_TRAINING and k not in RUN_ONLY_KEYS},
+                      sort_keys=True)
+
+
+def weak_recipe_warnings(points: list[dict], csv_path: str = DEFAULT_CSV, margin: float | None = None) -> list[str]:
+    """A warning for each distinct training of `points` that the recipe Pareto measured below chance
+    + margin (analysis/guard.py's rule, on the Pareto row's one network): its conditions would be
+    marked too weak to interpret. Silent where the Pareto is not here (an installed package)."""
+    from analysis.guard import WEAK_MARGIN
+
+    from .config import load_trial_config, trained_classes
+    margin = WEAK_MARGIN if margin is None else margin
+    rows = read_rows(Path(csv_path))
+    if not rows:
+        return []
+    measured = {}
+    for r in rows:
+        config, *sets = r["config"].split(" --set ")
+        try:
+            measured[_training(load_trial_config(config, sets))] = r
+        except (InputError, OSError):
+            continue   # a row of a config no longer here: it cannot be matched
+    out = []
+    for key in dict.fromkeys(_training(p) for p in points):
+        r = measured.get(key)
+        p = next(p for p in points if _training(p) == key)
+        chance = 1 / len(trained_classes(p))
+        if r is not None and float(r["test_accuracy"]) < chance + margin:
+            out.append(f"{r['config']} trains this network (model {p['model']}, classes {p['classes']}) to "
+                       f"{float(r['test_accuracy']):.3f} test accuracy in {csv_path}, within {margin:g} of chance "
+                       f"({chance:.3f}): its conditions will be marked too weak to interpret")
+    return out

@@ -110,3 +110,68 @@ def test_export_copies_only_the_finished_trials_and_is_idempotent(tmp_path):
     (other / "augmentation=flip_seed=0" / TRIAL_JSON).write_text(json.dumps(t))
     with pytest.raises(InputError, match="another result"):
         export(str(other), str(dest), log=lambda m: None)
+
+
+# ---------------------------------------------------------------- arms: several keys as one axis
+
+def test_an_arm_sets_its_keys_and_names_the_condition():
+    from study.config import validate_trial
+    cfg = validate_trial({"model": "small_cnn", "arm": {"name": "rung_1", "epochs": 3, "lr": 0.05}})
+    assert (cfg["arm"], cfg["epochs"], cfg["lr"]) == ("rung_1", 3, 0.05)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"epochs": 4, "arm": {"name": "a", "epochs": 3}}, "set both by the arm"),
+    ({"arm": {"name": "a", "no_such_key": 3}}, "not a key an arm can set"),
+    ({"arm": {"name": "a", "seed": 3}}, "not a key an arm can set"),
+    ({"arm": {"epochs": 3}}, "has no name"),
+    ({"arm": "bad name!"}, "invalid arm name"),
+])
+def test_bad_arms_are_one_clear_error(raw, message):
+    from study.config import validate_trial
+    with pytest.raises(InputError, match=message):
+        validate_trial(raw)
+
+
+def test_a_sweep_of_arms_records_each_points_keys_and_its_results_belong(tmp_path):
+    import yaml
+    from analysis.load import _belonging
+    from study.config import load_sweep
+    from study.plan import Plan, study_record
+    path = tmp_path / "ladder.yaml"
+    path.write_text(yaml.safe_dump({"name": "ladder", "trial": {"model": "small_cnn", "device": "cpu"},
+                                    "grid": {"arm": [{"name": "short", "epochs": 2},
+                                                     {"name": "long", "epochs": 6, "lr": 0.1}],
+                                             "seed": [0, 1]}}))
+    sweep = load_sweep(path)
+    points = sweep.points()
+    dirs = [f"arm={p['arm']}_seed={p['seed']}" for p in points]
+    record = study_record(Plan(sweep, str(path), str(tmp_path), points, dirs))
+    assert "epochs" not in record["resolved"] and "lr" not in record["resolved"]
+    assert record["points"][2] == {"dir": "arm=long_seed=0", "axes": {"arm": "long", "seed": 0},
+                                   "keys": {"epochs": 6, "lr": 0.1}}
+    from analysis.contract import config_digest
+    runs = [{"trial_id": d, "config": p, "config_digest": config_digest(p)} for d, p in zip(dirs, points)]
+    problems = []
+    assert len(_belonging(runs, record, problems)) == 4 and problems == []
+    stale = [{**runs[2], "config": {**points[2], "epochs": 5}, "config_digest": "old"}]
+    assert _belonging(stale, record, problems) == [] and "epochs: was 5, now 6" in problems[0]["reason"]
+
+
+def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
+    """Rungs of a ladder build different networks (model, width): seed s of one is no partner of seed
+    s of another, so the confirmatory test of 'the absorber depends on the condition' is the
+    permutation of condition labels over runs; arms of one network (augmentation) stay paired."""
+    rungs = write_study(tmp_path / "r", [Condition("small_cnn", absorber="frog"), Condition("airbench", absorber="bird")],
+                        seeds=8, axis="model")
+    same = write_study(tmp_path / "s", [Condition("flip", absorber="frog"), Condition("none", absorber="bird")], seeds=8)
+    for study, method in ((rungs, "permutation chi-square"), (same, "marginal homogeneity")):
+        aggregate(str(study), str(study / "report"), log=None)
+        tests = pd.read_csv(study / "report" / "tests.csv")
+        row = tests[(tests["test"] == "absorber_vs_condition") & (tests["noise"] == "gaussian")].iloc[0]
+        assert row["family"] == "confirmatory" and row["method"].startswith(method)
+        # the trend with accuracy is pre-registered where the conditions are different networks (a ladder)
+        trend = tests[(tests["test"] == "accuracy_trend") & (tests["noise"] == "gaussian")]
+        assert set(trend["variable"]) == {"top_share", "mean_max_softmax"}
+        assert set(trend["family"]) == {"confirmatory" if study is rungs else "exploratory"}
+    assert "does not pair their runs" in (rungs / "report" / "report.md").read_text()

@@ -226,3 +226,24 @@ def test_shipped_recipe_rows_resolve():
     from study.config import load_trial_config
     rows = recipe.read_row_specs([str(ROOT / recipe.DEFAULT_ROWS)])
     assert rows and all(load_trial_config(ROOT / r.config, list(r.sets)) for r in rows)
+
+
+def test_shipped_trial_configs_are_valid_and_the_cat_dog_point_takes_the_recipe_from_its_base():
+    from conftest import ROOT
+    from study.config import load_trial_config, read_yaml
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if set(read_yaml(path)) != {"rows"}:   # configs/pareto.yaml is the Pareto's list of rows
+            load_trial_config(path)
+    catdog, ten = load_trial_config(ROOT / "configs/fast_cpu_catdog.yaml"), load_trial_config(ROOT / "configs/fast_cpu_90.yaml")
+    assert catdog["classes"] == ["cat", "dog"] and catdog["lookahead"] and catdog["schedule"] == ten["schedule"]
+
+
+def test_a_base_chain_that_comes_back_is_refused(tmp_path):
+    from study.config import load_trial_config
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nepochs: 2\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(InputError, match="comes back"):
+        load_trial_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: 3\n")
+    with pytest.raises(InputError, match="another trial config"):
+        load_trial_config(tmp_path / "c.yaml")

@@ -286,3 +286,21 @@ def test_uniform_rank_test_matches_enumeration_and_keeps_its_size():
     assert abs(np.mean(p <= 0.05) - 0.05) < 3 * np.sqrt(0.05 * 0.95 / 4000)
     with pytest.raises(ValueError, match="ranks must lie in 0..99"):
         stats.uniform_rank_test([100], 99)
+
+
+def test_rank_trend_is_spearman_with_a_permutation_p_and_holds_its_size():
+    """Known answer: scipy's Spearman rho and (asymptotic) p at n = 30; under independence its
+    rejection rate at 0.05 stays within the calibration band."""
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(3)
+    x = rng.random(30)
+    y = x + rng.normal(0, 0.6, 30)
+    res = stats.rank_trend(x, y, perms=4999)
+    ref = spearmanr(x, y)
+    assert res["statistic"] == pytest.approx(ref.statistic, abs=1e-12)
+    assert res["p_value"] == pytest.approx(ref.pvalue, abs=0.02)
+    assert res["ci_low"] < res["statistic"] < res["ci_high"]
+    rejections = sum(stats.rank_trend(rng.random(20), rng.random(20), perms=499, boot=1, seed=i)["p_value"] <= 0.05
+                     for i in range(300))
+    assert 0.02 <= rejections / 300 <= 0.09
+    assert stats.rank_trend([1, 1, 1], [0, 1, 2])["p_value"] == 1.0   # no spread in x: nothing to test
