@@ -50,6 +50,12 @@ def weak_conditions(guard: pd.DataFrame) -> set[str]:
     return set(guard.loc[guard["too_weak"], "condition"]) if len(guard) else set()
 
 
-def involves(label: str, weak: set[str]) -> bool:
-    """Whether a table row's condition (one condition, or "a vs b" of several) holds a weak one."""
-    return bool(weak) and any(part in weak for part in str(label).split(" vs "))
+def involves(label: str, weak: set[str], conditions: set[str]) -> bool:
+    """Whether a table row's condition holds a weak one: a condition, or "a vs b" of several, by
+    name; a label of another kind (a causal or factor comparison, made over conditions of one class
+    set) counts as holding one whenever the study has a weak condition: conservative, it leaves the
+    confirmatory and factors families rather than stay in them on a weak arm."""
+    if not weak:
+        return False
+    parts = str(label).split(" vs ")
+    return any(p in weak for p in parts) if all(p in conditions for p in parts) else True

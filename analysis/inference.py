@@ -64,7 +64,7 @@ TESTS = {
                        "share against the running statistics"),
     "accuracy_trend": ("tests", "across conditions that train the same classes, a noise family's top share or mean "
                        "max-softmax goes with the networks' test accuracy (Spearman over runs, runs permuted); "
-                       "confirmatory for Gaussian noise where the conditions are different networks (a ladder)"),
+                       "confirmatory for Gaussian noise where the conditions are arms of different networks (a ladder)"),
     "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
                   "biases dealt to the classes at random (per-run ranks among random deals)"),
 }
@@ -163,8 +163,8 @@ def different_networks(groups: dict[str, list[dict]], conditions: list[str]) -> 
 def accuracy_trends(groups: dict[str, list[dict]]) -> list[dict]:
     """Within each set of >= 2 conditions that train the same classes: does a family's top share, or
     its mean max-softmax, go with the test accuracy over the runs (stats.rank_trend)? Pre-registered
-    (confirmatory, Gaussian noise) where the conditions are different networks, the design of an
-    accuracy ladder; exploratory elsewhere (there accuracy varies only by chance)."""
+    (confirmatory, Gaussian noise) where the conditions are arms (an `arm` axis) that build different
+    networks, the design of an accuracy ladder; exploratory elsewhere."""
     by_classes = defaultdict(list)
     for condition, runs in groups.items():
         by_classes[tuple(runs[0]["classes"])].append(condition)
@@ -173,7 +173,8 @@ def accuracy_trends(groups: dict[str, list[dict]]) -> list[dict]:
         runs = [r for c in conditions for r in groups[c] if r.get("test_accuracy") is not None]
         if len(conditions) < 2 or len(runs) < 3:
             continue
-        ladder = different_networks(groups, conditions)
+        # pre-registered by the design: arms (an `arm` axis) that are different networks, as a ladder's rungs
+        ladder = different_networks(groups, conditions) and all(groups[c][0]["config"].get("arm") for c in conditions)
         acc = [r["test_accuracy"] for r in runs]
         for f in families_of(runs):
             for variable in ("top_share", "mean_max_softmax"):
@@ -356,13 +357,13 @@ def _needed_n(p_min_of_n, level: float) -> float:
     return float(lo)
 
 
-def finalize(rows: list[dict], weak: set[str] = frozenset()) -> pd.DataFrame:
+def finalize(rows: list[dict], weak: set[str] = frozenset(), conditions: set[str] = frozenset()) -> pd.DataFrame:
     """tests.csv: each family's correction, and for every row the p it needs (stats.needed_p),
     whether its smallest attainable p can reach it, and how many runs would let it. A row about a
     condition too weak to interpret (`weak`, analysis/guard.py) is marked `too_weak` and leaves the
     confirmatory and factors families for the exploratory one."""
     df = pd.DataFrame(rows, columns=[*TEST_COLUMNS, "_p_min_of_n"])
-    df["too_weak"] = [guard.involves(c, weak) for c in df["condition"]]
+    df["too_weak"] = [guard.involves(c, weak, conditions) for c in df["condition"]]
     moved = df["too_weak"] & (df["family"] != "exploratory")
     df.loc[moved, "method"] = df.loc[moved, "method"] + "; out of the " + df.loc[moved, "family"] + \
         " family: a condition too weak to interpret"

@@ -388,12 +388,14 @@ def load_many(results: list[str], workers: int = 16) -> Loaded:
 
 
 def check_same_study(sources: list[Source]) -> None:
-    """The parts of one study: same axes, and the same config apart from the axes (study.json's
-    `resolved`); parts without a study.json are compared by their runs when loaded."""
-    ref = next((s for s in sources if s.study is not None), None)
+    """The parts of one study: each with its study.json (what they are compared by), the same axes,
+    the same config apart from the axes, and the same keys for a condition in both (an arm's)."""
     for src in sources:
-        if ref is not None and src.study is not None and src is not ref:
-            same_design(ref.study, src.study, f"{ref.results} and {src.results}")
+        if src.study is None:
+            raise InputError(src.results, "holds trials but no study.json: parts of one study are compared by "
+                             "their study.json", "study folders written by `noisesink sweep` (or `noisesink export`)")
+    for src in sources[1:]:
+        same_design(sources[0].study, src.study, f"{sources[0].results} and {src.results}")
 
 
 def same_design(a: dict, b: dict, where: str) -> None:
@@ -408,6 +410,16 @@ def same_design(a: dict, b: dict, where: str) -> None:
         changes = config_changes(rb, ra, a.get("before_key", a.get("defaults")) or {})
         if changes:
             raise InputError(where, f"are not parts of one study: their configs differ outside the grid ({changes[0]})",
+                             allowed)
+
+    def condition_keys(study):   # condition (its axes but the seed) -> the keys its points set besides
+        return {json.dumps({k: v for k, v in p["axes"].items() if k != "seed"}, sort_keys=True): p.get("keys", {})
+                for p in study["points"]}
+    ka, kb = condition_keys(a), condition_keys(b)
+    for condition in sorted(set(ka) & set(kb)):
+        changes = config_changes(kb[condition], ka[condition], {})
+        if changes:
+            raise InputError(where, f"are not parts of one study: condition {condition} differs ({changes[0]})",
                              allowed)
 
 

@@ -81,7 +81,7 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
     accuracy = guard.accuracy_guard(groups, weak_margin)
     weak = guard.weak_conditions(accuracy)
     consistency["too_weak"] = [c in weak for c in consistency["condition"]] if len(consistency) else []
-    return {"tests": inference.finalize(rows, weak), "accuracy_guard": accuracy, "edge_frequency": edge_freq,
+    return {"tests": inference.finalize(rows, weak, set(groups)), "accuracy_guard": accuracy, "edge_frequency": edge_freq,
             "consistency": consistency,
             "absorber_distribution": distribution, "causal_pairs": pairs, "causal_dose": causal.dose_table(pairs),
             "factor_pairs": factor_pairs, "notes": notes}

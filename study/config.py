@@ -463,6 +463,9 @@ def _cross_check(cfg: dict, where: str) -> None:
     if cfg["test_subset"] is not None and cfg["test_subset"] < n_classes:
         raise InputError(f"{where}test_subset", f"fewer images than the {n_classes} trained classes",
                          f"at least {n_classes}", cfg["test_subset"])
+    if cfg["schedule"] == "triangle" and not 0 < cfg["warmup"] < 1:
+        raise InputError(f"{where}warmup", "the triangle schedule rises for this fraction of the steps, then falls",
+                         "0 < warmup < 1 with schedule: triangle (airbench: 0.23)", cfg["warmup"])
     if cfg["n_trajectory"] > cfg["n_noise"]:
         raise InputError(f"{where}n_trajectory", "larger than the noise bank",
                          f"<= n_noise ({cfg['n_noise']})", cfg["n_trajectory"])

@@ -32,7 +32,7 @@ from .artifacts import ArtifactDir
 from .config import MAX_SEED, integer
 from .data import CIFAR10_CLASSES, check_source, load_cifar10
 from .errors import InputError
-from .models import FACTOR_MODELS, FACTORS, build_model
+from .models import FACTOR_MODELS, FACTORS, FITTED_MODELS, build_model
 from .noise import NoiseContext, make_bank
 from .plan import check_storage
 from .provenance import code_revision, versions
@@ -144,8 +144,10 @@ def run(settings: list[str], nets: int, n_images: int, out: str, noise_seed: int
         raise InputError("--nets", "too few networks for a distribution", ">= 2 (the paper's setup: >= 200)", nets)
     if n_images < 10:
         raise InputError("--images", "too few images per network for a fraction", ">= 10", n_images)
-    if model not in FACTOR_MODELS:
-        raise InputError("--model", "has no architecture factors", ", ".join(sorted(FACTOR_MODELS)), model)
+    if model not in FACTOR_MODELS or model in FITTED_MODELS:
+        why = ("has a first layer a trial fits to the training data, which these untrained networks never see"
+               if model in FITTED_MODELS else "has no architecture factors")
+        raise InputError("--model", why, ", ".join(sorted(FACTOR_MODELS - FITTED_MODELS)), model)
     integer(0, MAX_SEED)(noise_seed, "--noise-seed")
     integer(0)(threads, "--threads")
     check_source(data_root)

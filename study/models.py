@@ -46,8 +46,9 @@ def _groups(channels: int) -> int:
 
 
 def widths_at(base: tuple, width: float) -> tuple:
-    """Channel counts scaled by `width`, at least 4 each (rounded to whole channels)."""
-    return tuple(max(4, round(c * width)) for c in base)
+    """Channel counts scaled by `width`, rounded to multiples of 4 (at least 4): GroupNorm's groups
+    (_groups) need a multiple of 4 channels."""
+    return tuple(max(4, 4 * round(c * width / 4)) for c in base)
 
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {

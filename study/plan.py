@@ -322,12 +322,16 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
     if local:
         check_resources(sweep)
     points = sweep.points()
+    dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
+    twice = next((d for d in dirnames if dirnames.count(d) > 1), None)
+    if twice is not None:   # two grid points in one folder would overwrite (or reuse) each other's result
+        raise InputError("grid", f"two grid points share the trial folder {twice} (e.g. two arms of one name)",
+                         "grid values that name each point once (arms with distinct names)", twice)
     warnings = check_trials(points, sweep.locate, gpu_here=sweep.resources["gpu"] > 0)
     if "://" not in sweep.run["storage"]:  # Tune wants an absolute local path
         sweep.run["storage"] = str(Path(sweep.run["storage"]).expanduser().resolve())
     concurrent = min(len(points), max(1, local_slots(sweep)))
     check_storage(sweep.run["storage"], study_footprint(points, concurrent))
-    dirnames = [trial_dirname(sweep.axis_values(p)) for p in points]
     plan = Plan(sweep, str(path), sweep.run["storage"], points, dirnames, local, warnings)
     plan.reused = check_existing(plan)
     return plan

@@ -138,9 +138,13 @@ def run(rows: list[Row], csv_path: str = DEFAULT_CSV, again: bool = False, log=p
     path = Path(csv_path)
     resolved = [(r, load_trial_config(r.config, list(r.sets))) for r in rows]  # all checked before any work
     table = read_rows(path)
-    done = {(t["config"], t["config_digest"]) for t in table}
-    todo = [(r, cfg) for r, cfg in resolved if again or (r.label, config_digest(cfg)) not in done]
+    by_digest = {t["config_digest"]: t for t in table}
+    for r, cfg in resolved:   # a row is its resolved config: a config renamed or rewritten to the same keeps it
+        if config_digest(cfg) in by_digest:
+            by_digest[config_digest(cfg)]["config"] = r.label
+    todo = [(r, cfg) for r, cfg in resolved if again or config_digest(cfg) not in by_digest]
     if not todo:
+        write_rows(path, table)
         log(f"recipe: all {len(rows)} rows already in {path}")
         return table
     base = baseline_img_s()
@@ -148,7 +152,7 @@ def run(rows: list[Row], csv_path: str = DEFAULT_CSV, again: bool = False, log=p
     for r, cfg in todo:
         log(f"recipe: {r.label}")
         row = {**measure(cfg, r.label, log), "baseline_img_s": round(base, 1)}
-        table = [t for t in table if t["config"] != r.label] + [row]
+        table = [t for t in table if t["config_digest"] != row["config_digest"]] + [row]
         write_rows(path, table)
         log(f"recipe: {r.label}: {row['test_accuracy']:.4f} (tta {row['tta_accuracy']}) in {row['seconds']:.0f} s")
     return table
@@ -167,8 +171,8 @@ def plot(csv_path: str = DEFAULT_CSV, png: str | None = None) -> str:
         series.setdefault((r["model"], float(r["width"]), int(r["train_images"])), []).append(r)
     for (model, width, n), rs in sorted(series.items()):
         rs.sort(key=lambda r: float(r["seconds"]))
-        scale = float(rs[0]["baseline_img_s"]) / REFERENCE_BASELINE_IMG_S  # a slower machine counts less
-        minutes = [float(r["seconds"]) / 60 * scale for r in rs]
+        # each row on the reference machine's scale by its own run's baseline (a slower machine counts less)
+        minutes = [float(r["seconds"]) / 60 * float(r["baseline_img_s"]) / REFERENCE_BASELINE_IMG_S for r in rs]
         acc = [float(r["test_accuracy"]) for r in rs]
         label = f"{model} x{width:g}" + ("" if n >= 50000 else f" ({n} images)")
         ax.plot(minutes, acc, "o-", label=label)
@@ -226,5 +230,6 @@ def weak_recipe_warnings(points: list[dict], csv_path: str = DEFAULT_CSV, margin
         if r is not None and float(r["test_accuracy"]) < chance + margin:
             out.append(f"{r['config']} trains this network (model {p['model']}, classes {p['classes']}) to "
                        f"{float(r['test_accuracy']):.3f} test accuracy in {csv_path}, within {margin:g} of chance "
-                       f"({chance:.3f}): its conditions will be marked too weak to interpret")
+                       f"({chance:.3f}; the aggregation's default margin): its conditions will be marked too weak "
+                       "to interpret")
     return out

@@ -164,14 +164,18 @@ class Lookahead:
 
     @torch.no_grad()
     def step(self, step: int, total: int) -> None:
-        """After optimizer step number `step` (1-based) of `total`."""
-        if step % self.EVERY and step != total:
-            return
-        decay = 1.0 if step == total else 0.95 ** 5 * (step / total) ** 3
+        """After optimizer step number `step` (1-based) of `total`: every EVERY-th step the average
+        takes its scheduled step and the weights are set to it; the last step (after its own
+        scheduled update, where it is an EVERY-th one) sets the weights to the average."""
         live = self.model.state_dict()
-        for k, avg in self.average.items():
-            avg.lerp_(live[k], 1 - decay)
-            live[k].copy_(avg)
+        if step % self.EVERY == 0:
+            decay = 0.95 ** 5 * (step / total) ** 3
+            for k, avg in self.average.items():
+                avg.lerp_(live[k], 1 - decay)
+                live[k].copy_(avg)
+        elif step == total:
+            for k, avg in self.average.items():
+                live[k].copy_(avg)
 
     def state_dict(self) -> dict:
         return self.average

@@ -33,7 +33,9 @@ def test_runs_without_a_test_size_are_not_judged():
 
 
 def test_involves_reads_comparisons():
-    assert guard.involves("a vs b", {"b"}) and not guard.involves("a vs c", {"b"}) and not guard.involves("a", set())
+    names = {"a", "b", "c"}
+    assert guard.involves("a vs b", {"b"}, names) and not guard.involves("a vs c", {"b"}, names)
+    assert not guard.involves("a", set(), names)
 
 
 def test_a_weak_condition_is_marked_everywhere_and_leaves_the_confirmatory_family(tmp_path):
@@ -71,3 +73,9 @@ def test_check_warns_when_the_pareto_measured_the_recipe_near_chance(tmp_path):
     warnings = recipe.weak_recipe_warnings([weak_point, good_point], str(table))
     assert len(warnings) == 1 and "0.550" in warnings[0] and "too weak to interpret" in warnings[0]
     assert recipe.weak_recipe_warnings([weak_point], str(tmp_path / "none.csv")) == []
+
+
+def test_rows_not_labelled_by_condition_leave_the_family_when_a_condition_is_weak():
+    assert guard.involves("causal: blur 1", {"a"}, {"a", "b"})            # a comparison over arms: conservative
+    assert not guard.involves("b vs c", {"a"}, {"a", "b", "c"})           # named conditions, none weak
+    assert not guard.involves("causal: blur 1", set(), {"a", "b"})        # nothing weak: nothing moves

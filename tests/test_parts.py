@@ -164,6 +164,10 @@ def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
     permutation of condition labels over runs; arms of one network (augmentation) stay paired."""
     rungs = write_study(tmp_path / "r", [Condition("small_cnn", absorber="frog"), Condition("airbench", absorber="bird")],
                         seeds=8, axis="model")
+    for trial in rungs.glob("*/" + TRIAL_JSON):   # the rungs are arms, as a ladder's are (sweeps/ladder.yaml)
+        t = json.loads(trial.read_text())
+        t["config"]["arm"] = t["config"]["model"]
+        trial.write_text(json.dumps(t))
     same = write_study(tmp_path / "s", [Condition("flip", absorber="frog"), Condition("none", absorber="bird")], seeds=8)
     for study, method in ((rungs, "permutation chi-square"), (same, "marginal homogeneity")):
         aggregate(str(study), str(study / "report"), log=None)
@@ -175,3 +179,35 @@ def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
         assert set(trend["variable"]) == {"top_share", "mean_max_softmax"}
         assert set(trend["family"]) == {"confirmatory" if study is rungs else "exploratory"}
     assert "does not pair their runs" in (rungs / "report" / "report.md").read_text()
+
+
+def test_two_arms_of_one_name_are_refused_before_any_work(tmp_path):
+    import yaml
+    from study.plan import prepare
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "trial": {"model": "small_cnn", "device": "cpu"},
+                                    "grid": {"arm": [{"name": "a", "epochs": 1}, {"name": "a", "epochs": 2}],
+                                             "seed": [0]}}))
+    with pytest.raises(InputError, match="share the trial folder arm=a_seed=0"):
+        prepare(str(path), storage=str(tmp_path / "results"))
+
+
+def test_an_arm_whose_keys_changed_between_parts_is_refused(tmp_path):
+    _, (a, b) = _parts(tmp_path)
+    study = json.loads((b / STUDY_JSON).read_text())
+    for p in study["points"]:
+        p["keys"] = {"epochs": 12 if p["axes"]["augmentation"] == "flip" else 10}
+    (b / STUDY_JSON).write_text(json.dumps(study))
+    study_a = json.loads((a / STUDY_JSON).read_text())
+    for p in study_a["points"]:
+        p["keys"] = {"epochs": 10}
+    (a / STUDY_JSON).write_text(json.dumps(study_a))
+    with pytest.raises(InputError, match="augmentation.*flip.*differs \\(epochs: was 12, now 10\\)"):
+        load_many([str(a), str(b)])
+
+
+def test_parts_without_a_study_json_are_refused(tmp_path):
+    _, (a, b) = _parts(tmp_path)
+    (b / STUDY_JSON).unlink()
+    with pytest.raises(InputError, match="no study.json"):
+        load_many([str(a), str(b)])
