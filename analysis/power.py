@@ -183,6 +183,7 @@ def q_ref(k: int) -> float:
 
 CHECK_CONDITIONS = 10              # larger paired groups: Cochran's Q is too slow to simulate in a check
 PAIRED_EFFECT = (0.75, 0.25, 0.5)  # q_a, q_b, agree: the modal class absorbs in 75% of seeds under one arm, 25% under another
+UNPAIRED_Q = 0.7                   # different networks' conditions: each absorbs to its own class in 70% of runs (the ladder's)
 
 
 def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
@@ -190,19 +191,39 @@ def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]],
     trained classes): (K, seeds) of each condition (the axis values but the seed), and
     (K, common seeds, conditions) of each group of >= 2 conditions that train the same classes on
     seeds the aggregation pairs (inference.paired_seeds)."""
+    cells, groups, seeds, _ = _conditions(points)
+    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2}
+    paired = sorted({(len(cls), len(common[cls]), len(groups[cls])) for cls in common if common[cls]})
+    return cells, paired
+
+
+def _conditions(points):
+    """(K, seeds) cells, class set -> its conditions, condition -> its seeds, class set -> whether its
+    conditions build different networks (a point's optional third element names its network)."""
     seeds: dict[str, set] = {}
     classes: dict[str, tuple] = {}
-    for axes, trained in points:
+    networks: dict[str, str | None] = {}
+    for point in points:
+        axes, trained = point[0], point[1]
         key = repr(sorted((k, repr(v)) for k, v in axes.items() if k != "seed"))
         seeds.setdefault(key, set()).add(repr(axes.get("seed")))
         classes[key] = tuple(trained)
+        networks[key] = point[2] if len(point) > 2 else None
     cells = sorted({(len(classes[c]), len(s)) for c, s in seeds.items()})
     groups: dict[tuple, list[str]] = {}
     for c in seeds:
         groups.setdefault(classes[c], []).append(c)
-    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2}
-    paired = sorted({(len(cls), len(common[cls]), len(groups[cls])) for cls in common if common[cls]})
-    return cells, paired
+    different = {cls: len({networks[c] for c in g}) > 1 for cls, g in groups.items()}
+    # conditions of different networks are compared unpaired (inference.condition_dependence)
+    return cells, groups, seeds, different
+
+
+def unpaired_design(points) -> list[tuple[int, int, int]]:
+    """(K, fewest seeds of a condition, conditions) of each group of >= 2 conditions that train the
+    same classes and build different networks: the aggregation compares them unpaired."""
+    _, groups, seeds, different = _conditions(points)
+    return sorted({(len(cls), min(len(seeds[c]) for c in g), len(g)) for cls, g in groups.items()
+                   if len(g) >= 2 and different[cls]})
 
 
 def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
@@ -210,6 +231,8 @@ def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
     condition) of the design, and of the paired test for each group of conditions on the same
     seeds, with the seeds each needs for 80% power."""
     cells, paired = design(points)
+    unpaired = unpaired_design(points)
+    paired = [p for p in paired if not any(p[0] == u[0] and p[2] == u[2] for u in unpaired)]
     lines = [f"power at alpha = {ALPHA} (analysis/power.py; {sims} simulated studies per figure, "
              f"Monte Carlo SE <= {0.5 / np.sqrt(sims):.3f}):"]
     for k, s in cells:
@@ -235,6 +258,14 @@ def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
                      f"modal class absorbs in {q_a:.0%} of seeds under one condition and {q_b:.0%} under "
                      f"{'the other' if c == 2 else 'the others'} (discordance {discordance(k, q_a, q_b, agree):.2f}); "
                      f"80% power needs {need or f'> {MAX_SEEDS}'} seeds")
+    for k, s, c in unpaired:
+        if c > k:
+            continue
+        pw = unpaired_power(k, s, UNPAIRED_Q, c, sims // 2)
+        need = seeds_needed(lambda n: unpaired_power(k, n, UNPAIRED_Q, c, sims // 2), start=s)  # noqa: B023
+        lines.append(f"  unpaired absorber test (permutation chi-square; the conditions are different networks), "
+                     f"K = {k}, {c} conditions of {s} seeds: {pw} when each condition's runs absorb to a class of "
+                     f"its own with probability {UNPAIRED_Q:g}; 80% power needs {need or f'> {MAX_SEEDS}'} seeds")
     if len(lines) == 1:
         lines.append("  no condition with >= 2 classes")
     return "\n".join(lines)

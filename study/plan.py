@@ -306,7 +306,9 @@ class Plan:
         """The power of the absorber tests the aggregation will run on this design, and the seeds
         each needs for 80% (analysis/power.py, by simulating the tests themselves)."""
         from analysis.power import design_block  # statsmodels and scipy: only when a check asks
-        return design_block([(self.sweep.axis_values(p), trained_classes(p)) for p in self.points])
+        from analysis.contract import NETWORK_KEYS
+        return design_block([(self.sweep.axis_values(p), trained_classes(p), json.dumps([p[k] for k in NETWORK_KEYS]))
+                             for p in self.points])
 
 
 def prepare(path: str, sets: list[str] | None = None, storage: str | None = None,

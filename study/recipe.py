@@ -34,7 +34,7 @@ from .errors import InputError
 
 COLUMNS = ["model", "width", "epochs", "train_images", "test_accuracy", "tta_accuracy", "seconds",
            "cpu_seconds", "baseline_img_s", "config", "eval_seconds", "train_flops", "config_digest",
-           "device", "torch", "date"]
+           "device", "torch", "date", "code", "note"]
 DEFAULT_CSV = "docs/results/recipe-pareto.csv"
 REFERENCE_BASELINE_IMG_S = 478   # the baseline of the machine the issue's goals were set on
 
@@ -129,7 +129,14 @@ def measure(cfg: dict, config_path: str, log=print) -> dict:
             "eval_seconds": round(time.perf_counter() - t1, 1),
             "train_flops": f"{training_flops(s.cfg, len(s.task.train_x)):.4g}",
             "config_digest": config_digest(s.cfg), "device": str(s.device), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "code": _revision(), "note": ""}
+
+
+def _revision() -> str:
+    """The code a row was measured with: the git commit (short), `+` where the tree had changes."""
+    from .provenance import code_revision
+    rev = code_revision()
+    return f"{(rev['git_commit'] or 'unknown')[:7]}{'+' if rev['git_dirty'] else ''}"
 
 
 def run(rows: list[Row], csv_path: str = DEFAULT_CSV, again: bool = False, log=print) -> list[dict]:

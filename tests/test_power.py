@@ -69,3 +69,13 @@ def test_design_is_read_as_the_aggregation_pairs_it():
     assert "absorber consistency, K = 10, 8 seeds per condition" in text
     assert "paired absorber test (marginal homogeneity), K = 10, 2 conditions on 8 seeds" in text
     assert "80% power at q = 0.75 needs" in text                       # K = 2: q = 0.5 is chance
+
+
+def test_conditions_of_different_networks_get_the_unpaired_power():
+    ten = [f"c{i}" for i in range(10)]
+    points = [({"arm": a, "seed": s}, ten, a) for a in ("small", "big") for s in range(8)]
+    assert power.unpaired_design(points) == [(10, 8, 2)]
+    text = power.design_block(points, sims=100)
+    assert "unpaired absorber test (permutation chi-square" in text and "paired absorber test (marginal" not in text
+    same = [({"arm": a, "seed": s}, ten, "one") for a in ("small", "big") for s in range(8)]
+    assert power.unpaired_design(same) == []
