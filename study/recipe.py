@@ -32,7 +32,7 @@ from analysis.contract import RUN_ONLY_KEYS, config_digest
 
 from .errors import InputError
 
-COLUMNS = ["model", "width", "epochs", "train_images", "test_accuracy", "tta_accuracy", "seconds",
+COLUMNS = ["model", "width", "epochs", "classes", "train_images", "test_accuracy", "tta_accuracy", "seconds",
            "cpu_seconds", "baseline_img_s", "config", "eval_seconds", "train_flops", "config_digest",
            "device", "torch", "date", "code", "note"]
 DEFAULT_CSV = "docs/results/recipe-pareto.csv"
@@ -123,7 +123,7 @@ def measure(cfg: dict, config_path: str, log=print) -> dict:
     acc = float((logits.argmax(1) == s.task.test_y).mean())
     tta = tta_accuracy(s, model)
     return {"model": s.cfg["model"], "width": s.cfg["width"] if s.cfg["width"] is not None else 1.0,
-            "epochs": s.cfg["epochs"], "train_images": len(s.task.train_x), "test_accuracy": round(acc, 4),
+            "epochs": s.cfg["epochs"], "classes": len(s.task.classes), "train_images": len(s.task.train_x), "test_accuracy": round(acc, 4),
             "tta_accuracy": "" if tta is None else round(tta, 4), "seconds": round(seconds, 1),
             "cpu_seconds": round(cpu_seconds, 1), "config": config_path,
             "eval_seconds": round(time.perf_counter() - t1, 1),
@@ -175,22 +175,27 @@ def plot(csv_path: str = DEFAULT_CSV, png: str | None = None) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     series: dict[tuple, list] = {}
     for r in rows:
-        series.setdefault((r["model"], float(r["width"]), int(r["train_images"])), []).append(r)
-    for (model, width, n), rs in sorted(series.items()):
+        series.setdefault((r["model"], float(r["width"]), int(r["classes"]), int(r["train_images"])), []).append(r)
+    for (model, width, k, n), rs in sorted(series.items()):
         rs.sort(key=lambda r: float(r["seconds"]))
         # each row on the reference machine's scale by its own run's baseline (a slower machine counts less)
         minutes = [float(r["seconds"]) / 60 * float(r["baseline_img_s"]) / REFERENCE_BASELINE_IMG_S for r in rs]
         acc = [float(r["test_accuracy"]) for r in rs]
-        label = f"{model} x{width:g}" + ("" if n >= 50000 else f" ({n} images)")
-        ax.plot(minutes, acc, "o-", label=label)
+        label = f"{model} x{width:g}" + (f", {k} classes" if k != 10 else "") + ("" if n >= 5000 * k else f", {n} images")
+        ax.plot(minutes, acc, "o-" if k == 10 else "s--", label=label)
         for m, a, r in zip(minutes, acc, rs):
             ax.annotate(r["epochs"], (m, a), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for goal, minutes in ((0.88, 6), (0.90, 10), (0.92, 20)):
         ax.plot([minutes], [goal], "k*", markersize=10)
+    ax.plot([4], [0.88], "ks", markerfacecolor="none", markersize=9)   # the cat/dog goal
     ax.set_xscale("log")
+    from matplotlib import ticker
+    ax.xaxis.set_major_locator(ticker.FixedLocator([1, 2, 3, 5, 10, 20, 30, 60, 120]))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("minutes of one training on 2 CPU cores (normalised to a 478 img/s DataLoader baseline)")
     ax.set_ylabel("test accuracy (single view)")
-    ax.set_title("CIFAR-10 recipe Pareto (numbers: epochs; stars: the goals)")
+    ax.set_title("Recipe Pareto (numbers: epochs; stars: goals; square: cat/dog goal)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
