@@ -115,7 +115,7 @@ def build_model(name: str, num_classes: int, seed: int, pretrained: str | None =
 
 def factors_of(cfg: dict) -> dict:
     """The architecture factors and width of a resolved trial config, as build_model takes them."""
-    return {**{k: cfg[k] for k in FACTORS}, "width": cfg.get("width")}
+    return {**{k: cfg.get(k) for k in FACTORS}, "width": cfg.get("width")}
 
 
 def _scale_for_no_norm(features: nn.Module, activation: str) -> None:

@@ -139,7 +139,7 @@ def make_optimizer(model: torch.nn.Module, cfg: dict, device: torch.device) -> t
         kwargs["fused"] = True      # one kernel for the whole update
     else:
         kwargs["foreach"] = True
-    scale = cfg["bias_lr_scale"]
+    scale = cfg.get("bias_lr_scale", 1.0)   # configs built before the key existed: the plain recipe
     if scale == 1:
         groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
     else:
@@ -224,7 +224,7 @@ class EpochLoop:
         self.augment = AUGMENTATIONS[cfg["augmentation"]]
         self.optimizer = make_optimizer(model, cfg, device)
         self.forward = compiled(model, cfg, device)
-        self.lookahead = Lookahead(model) if cfg["lookahead"] else None
+        self.lookahead = Lookahead(model) if cfg.get("lookahead") else None
         self.epoch = 0
 
     def run_epoch(self) -> dict:
