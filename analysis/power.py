@@ -191,8 +191,8 @@ def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]],
     trained classes): (K, seeds) of each condition (the axis values but the seed), and
     (K, common seeds, conditions) of each group of >= 2 conditions that train the same classes on
     seeds the aggregation pairs (inference.paired_seeds)."""
-    cells, groups, seeds, _ = _conditions(points)
-    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2}
+    cells, groups, seeds, different = _conditions(points)
+    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2 and not different[cls]}
     paired = sorted({(len(cls), len(common[cls]), len(groups[cls])) for cls in common if common[cls]})
     return cells, paired
 
@@ -232,7 +232,6 @@ def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
     seeds, with the seeds each needs for 80% power."""
     cells, paired = design(points)
     unpaired = unpaired_design(points)
-    paired = [p for p in paired if not any(p[0] == u[0] and p[2] == u[2] for u in unpaired)]
     lines = [f"power at alpha = {ALPHA} (analysis/power.py; {sims} simulated studies per figure, "
              f"Monte Carlo SE <= {0.5 / np.sqrt(sims):.3f}):"]
     for k, s in cells:
