@@ -172,25 +172,64 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
                 variable=variable, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min)
 
 
+KANG_RATIO = 1.0   # Kang et al.'s premise: the OOD input's features are smaller than the data's
+
+
+def kang_pairs(sub: pd.DataFrame) -> pd.DataFrame:
+    """Per run (one condition's amplitude rows), the amplitudes in Kang et al.'s regime: those whose
+    noise features are smaller than the test images' (feature_norm_ratio < KANG_RATIO). With two
+    or more, the KL to the label frequencies at the smallest and at the largest of them
+    (kl_low, kl_high at amp_low < amp_high). Which amplitudes qualify is read per run; comparing
+    the two ends by amplitude, not by the measured ratio, keeps the pair exchangeable under a null
+    where every level is alike."""
+    rows = []
+    for trial_id, run in sub.groupby("trial_id", observed=True, sort=True):
+        q = run[run["feature_norm_ratio"].astype(float) < KANG_RATIO].sort_values("amplitude")
+        if len(q) >= 2:
+            lo, hi = q.iloc[0], q.iloc[-1]
+            rows.append({"trial_id": trial_id, "amp_low": float(lo["amplitude"]), "amp_high": float(hi["amplitude"]),
+                         "kl_low": float(lo["kl_label_frequencies"]), "kl_high": float(hi["kl_label_frequencies"])})
+    return pd.DataFrame(rows, columns=["trial_id", "amp_low", "amp_high", "kl_low", "kl_high"])
+
+
 def amplitude_tests(amp: pd.DataFrame) -> list[dict]:
-    """Per condition, the far field against the data's own spread, per run: (value at the largest
-    amplitude) - (value at amplitude 1), for the mean max-softmax (Hein et al. predict a rise) and
-    for KL(mean prediction || training label frequencies) (Kang et al. predict a fall)."""
+    """Per condition, per run, paired differences tested by sign-flip over runs:
+    - amplitude_msp_trend (Hein et al.'s theorem): the mean max-softmax at the largest amplitude
+      minus at 1x, the data's own spread (predicted: a rise);
+    - amplitude_far_kl: KL(mean prediction || training label frequencies), the same two amplitudes.
+      There the noise features are far larger than the data's (25-72x at 16x in our CPU networks):
+      the regime of Hein et al., whose piecewise-affine networks concentrate their predictions far
+      out, not of Kang et al. A sanity check of the far field, not evidence between explanations;
+    - amplitude_kl_trend (Kang et al.): only in Kang's regime, the amplitudes whose noise features
+      are smaller than the test images' (kang_pairs): the KL at the smallest of them minus at the
+      largest (predicted: a fall as the features shrink, i.e. negative). Runs with fewer than two
+      such amplitudes drop out; the row's method says which amplitudes qualified in how many runs."""
     tests = []
     for condition, sub in amp.groupby("condition", observed=True, sort=True):
         top = float(sub["amplitude"].max())
         ref = sub[sub["amplitude"] == REFERENCE_AMPLITUDE].set_index("trial_id")
         far = sub[sub["amplitude"] == top].set_index("trial_id")
         common = ref.index.intersection(far.index)
-        if top <= REFERENCE_AMPLITUDE or len(common) < 2:
-            continue
-        for test_id, column, what in (("amplitude_msp_trend", "mean_max_softmax", "the mean max-softmax"),
-                                      ("amplitude_kl_trend", "kl_label_frequencies",
-                                       "KL(mean prediction || training label frequencies)")):
-            a, b = ref.loc[common, column].astype(float), far.loc[common, column].astype(float)
-            row = _paired_test(test_id, f"{what} changes from 1x to {top:g}x the data's std", condition, b - a,
-                               f"{what}: {a.mean():.3f} at 1x, {b.mean():.3f} at {top:g}x (mean over runs)")
-            tests += [row] if row else []
+        if top > REFERENCE_AMPLITUDE and len(common) >= 2:
+            for test_id, column, what in (("amplitude_msp_trend", "mean_max_softmax", "the mean max-softmax"),
+                                          ("amplitude_far_kl", "kl_label_frequencies",
+                                           "KL(mean prediction || training label frequencies)")):
+                a, b = ref.loc[common, column].astype(float), far.loc[common, column].astype(float)
+                row = _paired_test(test_id, f"{what} changes from 1x to {top:g}x the data's std", condition, b - a,
+                                   f"{what}: {a.mean():.3f} at 1x, {b.mean():.3f} at {top:g}x (mean over runs)")
+                tests += [row] if row else []
+        pairs = kang_pairs(sub)
+        runs = sub["trial_id"].nunique()
+        spans = ", ".join(f"{lo:g}x-{hi:g}x in {n}" for (lo, hi), n in
+                          pairs.groupby(["amp_low", "amp_high"]).size().items())
+        row = _paired_test("amplitude_kl_trend", "KL(mean prediction || training label frequencies) falls as the noise "
+                           "features shrink, among amplitudes whose features are smaller than the test images'",
+                           condition, pairs["kl_low"] - pairs["kl_high"],
+                           f"KL {pairs['kl_high'].mean():.3f} at the largest and {pairs['kl_low'].mean():.3f} at the "
+                           f"smallest amplitude with noise features below the test images' (norm ratio < {KANG_RATIO:g}; "
+                           f"qualifying span per run: {spans or 'none'}; {runs - len(pairs)} of {runs} runs had fewer "
+                           "than two such amplitudes and drop out)")
+        tests += [row] if row else []
     return tests
 
 
@@ -331,9 +370,11 @@ HYPOTHESES = (
                +1, "the oe_gaussian, oe_blobs and rademacher families probed, with the MSP detector, >= 2 runs"),
     Hypothesis("kang", "reversion to the label marginal", "Reversion to the label marginal (Kang et al., ICLR 2024): far from the data, "
                "predictions revert to the optimal constant solution",
-               "from 1x to the largest amplitude, the mean prediction nears the training label frequencies: "
-               "KL(mean prediction || label frequencies) falls", "amplitude_kl_trend", -1,
-               "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs"),
+               "where the noise features are smaller than the test images' (Kang's premise), the mean prediction "
+               "nears the training label frequencies as the amplitude, and with it the features, shrinks: KL(mean "
+               "prediction || label frequencies) at the smallest such amplitude minus at the largest is negative",
+               "amplitude_kl_trend", -1, "the amplitude probe with >= 2 amplitudes whose noise feature norm is below "
+               "the test images' (per run), >= 2 such runs"),
     Hypothesis("hein", "far-field overconfidence", "Far-field ReLU overconfidence (Hein et al., CVPR 2019): scaling an input up drives "
                "a ReLU network's max-softmax to 1", "the mean max-softmax rises from 1x to the largest amplitude",
                "amplitude_msp_trend", +1, "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs",
@@ -395,7 +436,8 @@ def verdict_of(row, h: Hypothesis, outside: str = "") -> tuple[str, str]:
 
 # what each test's statistic is, for the scoreboard's "measured" column
 STATISTIC = {"literature_order": "MSP AUROC, higher minus lower family",
-             "amplitude_kl_trend": "KL to the label frequencies, largest amplitude minus 1x",
+             "amplitude_kl_trend": "KL to the label frequencies, smallest minus largest amplitude with noise features "
+                                   "below the test images'",
              "amplitude_msp_trend": "mean max-softmax, largest amplitude minus 1x",
              "bn_mode_effect": "top share, this mode minus the running statistics",
              "epoch0_favourite_is_absorber": "runs whose epoch-0 favourite is the absorber",
@@ -415,8 +457,12 @@ def _levels(frames: dict, test: str, condition: str, variable: str) -> str:
             t = t[t[k] == v]
         return float(pd.to_numeric(t[column], errors="coerce").replace([np.inf, -np.inf], np.nan).mean())
     amp = frames.get("amplitude", pd.DataFrame())
-    if test in ("amplitude_kl_trend", "amplitude_msp_trend") and len(amp):
-        column = "kl_label_frequencies" if test == "amplitude_kl_trend" else "mean_max_softmax"
+    if test == "amplitude_kl_trend" and len(amp):
+        pairs = kang_pairs(amp[amp["condition"] == condition])
+        return (f"{pairs['kl_high'].mean():.3f} at the largest, {pairs['kl_low'].mean():.3f} at the smallest "
+                "amplitude below the test images' feature norm") if len(pairs) else "no run has two such amplitudes"
+    if test == "amplitude_msp_trend" and len(amp):
+        column = "mean_max_softmax"
         top = float(amp.loc[amp["condition"] == condition, "amplitude"].max())
         return (f"{mean('amplitude', column, amplitude=REFERENCE_AMPLITUDE):.3f} at 1x, "
                 f"{mean('amplitude', column, amplitude=top):.3f} at {top:g}x")
@@ -525,9 +571,13 @@ def _amplitude_part(ctx: ReportContext) -> list:
     return [Paragraph(text(Strong("Reversion to the label marginal or far-field overconfidence?"), " Gaussian noise "
                            "around the data mean at multiples of the data's std (the same draw scaled), mean over "
                            "runs: mean max-softmax (MSP), KL(mean prediction || training label frequencies) in nats, "
-                           "the top share, and the noise/test feature-norm ratio. Kang et al. predict MSP and KL "
-                           "falling far from the data; Hein et al. MSP rising to 1. In a class-balanced design the "
-                           "label frequencies are uniform, so the KL is also the distance from uniform.")),
+                           "the top share, and the noise/test feature-norm ratio. Kang et al.'s reversion to the label "
+                           "marginal is about inputs whose features are smaller than the data's (norm ratio < 1): it is "
+                           "tested only among those amplitudes (amplitude_kl_trend). Far out, where the noise features "
+                           "dwarf the data's, Hein et al.'s theorem for piecewise-affine networks predicts MSP rising "
+                           "to 1 (amplitude_msp_trend) and the prediction concentrating (amplitude_far_kl, a sanity "
+                           "check of the far field). In a class-balanced design the label frequencies are uniform, so "
+                           "the KL is also the distance from uniform.")),
             Bullets(items)] + ctx.figure("amplitude_curves.png", "The amplitude probe: one thin line per run")
 
 

@@ -173,6 +173,8 @@ def _compact(trial_id: str, t: dict) -> dict:
     run["top_share"] = np.array([t["absorber"][f]["top_share"] for f in families])
     run["entropy_norm"] = np.array([t["absorber"][f]["entropy_norm"] for f in families])
     run["mean_max_softmax"] = np.array([t["absorber"][f].get("mean_max_softmax", np.nan) for f in families])
+    # the absorber's own mean probability (trials before it was recorded: NaN)
+    run["absorber_softmax"] = np.array([t["absorber"][f].get("absorber_softmax", np.nan) for f in families])
     run["mst"] = [[(u, v, float(w)) for u, v, w in t["mst"][f]] for f in families]
     run["distance"] = np.array([t["distance"][f]["matrix"] for f in families], dtype=float)
     run["nodes"] = list(t["distance"][families[0]]["nodes"])

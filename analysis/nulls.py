@@ -188,6 +188,7 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "manipulation_check": effects.manipulation == 0,
         "amplitude_msp_trend": effects.probes == 0,
         "amplitude_kl_trend": effects.probes == 0,
+        "amplitude_far_kl": effects.probes == 0,
         "bn_mode_effect": effects.probes == 0,
         "literature_order": effects.probes == 0,
         "accuracy_trend": True,        # each run's test accuracy is drawn apart from everything it measures
@@ -336,7 +337,7 @@ def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict,
     return dict(zip(classes, p.tolist())), {
         "absorber": classes[top], "top_share": float(p[top]),
         "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)),
-        "mean_max_softmax": float(rng.uniform(0.5, 0.95))}
+        "mean_max_softmax": (msp := float(rng.uniform(0.5, 0.95))), "absorber_softmax": msp * float(p[top])}
 
 
 def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, overturn: bool, rng,
@@ -370,7 +371,8 @@ def _response(v: np.ndarray, eps: np.ndarray, scale: float, classes: list[str]) 
     top, nz = int(share.argmax()), share[share > 0]
     return {"absorber": classes[top], "top_share": float(share[top]),
             "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)),
-            "mean_max_softmax": float(probs.max(1).mean()), "shares": dict(zip(classes, share.tolist()))}, probs.mean(0)
+            "mean_max_softmax": float(probs.max(1).mean()), "absorber_softmax": float(probs[:, top].mean()),
+            "shares": dict(zip(classes, share.tolist()))}, probs.mean(0)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

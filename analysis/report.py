@@ -245,6 +245,8 @@ def absorber_section(ctx: ReportContext) -> Section:
             f"[simultaneous {stats.LEVEL} CI {r['modal_share_ci_low']:.2f}, {r['modal_share_ci_high']:.2f}] "
             f"(mean top share {r['mean_top_share']:.2f}"
             + (f" +- {r['sd_top_share']:.2f}" if np.isfinite(r["sd_top_share"]) else "")
+            + (f", at a mean softmax mass of {r['mean_absorber_softmax']:.2f} on the absorber"
+               if np.isfinite(r.get("mean_absorber_softmax", np.nan)) else "")
             + f"); {shown} ({r['n_classes']} classes; modal-count test, "
             + (verdict(t) if t is not None else "n/a") + "); "
             f"pair agreement {r['agreement']:.2f} [{stats.LEVEL} CI {r['agreement_ci_low']:.2f}, "
@@ -269,7 +271,7 @@ def absorber_section(ctx: ReportContext) -> Section:
                     "fleiss", "randolph"]],
               caption=text(f"Every noise family, per condition (modal share with its simultaneous {stats.LEVEL} interval over "
                            "the classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, "
-                           f"adjusted within its family; agreement: unbiased pair agreement with its {stats.LEVEL} interval):"),
+                           f"adjusted within its family; agreement: pair agreement (unbiased, truncated to [1/K, 1]) with its {stats.LEVEL} interval):"),
               numeric=("runs", "modal_share", "p", "p_adjusted", "agreement", "fleiss", "randolph")),
         Paragraph(text("The distribution of absorbers over all classes, with simultaneous intervals: ",
                        Link("absorber_distribution.csv", "absorber_distribution.csv"), ". Kappas are per-image "
@@ -499,8 +501,9 @@ reach its level is reported as "too few runs to test", never with a p that reads
   agreement sum n_c^2; p by Monte Carlo over {S.CONSISTENCY_DRAWS:,} simulated studies; smallest
   attainable p K^(1-S). Rejecting it says the absorbers are not uniform; what they are is the
   modal share with its simultaneous {1 - S.ALPHA:.0%} interval (Clopper-Pearson at level
-  1 - {S.ALPHA}/K per class, absorber_distribution.csv) and the unbiased pair agreement
-  (sum n_c^2 - S)/(S(S-1)) (exactly 1/K by chance) with a score-type {1 - S.ALPHA:.0%} interval. Per-image
+  1 - {S.ALPHA}/K per class, absorber_distribution.csv) and the pair agreement
+  (sum n_c^2 - S)/(S(S-1)) (unbiased, exactly 1/K by chance; shown truncated to [1/K, 1], the values
+  sum p_c^2 can take, so that it lies inside its score-type {1 - S.ALPHA:.0%} interval). Per-image
   Fleiss' and Randolph's kappa are descriptive (images are not replicates).
 - **Per-run top share** (absorbers.csv, descriptive): Monte Carlo p under a uniform multinomial
   ({S.TOP_SHARE_DRAWS:,} draws); with thousands of images it is always tiny and is not used for inference.

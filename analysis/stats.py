@@ -140,6 +140,7 @@ def absorber_consistency(absorbers: list[str], classes: list[str], draws: int = 
             "modal_share_ci_high": float(bounds[modal, 1]),
             "p_value": res["p_value"], "p_min": res["p_min"],
             "agreement": agreement, "agreement_ci_low": low, "agreement_ci_high": high,
+            "agreement_unbiased": float((counts @ counts - s) / (s * (s - 1))) if s > 1 else np.nan,
             "agreement_null": 1 / k}
 
 
@@ -177,12 +178,19 @@ def pair_agreement(counts: np.ndarray, alpha: float = ALPHA) -> tuple[float, flo
     2,000 studies each (K = 2, 3, 10; S = 5, 8, 20, 100; shares from uniform to 0.98 on one
     class): >= 99% under uniform absorbers, >= 95% at S >= 8 except one class at 0.98 (93-99%),
     90% at S = 5 with one class at 0.98; the jackknife t interval covered 54-72% in some of these
-    cells, the percentile bootstrap 54-60%."""
+    cells, the percentile bootstrap 54-60%.
+
+    Returned estimate: A truncated to the parameter space, max(A, 1/K). A itself falls below 1/K
+    when the runs agree less than chance would (all absorbers distinct: A = 0), where no theta
+    lies; the interval is confined to [1/K, 1], so the raw A could sit outside its own interval
+    (a table reading `0.00 [0.10, 0.99]`). The truncated estimate is never further from theta
+    than A, and always inside the interval (agreement_unbiased in absorber_consistency keeps A)."""
     counts = np.asarray(counts, dtype=float)
     s, k = counts.sum(), len(counts)
     if s < 2:
         return np.nan, np.nan, np.nan
     a = float((counts @ counts - s) / (s * (s - 1)))
+    estimate = max(a, 1 / k)
     q = sps.t.ppf(1 - alpha / 2, s - 1)
 
     def excess(theta):  # <= 0 inside the interval
@@ -194,12 +202,12 @@ def pair_agreement(counts: np.ndarray, alpha: float = ALPHA) -> tuple[float, flo
     grid = np.linspace(1 / k, 1, 4001)
     inside = np.flatnonzero(excess(grid) <= 0)
     if len(inside) == 0:  # A far below 1/K (cannot happen at any S >= 2 we tried): the boundary
-        return a, 1 / k, 1 / k
+        return estimate, 1 / k, 1 / k
     lo_i, hi_i = inside[0], inside[-1]
     from scipy.optimize import brentq
     low = grid[lo_i] if lo_i == 0 else brentq(excess, grid[lo_i - 1], grid[lo_i])
     high = grid[hi_i] if hi_i == len(grid) - 1 else brentq(excess, grid[hi_i], grid[hi_i + 1])
-    return a, float(low), float(high)
+    return estimate, float(low), float(high)
 
 
 def image_agreement(counts: np.ndarray) -> dict:

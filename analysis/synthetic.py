@@ -71,7 +71,8 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
         order = np.argmax(shares)
         nz = shares[shares > 0]
         summary[f] = {"absorber": classes[order], "top_share": float(shares[order]),
-                      "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)), "mean_max_softmax": 0.8}
+                      "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)), "mean_max_softmax": 0.8,
+                      "absorber_softmax": 0.8 * float(shares[order])}
         use_tree = cond.tree is not None and rng.random() < cond.p_tree
         d = _tree_distances(nodes, cond.tree if use_tree else None, rng)
         mst[f] = _mst(d, nodes)
@@ -153,6 +154,7 @@ def _where(shares: np.ndarray, classes: list[str], msp: float) -> dict:
     top = int(shares.argmax())
     nz = shares[shares > 0]
     return {"absorber": classes[top], "top_share": float(shares[top]), "mean_max_softmax": float(msp),
+            "absorber_softmax": float(msp * shares[top]),
             "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(len(classes))),
             "shares": dict(zip(classes, shares.tolist()))}
 

@@ -72,7 +72,8 @@ def absorption_table(data: Loaded) -> pd.DataFrame:
 
 
 def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
-    """Per run and noise family: the absorber, its share, the normalised entropy, and the
+    """Per run and noise family: the absorber, its share, the normalised entropy, the softmax
+    mass (mean max-softmax, the absorber's mean probability), and the
     (descriptive) Monte Carlo p of the top share under a uniform multinomial."""
     rows = []
     for r in completed(data):
@@ -80,10 +81,12 @@ def absorbers_table(data: Loaded, mc_draws: int = 10_000) -> pd.DataFrame:
         for i, f in enumerate(r["families"]):
             rows.append({**run_ids(r), "noise": f, "absorber": r["absorber"][i],
                          "top_share": r["top_share"][i], "entropy_norm": r["entropy_norm"][i],
-                         "mean_max_softmax": r["mean_max_softmax"][i], "n_classes": k,
+                         "mean_max_softmax": r["mean_max_softmax"][i],
+                         "absorber_softmax": r["absorber_softmax"][i], "n_classes": k,
                          "p_uniform": p_top_share_uniform(r["top_share"][i], r["n_noise"], k, mc_draws)})
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "noise", "absorber", "top_share",
-                                       "entropy_norm", "mean_max_softmax", "n_classes", "p_uniform"])
+                                       "entropy_norm", "mean_max_softmax", "absorber_softmax", "n_classes",
+                                       "p_uniform"])
 
 
 def heldout_table(data: Loaded) -> pd.DataFrame:

@@ -64,11 +64,11 @@ def label_frequencies(labels: np.ndarray, k: int, extra_share: float = 0.0) -> n
 
 
 def predictions(logits: np.ndarray, classes: list[str]) -> dict:
-    """Where a set of images goes: absorber, top share, normalised entropy, mean max-softmax, and
-    each class's share of the images."""
+    """Where a set of images goes: absorber, top share, normalised entropy, mean max-softmax, the
+    absorber's mean probability, and each class's share of the images."""
     probs = softmax64(logits)
     pred = probs.argmax(1)
-    return {**absorption_summary(pred, probs.max(1), classes), "shares": shares(pred, classes)}
+    return {**absorption_summary(pred, probs, classes), "shares": shares(pred, classes)}
 
 
 # ---------------------------------------------------------------- amplitude

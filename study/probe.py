@@ -49,7 +49,7 @@ def probe_family(predict: Predict, bank, classes: list[str], class_means: np.nda
     nodes, dist, tree = geometry(class_means, noise_mean, classes)
     return {
         "absorption": shares(pred, classes),
-        "summary": absorption_summary(pred, probs.max(1), classes),
+        "summary": absorption_summary(pred, probs, classes),
         "distance": {"nodes": nodes, "matrix": dist.tolist()},
         "mst": tree,
         "noise_neighbour": noise_neighbour(tree),

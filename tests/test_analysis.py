@@ -130,6 +130,10 @@ def test_report_answers_in_plain_words(planted):
     assert "Gaussian noise goes to **bird** in" in text
     assert "Holm-adjusted" in text and "## Methods" in text and "modal share" in text
     assert "augmentation=flip vs augmentation=none" in text
+    # the argmax share never stands alone: the softmax mass on the absorber beside it
+    cons = pd.read_csv(planted[1] / "consistency.csv")
+    assert cons["mean_absorber_softmax"].between(0, 1).all()
+    assert "at a mean softmax mass of" in text.split("Gaussian noise goes to **bird** in")[1].split("\n")[0]
 
 
 def test_broken_folders_are_reported_and_the_rest_aggregates(tmp_path):

@@ -341,9 +341,22 @@ def test_pair_agreement_is_unbiased_with_null_mean_one_over_k():
         counts = rng.multinomial(s, np.full(k, 1 / k), size=200_000)
         a = ((counts**2).sum(1) - s) / (s * (s - 1))
         assert np.mean(a) == pytest.approx(1 / k, abs=0.002)
-        assert stats.pair_agreement(counts[0])[0] == pytest.approx(a[0])
+        assert stats.pair_agreement(counts[0])[0] == pytest.approx(max(a[0], 1 / k))  # truncated to [1/K, 1]
     assert stats.pair_agreement(np.array([8, 0, 0]))[0] == 1.0
-    assert stats.pair_agreement(np.array([1, 1, 1, 1]))[0] == 0.0
+    # all runs distinct: A = 0 lies outside the parameter space [1/K, 1]; the estimate is 1/K
+    assert stats.pair_agreement(np.array([1, 1, 1, 1]))[0] == 0.25
+    assert stats.absorber_consistency(list("abcd"), list("abcd"))["agreement_unbiased"] == 0.0
+
+
+def test_pair_agreement_estimate_lies_inside_its_interval():
+    """The reports' `0.00 [0.10, 0.99]` (K = 10) and `0.455 [0.500, 0.802]` (K = 2): the raw A
+    below 1/K sat outside its own interval; every study's estimate now lies inside."""
+    rng = np.random.default_rng(13)
+    for k, s in [(10, 8), (2, 11), (3, 5), (10, 20)]:
+        for p in (np.full(k, 1 / k), np.r_[0.7, np.full(k - 1, 0.3 / (k - 1))]):
+            for counts in rng.multinomial(s, p, size=300):
+                est, low, high = stats.pair_agreement(counts)
+                assert low - 1e-9 <= est <= high + 1e-9, (counts, est, low, high)
 
 
 @pytest.mark.parametrize("k, s", [(10, 8), (2, 20)])

@@ -466,7 +466,7 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_c
     entry = ["env", "NOISESINK_DATA=s3://data/cifar10.tar", f"AWS_ENDPOINT_URL={c['endpoint']}",
              "python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
     entry += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
-    status, logs = submit_and_wait(c, entry)
+    status, logs = submit_and_wait(c, entry, timeout=600)   # 4 trials on 2 cores: ~75 s alone, 5 min under CI's load
     if status != "SUCCEEDED":
         pytest.fail(f"job ended {status or 'never'}; its logs:\n{logs[-6000:]}")
     assert not [ln for ln in logs.splitlines() if "DeprecationWarning" in ln]

@@ -94,7 +94,7 @@ def test_a_constant_net_predicts_its_bias_at_every_amplitude():
     for r in rows:
         assert r["kl_label_frequencies"] == pytest.approx(0, abs=1e-6)
         assert r["kl_uniform"] == pytest.approx(H.kl_divergence(freq, np.full(3, 1 / 3)), rel=1e-5)
-        assert r["mean_max_softmax"] == pytest.approx(0.5, rel=1e-5)
+        assert r["mean_max_softmax"] == pytest.approx(0.5, rel=1e-5) and r["absorber_softmax"] == pytest.approx(0.5, rel=1e-5)
         assert r["absorber"] == "a" and r["top_share"] == 1.0 and r["feature_norm_ratio"] == 0.0
 
 

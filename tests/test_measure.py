@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from study.measure import (cosine_distance_matrix, minimum_spanning_tree, noise_neighbour,
+from study.measure import (absorption_summary, cosine_distance_matrix, minimum_spanning_tree, noise_neighbour,
                            normalized_entropy, shares)
 
 
@@ -92,3 +92,17 @@ def test_shares_and_entropy():
     assert normalized_entropy([1, 0, 0]) == 0
     assert normalized_entropy([0.25] * 4) == pytest.approx(1)
     assert 0 < normalized_entropy([0.75, 0.25, 0]) < 1
+
+
+def test_absorption_summary_puts_the_softmax_mass_beside_the_argmax_share():
+    """Every image's argmax is class 0, yet with mass 0.4 against 0.3 + 0.3: a top share of 1 at
+    an absorber probability of 0.4 (and a mean max-softmax of 0.4); a sure network: 0.9."""
+    classes = ["a", "b", "c"]
+    leaning = np.tile([0.4, 0.3, 0.3], (5, 1))
+    r = absorption_summary(leaning.argmax(1), leaning, classes)
+    assert r["absorber"] == "a" and r["top_share"] == 1.0
+    assert r["absorber_softmax"] == pytest.approx(0.4) and r["mean_max_softmax"] == pytest.approx(0.4)
+    mixed = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    r = absorption_summary(mixed.argmax(1), mixed, classes)
+    assert r["top_share"] == pytest.approx(2 / 3) and r["absorber_softmax"] == pytest.approx((0.9 + 0.9 + 0.1) / 3)
+    assert r["mean_max_softmax"] == pytest.approx((0.9 + 0.9 + 0.8) / 3)

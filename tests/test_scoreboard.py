@@ -36,13 +36,19 @@ def test_the_published_orderings_are_the_clear_gaps_within_a_paper():
     assert pairs == {("oe_gaussian", "rademacher"), ("oe_blobs", "rademacher")}
 
 
-def _amplitude_frame(diffs: np.ndarray, condition: str = "c") -> pd.DataFrame:
+def _amplitude_frame(diffs: np.ndarray, condition: str = "c", near: np.ndarray | None = None) -> pd.DataFrame:
+    """Runs whose far field (16x) moves by `diffs`: MSP up, KL to the label frequencies down. Noise
+    features are below the test images' (ratio 0.6 a) at 0.25x-1x, far above at 16x; `near`: KL at
+    0.25x lower than at 1x by that much (Kang's reversion where his premise holds)."""
+    near = np.zeros(len(diffs)) if near is None else near
     rows = []
     for i, d in enumerate(diffs):
         base = 0.6 + 0.01 * i
         rows += [{"trial_id": f"t{i}", "condition": condition, "seed": i, "amplitude": a,
-                  "mean_max_softmax": base + d * (a == 16.0), "kl_label_frequencies": 0.5 - d * (a == 16.0)}
-                 for a in (0.5, 1.0, 16.0)]
+                  "mean_max_softmax": base + d * (a == 16.0),
+                  "kl_label_frequencies": 0.5 - d * (a == 16.0) - near[i] * (a == 0.25) + 0.001 * i * (a == 0.5),
+                  "feature_norm_ratio": 0.6 * a}
+                 for a in (0.25, 0.5, 1.0, 16.0)]
     return pd.DataFrame(rows)
 
 
@@ -50,10 +56,29 @@ def test_amplitude_tests_find_a_planted_rise_and_its_size():
     rng = np.random.default_rng(0)
     diffs = 0.2 + rng.normal(0, 0.03, 10)
     tests = {t["test"]: t for t in H.amplitude_tests(_amplitude_frame(diffs))}
-    msp, kl = tests["amplitude_msp_trend"], tests["amplitude_kl_trend"]
+    msp, far = tests["amplitude_msp_trend"], tests["amplitude_far_kl"]
     assert msp["statistic"] == pytest.approx(diffs.mean()) and msp["n_runs"] == 10
-    assert msp["p_value"] == pytest.approx(2 / 2**10) and kl["statistic"] == pytest.approx(-diffs.mean())
+    assert msp["p_value"] == pytest.approx(2 / 2**10) and far["statistic"] == pytest.approx(-diffs.mean())
     assert msp["ci_low"] < diffs.mean() < msp["ci_high"]
+    # nothing moves where the features are small: Kang's test sees no change, whatever the far field does
+    assert tests["amplitude_kl_trend"]["statistic"] == pytest.approx(0) and tests["amplitude_kl_trend"]["p_value"] == 1
+
+
+def test_kang_is_tested_only_where_the_noise_features_are_smaller_than_the_data():
+    """The far-field KL falls by 0.2 (what the 1x-vs-16x test used to call Kang's prediction), the
+    near field rises against his: the Kang row reads only 0.25x-1x (norm ratio < 1) and says so;
+    a run with one such amplitude drops out."""
+    rng = np.random.default_rng(1)
+    diffs, near = 0.2 + rng.normal(0, 0.03, 8), -0.1 + rng.normal(0, 0.01, 8)
+    amp = _amplitude_frame(diffs, near=near)
+    amp.loc[(amp["trial_id"] == "t7") & (amp["amplitude"] < 1), "feature_norm_ratio"] = 1.5   # only 1x qualifies
+    tests = {t["test"]: t for t in H.amplitude_tests(amp)}
+    kang = tests["amplitude_kl_trend"]
+    assert kang["n_runs"] == 7 and kang["statistic"] == pytest.approx(-near[:7].mean())   # KL rises as features shrink
+    assert kang["p_value"] == pytest.approx(2 / 2**7)
+    assert "0.25x-1x in 7" in kang["method"] and "1 of 8 runs" in kang["method"]
+    board = H.scoreboard(finalize([kang, tests["amplitude_far_kl"]]), ["c"])
+    assert board.set_index("hypothesis").loc["kang", "verdict"] == H.CONTRADICTED
 
 
 @pytest.mark.parametrize("n", [6, 8, 12])
@@ -203,9 +228,12 @@ def _null_study(rng, n: int, conditions=(("ten", 10, 0.3), ("two", 2, 0.75))) ->
             ids = {"trial_id": f"{condition}{i}", "condition": condition, "seed": i}
             scale = rng.uniform(0.005, 0.2)
             msp, kl = rng.uniform(0.5, 0.9), rng.uniform(0.05, 1.0)
-            for a in (1.0, 16.0):   # the far field moves each run, in no preferred direction
-                amp.append({**ids, "amplitude": a, "mean_max_softmax": msp + (a > 1) * scale * rng.standard_t(3),
-                            "kl_label_frequencies": kl + (a > 1) * scale * rng.standard_t(3)})
+            # every amplitude moves each run, in no preferred direction; noise features below the
+            # test images' at 0.25x-1x (Kang's regime), far above at 16x
+            for a in (0.25, 0.5, 1.0, 16.0):
+                amp.append({**ids, "amplitude": a, "mean_max_softmax": msp + (a != 1) * scale * rng.standard_t(3),
+                            "kl_label_frequencies": kl + (a != 1) * scale * rng.standard_t(3),
+                            "feature_norm_ratio": 0.5 * a})
             level = rng.beta(6, 1.5)
             for mode in ("eval", "batch_stats", "noise_stats"):   # exchangeable modes
                 bn.append({**ids, "mode": mode, "top_share": float(np.clip(level + rng.normal(0, scale), 0, 1))})
