@@ -41,7 +41,6 @@ TESTS = {
     "distance_agreement": ("tests", "the runs' class-class distances agree beyond relabelled classes (Mantel)"),
     "noise_distance_agreement": ("tests", "the runs' noise-to-class distances agree beyond relabelled classes"),
     "clutter_absorption": ("tests", "a class's clutter goes with the share of noise it absorbs (classes relabelled)"),
-    "head_absorption": ("tests", "a class's head weight norm goes with the share of noise it absorbs"),
     "noise_lookalike": ("tests", "the class nearest to the noise bank in pixel-clutter space absorbs more often "
                         "than another class would (classes relabelled)"),
     "intervention_effect": ("tests", "a training intervention changes the top real-class share (seeds paired)"),

@@ -179,7 +179,6 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "noise_distance_agreement": uniform_nearest,
         "noise_neighbour": effects.link == 0,
         "clutter_absorption": not effects.clutter,
-        "head_absorption": True,       # the head's weight norms: drawn apart from everything
         "noise_lookalike": True,       # the noise bank's clutter is drawn apart from every class's
         "intervention_effect": effects.intervention == 0,
         "causal_effect": effects.causal == 0,
