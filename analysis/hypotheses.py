@@ -274,13 +274,19 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
         lo, hi = _t_interval(ranks / deals - 0.5)
         diff = (sub["absorber_share"] - sub["top_share_dealt_mean"]).astype(float).to_numpy()
         dlo, dhi = _t_interval(diff)
+        # the identity question (an estimate, see decomposition.bias_deal): deals that keep the absorber
+        kept = pd.to_numeric(sub.get("absorber_kept_by_deals", pd.Series(dtype=float)), errors="coerce").dropna()
+        klo, khi = _t_interval(kept.to_numpy(dtype=float)) if len(kept) >= 2 else (np.nan, np.nan)
+        identity = (f"; the absorber stays the trained placement's in {kept.mean():.3f} of random deals "
+                    f"[{stats.LEVEL} t interval {klo:.3f}, {khi:.3f}] (near 1: the weights decide which class "
+                    f"absorbs; near 1/K: the biases do)" if len(kept) >= 2 else "")
         tests.append(_row("bias_deal", f"the placement of the head's biases as trained changes the top share of {NOISE} "
                           "noise against the same biases placed at random", condition, NOISE,
                           {**res, "n_runs": len(sub), "ci_low": lo, "ci_high": hi},
                           f"per-run rank of the trained placement among {deals} random deals (ties broken at random), "
                           f"exact test of uniform ranks; top share {sub['absorber_share'].mean():.3f} as trained, "
                           f"{sub['top_share_dealt_mean'].mean():.3f} dealt (mean over runs), difference "
-                          f"{diff.mean():+.3f} [{stats.LEVEL} t interval {dlo:+.3g}, {dhi:+.3g}]"
+                          f"{diff.mean():+.3f} [{stats.LEVEL} t interval {dlo:+.3g}, {dhi:+.3g}]" + identity
                           + (f"; {other} run(s) with another number of deals left out" if other else ""),
                           effect_name="mean rank/deals - 1/2 over its sd",
                           p_min_of_n=lambda n, k=deals: stats.uniform_rank_p_min(n, k)))
@@ -379,8 +385,10 @@ HYPOTHESES = (
                "a ReLU network's max-softmax to 1", "the mean max-softmax rises from 1x to the largest amplitude",
                "amplitude_msp_trend", +1, "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs",
                outside=_outside_hein),
-    Hypothesis("bn_batch", "BatchNorm: batch statistics", "BatchNorm statistics mismatch: the running statistics, not the weights, carry "
-               "the absorption", "with BatchNorm on the noise batch's own statistics, the top share falls",
+    Hypothesis("bn_batch", "BatchNorm: batch statistics", "BatchNorm statistics mismatch: normalising the noise by its own "
+               "statistics (not the training images' running ones) removes concentration. Narrow: without a "
+               "no-BatchNorm control in the same design this says what recentring the noise does, not that "
+               "BatchNorm carries the absorption", "with BatchNorm on the noise batch's own statistics, the top share falls",
                "bn_mode_effect", -1, "a model with BatchNorm layers and the BatchNorm probe (n_bn > 0), >= 2 runs",
                variable=lambda v: v == "batch_stats"),
     Hypothesis("bn_noise", "BatchNorm: re-estimated on noise", "BatchNorm statistics mismatch (running statistics re-estimated on noise)",

@@ -33,7 +33,7 @@ def clutter_table(data) -> pd.DataFrame:
 
 
 DECOMPOSITION_COLUMNS = ["absorber", "n_images", "absorber_share", "absorber_share_without_bias", "top_share_dealt_mean",
-                         "bias_deal_rank", "bias_deals", "mean_margin", "mean_bias_part", "mean_weight_part",
+                         "bias_deal_rank", "bias_deals", "absorber_kept_by_deals", "mean_margin", "mean_bias_part", "mean_weight_part",
                          "bias_share_of_margin", "decided_by_bias", "noise_feature_norm", "test_feature_norm"]
 
 

@@ -139,6 +139,24 @@ def test_the_bias_deal_rank_is_uniform_when_the_biases_do_not_matter_and_top_whe
     assert out["bias_deal_rank"] >= 70 and out["top_share_dealt_mean"] < _top_share(weight_term + [2.0, 0, 0, 0, 0]) - 0.1
 
 
+
+def test_the_identity_question_says_whether_the_weights_or_the_biases_pick_the_absorber():
+    """Known answers: weights that favour class 0 by far keep it the absorber in every deal of
+    small biases (kept 1); weight terms that are pure noise, biases 3, 2, 1, 0, -1: whoever holds
+    the 3 absorbs, so class 0 stays the absorber in about 1 deal in 5, while bias_deal's rank
+    cannot see it (every deal concentrates alike: the trained deal is one of them in law)."""
+    from analysis.decomposition import bias_deal
+    rng = np.random.default_rng(5)
+    weights_decide = rng.normal(size=(300, 5)) + np.array([5.0, 0, 0, 0, 0])
+    assert bias_deal(weights_decide, rng.normal(0, 0.1, 5), np.random.default_rng(0))["absorber_kept_by_deals"] == 1.0
+    kept, ranks = [], []
+    for i in range(200):
+        out = bias_deal(rng.normal(0, 0.01, (300, 5)), np.array([3.0, 2, 1, 0, -1]), np.random.default_rng(i))
+        kept.append(out["absorber_kept_by_deals"])
+        ranks.append(out["bias_deal_rank"])
+    assert np.mean(kept) == pytest.approx(0.2, abs=0.02)
+    assert abs(np.mean(ranks) - 49.5) < 4.5     # uniform: the rank test has no power here
+
 # ---------------------------------------------------------------- frequency probes
 
 @pytest.mark.parametrize("kind", ["lowpass", "highpass"])

@@ -79,6 +79,9 @@ def test_why_tests_figures_and_report(interventions_report):
     # the head's bias and weight norm are not class covariates (each is a factor of its own logit)
     assert not (tests["test"] == "head_absorption").any() and not tests["variable"].astype(str).str.startswith("head_").any()
     assert (tests["test"] == "noise_lookalike").sum() == 3
+    # the head biases: the rank test, and beside it the identity question's estimate
+    deal = tests[tests["test"] == "bias_deal"]
+    assert len(deal) == 3 and deal["method"].str.contains("the absorber stays the trained placement's in").all()
     iv = tests[tests["test"] == "intervention_effect"]
     assert set(iv["condition"]) == {"outlier_exposure", "noise_class"} and (iv["n_runs"] == 3).all()
     assert iv["p_adjusted"].notna().all() and (iv["p_min"] >= 0.25).all() and not iv["can_reject"].any()  # 3 seeds
