@@ -33,3 +33,23 @@ def test_every_test_id_is_documented_and_only_those():
     from analysis.inference import TESTS
     documented = re.findall(r"^\| `(\w+)` \| (tests|edge_frequency) \|", README, flags=re.M)
     assert dict(documented) == {k: table for k, (table, _) in TESTS.items()}
+
+
+def test_the_clutter_verdict_counts_every_study_that_tested_it():
+    """findings-cpu.md gives clutter one verdict across its five studies: Holm over every
+    confirmatory clutter row in the committed tests.csv (not only within each study)."""
+    import pandas as pd
+    from statsmodels.stats.multitest import multipletests
+    rows = []
+    for f in sorted((ROOT / "docs" / "results").glob("cpu-*/tests.csv")):
+        t = pd.read_csv(f)
+        rows.append(t[(t["test"] == "clutter_absorption") & (t["variable"] == "png_bits_per_pixel")
+                      & (t["noise"] == "gaussian")].assign(study=f.parent.name))
+    rows = pd.concat(rows, ignore_index=True)
+    rows["holm_all"] = multipletests(rows["p_value"], method="holm")[1]
+    text = (ROOT / "docs" / "findings-cpu.md").read_text()
+    section5 = rows[rows["study"] == "cpu-hypotheses_cpu"].iloc[0]
+    assert len(rows) == 18 and "in 18 conditions" in text and "Holm over all 18 rows" in text
+    assert f"gives {section5['holm_all']:.3f} for it" in text
+    assert f"{rows['holm_all'].min():.3f} for\n  the smallest" in text and rows["holm_all"].min() >= 0.05
+    assert f"rho > 0 in {(rows['statistic'] > 0).sum()} of 18" in text
