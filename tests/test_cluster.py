@@ -123,9 +123,15 @@ def test_cluster_yaml_passes_rays_own_config_validator():
     assert "~/.ray/auth_token" in CLUSTER["file_mounts"]
     assert any("RAY_AUTH_MODE=token" in opt for opt in CLUSTER["docker"]["run_options"])
     # the image carries everything: nothing is installed when a node starts
-    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
-                for c in CLUSTER.get(key) or []]
-    assert not any("pip install" in c for c in commands), commands
+    # the image carries everything: each setup list is stated and empty (a key left out gets Ray's
+    # AWS defaults, which pip-install Ray and boto3 on every node)
+    assert all(CLUSTER.get(key, None) == [] for key in ("setup_commands", "head_setup_commands",
+                                                         "worker_setup_commands"))
+    # pull_before_run pulls on every host before Ray starts: the registry login comes first
+    registry = CLUSTER["docker"]["image"].split("/")[0]
+    assert CLUSTER["docker"]["pull_before_run"]
+    assert any("docker login" in c and c.split("#")[0].rstrip().endswith(registry)
+               for c in CLUSTER["initialization_commands"])
 
 
 def iam_policy(name: str) -> dict:
@@ -237,7 +243,7 @@ def test_the_launcher_bootstraps_launches_and_terminates_a_worker_on_a_mock_aws(
 
 
 def test_no_credentials_in_cluster_files():
-    for path in ("cluster.yaml", "k8s/rayjob.yaml", "k8s/Dockerfile", "cluster-iam-head.json",
+    for path in ("cluster.yaml", "k8s/rayjob.yaml", "k8s/serviceaccount.yaml", "k8s/Dockerfile", "cluster-iam-head.json",
                  "cluster-iam-nodes.json"):
         text = (ROOT / path).read_text()
         assert not re.search(r"aws_(access_key_id|secret_access_key)|AKIA[0-9A-Z]{16}|private_key", text, re.I), path
@@ -246,6 +252,22 @@ def test_no_credentials_in_cluster_files():
 # ---------------------------------------------------------------- KubeRay
 
 KUBERAY_MIN = (1, 6, 0)   # the first KubeRay whose RayCluster has authOptions.secretName
+
+
+def test_the_service_account_the_pods_run_as_is_shipped_and_applied_first():
+    """KubeRay raises AutoscalerServiceAccountNotFound (the head is never created) when the head
+    names a service account that does not exist: k8s/serviceaccount.yaml is that account, bound to
+    the bucket by its annotation, and every instruction applies it before the RayJob."""
+    account = yaml.safe_load((ROOT / "k8s" / "serviceaccount.yaml").read_text())
+    assert account["apiVersion"] == "v1" and account["kind"] == "ServiceAccount"
+    spec = RAYJOB["spec"]["rayClusterSpec"]
+    named = {spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"]}
+    named |= {g["template"]["spec"]["serviceAccountName"] for g in spec["workerGroupSpecs"]}
+    assert named == {account["metadata"]["name"]}
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+",
+                        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
+    for doc in ((ROOT / "README.md").read_text(), (ROOT / "k8s" / "rayjob.yaml").read_text()):
+        assert doc.index("kubectl apply -f k8s/serviceaccount.yaml") < doc.index("kubectl apply -f k8s/rayjob.yaml")
 
 
 def test_rayjob_manifest_has_what_kuberay_requires():
@@ -521,3 +543,11 @@ def test_a_local_storage_the_worker_node_cannot_see_is_refused_before_any_trial(
     # nothing ran: the study folder holds the plan and the token, no trial
     from study.sweep import DRIVER_TOKEN
     assert sorted(p.name for p in (storage / "smoke").iterdir()) == sorted([DRIVER_TOKEN, "study.json"])
+
+
+def test_one_bucket_placeholder_everywhere():
+    """A user replaces one name: every cluster file and the README spell the bucket the same way."""
+    texts = {p: (ROOT / p).read_text() for p in ("README.md", "cluster.yaml", "k8s/rayjob.yaml", "k8s/serviceaccount.yaml",
+                                                  "cluster-iam-nodes.json", "cluster-iam-head.json")}
+    names = {m for t in texts.values() for m in re.findall(r"(?:s3|gs)://([A-Za-z0-9._-]+)/", t)}
+    assert names == {"CHANGE-bucket"}, names
