@@ -30,10 +30,12 @@ SCHEMA_VERSION = 1
 # What a completed trial measures changes with the code as well as with its config: each change that
 # adds or redefines a measurement bumps MEASUREMENTS, with its line in MEASUREMENT_CHANGES.
 # trial.json records it (absent: 1), and no executor reuses a completed result of an older one.
-MEASUREMENTS = 2
+MEASUREMENTS = 3
 MEASUREMENT_CHANGES = {
     2: "the head's biases dealt at random (bias_deal_rank), the BatchNorm probe in batches of the training "
        "batch_size, the module kinds outside Hein et al.'s theorem",
+    3: "the absorber's softmax mass (absorber_softmax) beside its argmax share, and the deals that keep the "
+       "trained absorber (absorber_kept_by_deals)",
 }
 READABLE_SCHEMAS = (1,)       # the versions analysis/load.py understands
 
