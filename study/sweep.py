@@ -8,6 +8,7 @@ resuming a study never double-counts a grid point.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -17,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from analysis.contract import COMPLETED, TUNE_ERROR_TXT, join_uri, trial_dirname
+from analysis.contract import COMPLETED, STOPPED_JSON, TUNE_ERROR_TXT, join_uri, open_filesystem, trial_dirname
 
 from .artifacts import ArtifactDir
 from .config import validate_trial
@@ -281,13 +283,18 @@ def node_fit_warning(resources: dict) -> str | None:
 class PendingWatch:
     """Ends a study whose trials wait for resources longer than run.pending_timeout while none
     runs: no node can hold a trial (and no autoscaler added one). A Tune callback sees the
-    trials' states each step; its stopper ends the experiment."""
+    trials' states each step; its stopper ends the experiment.
 
-    def __init__(self, timeout_s: float | None):
+    Why the study stopped is written to its storage (STOPPED_JSON), not only kept here: a resumed
+    study (`--resume`, every KubeRay retry) gets back, from Tune.restore, the callback and stopper
+    the first run saved, not this process's watch. For the same reason a pickled watch forgets
+    that it fired: restored, it watches afresh instead of stopping the resumed study at once."""
+
+    def __init__(self, timeout_s: float | None, uri: str | None = None):
         from ray import tune
         from ray.tune.stopper import Stopper
         watch = self
-        self.timeout_s, self.since, self.fired = timeout_s, None, False
+        self.timeout_s, self.since, self.fired, self.uri = timeout_s, None, False, uri
 
         class _Callback(tune.Callback):
             def on_step_begin(self, iteration, trials, **info):
@@ -308,7 +315,27 @@ class PendingWatch:
             self.since = None
             return
         self.since = now if self.since is None else self.since
-        self.fired = self.fired or now - self.since > self.timeout_s
+        if not self.fired and now - self.since > self.timeout_s:
+            self.fired = True
+            if self.uri:
+                fs, path = open_filesystem(join_uri(self.uri, STOPPED_JSON))
+                with fs.open_output_stream(path) as f:
+                    f.write(json.dumps({"reason": "pending_timeout", "pending_timeout": self.timeout_s}).encode())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "since": None, "fired": False}
+
+    @staticmethod
+    def stopped(uri: str) -> bool:
+        """Whether a watch (this run's, or the restored one of an earlier run) stopped the study."""
+        fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    @staticmethod
+    def clear(uri: str) -> None:
+        fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
 
 
 def failure_reason(error) -> str:
@@ -420,7 +447,14 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     token = check_shared_storage(plan)
     print(f"TensorBoard (each trial's training curves and Gaussian-noise trajectory): "
           f"tensorboard --logdir {plan.uri}")
-    watch = PendingWatch(plan.sweep.run["pending_timeout"])
+    watch = PendingWatch(plan.sweep.run["pending_timeout"], plan.uri)
+    if resume and PendingWatch.stopped(plan.uri):
+        # Tune marked the trials the watch stopped as terminated, and a restored experiment never
+        # starts them again: run the study afresh instead (its completed trials are reused)
+        print(f"note: the last run of {plan.name} was stopped by run.pending_timeout; the trials that had not "
+              "finished start anew (completed ones are reused)")
+        resume = False
+    PendingWatch.clear(plan.uri)   # a stop recorded by an earlier run is not this run's
     # Tune's console reporter whose columns can be chosen (the default output infers them from
     # the first results, and shows no text column such as the absorbing class)
     with environment("RAY_AIR_NEW_OUTPUT", "0"):
@@ -439,7 +473,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
           f"{n_failed} failed, {n_never} never started; {time.perf_counter() - start:.0f} s")
     for name, reason in failed:
         print(f"  failed: {name}: {reason[:300]}")
-    if never and not watch.fired:  # stopped before they started by the user (Ctrl-C), not by resources
+    fired = watch.fired or PendingWatch.stopped(plan.uri)
+    if never and not fired:  # stopped before they started by the user (Ctrl-C), not by resources
         print(f"sweep {plan.name}: interrupted before {n_never} trial(s) started; finished trials are kept in "
               f"{plan.uri}; rerun with --resume to continue", file=sys.stderr)
         return 1

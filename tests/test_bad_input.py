@@ -505,6 +505,22 @@ def test_the_pending_watch_fires_only_when_trials_wait_and_none_runs():
     assert not never.fired
 
 
+def test_a_fired_watch_records_why_in_the_study_and_a_restored_copy_watches_afresh(tmp_path):
+    """Tune.restore brings back the callback and stopper the first run pickled: the copy must not
+    stop the resumed study at once, and the stop must be readable from the study's storage."""
+    pytest.importorskip("ray")
+    import cloudpickle
+    from study.sweep import PendingWatch
+    watch = PendingWatch(5, str(tmp_path))
+    watch.observe(["PENDING"], now=0)
+    watch.observe(["PENDING"], now=6)
+    assert watch.fired and PendingWatch.stopped(str(tmp_path))
+    restored = cloudpickle.loads(cloudpickle.dumps(watch.stopper))
+    assert not restored.stop_all()
+    PendingWatch.clear(str(tmp_path))
+    assert not PendingWatch.stopped(str(tmp_path))
+
+
 def test_a_failed_trial_is_summarised_by_its_cause_not_the_worker_pid():
     pytest.importorskip("ray")
     from ray.exceptions import RayTaskError
@@ -557,7 +573,7 @@ def test_trials_no_node_can_hold_end_the_study_after_the_pending_timeout(tiny_da
     sweep["run"]["pending_timeout"] = 5
     path.write_text(yaml.safe_dump(sweep))
     # a cluster of one 1-CPU node, and trials that each want 2 CPUs (what `check` refuses on a local machine)
-    res = _driver(f"""
+    driver = f"""
 import sys, ray
 from study import sweep
 from study.errors import InputError
@@ -569,9 +585,25 @@ try:
     sweep.run(plan, report=False)
 except InputError as e:
     print("error:", e)
-""", tmp_path)
+"""
+    res = _driver(driver, tmp_path)
     assert "error: resources: 2 trial(s) waited more than run.pending_timeout = 5 s for a node with cpu 2" in \
         res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    # resumed (every KubeRay retry resumes): Tune would restore the stopped trials as terminated and
+    # the first run's stopper, which had fired; the stop is read from the study's storage, the
+    # study runs afresh (completed trials reused), and the answer is the resources message again
+    assert (tmp_path / "storage" / "bad" / "stopped.json").exists()
+    res = _driver(driver.replace("sweep.run(plan, report=False)", "sweep.run(plan, resume=True, report=False)"),
+                  tmp_path)
+    assert "was stopped by run.pending_timeout" in res.stdout and "interrupted" not in res.stdout + res.stderr
+    assert "error: resources: 2 trial(s) waited more than run.pending_timeout = 5 s for a node with cpu 2" in \
+        res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    # and once a node fits (here: trials that ask for what the node has), the resumed study completes
+    fits = driver.replace('plan.sweep.resources["cpu"] = 2', 'plan.sweep.resources["cpu"] = 1')
+    res = _driver(fits.replace("sweep.run(plan, report=False)", 'print("rc", sweep.run(plan, resume=True, report=False))'),
+                  tmp_path)
+    assert "rc 0" in res.stdout and "2 of 2 trials ended" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not (tmp_path / "storage" / "bad" / "stopped.json").exists()
 
 
 def test_a_gpu_study_is_refused_on_a_machine_without_one_unless_checked_for_a_cluster(tiny_data, tmp_path, capsys):
