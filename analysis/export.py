@@ -16,7 +16,8 @@ import sys
 
 from .contract import ARRAYS_NPZ, STUDY_JSON, TRIAL_JSON, open_filesystem
 from .errors import InputError, exit_code
-from .load import _read, check_writable, load, merged_study, open_study, same_design
+from .load import _read, load, merged_study, open_study, same_design
+from .storage import check_writable
 
 
 def export(results: str, dest: str, log=print) -> dict:

@@ -12,7 +12,8 @@ import pandas as pd
 
 from . import causal, document, factors, guard, hypotheses, inference, plots, report, tables, trees, why
 from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
-from .load import Loaded, check_same_study, check_writable, load, load_many, open_study
+from .load import Loaded, check_same_study, load, load_many, open_study
+from .storage import check_writable
 
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from analysis.contract import STUDY_JSON  # noqa: E402
 from analysis.synthetic import CIFAR10, Condition, write_study  # noqa: E402
 
 FAMILIES = ("gaussian", "gaussian_clipped", "uniform", "rademacher", "blobs", "salt_pepper", "pink",
@@ -49,11 +50,11 @@ def make_study(root: Path, trials: int, n_conditions: int, n_noise: int) -> Path
     study.mkdir()
     points = []
     for folder in map(Path, folders):
-        record = json.loads((folder / "study.json").read_text())
+        record = json.loads((folder / STUDY_JSON).read_text())
         points += record["points"]
         for p in record["points"]:
             (folder / p["dir"]).rename(study / p["dir"])
-    (study / "study.json").write_text(json.dumps({"name": "bench", "axes": ["augmentation", "seed"],
+    (study / STUDY_JSON).write_text(json.dumps({"name": "bench", "axes": ["augmentation", "seed"],
                                                   "points": points}))
     return study
 

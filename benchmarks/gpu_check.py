@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from analysis.contract import COMPLETED, TRIAL_JSON  # noqa: E402  (the contract's names, not spelled here)
+
 PEAK_FLOPS = 790e12           # the H200's dense bf16 FLOP/s that #13 quotes the MFU against
 SWEEP = ROOT / "sweeps" / "gpu_one_call.yaml"
 ROWS, LOG, SUMMARY = "rows.jsonl", "log.txt", "summary.md"
@@ -184,7 +186,7 @@ def training_row(out: Out, folder: str, result: dict, **extra) -> dict:
 def check_training(row: dict, dry_run: bool) -> None:
     """What every GPU training must show: CUDA, bf16 training, fp32 probes that reconstruct."""
     problems = []
-    if row["status"] != "completed":
+    if row["status"] != COMPLETED:
         problems.append(f"status {row['status']}")
     if not dry_run and not str(row["device"]).startswith("cuda"):
         problems.append(f"ran on {row['device']}, not CUDA")
@@ -220,7 +222,7 @@ def run_plan(args, out: Out, plan, time_limit: float | None) -> dict:
     rows = {}
 
     def on_result(folder: str, metrics: dict) -> None:
-        result = json.loads((Path(plan.uri) / folder / "trial.json").read_text())
+        result = json.loads((Path(plan.uri) / folder / TRIAL_JSON).read_text())
         rows[folder] = training_row(out, folder, result)
     t = time.perf_counter()
     outcome = local.execute(plan, time_limit=time_limit, on_result=on_result)
@@ -246,7 +248,7 @@ def stage_recipe(args, out: Out) -> None:
         raise SystemExit(f"only {len(ran['rows'])} of {len(seeds)} recipe trainings completed")
     accs = [r["test_accuracy"] for r in ran["rows"].values()]
     cfg = plan.points[0]
-    n_train = json.loads((Path(plan.uri) / plan.dirnames[0] / "trial.json").read_text())["n_train"]
+    n_train = json.loads((Path(plan.uri) / plan.dirnames[0] / TRIAL_JSON).read_text())["n_train"]
     flops = training_flops(cfg, n_train)
     per_training = ran["wall"] / len(accs)   # executor start-up included, over only 4 trainings
     out.row("recipe", seeds=len(accs), epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
@@ -322,7 +324,7 @@ def stage_archive(args, out: Out) -> None:
         out.row("archive", content="report folder only (the trial folders did not fit)", bytes=size)
     else:
         out.row("archive", content="trial folders and report", bytes=size,
-                trials=len(list(study.glob("*/trial.json"))))
+                trials=len(list(study.glob(f"*/{TRIAL_JSON}"))))
     if size > FILE_LIMIT:
         data = target.read_bytes()
         target.unlink()

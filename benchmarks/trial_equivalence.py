@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # after PYTHONPATH: `run` uses whichever tree PYTHONPATH names first
 
+from analysis.contract import ARRAYS_NPZ, TRIAL_JSON  # noqa: E402
+
 BASE = {"model": "small_cnn", "epochs": 2, "batch_size": 50, "lr": 0.05, "train_subset": 400,
         "test_subset": 200, "classes": ["cat", "dog", "ship"], "noise": ["gaussian", "uniform", "blobs"],
         "n_noise": 100, "n_trajectory": 20, "n_frequency": 40, "sample_per_class": 20,
@@ -53,15 +55,15 @@ def run(out: Path) -> None:
 
 def compare(a: Path, b: Path) -> int:
     differ = 0
-    for trial in sorted(p.parent.name for p in a.glob("*/trial.json")):
-        ja, jb = (json.loads((d / trial / "trial.json").read_text()) for d in (a, b))
+    for trial in sorted(p.parent.name for p in a.glob(f"*/{TRIAL_JSON}")):
+        ja, jb = (json.loads((d / trial / TRIAL_JSON).read_text()) for d in (a, b))
         for j in (ja, jb):
             for k in VARIABLE:
                 j.pop(k, None)
             j["arrays"].pop("sha256")
         keys = sorted(set(ja) | set(jb))
         bad = [k for k in keys if ja.get(k) != jb.get(k)]
-        za, zb = (np.load(d / trial / "arrays.npz") for d in (a, b))
+        za, zb = (np.load(d / trial / ARRAYS_NPZ) for d in (a, b))
         for k in sorted(set(za.files) | set(zb.files)):
             if k not in za.files or k not in zb.files:
                 bad.append(f"arrays.npz:{k} in one only")

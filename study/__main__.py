@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_output(out: str) -> None:
     """--out of `study trial`, checked before training: a folder (or URI) that can be written and
     holds no earlier result, which the new one would replace."""
-    from analysis.load import check_writable
+    from analysis.storage import check_writable
     from .artifacts import TRIAL_JSON, ArtifactDir, filesystem
     from .config import _storage
     _storage(out, "--out")  # a path, or a URI with a known scheme and a bucket
@@ -222,7 +222,7 @@ def _trial(args) -> int:
 
 
 def _init(dest: Path) -> int:
-    from analysis.load import check_writable
+    from analysis.storage import check_writable
     check_writable(str(dest), "DIR", "a new or empty folder that can be written")
     sources = {f"{folder}/{f.name}": f for folder in SHIPPED for f in sorted(shipped(folder).glob("*.yaml"))}
     clashes = [name for name in sources if (dest / name).exists()]

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, MEASUREMENT_CHANGES, MEASUREMENTS,
                                REPORT_DIR, STUDY_JSON, TRIAL_JSON, config_changes, config_digest, join_uri,
                                trial_dirname)
-from analysis.load import check_writable
+from analysis.storage import check_writable
 
 from .artifacts import ArtifactDir, filesystem, json_safe
 from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, _storage, load_sweep, trained_classes

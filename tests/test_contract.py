@@ -68,3 +68,16 @@ def test_ray_only_in_the_sweep_adapter():
     assert users == ["sweep.py"]
     code = "import sys, study.plan; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_contract_file_names_are_spelled_only_in_the_contract():
+    """A path built from a contract file name ("trial.json", "arrays.npz", "study.json") anywhere
+    but analysis/contract.py would drift from it: code uses TRIAL_JSON, ARRAYS_NPZ, STUDY_JSON."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    spelled = re.compile(r"""(/|glob\(|join_uri\([^)]*,)\s*f?["'][^"'\n]*\b(trial\.json|arrays\.npz|study\.json)["']""")
+    leaks = [f"{p.relative_to(root)}:{i}" for folder in ("study", "analysis", "benchmarks") for p in (root / folder).rglob("*.py")
+             if p.name != "contract.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
+    assert leaks == []
