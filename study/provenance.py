@@ -41,6 +41,13 @@ def source_digest() -> str:
 
 
 def code_revision() -> dict:
+    """The code this process runs: taken once, when this module was imported (with the rest of the
+    code), not when a trial ends. A study running for hours in one process while its checkout moves
+    on would otherwise record each trial under the commit that was current when it finished."""
+    return dict(_AT_IMPORT)
+
+
+def _revision_now() -> dict:
     rev = {"git_commit": None, "git_dirty": None, "source_sha256": source_digest()}
     try:
         def git(*args):  # fixed arguments only: no value from a config reaches a command line
@@ -51,3 +58,6 @@ def code_revision() -> dict:
     except (OSError, subprocess.SubprocessError):
         rev["git_commit"] = os.environ.get("NOISESINK_REVISION")
     return rev
+
+
+_AT_IMPORT = _revision_now()

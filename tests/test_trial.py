@@ -219,3 +219,18 @@ def test_setup_is_immutable_and_the_trained_data_is_passed_explicitly(tiny_confi
     np.testing.assert_array_equal(x[y == 0], s.task.train_x[keep[-5:]])
     x2, y2 = clutter_sample(s, TrainedData.untouched(s.task))
     assert np.bincount(y2).tolist() == [20, 20]
+
+
+def test_the_code_revision_is_the_code_imported_not_the_checkout_at_the_trials_end(monkeypatch):
+    """A long study in one process: its checkout may move on while it runs. The revision a trial
+    records is the one taken when the code was imported; nothing is asked of git again."""
+    import subprocess
+
+    from study import provenance
+    before = provenance.code_revision()
+
+    def moved_on(*args, **kwargs):
+        raise AssertionError("code_revision asked git again")
+    monkeypatch.setattr(subprocess, "run", moved_on)
+    monkeypatch.setattr(provenance, "source_digest", lambda: "another tree")
+    assert provenance.code_revision() == before and before["source_sha256"] != "another tree"
