@@ -151,7 +151,8 @@ def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.D
                                "ci_high": res["agreement_ci_high"], "n_runs": res["n_runs"]},
                               f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,} simulated studies) of the modal absorber "
                               f"count (ties by agreement) vs {k} uniform classes; effect: pair agreement "
-                              f"(unbiased, truncated to [1/K, 1]; 1/K = {1 / k:.2f} by chance) with its score interval",
+                              f"(the unbiased A truncated to [1/K, 1], so biased upward: exactly 1/K in about half of chance studies; "
+                              f"1/K = {1 / k:.2f}) with its score interval",
                               effect_name="pair agreement", p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
     return pd.DataFrame(rows), pd.DataFrame(dist, columns=["condition", "noise", "class", "count", "n_runs", "share",
                                                           "ci_low", "ci_high"]), tests

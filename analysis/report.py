@@ -271,7 +271,7 @@ def absorber_section(ctx: ReportContext) -> Section:
                     "fleiss", "randolph"]],
               caption=text(f"Every noise family, per condition (modal share with its simultaneous {stats.LEVEL} interval over "
                            "the classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, "
-                           f"adjusted within its family; agreement: pair agreement (unbiased, truncated to [1/K, 1]) with its {stats.LEVEL} interval):"),
+                           f"adjusted within its family; agreement: pair agreement (the unbiased A truncated to [1/K, 1]: biased upward, 1/K in about half of chance studies) with its {stats.LEVEL} interval):"),
               numeric=("runs", "modal_share", "p", "p_adjusted", "agreement", "fleiss", "randolph")),
         Paragraph(text("The distribution of absorbers over all classes, with simultaneous intervals: ",
                        Link("absorber_distribution.csv", "absorber_distribution.csv"), ". Kappas are per-image "
@@ -502,8 +502,9 @@ reach its level is reported as "too few runs to test", never with a p that reads
   attainable p K^(1-S). Rejecting it says the absorbers are not uniform; what they are is the
   modal share with its simultaneous {1 - S.ALPHA:.0%} interval (Clopper-Pearson at level
   1 - {S.ALPHA}/K per class, absorber_distribution.csv) and the pair agreement
-  (sum n_c^2 - S)/(S(S-1)) (unbiased, exactly 1/K by chance; shown truncated to [1/K, 1], the values
-  sum p_c^2 can take, so that it lies inside its score-type {1 - S.ALPHA:.0%} interval). Per-image
+  A = (sum n_c^2 - S)/(S(S-1)) (unbiased, exactly 1/K by chance), shown truncated to [1/K, 1], the
+  values sum p_c^2 can take, so that it lies inside its score-type {1 - S.ALPHA:.0%} interval; the
+  truncated value is biased upward (exactly 1/K in about half of studies with uniform absorbers). Per-image
   Fleiss' and Randolph's kappa are descriptive (images are not replicates).
 - **Per-run top share** (absorbers.csv, descriptive): Monte Carlo p under a uniform multinomial
   ({S.TOP_SHARE_DRAWS:,} draws); with thousands of images it is always tiny and is not used for inference.

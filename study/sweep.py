@@ -317,10 +317,15 @@ class PendingWatch:
         self.since = now if self.since is None else self.since
         if not self.fired and now - self.since > self.timeout_s:
             self.fired = True
-            if self.uri:
-                fs, path = open_filesystem(join_uri(self.uri, STOPPED_JSON))
-                with fs.open_output_stream(path) as f:
-                    f.write(json.dumps({"reason": "pending_timeout", "pending_timeout": self.timeout_s}).encode())
+            uri = getattr(self, "uri", None)   # a watch pickled by an older revision has none
+            if uri:
+                try:   # the stop itself must not fail on a storage error: the driver still reports it
+                    fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
+                    with fs.open_output_stream(path) as f:
+                        f.write(json.dumps({"reason": "pending_timeout", "pending_timeout": self.timeout_s}).encode())
+                except Exception as e:
+                    print(f"WARNING: could not record the stop in {uri} ({type(e).__name__}: {e}); a --resume "
+                          "will restore the stopped trials as they are", file=sys.stderr)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "since": None, "fired": False}
@@ -452,7 +457,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         # Tune marked the trials the watch stopped as terminated, and a restored experiment never
         # starts them again: run the study afresh instead (its completed trials are reused)
         print(f"note: the last run of {plan.name} was stopped by run.pending_timeout; the trials that had not "
-              "finished start anew (completed ones are reused)")
+              "finished start anew, from epoch 0 (completed ones are reused; a trial that had failed and kept a "
+              "checkpoint does not continue from it)")
         resume = False
     PendingWatch.clear(plan.uri)   # a stop recorded by an earlier run is not this run's
     # Tune's console reporter whose columns can be chosen (the default output infers them from
@@ -478,9 +484,12 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         print(f"sweep {plan.name}: interrupted before {n_never} trial(s) started; finished trials are kept in "
               f"{plan.uri}; rerun with --resume to continue", file=sys.stderr)
         return 1
-    if never:  # the pending watch stopped them: no node could hold them
+    # the pending watch stopped the study: no node could hold its trials (restored ones that had
+    # reported before may count as ended: every trial that did not finish counts)
+    waiting = n_never or sum(size[name(r)] for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    if fired and waiting:
         r = plan.sweep.resources
-        raise InputError("resources", f"{n_never} trial(s) waited more than run.pending_timeout = "
+        raise InputError("resources", f"{waiting} trial(s) waited more than run.pending_timeout = "
                          f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "
                          f"{r['gpu']:g} free while none ran, so the study was stopped (finished trials are "
                          f"kept in {plan.uri}; rerun with --resume)",
