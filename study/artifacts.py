@@ -60,6 +60,11 @@ class ArtifactDir:
     def __str__(self) -> str:
         return self.path
 
+    def remove(self, name: str) -> None:
+        """Delete `name` if it is there."""
+        if self.exists(name):
+            self.fs.delete_file(self._p(name))
+
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self._p(name)).type == pafs.FileType.File
 

@@ -8,7 +8,6 @@ resuming a study never double-counts a grid point.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -18,9 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from analysis.contract import COMPLETED, STOPPED_JSON, TUNE_ERROR_TXT, join_uri, open_filesystem, trial_dirname
+from analysis.contract import COMPLETED, STOPPED_JSON, TUNE_ERROR_TXT, join_uri, trial_dirname
 
 from .artifacts import ArtifactDir
 from .config import validate_trial
@@ -320,9 +318,8 @@ class PendingWatch:
             uri = getattr(self, "uri", None)   # a watch pickled by an older revision has none
             if uri:
                 try:   # the stop itself must not fail on a storage error: the driver still reports it
-                    fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
-                    with fs.open_output_stream(path) as f:
-                        f.write(json.dumps({"reason": "pending_timeout", "pending_timeout": self.timeout_s}).encode())
+                    ArtifactDir.at(uri).write_json(STOPPED_JSON, {"reason": "pending_timeout",
+                                                                   "pending_timeout": self.timeout_s})
                 except Exception as e:
                     print(f"WARNING: could not record the stop in {uri} ({type(e).__name__}: {e}); a --resume "
                           "will restore the stopped trials as they are", file=sys.stderr)
@@ -333,14 +330,11 @@ class PendingWatch:
     @staticmethod
     def stopped(uri: str) -> bool:
         """Whether a watch (this run's, or the restored one of an earlier run) stopped the study."""
-        fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        return ArtifactDir.at(uri).exists(STOPPED_JSON)
 
     @staticmethod
     def clear(uri: str) -> None:
-        fs, path = open_filesystem(join_uri(uri, STOPPED_JSON))
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_file(path)
+        ArtifactDir.at(uri).remove(STOPPED_JSON)
 
 
 def failure_reason(error) -> str:
