@@ -24,6 +24,7 @@ TRIAL_JSON = "trial.json"     # <study>/<trial>/trial.json: written last; its pr
 ARRAYS_NPZ = "arrays.npz"     # <study>/<trial>/arrays.npz: named by trial.json, with its sha256
 TUNE_ERROR_TXT = "error.txt"  # Tune's note in a trial folder whose trial raised
 REPORT_DIR = "report"         # <study>/report/: the aggregation's default output, never a trial
+AGGREGATION_JSON = "aggregation.json"  # <report>/aggregation.json: the code and sources that aggregated it
 STOPPED_JSON = "stopped.json"  # <study>/stopped.json: the sweep's driver stopped the study (run.pending_timeout)
 
 # trial.json's layout; bump when a reader of the old layout would misread the new one

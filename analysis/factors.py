@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .inference import _row
+from .inference import PAIRED_MEAN, _row
 from .contract import show_value
 from .document import Bullets, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
@@ -135,7 +135,8 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
             tests.append(_row(test_id, f"{label}: changes {what}", label, NOISE,
                               {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
                               f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t interval "
-                              f"[{lo:+.3f}, {hi:+.3f}]", effect_name="mean diff / sd",
+                              f"[{lo:+.3f}, {hi:+.3f}]; standardised mean difference {res['effect']:+.2f}",
+                              effect=float(d.mean()), effect_name=PAIRED_MEAN,
                               p_min_of_n=stats.sign_flip_p_min))
     return tests
 

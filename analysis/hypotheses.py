@@ -17,7 +17,7 @@ import pandas as pd
 from . import stats
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, Table, fmt_p, text
 from .factors import _epoch0_favourite, _t_interval
-from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, _row
+from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, _row
 from .report import ReportContext
 from .stats import ALPHA
 from .tables import completed, run_ids
@@ -168,8 +168,9 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
     lo, hi = _t_interval(d)
     return _row(test_id, hypothesis, condition, NOISE,
                 {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
-                f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; {method}",
-                variable=variable, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min)
+                f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; "
+                f"standardised mean difference {res['effect']:+.2f}; {method}",
+                variable=variable, effect=float(d.mean()), effect_name=PAIRED_MEAN, p_min_of_n=stats.sign_flip_p_min)
 
 
 KANG_RATIO = 1.0   # Kang et al.'s premise: the OOD input's features are smaller than the data's
@@ -287,8 +288,9 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
                           f"exact test of uniform ranks; top share {sub['absorber_share'].mean():.3f} as trained, "
                           f"{sub['top_share_dealt_mean'].mean():.3f} dealt (mean over runs), difference "
                           f"{diff.mean():+.3f} [{stats.LEVEL} t interval {dlo:+.3g}, {dhi:+.3g}]" + identity
+                          + f"; standardised {res['effect']:+.2f}"
                           + (f"; {other} run(s) with another number of deals left out" if other else ""),
-                          effect_name="mean rank/deals - 1/2 over its sd",
+                          effect=res["statistic"], effect_name="mean rank/deals - 1/2",
                           p_min_of_n=lambda n, k=deals: stats.uniform_rank_p_min(n, k)))
     return tests
 

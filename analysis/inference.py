@@ -102,6 +102,9 @@ def families_of(runs: list[dict]) -> list[str]:
     return [f for f in runs[0]["families"] if f in common]
 
 
+PAIRED_MEAN = "mean paired difference"   # the effect of a row that carries a t interval: the interval's own estimate
+
+
 def _row(test, hypothesis, condition, noise, res, method, *, variable="", effect=None, effect_name=None,
          p_min_of_n=None):
     """One tests.csv row. p_min_of_n: n -> the smallest attainable p with n runs (seeds, pairs),

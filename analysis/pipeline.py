@@ -1,8 +1,10 @@
 """load -> tables -> tests -> plots -> report, written to a local folder or a URI."""
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from importlib import metadata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -11,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from . import causal, document, factors, guard, hypotheses, inference, plots, report, tables, trees, why
-from .contract import COMPLETED, REPORT_DIR, join_uri, open_filesystem
+from .contract import AGGREGATION_JSON, COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_same_study, load, load_many, open_study
+from .revision import AT_IMPORT
 from .storage import check_writable
 
 
@@ -158,11 +161,28 @@ def aggregate(results: str | list[str], out: str | None = None, log: Callable[[s
         built = report.build(ctx, REPORT_SECTIONS)
         (folder / REPORT_MD).write_text(document.to_markdown(built))
         (folder / REPORT_HTML).write_text(document.to_html(built, folder))
+        (folder / AGGREGATION_JSON).write_text(json.dumps(aggregation_record(parts, data, weak_margin), indent=1))
         progress(f"writing {len(list(folder.iterdir()))} files to {out}")
         _upload(folder, out)
     n_done = int((frames["runs"]["status"] == COMPLETED).sum()) if len(frames["runs"]) else 0
     return (f"aggregated {len(data.runs)} runs ({n_done} completed) from {' + '.join(parts)}; "
             f"{len(frames['problems'])} problem(s); report: {out}/{REPORT_MD} and {REPORT_HTML}")
+
+
+def aggregation_record(parts: list[str], data: Loaded, weak_margin: float) -> dict:
+    """What aggregated these tables: the code (its commit, whether the tree had changes, a digest of
+    its sources), the libraries that compute the statistics, the parts read and their runs, the
+    guard's rule. A table whose numbers a later fix changes is then traceable to the code before it
+    (tests/test_claims.py demands this file of every committed results folder)."""
+    libs = {}
+    for name in ("numpy", "pandas", "scipy", "statsmodels", "networkx"):
+        try:
+            libs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            libs[name] = None
+    return {"code_revision": dict(AT_IMPORT), "libraries": libs, "sources": parts,
+            "runs": len(data.runs), "completed": sum(r["status"] == COMPLETED for r in data.runs),
+            "weak_margin": weak_margin, "aggregated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 class _Progress:

@@ -127,6 +127,10 @@ def test_the_report_answers_per_factor(tmp_path):
     tests = pd.read_csv(study / "report" / "tests.csv")
     assert set(tests.loc[tests["family"] == "factors", "test"]) == {"factor_absorber", "factor_top_share",
                                                                     "factor_epoch0_bias"}
+    # every row with an interval reports the estimate the interval is about, inside it
+    framed = tests.dropna(subset=["ci_low", "ci_high", "effect"])
+    assert len(framed) and ((framed["ci_low"] <= framed["effect"] + 1e-12)
+                            & (framed["effect"] <= framed["ci_high"] + 1e-12)).all(), framed[["test", "effect", "ci_low", "ci_high"]]
 
 
 # ---------------------------------------------------------------- class frequency

@@ -92,17 +92,9 @@ def test_the_guard_marks_the_committed_studies_weak_conditions(study):
     does): at the default rule only cat/dog of hypotheses_cpu (0.525, min 0.49) is too weak. The
     factor arms at 0.24-0.26 (10 classes) clear chance + 0.10 by 3-6 points; at a margin of 0.2 they
     are marked too (findings-cpu.md states both)."""
-    import yaml
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    runs = pd.read_csv(root / "docs" / "results" / f"cpu-{study}" / "runs.csv")
-    n = yaml.safe_load((root / "sweeps" / f"{study}.yaml").read_text())["trial"]["test_subset"]
-    groups = {}
-    for r in runs[runs["status"] == "completed"].itertuples():
-        classes = r.classes.split(".")
-        groups.setdefault(r.condition, []).append({"classes": classes, "test_accuracy": r.test_accuracy,
-                                                   "n_test": -(-n // len(classes)) * len(classes)})
-    assert guard.weak_conditions(guard.accuracy_guard(groups)) == COMMITTED[study]
+    from analysis.claims import committed_weak
+    weak, conditions = committed_weak(f"cpu-{study}")
+    assert weak == COMMITTED[study]
     if study == "factors_cpu":
-        strict = guard.weak_conditions(guard.accuracy_guard(groups, margin=0.2))
-        assert strict == {c for c in groups if "0.25" in c}
+        strict, _ = committed_weak(f"cpu-{study}", margin=0.2)
+        assert strict == {c for c in conditions if "0.25" in c}

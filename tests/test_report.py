@@ -5,6 +5,7 @@ self-contained and, opened in headless Chromium, loads, decodes every image and 
 from __future__ import annotations
 
 import html
+import json
 import io
 import re
 
@@ -207,6 +208,8 @@ def test_markdown_and_html_carry_the_same_sections_figures_and_tables(planted_fi
     assert page.count("<table") == md.count("\n|---|")                    # every table in both
     toc = re.findall(r'<nav class="toc">.*?</nav>', page, flags=re.S)[0]
     assert re.findall(r'href="#([^"]+)"', toc) == re.findall(r'<section id="([^"]+)"', page)
+    from analysis.revision import AT_IMPORT
+    assert json.loads((folder / "aggregation.json").read_text())["code_revision"] == AT_IMPORT
 
 
 def test_every_number_of_the_answer_is_in_both_renderings(planted_figures):

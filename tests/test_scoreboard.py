@@ -60,6 +60,8 @@ def test_amplitude_tests_find_a_planted_rise_and_its_size():
     assert msp["statistic"] == pytest.approx(diffs.mean()) and msp["n_runs"] == 10
     assert msp["p_value"] == pytest.approx(2 / 2**10) and far["statistic"] == pytest.approx(-diffs.mean())
     assert msp["ci_low"] < diffs.mean() < msp["ci_high"]
+    # the estimate is the interval's own (the mean difference), not a standardised effect outside it
+    assert msp["effect"] == pytest.approx(diffs.mean()) and msp["ci_low"] < msp["effect"] < msp["ci_high"]
     # nothing moves where the features are small: Kang's test sees no change, whatever the far field does
     assert tests["amplitude_kl_trend"]["statistic"] == pytest.approx(0) and tests["amplitude_kl_trend"]["p_value"] == 1
 

@@ -226,11 +226,12 @@ def test_the_code_revision_is_the_code_imported_not_the_checkout_at_the_trials_e
     records is the one taken when the code was imported; nothing is asked of git again."""
     import subprocess
 
+    from analysis import revision
     from study import provenance
     before = provenance.code_revision()
 
     def moved_on(*args, **kwargs):
         raise AssertionError("code_revision asked git again")
     monkeypatch.setattr(subprocess, "run", moved_on)
-    monkeypatch.setattr(provenance, "source_digest", lambda: "another tree")
+    monkeypatch.setattr(revision, "source_digest", lambda: "another tree")
     assert provenance.code_revision() == before and before["source_sha256"] != "another tree"
