@@ -47,7 +47,7 @@ IMAGE_HOME = "/home/ray/noisesink"   # where k8s/Dockerfile puts the checkout
 
 def built_image() -> str:
     """The image k8s/Dockerfile's header says to build (docker build -t ...)."""
-    return re.search(r"docker build -f k8s/Dockerfile -t (\S+) \.", DOCKERFILE).group(1)
+    return re.search(r"docker build --platform linux/amd64 -f k8s/Dockerfile -t (\S+) \.", DOCKERFILE).group(1)
 
 
 # ---------------------------------------------------------------- the image and its pins
@@ -79,6 +79,14 @@ def test_the_image_pins_ray_python_cuda_and_torch_consistently():
         images |= {c["image"] for c in template["spec"]["containers"]}
     assert images == {built_image()}
     assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__
+
+
+def test_the_image_installs_every_tracker_run_callbacks_may_name():
+    """run.callbacks is checked against the driver's installed packages; on a cluster the driver runs
+    in the image, so the image carries every tracker's extra (and the autoscaler's boto3)."""
+    from study.tracking import TRACKERS
+    extras = re.search(r'pip install --no-cache-dir "/home/ray/noisesink\[([\w,]+)\]"', DOCKERFILE).group(1).split(",")
+    assert set(extras) == {"cluster"} | {t.extra for t in TRACKERS.values()}
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -270,6 +278,33 @@ def test_the_service_account_the_pods_run_as_is_shipped_and_applied_first():
         assert doc.index("kubectl apply -f k8s/serviceaccount.yaml") < doc.index("kubectl apply -f k8s/rayjob.yaml")
 
 
+def test_the_readme_walks_a_new_account_through_every_prerequisite():
+    """What a first run needs before `ray up` or `kubectl apply`, in README's order: the bucket, the ECR
+    repository, the login, an x86-64 build of the very image the nodes run, the push; on Kubernetes
+    the KubeRay operator pinned at or above KUBERAY_MIN and NVIDIA's device plugin; a wait on the
+    RayJob's status before following its logs (the submitter's Job is NotFound until the Ray cluster
+    is up); one placeholder per name in every file."""
+    readme = (ROOT / "README.md").read_text()
+    steps = ["aws s3 mb s3://CHANGE-bucket", "aws ecr create-repository --repository-name noisesink",
+             "aws ecr get-login-password", f"docker build --platform linux/amd64 -f k8s/Dockerfile -t {built_image()} .",
+             f"docker push {built_image()}"]
+    assert all(s in readme for s in steps) and [readme.index(s) for s in steps] == sorted(readme.index(s) for s in steps)
+    assert built_image().split("/")[0] == "CHANGE-registry"
+    pinned = re.search(r"helm install kuberay-operator kuberay/kuberay-operator --version (\d+)\.(\d+)\.(\d+)", readme)
+    assert pinned and tuple(map(int, pinned.groups())) >= KUBERAY_MIN
+    assert "nvdp/nvidia-device-plugin" in readme
+    name = RAYJOB["metadata"]["name"]
+    wait = f"kubectl wait rayjob/{name} --for=jsonpath='{{.status.jobDeploymentStatus}}'=Running"
+    assert wait in readme and readme.index(wait) < readme.index(f"kubectl logs -f job/{name}")
+    assert "&& kubectl logs" not in readme
+    files = [readme] + [(ROOT / f).read_text() for f in ("cluster.yaml", "k8s/rayjob.yaml", "k8s/Dockerfile",
+                                                         "k8s/serviceaccount.yaml", "cluster-iam-head.json",
+                                                         "cluster-iam-nodes.json")]
+    for text in files:
+        assert "my-bucket" not in text and "cifar10.tar" not in text
+        assert set(re.findall(r"s3://([\w-][\w.-]*)", text)) <= {"CHANGE-bucket"}
+
+
 def test_rayjob_manifest_has_what_kuberay_requires():
     import ray
     header = (ROOT / "k8s" / "rayjob.yaml").read_text().split("apiVersion:")[0]
@@ -444,17 +479,18 @@ TINY = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "
         "trial.sample_per_class": 20, "trial.n_frequency": 40}
 
 
-def submit_and_wait(c: dict, entry: list[str], timeout: float = 300) -> tuple[str, str]:
-    """`ray job submit --working-dir <checkout>`; the job's final status and its logs."""
+def submit_and_wait(c: dict, entry: list[str], timeout: float = 300, runtime_env: dict | None = None) -> tuple[str, str]:
+    """`ray job submit --working-dir <checkout> [--runtime-env-json ...]`; the job's final status and its logs."""
     ray_bin, env = c["ray"], c["env"]
     # A fresh head's job agent registers some seconds after `ray start` returns (longer on a loaded
     # machine: CI runs two test files at once); until then the dashboard answers 500 "No available agent ... try again later" after
     # waiting only 10 s itself. Retry that one answer, nothing else.
     agent_deadline = time.time() + 180
     while True:
+        extra = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
         submitted = subprocess.run([ray_bin, "job", "submit", "--address", c["dashboard"], "--working-dir",
-                                    str(ROOT), "--no-wait", "--", *entry], env=env, capture_output=True, text=True,
-                                   timeout=120)
+                                    str(ROOT), *extra, "--no-wait", "--", *entry], env=env, capture_output=True,
+                                   text=True, timeout=120)
         said = submitted.stdout + submitted.stderr
         if submitted.returncode == 0 or "No available agent" not in said or time.time() > agent_deadline:
             break
@@ -480,15 +516,16 @@ def submit_and_wait(c: dict, entry: list[str], timeout: float = 300) -> tuple[st
 
 @pytest.mark.slow
 def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_cluster, tmp_path):
-    """The study's data and results both in (moto's) S3. Only the job's driver knows where the
-    data is and which endpoint to use (`env ... python -m study sweep`): the nodes were started
-    without them, so trials on either node find the data only through the runtime environment."""
+    """The study's data and results both in (moto's) S3. Only the job knows where the data is and
+    which endpoint to use, given as README says (`ray job submit --runtime-env-json`, since `ray job
+    submit` forwards nothing of the laptop's environment): the nodes were started without them, so
+    trials on either node find the data only through the runtime environment."""
     c = loopback_cluster
     env = c["env"]
-    entry = ["env", "NOISESINK_DATA=s3://data/cifar10.tar", f"AWS_ENDPOINT_URL={c['endpoint']}",
-             "python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
+    runtime_env = {"env_vars": {"NOISESINK_DATA": "s3://data/cifar10.tar", "AWS_ENDPOINT_URL": c["endpoint"]}}
+    entry = ["python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
     entry += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
-    status, logs = submit_and_wait(c, entry, timeout=600)   # 4 trials on 2 cores: ~75 s alone, 5 min under CI's load
+    status, logs = submit_and_wait(c, entry, timeout=600, runtime_env=runtime_env)   # 4 trials on 2 cores: ~75 s alone, 5 min under CI's load
     if status != "SUCCEEDED":
         pytest.fail(f"job ended {status or 'never'}; its logs:\n{logs[-6000:]}")
     assert not [ln for ln in logs.splitlines() if "DeprecationWarning" in ln]
