@@ -223,6 +223,7 @@ def _init_ray(address: str | None) -> None:
             # Under `ray job submit` the job's own runtime_env is merged with this one, and Ray
             # refuses a variable set in both; ours are this process's values, which already include
             # the job's, so letting ours win changes nothing but the refusal.
+            # (Read in ray._private.worker; pinned by tests/test_ray_usage.py, checked on Ray 2.60.)
             with environment("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1"):
                 ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -295,6 +296,7 @@ class PendingWatch:
         self.timeout_s, self.since, self.fired, self.uri = timeout_s, None, False, uri
 
         class _Callback(tune.Callback):
+            # public Callback API; the Trial objects' status strings are pinned in tests/test_ray_usage.py
             def on_step_begin(self, iteration, trials, **info):
                 watch.observe([t.status for t in trials])
 
@@ -456,7 +458,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         resume = False
     PendingWatch.clear(plan.uri)   # a stop recorded by an earlier run is not this run's
     # Tune's console reporter whose columns can be chosen (the default output infers them from
-    # the first results, and shows no text column such as the absorbing class)
+    # the first results, and shows no text column such as the absorbing class); the variable is read
+    # in ray.tune.experimental.output, pinned by tests/test_ray_usage.py (checked on Ray 2.60)
     with environment("RAY_AIR_NEW_OUTPUT", "0"):
         results = build_tuner(plan, resume, watch, token).fit()
     def name(r):
