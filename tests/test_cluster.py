@@ -588,3 +588,22 @@ def test_one_bucket_placeholder_everywhere():
                                                   "cluster-iam-nodes.json", "cluster-iam-head.json")}
     names = {m for t in texts.values() for m in re.findall(r"(?:s3|gs)://([A-Za-z0-9._-]+)/", t)}
     assert names == {"CHANGE-bucket"}, names
+
+
+def test_the_release_check_runs_offline_and_catches_a_broken_readme_command(tmp_path):
+    """benchmarks/release_check.sh: here (offline) the network checks SKIP with their reason and the
+    README's shell blocks PASS; a README block that does not parse FAILs it."""
+    script = ROOT / "benchmarks" / "release_check.sh"
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^PASS  README.md: all \d+ bash blocks parse$", res.stdout, re.M)
+    assert all(ln.split()[0] in ("PASS", "SKIP") for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith(" "))
+    copy = tmp_path / "repo"
+    (copy / "benchmarks").mkdir(parents=True)
+    (copy / "k8s").mkdir()
+    shutil.copy(script, copy / "benchmarks")
+    shutil.copy(ROOT / "k8s" / "Dockerfile", copy / "k8s")
+    (copy / "README.md").write_text((ROOT / "README.md").read_text() + "\n```bash\nif then fi (\n```\n")
+    broken = subprocess.run(["bash", str(copy / "benchmarks" / "release_check.sh")], capture_output=True,
+                            text=True, timeout=300)
+    assert broken.returncode == 1 and "FAIL  README.md: a bash block does not parse" in broken.stdout
