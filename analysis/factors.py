@@ -17,7 +17,7 @@ from .inference import PAIRED_MEAN, _row
 from .contract import show_value
 from .document import Bullets, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
-from .tables import completed
+from .tables import completed, epoch0_favourite
 
 NOISE = "gaussian"
 ARCHITECTURE_AXES = ("activation", "pool", "norm", "model")
@@ -45,12 +45,6 @@ def _levels(data, axis: str) -> list:
 
 def _epoch0_top_share(r) -> float:
     return float(r["trajectory"][0].max()) if len(r["trajectory"]) and r["trajectory_epochs"][0] == 0 else np.nan
-
-
-def _epoch0_favourite(r) -> str | None:
-    if not len(r["trajectory"]) or r["trajectory_epochs"][0] != 0:
-        return None
-    return r["classes"][int(np.argmax(r["trajectory"][0]))]
 
 
 def pairs_table(data) -> pd.DataFrame:
@@ -84,13 +78,6 @@ def pairs_table(data) -> pd.DataFrame:
 def _per_seed_diff(sub: pd.DataFrame, value: str) -> np.ndarray:
     d = (sub[value] - sub[f"reference_{value}"]).groupby(sub["seed"]).mean()
     return d.dropna().to_numpy()
-
-
-def _t_interval(d: np.ndarray) -> tuple[float, float]:
-    if len(d) < 2 or d.std(ddof=1) == 0:
-        return (float(d.mean()), float(d.mean())) if len(d) else (np.nan, np.nan)
-    half = stats.t_half_width(d)
-    return float(d.mean()) - half, float(d.mean()) + half
 
 
 def factor_tests(pairs: pd.DataFrame) -> list[dict]:
@@ -131,7 +118,7 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
             if len(d) < 2:
                 continue
             res = stats.sign_flip(d)
-            lo, hi = _t_interval(d)
+            lo, hi = stats.t_interval(d)
             tests.append(_row(test_id, f"{label}: changes {what}", label, NOISE,
                               {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
                               f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t interval "
@@ -149,11 +136,11 @@ def favourite_tests(groups: dict[str, list[dict]]) -> list[dict]:
     (stats.pairing_test: the pairing of runs permuted)."""
     tests = []
     for condition, runs in groups.items():
-        runs = [r for r in runs if NOISE in r["families"] and _epoch0_favourite(r) is not None]
+        runs = [r for r in runs if NOISE in r["families"] and epoch0_favourite(r) is not None]
         if len(runs) < 3:
             continue  # a pairing permutation of 2 runs has nothing to permute
         classes = runs[0]["classes"]
-        res = stats.pairing_test(np.array([classes.index(_epoch0_favourite(r)) for r in runs]),
+        res = stats.pairing_test(np.array([classes.index(epoch0_favourite(r)) for r in runs]),
                                  np.array([classes.index(r["absorber"][r["families"].index(NOISE)]) for r in runs]))
         tests.append(_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the trained "
                           "absorber", condition, NOISE, res,

@@ -15,50 +15,16 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .anchors import ORDER_GAP, PUBLISHED, published_orderings
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, Table, fmt_p, text
-from .factors import _epoch0_favourite, _t_interval
 from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, _row
 from .report import ReportContext
 from .stats import ALPHA
-from .tables import completed, run_ids
+from .tables import completed, epoch0_favourite, run_ids
 
 NOISE = PRIMARY_NOISE             # the probes use the question's noise (the `gaussian` family's definition)
 REFERENCE_AMPLITUDE = 1.0         # the data's own spread: the far field is compared with it
 BN_REFERENCE = "eval"             # the running statistics, as trained and as every other probe sees it
-ORDER_GAP = 5.0                   # published AUROCs this many points apart count as an ordering to test
-
-
-# ---------------------------------------------------------------- published anchors
-
-@dataclass(frozen=True)
-class Anchor:
-    """A published MSP baseline (a network trained the ordinary way, max-softmax as the score) on
-    CIFAR-10 against one noise family, as the paper's table gives it (in %)."""
-    family: str       # our registry name for the paper's noise (study/noise.py)
-    paper: str
-    network: str
-    auroc: float
-    fpr95: float
-    fpr95_ours: bool  # the paper's FPR95 is ours (share of OOD accepted when 95% of ID is)
-
-
-ODIN = "ODIN (Liang et al., ICLR 2018)"
-OE = "Outlier Exposure (Hendrycks et al., ICLR 2019)"
-PUBLISHED = (
-    Anchor("odin_gaussian", ODIN, "DenseNet-BC", 97.5, 12.3, True),
-    Anchor("uniform", ODIN, "DenseNet-BC", 96.5, 23.5, True),
-    # Outlier Exposure's FPR95 takes OOD as positive (the share of ID flagged when 95% of OOD is):
-    # another quantity than ours; AUROC is the same under either convention
-    Anchor("oe_gaussian", OE, "WRN-40-2", 94.7, 14.4, False),
-    Anchor("rademacher", OE, "WRN-40-2", 79.9, 47.6, False),
-    Anchor("oe_blobs", OE, "WRN-40-2", 94.5, 16.2, False),
-)
-
-
-def published_orderings(gap: float = ORDER_GAP) -> list[tuple[Anchor, Anchor]]:
-    """(higher, lower) pairs of one paper whose published AUROCs differ by >= `gap` points: the
-    pattern a study with other networks can be expected to repeat (closer pairs are ties)."""
-    return [(a, b) for a in PUBLISHED for b in PUBLISHED if a.paper == b.paper and a.auroc - b.auroc >= gap]
 
 
 # ---------------------------------------------------------------- tables (one per probe)
@@ -129,7 +95,7 @@ def handover(epochs: np.ndarray, shares: np.ndarray, classes: list[str]) -> dict
 def handover_table(data) -> pd.DataFrame:
     """Per run whose trajectory starts at epoch 0 (the untrained network)."""
     rows = [{**run_ids(r), **handover(r["trajectory_epochs"], r["trajectory"], r["classes"])}
-            for r in completed(data) if _epoch0_favourite(r) is not None and len(r["trajectory"]) > 1]
+            for r in completed(data) if epoch0_favourite(r) is not None and len(r["trajectory"]) > 1]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "epoch0_favourite", "epoch0_share",
                                        "trained_absorber", "favourite_is_absorber", "handover_epoch",
                                        "favourite_lost_at", "epochs"])
@@ -144,7 +110,7 @@ def literature_table(ood: pd.DataFrame) -> pd.DataFrame:
         for condition, sub in (msp[msp["ood_set"] == a.family].groupby("condition", observed=True, sort=True)
                                if len(msp) else []):
             auroc, fpr = 100 * sub["auroc"].to_numpy(dtype=float), 100 * sub["fpr95"].to_numpy(dtype=float)
-            lo, hi = _t_interval(auroc)
+            lo, hi = stats.t_interval(auroc)
             rows.append({"condition": condition, "family": a.family, "paper": a.paper, "network": a.network,
                          "n_runs": len(sub), "msp_auroc": auroc.mean(), "msp_auroc_sd": auroc.std(ddof=1) if len(sub) > 1
                          else np.nan, "msp_auroc_ci_low": lo, "msp_auroc_ci_high": hi,
@@ -165,7 +131,7 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
     if len(d) < 2:
         return None
     res = stats.sign_flip(d)
-    lo, hi = _t_interval(d)
+    lo, hi = stats.t_interval(d)
     return _row(test_id, hypothesis, condition, NOISE,
                 {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
                 f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; "
@@ -272,12 +238,12 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
             continue
         ranks = sub["bias_deal_rank"].astype(int).to_numpy()
         res = stats.uniform_rank_test(ranks, deals)
-        lo, hi = _t_interval(ranks / deals - 0.5)
+        lo, hi = stats.t_interval(ranks / deals - 0.5)
         diff = (sub["absorber_share"] - sub["top_share_dealt_mean"]).astype(float).to_numpy()
-        dlo, dhi = _t_interval(diff)
+        dlo, dhi = stats.t_interval(diff)
         # the identity question (an estimate, see decomposition.bias_deal): deals that keep the absorber
         kept = pd.to_numeric(sub.get("absorber_kept_by_deals", pd.Series(dtype=float)), errors="coerce").dropna()
-        klo, khi = _t_interval(kept.to_numpy(dtype=float)) if len(kept) >= 2 else (np.nan, np.nan)
+        klo, khi = stats.t_interval(kept.to_numpy(dtype=float)) if len(kept) >= 2 else (np.nan, np.nan)
         identity = (f"; the absorber stays the trained placement's in {kept.mean():.3f} of random deals "
                     f"[{stats.LEVEL} t interval {klo:.3f}, {khi:.3f}] (near 1: the weights decide which class "
                     f"absorbs; near 1/K: the biases do)" if len(kept) >= 2 else "")
@@ -331,7 +297,7 @@ VERDICT_RULES = {
     SUPPORTED: "the test can reach its family's level at its n, its adjusted p is below "
                f"{ALPHA}, and the effect goes the way the explanation predicts (for a one-sided test, "
                "a rejection is that direction)",
-    CONTRADICTED: f"the same, but the effect goes the other way (two-sided tests only): the data reject the "
+    CONTRADICTED: "the same, but the effect goes the other way (two-sided tests only): the data reject the "
                   "prediction's direction",
     NOT_SHOWN: f"the test could reach its level at its n but its adjusted p is {ALPHA} or more: the study neither "
                "supports nor contradicts the prediction (a bound on the effect is its interval)",

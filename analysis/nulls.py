@@ -60,7 +60,8 @@ from scipy.special import ndtr, ndtri
 from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
                        TUNE_ERROR_TXT, trial_dirname)
 from .decomposition import bias_deal, margin_split
-from .hypotheses import BN_REFERENCE, published_orderings
+from .anchors import published_orderings
+from .hypotheses import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
 from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, _mst, write_trial
 from .why import PIXEL_MEASURES

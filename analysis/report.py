@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import inference, stats
+from .anchors import ORDER_GAP
 from .contract import BIAS_DEALS, COMPLETED, DIVERGED
 from .document import (Bullets, Code, Emph, Figure, Link, Paragraph, Report, Section, Strong, Table, authored,
                        fmt_p, md, text)
@@ -481,7 +482,6 @@ def files_section(ctx: ReportContext, shown: set[str]) -> Section:
 
 def methods_text() -> str:
     """The Methods, as authored markdown; every count and level in it is the code's own setting."""
-    from .hypotheses import ORDER_GAP   # hypotheses builds on this module
     S, I = stats, inference
     confirmatory = ", ".join(I.CONFIRMATORY)
     return f"""The unit of replication is the trained network (a run); noise images are never counted as

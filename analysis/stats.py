@@ -809,3 +809,11 @@ def wilson_interval(successes: int, n: int, alpha: float = ALPHA) -> tuple[float
         return (np.nan, np.nan)
     low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
     return (0.0 if successes == 0 else float(low), 1.0 if successes == n else float(high))
+
+
+def t_interval(d: np.ndarray) -> tuple[float, float]:
+    """The mean of d with its LEVEL t interval (d's mean twice where d has no spread; NaN without data)."""
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return (float(d.mean()), float(d.mean())) if len(d) else (np.nan, np.nan)
+    half = t_half_width(d)
+    return float(d.mean()) - half, float(d.mean()) + half

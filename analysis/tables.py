@@ -161,3 +161,11 @@ def mean_images(runs: list[dict], arrays: list[dict | None]) -> MeanImages:
         out.noise[f] = (total / np.maximum(n, 1)[:, None, None, None], n, with_any)
     out.class_images = {c: np.mean(v, axis=0) for c, v in training.items()}
     return out
+
+
+def epoch0_favourite(r) -> str | None:
+    """The class an untrained network (epoch 0 of the trajectory) sent most Gaussian noise to; None
+    where the run recorded no epoch 0."""
+    if not len(r["trajectory"]) or r["trajectory_epochs"][0] != 0:
+        return None
+    return r["classes"][int(np.argmax(r["trajectory"][0]))]
