@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import stats
-from .inference import _row
+from .inference import result_row
 from .document import Bullets, Emph, Link, Paragraph, Section, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none
@@ -82,7 +82,7 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             continue
         d_share = (per_seed["share"] - per_seed["base"]).to_numpy()
         res = stats.sign_flip(d_share)
-        tests.append(_row("causal_effect", f"{kind} at {strength:g} changes the share of {NOISE} noise its target absorbs",
+        tests.append(result_row("causal_effect", f"{kind} at {strength:g} changes the share of {NOISE} noise its target absorbs",
                           label, NOISE, {**res, "statistic": float(d_share.mean()), "n_runs": len(per_seed)},
                           f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
                           f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
@@ -90,7 +90,7 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                           variable=kind, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
         d_hit = (per_seed["hit"] - per_seed["base_hit"]).to_numpy()
         res = stats.sign_flip(d_hit)
-        tests.append(_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
+        tests.append(result_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
                           label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
                           "sign-flip over seeds of the per-seed change in the share of targets that absorb "
                           "(paired with the same seed's network without intervention)", variable=kind,
@@ -100,7 +100,7 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()
             if len(diffs) >= 2:
                 res = stats.sign_flip(diffs)
-                tests.append(_row("manipulation_check", f"{kind} at {strength:g} moves the target's {m} "
+                tests.append(result_row("manipulation_check", f"{kind} at {strength:g} moves the target's {m} "
                                   f"{'up' if direction > 0 else 'down'}", label, NOISE,
                                   {**res, "statistic": float(diffs.mean()), "n_runs": len(diffs)},
                                   "sign-flip over seeds of paired differences", variable=m,
@@ -119,7 +119,7 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                 rhos.append(0.0)
         if len(rhos) >= 2:
             res = stats.sign_flip(np.array(rhos))
-            tests.append(_row("causal_dose", f"the target's share of {NOISE} noise changes with the {kind} dose",
+            tests.append(result_row("causal_dose", f"the target's share of {NOISE} noise changes with the {kind} dose",
                               f"{group}: {kind}", NOISE, {**res, "statistic": float(np.mean(rhos)), "n_runs": len(rhos)},
                               "per seed, Spearman of dose (0 = none) vs the mean target share; sign-flip over seeds",
                               effect_name="mean spearman rho", p_min_of_n=stats.sign_flip_p_min))

@@ -16,7 +16,7 @@ import sys
 
 from .contract import ARRAYS_NPZ, STUDY_JSON, TRIAL_JSON, open_filesystem
 from .errors import InputError, exit_code
-from .load import _read, load, merged_study, open_study, same_design
+from .load import read_bytes, load, merged_study, open_study, same_design
 from .storage import check_writable
 
 
@@ -41,7 +41,7 @@ def export(results: str, dest: str, log=print) -> dict:
         tid = run["trial_id"]
         if data.arrays(run) is None:   # unreadable or not the arrays its trial.json names: not exported
             continue
-        files = {name: _read(src.fs, f"{src.root}/{tid}/{name}") for name in (TRIAL_JSON, ARRAYS_NPZ)}
+        files = {name: read_bytes(src.fs, f"{src.root}/{tid}/{name}") for name in (TRIAL_JSON, ARRAYS_NPZ)}
         there = {name: _existing(fs, f"{root}/{tid}/{name}") for name in files}
         if all(there[n] is not None for n in files):
             if any(hashlib.sha256(there[n]).digest() != hashlib.sha256(b).digest() for n, b in files.items()):
@@ -62,7 +62,7 @@ def export(results: str, dest: str, log=print) -> dict:
 
 def _existing(fs, path: str) -> bytes | None:
     try:
-        return _read(fs, path)
+        return read_bytes(fs, path)
     except OSError:
         return None
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .inference import PAIRED_MEAN, _row
+from .inference import PAIRED_MEAN, result_row
 from .contract import show_value
 from .document import Bullets, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
@@ -102,7 +102,7 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
                                                   sub["seed"].tolist())
         changed = float((sub["absorber"] != sub["reference_absorber"]).mean())
         modal = f"{sub['reference_absorber'].mode().iloc[0]} -> {sub['absorber'].mode().iloc[0]}"
-        tests.append(_row("factor_absorber", f"{label}: changes the absorber", label, NOISE,
+        tests.append(result_row("factor_absorber", f"{label}: changes the absorber", label, NOISE,
                           {"statistic": mh["statistic"], "p_value": mh["p_value"], "p_min": mh["p_min"],
                            "effect": changed, "n_runs": seeds},
                           f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; "
@@ -119,7 +119,7 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
                 continue
             res = stats.sign_flip(d)
             lo, hi = stats.t_interval(d)
-            tests.append(_row(test_id, f"{label}: changes {what}", label, NOISE,
+            tests.append(result_row(test_id, f"{label}: changes {what}", label, NOISE,
                               {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
                               f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t interval "
                               f"[{lo:+.3f}, {hi:+.3f}]; standardised mean difference {res['effect']:+.2f}",
@@ -142,7 +142,7 @@ def favourite_tests(groups: dict[str, list[dict]]) -> list[dict]:
         classes = runs[0]["classes"]
         res = stats.pairing_test(np.array([classes.index(epoch0_favourite(r)) for r in runs]),
                                  np.array([classes.index(r["absorber"][r["families"].index(NOISE)]) for r in runs]))
-        tests.append(_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the trained "
+        tests.append(result_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the trained "
                           "absorber", condition, NOISE, res,
                           f"pairing permutation across runs ({res['permutations']}): hits vs the "
                           f"{res['expected_hits']:.1f} the two's distributions imply"))

@@ -17,7 +17,7 @@ import pandas as pd
 from . import stats
 from .anchors import ORDER_GAP, PUBLISHED, published_orderings
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, Table, fmt_p, text
-from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, _row
+from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, result_row
 from .report import ReportContext
 from .stats import ALPHA
 from .tables import completed, epoch0_favourite, run_ids
@@ -132,7 +132,7 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
         return None
     res = stats.sign_flip(d)
     lo, hi = stats.t_interval(d)
-    return _row(test_id, hypothesis, condition, NOISE,
+    return result_row(test_id, hypothesis, condition, NOISE,
                 {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
                 f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; "
                 f"standardised mean difference {res['effect']:+.2f}; {method}",
@@ -247,7 +247,7 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
         identity = (f"; the absorber stays the trained placement's in {kept.mean():.3f} of random deals "
                     f"[{stats.LEVEL} t interval {klo:.3f}, {khi:.3f}] (near 1: the weights decide which class "
                     f"absorbs; near 1/K: the biases do)" if len(kept) >= 2 else "")
-        tests.append(_row("bias_deal", f"the placement of the head's biases as trained changes the top share of {NOISE} "
+        tests.append(result_row("bias_deal", f"the placement of the head's biases as trained changes the top share of {NOISE} "
                           "noise against the same biases placed at random", condition, NOISE,
                           {**res, "n_runs": len(sub), "ci_low": lo, "ci_high": hi},
                           f"per-run rank of the trained placement among {deals} random deals (ties broken at random), "

@@ -105,7 +105,7 @@ def families_of(runs: list[dict]) -> list[str]:
 PAIRED_MEAN = "mean paired difference"   # the effect of a row that carries a t interval: the interval's own estimate
 
 
-def _row(test, hypothesis, condition, noise, res, method, *, variable="", effect=None, effect_name=None,
+def result_row(test, hypothesis, condition, noise, res, method, *, variable="", effect=None, effect_name=None,
          p_min_of_n=None):
     """One tests.csv row. p_min_of_n: n -> the smallest attainable p with n runs (seeds, pairs),
     used to say how many a test that cannot reach its level would need."""
@@ -148,7 +148,7 @@ def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.D
             dist += [{"condition": condition, "noise": f, "class": c, "count": int(n_c[j]), "n_runs": len(runs),
                       "share": n_c[j] / len(runs), "ci_low": bounds[j, 0], "ci_high": bounds[j, 1]}
                      for j, c in enumerate(classes)]
-            tests.append(_row("absorber_consistency", "the absorbers are not uniform over the classes", condition, f,
+            tests.append(result_row("absorber_consistency", "the absorbers are not uniform over the classes", condition, f,
                               {"statistic": res["modal_count"], "p_value": res["p_value"], "p_min": res["p_min"],
                                "effect": res["agreement"], "ci_low": res["agreement_ci_low"],
                                "ci_high": res["agreement_ci_high"], "n_runs": res["n_runs"]},
@@ -188,7 +188,7 @@ def accuracy_trends(groups: dict[str, list[dict]]) -> list[dict]:
             for variable in ("top_share", "mean_max_softmax"):
                 values = [r[variable][r["families"].index(f)] for r in runs]
                 res = stats.rank_trend(acc, values)
-                row = _row("accuracy_trend", f"the {variable} of {f} noise goes with test accuracy",
+                row = result_row("accuracy_trend", f"the {variable} of {f} noise goes with test accuracy",
                            " vs ".join(conditions), f, res, "Spearman rho over runs, runs permuted "
                            f"({stats.PERMUTATIONS} permutations); percentile bootstrap interval over runs",
                            variable=variable, p_min_of_n=lambda n: stats.mc_floor(stats.PERMUTATIONS))
@@ -233,7 +233,7 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
             sizes = [len(groups[c]) for c in conditions]
             res = stats.permutation_chi2([a for _, _, a, _ in absorbers], [c for c, _, _, _ in absorbers])
             g = len(conditions)
-            tests.append(_row("absorber_vs_condition_chi2" if common else "absorber_vs_condition",
+            tests.append(result_row("absorber_vs_condition_chi2" if common else "absorber_vs_condition",
                               "the absorber depends on the condition", label, f, res,
                               f"permutation chi-square ({res['permutations']} relabellings of conditions over runs)",
                               p_min_of_n=lambda n, g=g, b=res["permutations"]: stats.relabelling_p_min([n] * g, b)))
@@ -245,7 +245,7 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
             pair_note = f"{len(common)} complete pairs" + (f" of {max(sizes)} seeds" if len(common) < max(sizes) else "")
             for a, b in [(conditions[0], c) for c in conditions[1:]]:   # each against the first (reference)
                 eq = stats.discordance([table[(a, s)][0] for s in common], [table[(b, s)][0] for s in common])
-                tests.append(_row("absorber_equivalence", f"{a} and {b} change the absorber in fewer than "
+                tests.append(result_row("absorber_equivalence", f"{a} and {b} change the absorber in fewer than "
                                   f"{eq['margin']:.0%} of the seeds", f"{a} vs {b}", f, eq,
                                   f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson {stats.LEVEL} "
                                   f"interval; exact binomial equivalence test, H0 rate >= {eq['margin']:.2f} "
@@ -255,7 +255,7 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
                 a, b = conditions
                 mh = stats.marginal_homogeneity([table[(a, s)][0] for s in common],
                                                 [table[(b, s)][0] for s in common])
-                tests.append(_row("absorber_vs_condition", "the absorber depends on the condition (paired seeds)",
+                tests.append(result_row("absorber_vs_condition", "the absorber depends on the condition (paired seeds)",
                                   label, f, {**mh, "n_runs": len(common)},
                                   f"marginal homogeneity, paired permutation (each seed's two absorbers "
                                   f"swapped; {mh['discordant']} of {len(common)} seeds discordant; {pair_note}); "
@@ -264,14 +264,14 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
                                   effect_name="discordance rate", p_min_of_n=stats.sign_flip_p_min))
                 diffs = np.array([table[(b, s)][1][k] - table[(a, s)][1][k] for s in common])
                 sf = stats.sign_flip(diffs)
-                tests.append(_row("share_vs_condition", f"the share of {pooled} differs ({b} - {a})", label, f,
+                tests.append(result_row("share_vs_condition", f"the share of {pooled} differs ({b} - {a})", label, f,
                                   {**sf, "n_runs": len(common)},
                                   f"sign-flip test on paired share differences ({pair_note})", variable=pooled,
                                   effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
             else:
                 indicator = np.array([[table[(c, s)][0] == pooled for c in conditions] for s in common], dtype=int)
                 q = stats.cochran_q(indicator)
-                tests.append(_row("absorber_vs_condition", f"P(absorber = {pooled}) differs between conditions "
+                tests.append(result_row("absorber_vs_condition", f"P(absorber = {pooled}) differs between conditions "
                                   "(paired seeds)", label, f, {**q, "n_runs": len(common)},
                                   f"Cochran's Q, seeds paired ({pair_note}); p by permuting each seed's row across "
                                   f"conditions ({q['permutations']} permutations)", variable=pooled,
@@ -304,14 +304,14 @@ def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
         s = len(runs)
         if s >= 3 and k >= 3:  # pairwise statistics need 3 runs; a tree over 2 classes is one edge
             ov = trees.overlap(k, tree_list)
-            tests.append(_row("mst_overlap", "the class trees share edges beyond chance", condition,
+            tests.append(result_row("mst_overlap", "the class trees share edges beyond chance", condition,
                               trees.ALL_FAMILIES, ov,
                               f"class-relabelling permutation test of mean pairwise shared class-tree edges "
                               f"(null mean 2(K-1)/K = {ov['null_mean']:.2f}, {ov['permutations']} perms)",
                               p_min_of_n=lambda n, k=k, b=ov["permutations"]: stats.tree_overlap_p_min(k, n, b)))
             iu = np.triu_indices(k, 1)
             mantel = stats.mantel_test(block[:, iu[0], iu[1]], n_nodes=k)
-            tests.append(_row("distance_agreement", "class-class distances agree across runs", condition,
+            tests.append(result_row("distance_agreement", "class-class distances agree across runs", condition,
                               trees.ALL_FAMILIES, mantel, f"Mantel: mean pairwise Spearman, class-label permutation "
                               f"({mantel['permutations']})",
                               p_min_of_n=lambda n, k=k, b=mantel["permutations"]: stats.mantel_p_min(k, n, b)))
@@ -324,7 +324,7 @@ def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
                 continue
             att = stats.modal_count_test(np.array(nearest), k)
             modal = classes[att["modal"]]
-            tests.append(_row("noise_attachment", "the noise node hangs on the same class across runs", condition, f,
+            tests.append(result_row("noise_attachment", "the noise node hangs on the same class across runs", condition, f,
                               {**att, "statistic": int(att["counts"].max()), "n_runs": s},
                               f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,}) of the modal count of the noise node's "
                               f"nearest class vs {k} uniform classes (classes relabelled, noise node fixed)",
@@ -332,14 +332,14 @@ def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
                               p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
             absorber_idx = [classes.index(r["absorber"][j]) for r, j in zip(runs, i)]
             pair = stats.pairing_test(np.array(nearest), np.array(absorber_idx))
-            tests.append(_row("noise_neighbour", "the class nearest to the noise mean is the run's absorber",
+            tests.append(result_row("noise_neighbour", "the class nearest to the noise mean is the run's absorber",
                               condition, f, pair,
                               f"pairing permutation across runs ({pair['permutations']}): hits vs the "
                               f"{pair['expected_hits']:.1f} the two's distributions imply",
                               p_min_of_n=lambda n, k=k, b=pair["permutations"]: _best_pairing_p_min(n, k, b)))
             if f == PERMUTATION_FAMILY:
                 row = stats.mantel_test(mats[:, k, :k], n_nodes=None)
-                tests.append(_row("noise_distance_agreement", "noise-class distances agree across runs", condition, f,
+                tests.append(result_row("noise_distance_agreement", "noise-class distances agree across runs", condition, f,
                                   row, f"Spearman of noise rows, class-label permutation ({row['permutations']})",
                                   p_min_of_n=lambda n, k=k, b=row["permutations"]: stats.mantel_p_min(k, n, b)))
     return trees.edge_frequency(class_trees, attachments), tests

@@ -28,7 +28,7 @@ REQUIRED = ("schema", "status", "config", "seed", "classes")
 REQUIRED_COMPLETED = ("test_accuracy", "absorption", "absorber", "mst", "distance", "trajectory")
 
 
-def _read(fs, path: str) -> bytes:
+def read_bytes(fs, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
 
@@ -59,7 +59,7 @@ class Loaded:
             return None
         fs, root = self.sources.get(run.get("source"), (self.fs, self.root))
         try:
-            data = _read(fs, f"{root}/{tid}/{ARRAYS_NPZ}")
+            data = read_bytes(fs, f"{root}/{tid}/{ARRAYS_NPZ}")
             if not run.get("arrays_sha256"):
                 raise _Unusable("trial.json records no sha256 for arrays.npz, so it cannot be verified")
             if hashlib.sha256(data).hexdigest() != run["arrays_sha256"]:
@@ -153,11 +153,11 @@ def _load_one(fs, root: str, trial_id: str):
     """(compact run, None) or (None, problem)."""
     path = f"{root}/{trial_id}/{TRIAL_JSON}"
     try:
-        raw = _read(fs, path)
+        raw = read_bytes(fs, path)
     except FileNotFoundError:
         reason = "no trial.json (the trial did not finish)"
         try:
-            err = _read(fs, f"{root}/{trial_id}/{TUNE_ERROR_TXT}").decode(errors="replace").strip().splitlines()
+            err = read_bytes(fs, f"{root}/{trial_id}/{TUNE_ERROR_TXT}").decode(errors="replace").strip().splitlines()
             reason += f"; Tune's error.txt: {err[-1][:300] if err else ''}"
         except OSError:
             pass
@@ -242,7 +242,7 @@ def _read_study(fs, root: str) -> dict | None:
         return None
     allowed = "the study.json `python -m study sweep` writes: {name, axes: [...], points: [{dir, axes}, ...]}"
     try:
-        study = json.loads(_read(fs, where), parse_constant=_refuse_constant)
+        study = json.loads(read_bytes(fs, where), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise InputError(where, f"unreadable or not JSON ({type(e).__name__}: {e})", allowed) from None
     if not isinstance(study, dict):

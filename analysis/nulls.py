@@ -63,7 +63,7 @@ from .decomposition import bias_deal, margin_split
 from .anchors import published_orderings
 from .hypotheses import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
-from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, _mst, write_trial
+from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, synthetic_mst, write_trial
 from .why import PIXEL_MEASURES
 
 CIFAR10 = list(CIFAR10_CLASSES)
@@ -325,7 +325,7 @@ def geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]
     unit = v / np.linalg.norm(v, axis=1, keepdims=True)
     dist = (1 - np.clip(unit @ unit.T, -1, 1)) / 2
     np.fill_diagonal(dist, 0)
-    return nodes, dist, [[u, v, w] for u, v, w in _mst(dist, nodes)]
+    return nodes, dist, [[u, v, w] for u, v, w in synthetic_mst(dist, nodes)]
 
 
 def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict, dict]:

@@ -44,7 +44,9 @@ def _tree_distances(nodes: list[str], tree: list[tuple[str, str]] | None, rng) -
     return d + d.T
 
 
-def _mst(d: np.ndarray, nodes: list[str]) -> list[list]:
+def synthetic_mst(d: np.ndarray, nodes: list[str]) -> list[list]:
+    """The minimum spanning tree of distance matrix d as [u, v, weight] edges (networkx), for records
+    built without torch."""
     g = nx.Graph()
     for i in range(len(nodes)):
         for j in range(i + 1, len(nodes)):
@@ -75,7 +77,7 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
                       "absorber_softmax": 0.8 * float(shares[order])}
         use_tree = cond.tree is not None and rng.random() < cond.p_tree
         d = _tree_distances(nodes, cond.tree if use_tree else None, rng)
-        mst[f] = _mst(d, nodes)
+        mst[f] = synthetic_mst(d, nodes)
         distance[f] = {"nodes": nodes, "matrix": d.tolist()}
         arrays[f"pred_{f}"] = pred.astype(np.uint8)
         arrays[f"distance_{f}"] = d

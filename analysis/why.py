@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import stats
 from .contract import NOISE_CLASS
-from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, _row, families_of
+from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, result_row, families_of
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none, run_ids
@@ -120,7 +120,7 @@ def clutter_tests(groups: dict[str, list[dict]], family: str = PRIMARY_NOISE) ->
             how = (f"exact over all {res['permutations']:,} relabellings" if res["exact"]
                    else f"Monte Carlo over {res['permutations']:,} relabellings")
             k = len(classes)
-            tests.append(_row("clutter_absorption",
+            tests.append(result_row("clutter_absorption",
                               f"{m} goes with the share of {family} noise a class absorbs", condition, family, res,
                               f"mean over runs of the Spearman correlation across {k} classes; the classes of the "
                               f"measure relabelled (one relabelling for all runs), {how}",
@@ -160,7 +160,7 @@ def lookalike_tests(frames, family: str = PRIMARY_NOISE) -> list[dict]:
         res = stats.class_relabel_hits(np.array([classes.index(r[2]) for r in rows]),
                                        np.array([classes.index(r[3]) if r[3] in classes else -1 for r in rows]), k)
         top = pd.Series([r[2] for r in rows]).value_counts()
-        tests.append(_row("noise_lookalike", f"the class nearest to the {family} bank in pixel clutter is the absorber",
+        tests.append(result_row("noise_lookalike", f"the class nearest to the {family} bank in pixel clutter is the absorber",
                           condition, family, res,
                           f"the nearest class is {top.index[0]} in {top.iloc[0]}/{len(rows)} runs; classes relabelled ({'exact over' if res['exact'] else 'Monte Carlo,'} "
                           f"{res['maps']:,} relabellings)", variable=str(top.index[0]),
@@ -184,7 +184,7 @@ def intervention_tests(data) -> list[dict]:
             single = [(real_top_share(a, f) > 0.5, real_top_share(b, f) > 0.5) for a, b in pairs]
             res = stats.sign_flip(diffs)
             seen = "seen in training" if f == "gaussian" else "unseen in training"
-            tests.append(_row("intervention_effect", f"{iv} changes the top real-class share of {f} noise ({seen})",
+            tests.append(result_row("intervention_effect", f"{iv} changes the top real-class share of {f} noise ({seen})",
                               iv, f, {**res, "n_runs": len(pairs), "statistic": float(diffs.mean())},
                               f"sign-flip on paired differences (seeds paired with none); single-class "
                               f"absorption (> 50%) in {sum(a for a, _ in single)}/{len(single)} runs without, "

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.inference import TESTS, _row, finalize
+from analysis.inference import TESTS, result_row, finalize
 from analysis.pipeline import aggregate, write_table
 from analysis.synthetic import Condition, write_study
 from conftest import ROOT
@@ -206,12 +206,12 @@ def test_n_needed_is_no_promise_where_the_design_not_n_holds_a_test_back():
     say '5 runs would let it' (the report says 'cannot reach significance in this design'). Other
     tests keep their n_needed: their p_min falls with the informative runs more seeds bring."""
     floor = lambda n: 0.5 ** n   # noqa: E731  (reaches 0.05 at n = 5)
-    held = _row("noise_neighbour", "h", "c", "gaussian", {"p_value": 1.0, "p_min": 1.0, "n_runs": 8}, "m",
+    held = result_row("noise_neighbour", "h", "c", "gaussian", {"p_value": 1.0, "p_min": 1.0, "n_runs": 8}, "m",
                 p_min_of_n=floor)
-    short = _row("noise_neighbour", "h", "d", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 2}, "m",
+    short = result_row("noise_neighbour", "h", "d", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 2}, "m",
                  p_min_of_n=floor)
     # a paired absorber test with few discordant seeds: more seeds bring more of them, n_needed stands
-    swap = _row("absorber_vs_condition", "h", "c", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 12}, "m",
+    swap = result_row("absorber_vs_condition", "h", "c", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 12}, "m",
                 p_min_of_n=floor)
     df = finalize([held, short, swap])
     assert not df["can_reject"].any()
