@@ -59,3 +59,39 @@ def test_the_clutter_verdict_counts_every_study_that_tested_it():
     assert plain["holm"].min() == pytest.approx(section5["holm"]) and plain["holm"].min() >= 0.05
     assert f"over all 18 rows {rows.loc[rows['study'] == 'cpu-hypotheses_cpu', 'holm_all'].iloc[0]:.3f}" in text
     assert f"rho > 0 in {(plain['statistic'] > 0).sum()} of the 9" in text
+
+
+def test_the_catdog_ladders_numbers_are_its_committed_tables():
+    """Every descriptive number of findings-cpu.md's cat/dog ladder section, recomputed from
+    docs/results/ladder_catdog/ (the bootstrap as stated: percentile, 20,000 resamples, seed 0)."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+    folder = ROOT / "docs" / "results" / "ladder_catdog"
+    text = " ".join((ROOT / "docs" / "findings-cpu.md").read_text().split())
+    runs = pd.read_csv(folder / "runs.csv")
+    acc = runs["test_accuracy"]
+    assert f"test accuracy {acc.mean():.3f} +- {acc.std(ddof=1):.3f} (mean +- sd over {len(runs)} networks, range " \
+           f"{acc.min():.3f}-{acc.max():.3f}" in text
+    guard = pd.read_csv(folder / "accuracy_guard.csv").iloc[0]
+    assert f"pooled {guard['accuracy_mean']:.3f} [95% CI {guard['ci_low']:.3f}, {guard['ci_high']:.3f}]" in text
+    assert not guard["too_weak"]
+    dist = pd.read_csv(folder / "absorber_distribution.csv").query("noise == 'gaussian' and `class` == 'cat'").iloc[0]
+    assert f"the modal share {dist['count']}/{dist['n_runs']} = {dist['share']:.2f} [simultaneous 95% CI " \
+           f"{dist['ci_low']:.2f}, {dist['ci_high']:.2f}]" in text
+    share = pd.read_csv(folder / "absorption.csv").query("noise == 'gaussian' and `class` == 'cat'")["share"].to_numpy()
+    assert (share == 1).sum() == 14 and np.sort(share)[1] == pytest.approx(0.9865) and np.sort(share)[0] == pytest.approx(0.1185)
+    boot = stats.bootstrap((share,), np.mean, method="percentile", n_resamples=20000, random_state=0).confidence_interval
+    assert f"Mean share to cat {share.mean():.3f} [95% percentile bootstrap over networks {boot.low:.3f}, {boot.high:.2f}]" in text
+    soft = pd.read_csv(folder / "absorbers.csv").query("noise == 'gaussian'")["absorber_softmax"].to_numpy()
+    sboot = stats.bootstrap((soft,), np.mean, method="percentile", n_resamples=20000, random_state=0).confidence_interval
+    assert f"mean softmax probability is {soft.mean():.3f} [{sboot.low:.3f}, {sboot.high:.3f}] (median {np.median(soft):.4f}" in text
+    held = pd.read_csv(folder / "heldout.csv").query("`class` == 'dog'").groupby("heldout_class")["share"]
+    horse = held.get_group("horse").to_numpy()
+    half = stats.t.ppf(0.975, len(horse) - 1) * horse.std(ddof=1) / np.sqrt(len(horse))
+    assert f"0.648 of them on average, 95% t interval over the 16 networks [{horse.mean() - half:.3f}, " \
+           f"{horse.mean() + half:.3f}], every network between {horse.min():.3f} and {horse.max():.3f}" in text
+    assert f"{horse.mean():.3f} of them" in text and held.mean().idxmax() == "horse"
+    means = held.mean()
+    assert f"deer {means['deer']:.2f}, truck {means['truck']:.2f}, bird {means['bird']:.2f}; airplane and ship " \
+           f"{means['airplane']:.2f})" in text and round(means["ship"], 2) == round(means["airplane"], 2)
