@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plan.power())
             if address:  # compare with the cluster's nodes (connects to it: Ray)
                 from . import sweep
-                sweep._init_ray(address)
+                sweep.init_ray(address)
                 warning = sweep.node_fit_warning(plan.sweep.resources)
                 print(f"WARNING: {warning}" if warning else f"cluster {address}: a node can hold a trial")
             return 0

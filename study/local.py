@@ -16,7 +16,6 @@ thread count before torch starts.
 """
 from __future__ import annotations
 
-import io
 import multiprocessing as mp
 import os
 import sys
@@ -33,6 +32,7 @@ from .artifacts import ArtifactDir
 from .errors import InputError
 from .plan import (CHECKPOINT_FILE, LOCAL_CHECKPOINT, Plan, aggregate_study, drop_checkpoints, final_metrics,
                    is_done, local_slots, seed_groups, start_study)
+from .units import read_state, run_group, run_point
 
 GRACE_SECONDS = 30   # past the time limit, trials still probing get this long before they are stopped
 
@@ -105,45 +105,31 @@ def _load_checkpoint(out: ArtifactDir, notes: list[str]):
     folder = checkpoint_dir(out)
     if not folder.exists(CHECKPOINT_FILE):
         return None
-    import torch
-    try:
-        return torch.load(io.BytesIO(folder.read_bytes(CHECKPOINT_FILE)), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt: start over rather than crash
-        notes.append(f"checkpoint {folder}/{CHECKPOINT_FILE} unreadable ({type(e).__name__}: {e}); "
-                     "restarted from scratch")
-        print(f"WARNING: {notes[-1]}", flush=True)
-        return None
+    return read_state(lambda: folder.read_bytes(CHECKPOINT_FILE), f"{folder}/{CHECKPOINT_FILE}", notes)
 
 
 def run_unit(unit: Unit, run: Settings, gpus: list[str]) -> list[tuple[str, dict]]:
     """Train and probe the unit's trials into their folders; [(folder, final metrics)]."""
-    import torch
-
-    from .fused import run_fused_trials
-    from .trial import run_trial
-
     def check_time() -> None:
         if run.deadline is not None and time.time() > run.deadline:
             raise TimeLimit()
 
     outs = [ArtifactDir.at(join_uri(run.uri, d)) for d in unit.dirnames]
     if len(unit.configs) > 1:  # no mid-training checkpoints for an array, as on Ray
-        results = run_fused_trials(unit.configs, outs, log=lambda m: print(f"[{unit.label}] {m}", flush=True),
-                                   on_epoch=lambda epoch, metrics: check_time(), gpus=gpus)
+        results = run_group(unit.configs, outs, log=lambda m: print(f"[{unit.label}] {m}", flush=True),
+                            on_epoch=lambda epoch, metrics: check_time(), gpus=gpus)
         return [(d, final_metrics(r)) for d, r in zip(unit.dirnames, results)]
 
     cfg, out = unit.configs[0], outs[0]
     notes: list[str] = []
-    state = _load_checkpoint(out, notes) if run.resume else None
 
-    def on_epoch(epoch: int, metrics: dict, snapshot) -> None:
-        if epoch % run.checkpoint_every == 0 or epoch == cfg["epochs"]:
-            buf = io.BytesIO()
-            torch.save(snapshot(), buf)
-            checkpoint_dir(out).write_bytes(CHECKPOINT_FILE, buf.getvalue())
+    def after_epoch(epoch: int, metrics: dict, saved: bytes | None) -> None:
+        if saved is not None:
+            checkpoint_dir(out).write_bytes(CHECKPOINT_FILE, saved)
         check_time()
 
-    result = run_trial(cfg, out, on_epoch=on_epoch, resume=state, notes=notes, gpus=gpus,
+    result = run_point(cfg, out, state=_load_checkpoint(out, notes) if run.resume else None, notes=notes,
+                       gpus=gpus, checkpoint_every=run.checkpoint_every, after_epoch=after_epoch,
                        log=lambda m: print(f"[{unit.dirnames[0]}] {m}", flush=True))
     drop_checkpoints(out)
     return [(unit.dirnames[0], final_metrics(result))]

@@ -15,6 +15,7 @@ import shutil
 import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,6 +363,31 @@ def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------- what every executor does
+
+# What a trial needs from the driver's environment, passed to every trial through Ray's runtime
+# environment: a worker does not share the driver's shell (another node, or a node started
+# before the variable was set). Never credentials: those come from each node's own identity.
+WORKER_ENV = ("NOISESINK_DATA", "NOISESINK_CACHE", "XDG_CACHE_HOME", "TORCH_HOME", "AWS_ENDPOINT_URL")
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+
+
+@contextmanager
+def environment(name: str, value: str):
+    """os.environ[name] = value for the duration (Ray reads some settings from the environment)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 
 CHECKPOINT_FILE = "state.pt"          # a trial's saved state inside a checkpoint folder
 LOCAL_CHECKPOINT = "checkpoint_local"  # the local executor's checkpoint folder in a trial folder

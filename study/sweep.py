@@ -1,212 +1,32 @@
-"""The sweep layer on Ray Tune: runs a plan (study/plan.py) on Ray. The only module that imports Ray.
+"""The sweep layer on Ray Tune, the driver's side: runs a plan (study/plan.py) on Ray. With
+study/tune_trial.py (what runs inside each Tune trial) the only modules that import Ray.
 
-A sweep file's grid becomes one `tune.grid_search` per axis; each Tune trial resolves its config,
-runs `study.trial.run_trial` with a callback that reports every epoch (with a checkpoint every
-`checkpoint_every` epochs) and writes its artifacts into its own trial folder in the storage.
-A trial whose trial.json is already complete there is not computed again, so re-running or
-resuming a study never double-counts a grid point.
+A sweep file's grid becomes one `tune.grid_search` per axis; each Tune trial (study/tune_trial.py)
+resolves its config, runs its unit as the local executor does (study/units.py) with a callback
+that reports every epoch (with a checkpoint every `checkpoint_every` epochs), and writes its
+artifacts into its own trial folder in the storage. A trial whose trial.json is already complete
+there is not computed again, so re-running or resuming a study never double-counts a grid point.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 
-from analysis.contract import COMPLETED, STOPPED_JSON, TUNE_ERROR_TXT, join_uri, trial_dirname
+from analysis.contract import STOPPED_JSON
 
 from .artifacts import ArtifactDir
-from .config import validate_trial
 from .errors import InputError
-from .plan import (ADDRESS_HELP, CHECKPOINT_FILE, Plan, aggregate_study, cluster_address, drop_checkpoints,
-                   final_metrics, is_done, probe_address, seed_groups, start_study)
-# A trial that meets bad input reports it under this key and ends: Tune retries every exception
-# (FailureConfig.max_failures counts them all alike), and no retry can fix bad input.
-INPUT_ERROR = "input_error"
-
-
-# ---------------------------------------------------------------- inside a Tune trial
-
-def _load_checkpoint(checkpoint, notes: list[str]):
-    """The saved state, or None (with a note) when there is none or it cannot be read."""
-    if checkpoint is None:
-        return None
-    import torch
-    try:
-        with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, missing: start over rather than crash
-        notes.append(f"checkpoint {checkpoint.path} unreadable ({type(e).__name__}: {e}); "
-                     "restarted from scratch")
-        print(f"WARNING: {notes[-1]}")
-        return None
-
-
-def gaussian_now(points: list[dict]) -> dict:
-    """Live science for the status table and TensorBoard: where the trajectory's Gaussian noise
-    goes after this epoch. One model: its top class and that class's share, and every class's
-    share (`trajectory/<class>`). Several (a fused group): the top class of most models, how many
-    of them, and its mean share over them."""
-    if not points:  # every model of a fused group diverged
-        return {}
-    tops = [max(p["shares"], key=p["shares"].get) for p in points]
-    top, count = Counter(tops).most_common(1)[0]
-    share = float(np.mean([p["shares"][top] for p in points]))
-    if len(points) == 1:
-        return {"gaussian_top": top, "gaussian_share": share, "trajectory": dict(points[0]["shares"])}
-    return {"gaussian_top": f"{top} ({count}/{len(points)})", "gaussian_share": share}
-
-
-def tune_folder(config: dict, axes: list[str]) -> str:
-    """The folder of a Tune trial in the study: its grid point's, or for a fused group
-    `fused_<condition>_seeds=0.1.2.3` (Tune's own files only; each seed writes to its point's)."""
-    if "seeds" in config and "seed" in axes:
-        return "fused_" + trial_dirname({**{a: config[a] for a in axes if a != "seed"}, "seeds": config["seeds"]})
-    return trial_dirname(order_axes(config, axes))
-
-
-def storage_is_shared(experiment: str, token: str | None) -> bool:
-    """Whether this node sees the driver's token file in a local storage (None: a URI, shared
-    by definition)."""
-    if token is None:
-        return True
-    try:
-        return (Path(experiment.removeprefix("file://")) / DRIVER_TOKEN).read_text() == token
-    except OSError:
-        return False
-
-
-def tune_trial(config: dict, *, fixed: dict, axes: list[str], checkpoint_every: int,
-               experiment: str, token: str | None) -> None:
-    """The Tune function trainable. `config` holds the grid point only (the status table's
-    columns); the fixed keys, the axes' order and where the study lives come from the driver
-    through tune.with_parameters. Bad input ends the trial with its reason, never a retry."""
-    from ray import tune
-    if not storage_is_shared(experiment, token):
-        import socket
-        raise RuntimeError(f"run.storage {experiment} is not the driver's folder on this node "
-                           f"({socket.gethostname()}): a local storage must be a folder every node "
-                           "mounts at the same path (NFS, EFS), or use a bucket URI; this trial will "
-                           "not write its results to this node's own disk")
-    try:
-        return _tune_trial(config, fixed, axes, checkpoint_every, experiment)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        try:  # the reason beside the trial, where the aggregation reports it
-            ArtifactDir.at(join_uri(experiment, tune_folder(config, axes))).write_bytes(
-                TUNE_ERROR_TXT, f"InputError: {e}\n".encode())
-        except OSError:
-            pass
-        tune.report({INPUT_ERROR: str(e), "done": True})
-
-
-def _tune_trial(config: dict, fixed: dict, axes: list[str], checkpoint_every: int, experiment: str) -> None:
-    """Resolve, skip if done, resume if possible, run, report."""
-    import ray
-    import torch
-    from ray import tune
-
-    from .trial import run_trial
-
-    gpus = ray.get_gpu_ids()  # what Ray gave this trial: with GPUs and no CUDA it must fail, not train on the CPU
-    if "seeds" in config and "seed" in axes:
-        return _fused_tune_trial(config, fixed, axes, experiment, gpus)
-    cfg = validate_trial({**fixed, **config})
-    out = ArtifactDir.at(join_uri(experiment, tune_folder(config, axes)))
-    if is_done(out, cfg):
-        print(f"{out}: trial.json already complete, not recomputed")
-        tune.report(final_metrics(out.read_json()))
-        return
-
-    notes: list[str] = []
-    resume = _load_checkpoint(tune.get_checkpoint(), notes)
-
-    def on_epoch(epoch: int, metrics: dict, snapshot) -> None:
-        metrics = {**{k: metrics[k] for k in ("epoch", "train_loss", "train_accuracy", "seconds")},
-                   **gaussian_now([metrics["trajectory"]])}
-        if epoch % checkpoint_every and epoch != cfg["epochs"]:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(snapshot(), Path(d) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-    result = run_trial(cfg, out, on_epoch=on_epoch, resume=resume, notes=notes, gpus=gpus)
-    tune.report(final_metrics(result))
-    drop_checkpoints(out)
-
-
-def _fused_tune_trial(config: dict, fixed: dict, axes: list[str], experiment: str, gpus: list) -> None:
-    """Several seeds of one condition as one array model (run.fuse_seeds). Each seed's artifacts
-    go to its own grid-point folder, exactly where a separate trial would put them; seeds already
-    complete there are skipped. (No mid-training checkpoints: a crash retrains the array.)"""
-    from ray import tune
-
-    from .fused import run_fused_trials
-    condition = {k: v for k, v in config.items() if k != "seeds"}
-    todo = []
-    for seed in config["seeds"]:
-        point = {**condition, "seed": seed}
-        out = ArtifactDir.at(join_uri(experiment, trial_dirname(order_axes(point, axes))))
-        cfg = validate_trial({**fixed, **point})
-        if is_done(out, cfg):  # complete for this config; a result of another config is bad input
-            print(f"{out}: trial.json already complete, not recomputed")
-        else:
-            todo.append((cfg, out))
-
-    def on_epoch(epoch: int, metrics: dict) -> None:
-        tune.report({"epoch": epoch, "train_loss": float(np.mean(metrics["train_loss"])),
-                     "seconds": metrics["seconds"], **gaussian_now(metrics["trajectories"])})
-
-    results = (run_fused_trials([c for c, _ in todo], [o for _, o in todo], on_epoch=on_epoch, gpus=gpus)
-               if todo else [])
-    finals = [final_metrics(r) for r in results if r["status"] == COMPLETED]
-    summary = {}
-    if finals:  # the group's row at the end: the final probes' modal absorber, as each epoch's
-        top, count = Counter(f["gaussian_top"] for f in finals).most_common(1)[0]
-        summary = {"gaussian_top": f"{top} ({count}/{len(finals)})",
-                   "gaussian_share": float(np.mean([f["gaussian_share"] for f in finals if f["gaussian_top"] == top])),
-                   "test_accuracy": float(np.mean([f["test_accuracy"] for f in finals]))}
-    tune.report({"done": True, "trials": len(config["seeds"]), "trained": len(todo), **summary})
-
-
-def order_axes(values: dict, axes: list[str]) -> dict:
-    return {a: values[a] for a in axes}
-
-
+from .plan import (ADDRESS_HELP, Plan, aggregate_study, cluster_address, environment, probe_address, seed_groups,
+                   start_study, worker_env)
+from .tune_trial import DRIVER_TOKEN, INPUT_ERROR, storage_is_shared, tune_folder, tune_trial
+from .units import failure_reason
 # ---------------------------------------------------------------- the driver
 
-# What a trial needs from the driver's environment, passed to every trial through Ray's runtime
-# environment: a worker does not share the driver's shell (another node, or a node started
-# before the variable was set). Never credentials: those come from each node's own identity.
-WORKER_ENV = ("NOISESINK_DATA", "NOISESINK_CACHE", "XDG_CACHE_HOME", "TORCH_HOME", "AWS_ENDPOINT_URL")
-DRIVER_TOKEN = ".driver-token"   # <study>/.driver-token: proves a local storage is the driver's folder
-
-
-def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
-
-
-@contextmanager
-def environment(name: str, value: str):
-    """os.environ[name] = value for the duration (Ray reads some settings from the environment)."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def _init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> None:
     address, where = cluster_address(address)
     if not address:
         # A local Ray listens on loopback only. Ray otherwise swaps 127.0.0.1 for the machine's
@@ -339,15 +159,6 @@ class PendingWatch:
         ArtifactDir.at(uri).remove(STOPPED_JSON)
 
 
-def failure_reason(error) -> str:
-    """The cause of a failed trial in one line (Ray wraps it in a RayTaskError whose text starts
-    with the worker's pid)."""
-    cause = getattr(error, "cause", None) or error
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return text if text.startswith(type(cause).__name__) else f"{type(cause).__name__}: {text}"
-
-
 def tune_dirname(trial, axes: list[str]) -> str:
     return tune_folder(trial.config, axes)
 
@@ -439,7 +250,7 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, tok
 
 def run(plan: Plan, resume: bool = False, report: bool = True, address: str | None = None) -> int:
     start = time.perf_counter()
-    _init_ray(address)  # first: a cluster that does not answer ends the sweep before anything is written
+    init_ray(address)  # first: a cluster that does not answer ends the sweep before anything is written
     if cluster_address(address)[0]:
         warning = node_fit_warning(plan.sweep.resources)
         if warning:

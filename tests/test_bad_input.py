@@ -525,7 +525,7 @@ def test_a_failed_trial_is_summarised_by_its_cause_not_the_worker_pid():
     pytest.importorskip("ray")
     from ray.exceptions import RayTaskError
 
-    from study.sweep import failure_reason
+    from study.units import failure_reason
     try:
         raise RuntimeError("CUDA out of memory")
     except RuntimeError as cause:

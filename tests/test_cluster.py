@@ -578,7 +578,7 @@ def test_a_local_storage_the_worker_node_cannot_see_is_refused_before_any_trial(
     assert f"run.storage: {storage / 'smoke'} is a folder on the driver's disk that node(s) {WORKER_IP}" in logs
     assert "a bucket URI" in logs
     # nothing ran: the study folder holds the plan and the token, no trial
-    from study.sweep import DRIVER_TOKEN
+    from study.tune_trial import DRIVER_TOKEN
     assert sorted(p.name for p in (storage / "smoke").iterdir()) == sorted([DRIVER_TOKEN, "study.json"])
 
 

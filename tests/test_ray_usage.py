@@ -39,7 +39,7 @@ def test_ray_air_new_output_0_selects_the_reporter_that_takes_our_columns(monkey
 
 
 def test_ray_override_job_runtime_env_is_what_ray_init_reads():
-    """_init_ray sets RAY_OVERRIDE_JOB_RUNTIME_ENV=1 for ray.init under `ray job submit`: without it Ray
+    """init_ray sets RAY_OVERRIDE_JOB_RUNTIME_ENV=1 for ray.init under `ray job submit`: without it Ray
     refuses an env var set both in the job's runtime env and in ours."""
     from ray._private import worker
     assert 'os.getenv("RAY_OVERRIDE_JOB_RUNTIME_ENV") == "1"' in inspect.getsource(worker)

@@ -12,7 +12,8 @@ from analysis.synthetic import Condition, write_study
 from conftest import ROOT
 from study.__main__ import main
 from study.errors import InputError
-from study.sweep import CHECKPOINT_FILE, _load_checkpoint
+from study.plan import CHECKPOINT_FILE
+from study.tune_trial import tune_state
 
 
 def test_yaml_with_python_tags_is_refused_not_executed(tmp_path, capsys):
@@ -40,7 +41,7 @@ def test_pickled_checkpoint_code_is_not_run_and_the_trial_starts_over(tmp_path):
     folder.mkdir()
     (folder / CHECKPOINT_FILE).write_bytes(pickle.dumps({"trainer": _Payload()}))
     notes: list[str] = []
-    assert _load_checkpoint(tune.Checkpoint.from_directory(str(folder)), notes) is None
+    assert tune_state(tune.Checkpoint.from_directory(str(folder)), notes) is None
     assert not os.path.exists(target)  # torch.load(weights_only=True) refused the pickle
     assert notes and "restarted from scratch" in notes[0]
 

@@ -184,7 +184,7 @@ def test_a_failing_aggregation_keeps_the_trials_and_says_how_to_rerun_it(tiny_da
     from study.plan import prepare
 
     plan = prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
-    monkeypatch.setattr(sweep, "_init_ray", lambda address: None)
+    monkeypatch.setattr(sweep, "init_ray", lambda address: None)
     monkeypatch.setattr(sweep, "check_shared_storage", lambda plan: None)
     monkeypatch.setattr(sweep, "build_tuner", lambda *args: type("T", (), {"fit": lambda self: []})())
 
@@ -236,7 +236,7 @@ def test_an_interrupted_sweep_is_not_called_a_resource_problem(tiny_data, tmp_pa
     plan = prepare(str(ROOT / "sweeps" / "smoke.yaml"), tiny_overrides(tiny_data, tmp_path)[1::2])
     unstarted = [SimpleNamespace(path=str(Path(plan.uri) / f"t{i}"), config={}, error=None, metrics={})
                  for i in range(2)]
-    monkeypatch.setattr(sweep, "_init_ray", lambda address: None)
+    monkeypatch.setattr(sweep, "init_ray", lambda address: None)
     monkeypatch.setattr(sweep, "check_shared_storage", lambda plan: None)
     monkeypatch.setattr(sweep, "build_tuner", lambda *args: SimpleNamespace(fit=lambda: unstarted))
     assert sweep.run(plan) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from study import sweep, tracking
+from study import plan, sweep, tracking, tune_trial, units
 from study.config import validate_sweep
 from study.errors import InputError
 
@@ -15,15 +15,15 @@ def point(**shares):
 
 
 def test_one_model_reports_its_top_class_its_share_and_every_share():
-    got = sweep.gaussian_now([point(cat=0.2, dog=0.7, frog=0.1)])
+    got = units.gaussian_now([point(cat=0.2, dog=0.7, frog=0.1)])
     assert got == {"gaussian_top": "dog", "gaussian_share": 0.7,
                    "trajectory": {"cat": 0.2, "dog": 0.7, "frog": 0.1}}
 
 
 def test_a_fused_group_reports_the_modal_top_class_how_many_and_its_mean_share():
-    got = sweep.gaussian_now([point(cat=0.6, dog=0.4), point(cat=0.9, dog=0.1), point(cat=0.3, dog=0.7)])
+    got = units.gaussian_now([point(cat=0.6, dog=0.4), point(cat=0.9, dog=0.1), point(cat=0.3, dog=0.7)])
     assert got == {"gaussian_top": "cat (2/3)", "gaussian_share": pytest.approx((0.6 + 0.9 + 0.3) / 3)}
-    assert sweep.gaussian_now([]) == {}   # every model of the group diverged
+    assert units.gaussian_now([]) == {}   # every model of the group diverged
 
 
 def sweep_with_run(**run):
@@ -67,18 +67,18 @@ def test_each_tracker_builds_tunes_own_logger_callback(name):
 
 
 def test_the_driver_passes_its_data_and_cache_settings_but_no_credentials(monkeypatch):
-    for var in sweep.WORKER_ENV:
+    for var in plan.WORKER_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NOISESINK_DATA", "s3://bucket/cifar10.tar")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "token")
-    assert sweep.worker_env() == {"NOISESINK_DATA": "s3://bucket/cifar10.tar"}
-    assert not any(("SECRET" in v or "TOKEN" in v or "KEY" in v) for v in sweep.WORKER_ENV)
+    assert plan.worker_env() == {"NOISESINK_DATA": "s3://bucket/cifar10.tar"}
+    assert not any(("SECRET" in v or "TOKEN" in v or "KEY" in v) for v in plan.WORKER_ENV)
 
 
 def test_a_trial_sees_the_storage_only_with_the_drivers_token(tmp_path):
-    assert sweep.storage_is_shared("s3://bucket/studies/x", None)       # a bucket is shared
-    assert not sweep.storage_is_shared(str(tmp_path), "abc")            # no token: another disk
-    (tmp_path / sweep.DRIVER_TOKEN).write_text("abc")
-    assert sweep.storage_is_shared(str(tmp_path), "abc")
-    assert not sweep.storage_is_shared(str(tmp_path), "another run")    # a stale folder
+    assert tune_trial.storage_is_shared("s3://bucket/studies/x", None)       # a bucket is shared
+    assert not tune_trial.storage_is_shared(str(tmp_path), "abc")            # no token: another disk
+    (tmp_path / tune_trial.DRIVER_TOKEN).write_text("abc")
+    assert tune_trial.storage_is_shared(str(tmp_path), "abc")
+    assert not tune_trial.storage_is_shared(str(tmp_path), "another run")    # a stale folder
