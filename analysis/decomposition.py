@@ -57,7 +57,8 @@ def bias_deal(weight_term: np.ndarray, b: np.ndarray, rng: np.random.Generator, 
     class holds which bias; near the share a class would keep by chance (about 1/K when each deal
     hands the noise to whichever class holds the top bias), the biases decide it. An estimate per
     run, not a test: where the biases alone decide, the trained placement is itself one random
-    deal in law, so no rank of it among deals can tell (bias_deal's power there: 0.035, measured by the review in issue #27)."""
+    deal in law, so no rank of it among deals can tell (bias_deal rejects at its size there:
+    benchmarks/bias_deal_power.py)."""
     z = weight_term + b
     k = z.shape[1]
     counts = np.bincount(z.argmax(1), minlength=k)

@@ -57,3 +57,16 @@ def test_probe_cost_runs_the_first_grid_point_without_and_with_the_new_probes(ti
     assert summary["added_seconds"] == pytest.approx(rows["with"]["probe_seconds"] - rows["without"]["probe_seconds"])
     assert json.loads((tmp_path / "probes.json").read_text())["share_of_trial"] == summary["share_of_trial"]
     assert "added by #19" in capsys.readouterr().out
+
+
+def test_bias_deal_power_benchmark_tells_the_two_truths_apart_by_the_identity_estimate(capsys):
+    """benchmarks/bias_deal_power.py (docs/statistics.md quotes it): the identity estimate is 1/K where
+    the biases pick the absorber and 1 where the weights do."""
+    import importlib.util
+    import re
+    spec = importlib.util.spec_from_file_location("bdp", ROOT / "benchmarks" / "bias_deal_power.py")
+    bdp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bdp)
+    assert bdp.main(["--studies", "10", "--seeds", "8"]) == 0
+    kept = dict(re.findall(r"^(biases decide|weights decide) .*absorber_kept_by_deals (\d\.\d+)", capsys.readouterr().out, re.M))
+    assert abs(float(kept["biases decide"]) - 0.1) < 0.03 and float(kept["weights decide"]) > 0.97
