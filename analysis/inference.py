@@ -288,7 +288,7 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
 PERMUTATION_FAMILY = PRIMARY_NOISE  # the noise row's permutation test covers the question's noise
 
 
-def geometry(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
+def tree_tests(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]:
     """The class tree's edges and overlap and the class-class distance agreement, once per
     condition (class means come from the test set, so the class block is the same for every noise
     family); where the noise node hangs and whether its nearest class is the absorber, per noise

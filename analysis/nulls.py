@@ -9,7 +9,7 @@ trainings show but no effect of the kind each test looks for:
   per-class variation, iid over classes, so the class labels carry no information about the
   class-class geometry); the noise mean is far from every class and closest to one class, so
   it hangs as a leaf on that class. Distances, the MST and the noise neighbour come from the
-  trial's own code (study.probe.geometry);
+  trial's own code (analysis/measures.py, feature_geometry);
 - **pixel clutter fixed per class**: the pixel measures of a class are the same numbers in every
   run (a sweep measures the same training images with the same noise_seed), drawn once per study
   independently of what absorbs, and so are the noise banks' (the same bank in every run);
@@ -57,13 +57,14 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
+from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, SCHEMA_VERSION, STUDY_JSON,
                        TUNE_ERROR_TXT, trial_dirname)
 from .decomposition import bias_deal, margin_split
 from .anchors import published_orderings
 from .hypotheses import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
-from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, synthetic_mst, write_trial
+from . import measures
+from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, write_trial
 from .why import PIXEL_MEASURES
 
 CIFAR10 = list(CIFAR10_CLASSES)
@@ -316,28 +317,14 @@ def _shares_p(k: int, absorber: int, rng, top: tuple[float, float] = (0.3, 0.98)
     return np.insert(np.full(k - 1, (1 - share) / (k - 1)), absorber, share)
 
 
-def geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]):
-    """What a trial computes from its feature means (study/probe.py's geometry; a test keeps the
-    two equal): cosine distances d = (1 - cos)/2 over the K classes and the noise node, and their
-    minimum spanning tree (networkx; distances drawn from continuous vectors never tie)."""
-    nodes = list(classes) + [NOISE_NODE]
-    v = np.vstack([class_means, noise_mean[None]])
-    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
-    dist = (1 - np.clip(unit @ unit.T, -1, 1)) / 2
-    np.fill_diagonal(dist, 0)
-    return nodes, dist, [[u, v, w] for u, v, w in synthetic_mst(dist, nodes)]
-
-
 def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict, dict]:
-    """Shares of the noise images per class and the run's summary, as study/measure.py writes them."""
+    """Shares of the noise images per class and the run's summary, measured as a trial measures them
+    (analysis/measures.py) from softmax rows whose confidence is drawn per run."""
     k = len(classes)
-    p = np.bincount(pred, minlength=k) / len(pred)
-    top = int(np.argmax(p))
-    nz = p[p > 0]
-    return dict(zip(classes, p.tolist())), {
-        "absorber": classes[top], "top_share": float(p[top]),
-        "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)),
-        "mean_max_softmax": (msp := float(rng.uniform(0.5, 0.95))), "absorber_softmax": msp * float(p[top])}
+    confidence = float(rng.uniform(0.5, 0.95))
+    probs = np.full((len(pred), k), (1 - confidence) / (k - 1))
+    probs[np.arange(len(pred)), pred] = confidence
+    return measures.shares(pred, classes), measures.absorption_summary(pred, probs, classes)
 
 
 def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, overturn: bool, rng,
@@ -512,11 +499,11 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
         if effects.link and rng.random() < effects.link:
             nearest = a
         noise_mean = NOISE_SHARED * st.shared + NOISE_OWN * st.noise_dirs[f] + NOISE_PULL * (means[nearest] - st.shared)
-        nodes, dist, tree = geometry(means, noise_mean, classes)
+        nodes, dist, tree = measures.feature_geometry(means, noise_mean, classes)
         absorption[f], summary[f] = absorption_summary(pred, classes, rng)
         distance[f] = {"nodes": nodes, "matrix": dist.tolist()}
         mst[f] = tree
-        neighbour[f] = sorted(u if v == NOISE_NODE else v for u, v, _ in tree if NOISE_NODE in (u, v))
+        neighbour[f] = measures.noise_neighbour(tree)
         decomposition[f].update({"cos_weight_noise_mean": dict(zip(classes, rng.uniform(-0.2, 0.4, k).tolist())),
                                  "weight_norm": dict(zip(classes, (1 + rng.normal(0, 0.05, k)).tolist())),
                                  "noise_feature_norm": float(rng.uniform(2, 4)),

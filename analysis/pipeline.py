@@ -76,7 +76,7 @@ def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None 
             frames[name] = make(data)
     consistency, distribution, tests = inference.consistency(groups, counts or {})
     dependence, notes = inference.condition_dependence(groups)
-    edge_freq, geometry_tests = inference.geometry(groups)
+    edge_freq, geometry_tests = inference.tree_tests(groups)
     pairs = causal.pairs_table(data)
     factor_pairs = factors.pairs_table(data)
     rows = (tests + dependence + inference.accuracy_trends(groups) + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)

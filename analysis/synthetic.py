@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
+from . import measures
 from .contract import (ARRAYS_NPZ, CIFAR10_CLASSES, COMPLETED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
                        TRIAL_JSON, show_value)
 
@@ -44,15 +44,12 @@ def _tree_distances(nodes: list[str], tree: list[tuple[str, str]] | None, rng) -
     return d + d.T
 
 
-def synthetic_mst(d: np.ndarray, nodes: list[str]) -> list[list]:
-    """The minimum spanning tree of distance matrix d as [u, v, weight] edges (networkx), for records
-    built without torch."""
-    g = nx.Graph()
-    for i in range(len(nodes)):
-        for j in range(i + 1, len(nodes)):
-            g.add_edge(nodes[i], nodes[j], weight=float(d[i, j]))
-    return sorted([[*sorted((u, v)), w["weight"]] for u, v, w in nx.minimum_spanning_tree(g).edges(data=True)],
-                  key=lambda e: e[2])
+def _softmax_rows(pred: np.ndarray, k: int, confidence: float) -> np.ndarray:
+    """Softmax rows for synthetic predictions: `confidence` on the predicted class, the rest spread
+    evenly (a simulated network that is as sure of every image)."""
+    probs = np.full((len(pred), k), (1 - confidence) / (k - 1))
+    probs[np.arange(len(pred)), pred] = confidence
+    return probs
 
 
 def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: int, rng) -> tuple[dict, dict]:
@@ -68,16 +65,11 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
         # each image goes to the run's absorber, or (sometimes) to its own preferred class
         pred = np.where(rng.random(n_noise) < top, a, np.where(rng.random(n_noise) < 0.5, image_pref,
                                                                  rng.integers(0, k, n_noise)))
-        shares = np.bincount(pred, minlength=k) / n_noise
-        absorption[f] = dict(zip(classes, shares.tolist()))
-        order = np.argmax(shares)
-        nz = shares[shares > 0]
-        summary[f] = {"absorber": classes[order], "top_share": float(shares[order]),
-                      "entropy_norm": float(-(nz * np.log(nz)).sum() / np.log(k)), "mean_max_softmax": 0.8,
-                      "absorber_softmax": 0.8 * float(shares[order])}
+        absorption[f] = measures.shares(pred, classes)
+        summary[f] = measures.absorption_summary(pred, _softmax_rows(pred, k, 0.8), classes)
         use_tree = cond.tree is not None and rng.random() < cond.p_tree
         d = _tree_distances(nodes, cond.tree if use_tree else None, rng)
-        mst[f] = synthetic_mst(d, nodes)
+        mst[f] = measures.minimum_spanning_tree(d, nodes)
         distance[f] = {"nodes": nodes, "matrix": d.tolist()}
         arrays[f"pred_{f}"] = pred.astype(np.uint8)
         arrays[f"distance_{f}"] = d

@@ -236,7 +236,7 @@ def run_plan(args, out: Out, plan, time_limit: float | None) -> dict:
 def stage_recipe(args, out: Out) -> None:
     """The sweeps' ResNet-18 recipe over RECIPE_SEEDS seeds, as the study runs it (the local
     executor, gpu_one_call.yaml's resources): accuracy, absorbers, seconds, FLOPs, MFU."""
-    from study.bench import training_flops
+    from study.speed import training_flops
     from study.plan import prepare
     seeds = list(range(2 if args.dry_run else RECIPE_SEEDS))
     plan = prepare(str(SWEEP), sweep_sets(args, **{"grid.seed": seeds, "grid.classes": ["all"]}),
@@ -262,14 +262,14 @@ def stage_recipe(args, out: Out) -> None:
 
 def stage_throughput(args, out: Out) -> None:
     """study.bench's table, a row per setup as it is measured."""
-    from study import bench
-    p = {**bench.sizes("cpu" if args.dry_run else "gpu"), "data_root": str(scratch_paths(args)["data"])}
+    from study import bench, speed
+    p = {**speed.sizes("cpu" if args.dry_run else "gpu"), "data_root": str(scratch_paths(args)["data"])}
     if args.dry_run:
         p.update({"batch_size": 20, "steps": 2, "ks": [2], "workers": 1, "n_noise": DRY_TRIAL["n_noise"],
                   "data_verify": "shapes",
                   "trial": {k: DRY_TRIAL[k] for k in ("test_subset", "n_trajectory", "sample_per_class",
                                                       "n_frequency")}})
-    per_image = bench.flops_per_image(p["model"], 10, train=True)   # the MFU of each setup's training rate
+    per_image = speed.flops_per_image(p["model"], 10, train=True)   # the MFU of each setup's training rate
     rows, probe_s = bench.throughput(p, on_row=lambda r: out.row("setup", **r, mfu=r["images_per_s"] * per_image
                                                                  / PEAK_FLOPS))
     out.row("probes", seconds=probe_s, n_noise=p["n_noise"])

@@ -7,7 +7,7 @@ import torch
 
 from analysis.decomposition import bias_deal, margin_split
 
-from .measure import shares
+from analysis.measures import shares
 from . import streams
 from .noise import NoiseContext, radial_frequency
 

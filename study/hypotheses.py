@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import streams
-from .measure import absorption_summary, shares
+from analysis.measures import absorption_summary, shares
 from .noise import NOISE_FAMILIES, NoiseContext
 
 Predict = Callable[[Tensor], tuple[np.ndarray, np.ndarray]]                 # images -> (logits, features)

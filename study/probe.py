@@ -6,10 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from analysis.contract import NOISE_NODE
-
-from .measure import (absorption_summary, confusion_matrix, cosine_distance_matrix, minimum_spanning_tree,
-                      noise_neighbour, shares)
+from analysis.measures import absorption_summary, confusion_matrix, feature_geometry, noise_neighbour, shares
 
 Predict = Callable[..., tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
 
@@ -32,21 +29,13 @@ def test_metrics(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
             "confusion": conf.tolist(), "n_test": int(len(y))}
 
 
-def geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]):
-    """Cosine distances d = (1 - cos)/2 between the K class means and the noise mean; the MST."""
-    nodes = list(classes) + [NOISE_NODE]
-    dist = cosine_distance_matrix(np.vstack([class_means, noise_mean[None]]))
-    tree = minimum_spanning_tree(dist, nodes)
-    return nodes, dist, tree
-
-
 def probe_family(predict: Predict, bank, classes: list[str], class_means: np.ndarray) -> dict:
     """Everything one noise bank tells about the model; arrays under the `arrays` key."""
     logits, feats = predict(bank)
     pred = logits.argmax(1)
     probs = softmax(logits)
     noise_mean = feats.mean(0)
-    nodes, dist, tree = geometry(class_means, noise_mean, classes)
+    nodes, dist, tree = feature_geometry(class_means, noise_mean, classes)
     return {
         "absorption": shares(pred, classes),
         "summary": absorption_summary(pred, probs, classes),

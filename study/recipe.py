@@ -95,16 +95,16 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def baseline_img_s(steps: int = 30) -> float:
-    """study.bench's baseline (a): torchvision DataLoader, PIL transforms in 2 workers, fp32
+    """The benchmark's baseline (a), study/speed.py: torchvision DataLoader, PIL transforms in 2 workers, fp32
     small_cnn at batch 64, on the CPU."""
-    from .bench import baseline, sizes
+    from .speed import baseline, sizes
     p = {**sizes("cpu"), "steps": steps}
     return baseline(p)["images_per_s"]
 
 
 def measure(cfg: dict, config_path: str, log=print) -> dict:
     """Train `cfg` as a trial does and test it; the row of the table (without the baseline)."""
-    from .bench import training_flops
+    from .speed import training_flops
     from .train import Trainer, predict
     from .trial import new_model, setup, tta_accuracy
     s = setup(cfg)

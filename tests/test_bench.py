@@ -37,7 +37,7 @@ def test_flop_counts_match_the_known_multiply_adds(model, mmac):
     """Known answers: small_cnn is a 67 MMAC net (README); the CIFAR ResNet-18 (3x3 stem, no
     max-pool) is 0.556 GMAC per 32x32 image, as published for it. Training = forward + backward
     = 3 forward passes' worth of multiply-adds."""
-    from study.bench import flops_per_image, training_flops
+    from study.speed import flops_per_image, training_flops
     forward = flops_per_image(model)
     assert forward / 2 / 1e6 == pytest.approx(mmac, rel=0.01)
     assert flops_per_image(model, train=True) / forward == pytest.approx(3, rel=0.01)

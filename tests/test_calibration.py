@@ -19,7 +19,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import inference, stats, trees
-from study.measure import cosine_distance_matrix, minimum_spanning_tree
+from analysis.measures import cosine_distance_matrix, minimum_spanning_tree
 
 ALPHA = 0.05
 K = 10

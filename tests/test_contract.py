@@ -65,9 +65,38 @@ def test_ray_only_in_the_sweep_adapter():
     """The plan (what `study check` prints, what any executor runs) needs no Ray."""
     users = sorted(p.name for p in (ROOT / "study").glob("*.py")
                    if re.search(r"^\s*(import ray|from ray\b)", p.read_text(), flags=re.M))
-    assert users == ["sweep.py"]
-    code = "import sys, study.plan; assert 'ray' not in sys.modules, 'ray imported'"
+    assert users == ["sweep.py", "tune_trial.py"]
+    code = "import sys, study.plan, study.units, study.local; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports, lazy imports inside functions included."""
+    import ast
+    graph: dict[str, set[str]] = {}
+    for pkg in ("study", "analysis"):
+        for path in sorted((ROOT / pkg).glob("*.py")):
+            mod, edges = f"{pkg}.{path.stem}", set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    edges |= {f"{pkg}.{node.module}"} if node.module else {f"{pkg}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("study", "analysis"):
+                    edges |= ({f"{node.module}.{a.name}" for a in node.names} if "." not in node.module
+                              else {node.module})
+                elif isinstance(node, ast.Import):
+                    edges |= {a.name for a in node.names if a.name.split(".")[0] in ("study", "analysis")}
+            graph[mod] = {e for e in edges if e != mod}
+    return graph
+
+
+def test_the_import_graph_has_no_circle_and_analysis_never_imports_study():
+    """study/ and analysis/ import each other's modules without a circle (lazy imports counted): a
+    module can be read knowing only what it imports. analysis/ (no torch) never imports study/."""
+    import networkx as nx
+    graph = _import_graph()
+    g = nx.DiGraph([(a, b) for a, targets in graph.items() for b in targets if b in graph])
+    assert list(nx.simple_cycles(g)) == []
+    assert not [(a, b) for a, b in g.edges if a.startswith("analysis.") and b.startswith("study.")]
 
 
 def test_the_contract_file_names_are_spelled_only_in_the_contract():

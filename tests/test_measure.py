@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from study.measure import (absorption_summary, cosine_distance_matrix, minimum_spanning_tree, noise_neighbour,
+from analysis.measures import (absorption_summary, cosine_distance_matrix, minimum_spanning_tree, noise_neighbour,
                            normalized_entropy, shares)
 
 

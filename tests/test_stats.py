@@ -140,7 +140,7 @@ def test_permutation_chi2_cramers_v_perfect_association():
 
 def test_edge_null_rate_is_two_over_n():
     """Random (exchangeable) distances: every edge is in the MST with probability 2/n."""
-    from study.measure import minimum_spanning_tree
+    from analysis.measures import minimum_spanning_tree
     rng = np.random.default_rng(0)
     n, runs = 5, 4000
     counts = np.zeros((n, n))
@@ -242,7 +242,7 @@ def test_paired_cochran_q_is_calibrated():
 def test_mst_tests_are_calibrated():
     """Random distances over exchangeable nodes (trees random): the per-edge binomial test and the
     overlap test. (The realistic null, the noise node a far leaf, is in test_calibration.py.)"""
-    from study.measure import minimum_spanning_tree
+    from analysis.measures import minimum_spanning_tree
     rng = np.random.default_rng(30)
     n, s = 6, 40
     nodes = [str(i) for i in range(n)]

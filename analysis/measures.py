@@ -1,9 +1,12 @@
-"""Measurements on a trained model's outputs: absorption, distances, the MST. Pure numpy."""
+"""The measurement core: absorption, distances, the MST, from a model's outputs. Pure numpy, no torch:
+the trial (study/probe.py, study/hypotheses.py, study/explain.py) measures with these functions, and
+the simulated studies (analysis/synthetic.py, analysis/nulls.py) build their records with the very
+same ones, so a simulated trial.json is measured as a real one is and no copy has to be kept equal."""
 from __future__ import annotations
 
 import numpy as np
 
-from analysis.contract import NOISE_NODE
+from .contract import NOISE_NODE
 
 
 def shares(pred: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -68,6 +71,14 @@ def minimum_spanning_tree(dist: np.ndarray, nodes: list[str]) -> list[list]:
             if len(tree) == n - 1:
                 break
     return tree
+
+
+def feature_geometry(class_means: np.ndarray, noise_mean: np.ndarray, classes: list[str]):
+    """The nodes (the K classes, then the noise node), their cosine distances d = (1 - cos)/2 between
+    the class means and the noise mean, and the distances' minimum spanning tree."""
+    nodes = list(classes) + [NOISE_NODE]
+    dist = cosine_distance_matrix(np.vstack([class_means, noise_mean[None]]))
+    return nodes, dist, minimum_spanning_tree(dist, nodes)
 
 
 def noise_neighbour(tree: list[list]) -> list[str]:
