@@ -235,6 +235,9 @@ def rewrite_document(path: Path, register: pd.DataFrame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+    argparse.ArgumentParser(prog="noisesink claims", description=__doc__.split("\n\n")[0]).parse_args(argv)
+
     def run() -> None:
         register = fill(pd.read_csv(REGISTER, keep_default_na=False, na_values=[""]))
         register.to_csv(REGISTER, index=False)

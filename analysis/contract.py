@@ -45,6 +45,9 @@ READABLE_SCHEMAS = (1,)       # the versions analysis/load.py understands
 COMPLETED = "completed"       # trained and probed: every measurement is in trial.json
 DIVERGED = "diverged"         # the training loss became non-finite: recorded, not probed
 FINAL_STATUSES = (COMPLETED, DIVERGED)
+# trial.json's `source` of a run that probed a checkpoint trained elsewhere (`noisesink probe`:
+# epochs 0, no trajectory, the checkpoint's path and sha256 under `checkpoint`); a training's has none
+PROBED = "probe"
 
 # ---------------------------------------------------------------- names inside a trial.json
 NOISE_NODE = "noise"          # the noise mean's node in the distance matrix and the MST

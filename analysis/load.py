@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.fs as pafs
 
-from .contract import (ARRAYS_NPZ, COMPLETED, FINAL_STATUSES, READABLE_SCHEMAS, REPORT_DIR, STUDY_JSON,
+from .contract import (ARRAYS_NPZ, COMPLETED, FINAL_STATUSES, PROBED, READABLE_SCHEMAS, REPORT_DIR, STUDY_JSON,
                        RUN_ONLY_KEYS, TRIAL_JSON, TUNE_ERROR_TXT, config_changes, config_digest,
                        open_filesystem, show_value)
 from .errors import InputError
@@ -124,7 +124,9 @@ def _compact(trial_id: str, t: dict) -> dict:
            "train_seconds": (t.get("timing") or {}).get("train_seconds"),
            "arrays_sha256": (t.get("arrays") or {}).get("sha256"), "config_digest": t.get("config_digest"),
            "warnings": t.get("warnings") or [],
-           "diverged_at_epoch": t.get("diverged_at_epoch")}
+           "diverged_at_epoch": t.get("diverged_at_epoch"),
+           # the weights file of a probed checkpoint (`noisesink probe`), None for a training
+           "checkpoint": (t.get("checkpoint") or {}).get("path") if t.get("source") == PROBED else None}
     traj = t.get("trajectory") or []
     run["trajectory_epochs"] = np.array([p["epoch"] for p in traj], dtype=int)
     run["trajectory"] = np.array([[p["shares"].get(c, 0.0) for c in classes] for p in traj], dtype=float)

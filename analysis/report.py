@@ -456,6 +456,13 @@ def learned_images_section(ctx: ReportContext) -> Section:
 def problems_section(ctx: ReportContext) -> Section:
     runs, problems = ctx.runs, ctx.table("problems")
     s = Section("Runs: accuracy, failed, diverged and unreadable trials", key="problems")
+    probed = int(runs["checkpoint"].notna().sum()) if "checkpoint" in runs else 0
+    if probed:
+        s.blocks.append(Paragraph(text(
+            f"{probed} of the {len(runs)} runs are checkpoints trained elsewhere and probed by ",
+            Code("noisesink probe"), " (no training here, no trajectory; their seed numbers the checkpoints of a "
+            "condition; each file in the ", Code("checkpoint"), " column of ", Link("runs.csv", "runs.csv"),
+            ", its sha256 in its trial.json).")))
     diverged = runs[runs["status"] == DIVERGED] if len(runs) else runs
     s.blocks.append(Paragraph(text(
         f"{len(diverged)} diverged (excluded from all statistics)"

@@ -26,6 +26,8 @@ def runs_table(data: Loaded) -> pd.DataFrame:
                     "warnings": " | ".join(r["warnings"])})
         if "source" in r:  # a study merged from several folders: where this run came from
             row["source"] = r["source"]
+        if r.get("checkpoint"):  # a checkpoint probed by `noisesink probe`: its weights file
+            row["checkpoint"] = r["checkpoint"]
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "condition", "seed",
                                                          "test_accuracy", "train_seconds"])

@@ -6,6 +6,7 @@
                                [--resume] [--no-report] [--address RAY_ADDRESS]
                                [--executor ray|local] [--time-limit SECONDS]
     noisesink analyze RESULTS [RESULTS ...] [--out DIR]  (the aggregation: python -m analysis)
+    noisesink probe WEIGHTS ... --model ARCH --out DIR  (trained checkpoints as runs: python -m study.checkpoints)
     noisesink export RESULTS DIR                   (completed trials' trial.json + arrays.npz, to commit)
     noisesink bench throughput|accuracy|recipe ... (the benchmark: python -m study.bench)
     noisesink power [--k 10] [--seeds 5 8 12 20] ...  (seeds needed: python -m analysis.power)
@@ -31,10 +32,14 @@ from .errors import InputError
 DELEGATED = {
     "analyze": ("analysis.__main__", "aggregate a study's trials into tables, figures, report.md and report.html"),
     "export": ("analysis.export", "copy a study's finished trials (trial.json + arrays.npz) to commit or send"),
+    "probe": ("study.checkpoints", "probe trained checkpoints (yours, torchvision's, timm's) with every probe "
+              "of a trial, each checkpoint a run"),
     "bench": ("study.bench", "measure training throughput and the recipe's accuracy"),
     "power": ("analysis.power", "power of the absorber tests by simulation, and the seeds they need"),
     "calibrate": ("analysis.calibration", "every test's false-positive rate under realistic null studies, "
                   "and its power under planted effects"),
+    "claims": ("analysis.claims", "refresh docs/claims.csv from the committed tables and render the findings' "
+               "claim tags"),
 }
 SHIPPED = ("sweeps", "configs")   # folders of YAML files that `noisesink init` copies
 

@@ -230,16 +230,23 @@ def _factor_options(factor: str) -> Callable[[], list[str]]:
 
 
 def model_name(v, where):
-    """A registry name, or timm:<name> for any model timm knows."""
-    from .models import TIMM_PREFIX, _timm
+    """A registry name, timm:<name> for any model timm knows, or torchvision:<name> for any of
+    torchvision's classification models."""
+    from .models import TIMM_PREFIX, TORCHVISION_PREFIX, _timm
     if isinstance(v, str) and v.startswith(TIMM_PREFIX):
         if not _timm().is_model(v[len(TIMM_PREFIX):]):
             raise InputError(where, "unknown timm model", "timm:<a name from timm.list_models()>, e.g. "
                              "timm:resnet18, timm:convnext_atto, timm:vit_tiny_patch16_224", v)
         return v
+    if isinstance(v, str) and v.startswith(TORCHVISION_PREFIX):
+        from torchvision import models
+        if v[len(TORCHVISION_PREFIX):] not in models.list_models(module=models):
+            raise InputError(where, "unknown torchvision model", "torchvision:<a name from torchvision.models."
+                             "list_models(module=torchvision.models)>, e.g. torchvision:resnet18", v)
+        return v
     names = list(_models())
     if not isinstance(v, str) or v not in names:
-        raise InputError(where, "unknown value", ", ".join(names) + ", or timm:<name>", v)
+        raise InputError(where, "unknown value", ", ".join(names) + ", timm:<name> or torchvision:<name>", v)
     return v
 
 
@@ -283,6 +290,9 @@ class Key:
         return self.default if self.absent is _AS_DEFAULT else self.absent
 
 
+ARM_NAME = r"[A-Za-z0-9_.-]{1,60}"   # an arm's name labels its condition and its trial folders
+
+
 def arm_name(v, where):
     """An arm's name (letters, digits, _ . -), or a whole arm {name: NAME, keys...} as a grid value
     (its keys are checked when each grid point is resolved: validate_trial expands it)."""
@@ -292,7 +302,7 @@ def arm_name(v, where):
         expand_arm({"arm": v}, where[:-len("arm")] if where.endswith("arm") else "")
         arm_name(v["name"], f"{where}.name")
         return v
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", v):
+    if not isinstance(v, str) or not re.fullmatch(ARM_NAME, v):
         raise InputError(where, "invalid arm name", "null, or a name of 1-60 letters, digits, _ . -, or a mapping "
                          "{name: NAME, <trial keys>: ...}", v)
     return v
@@ -326,8 +336,8 @@ TRIAL_KEYS = [
         arm_name),
     Key("classes", "all", "`all` or a list of CIFAR-10 classes, labelled 0..K-1 in the order "
         "given; the classes left out are probed as natural out-of-distribution images", class_list),
-    Key("model", "resnet18", "registry name, or `timm:NAME` for any timm model; resnet18 (CIFAR "
-        "stem) is the original question's network", model_name),
+    Key("model", "resnet18", "registry name, `timm:NAME` for any timm model, or `torchvision:NAME` for any "
+        "torchvision classification model; resnet18 (CIFAR stem) is the original question's network", model_name),
     Key("activation", None, "relu, gelu or tanh (small_cnn, resnet18, airbench); null keeps the model's "
         "own (relu; airbench gelu): ReLU's non-zero mean is what biases untrained networks (Francazi et al. 2024)",
         optional(choice(_factor_options("activation")))),
@@ -803,10 +813,11 @@ def validate_sweep(data: dict) -> Sweep:
         raise InputError("run.fuse_seeds", "fuses seeds, but `seed` is not a grid axis",
                          "1, or a grid with a seed axis", run["fuse_seeds"])
     points = sweep.points()  # validates every grid point, cross-key rules included
-    timm_points = [p["model"] for p in points if p["model"].startswith("timm:")]
-    if run["fuse_seeds"] > 1 and timm_points:
-        raise InputError("run.fuse_seeds", f"fused training covers the registry's models, not timm's "
-                         f"({timm_points[0]})", "1 for timm models", run["fuse_seeds"])
+    from .models import LIBRARY_PREFIXES
+    library_points = [p["model"] for p in points if p["model"].startswith(LIBRARY_PREFIXES)]
+    if run["fuse_seeds"] > 1 and library_points:
+        raise InputError("run.fuse_seeds", f"fused training covers the registry's models, not timm's or "
+                         f"torchvision's ({library_points[0]})", "1 for timm and torchvision models", run["fuse_seeds"])
     if resources["gpu"] == 0 and any(p["device"].startswith("cuda") for p in points):
         raise InputError("resources.gpu", "is 0 but trials ask for device cuda",
                          "gpu > 0, or trial.device: auto/cpu", 0)

@@ -6,7 +6,8 @@ so that the probes can read the features, and the logit decomposition the head's
 Architecture factors (trial keys `activation`, `pool`, `norm`; grid axes like any key) switch the
 causes the literature names for a biased untrained network (Francazi et al., ICML 2024) on and off
 in the models registered with `factors=True`; null keeps the model's own. `timm:<name>` builds any
-timm model for 32x32 images and K classes, split the same way.
+timm model for 32x32 images and K classes, `torchvision:<name>` any of torchvision's classification
+models (its own architecture, as torchvision builds it), each split the same way.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ FACTOR_MODELS: set[str] = set()   # the registry entries that take activation / 
 WIDTH_MODELS: set[str] = set()    # the registry entries that take a width multiplier
 FITTED_MODELS: set[str] = set()   # the entries whose first layer is fitted to the data (fit_to_data)
 TIMM_PREFIX = "timm:"
+TORCHVISION_PREFIX = "torchvision:"
+LIBRARY_PREFIXES = (TIMM_PREFIX, TORCHVISION_PREFIX)   # models built by a library, not the registry
 
 # factor -> option -> what it builds; every option of every factor is a registry of its own
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -87,11 +90,12 @@ class Classifier(nn.Module):
 
 def build_model(name: str, num_classes: int, seed: int, pretrained: str | None = None,
                 activation: str | None = None, pool: str | None = None, norm: str | None = None,
-                width: float | None = None) -> Classifier:
+                width: float | None = None, image_size: int = 32) -> Classifier:
     """The same (name, num_classes, seed, factors) always gives the same initial weights (the seed's
     `init` stream; torch's global generator is left as it was); models that differ only in their
     factors draw the same random numbers, so seed s of every variant starts from the same weights
-    wherever their shapes agree (paired comparisons)."""
+    wherever their shapes agree (paired comparisons). `image_size`: the input size a timm model with
+    a fixed one (ViT, Swin) is built for (the others take any size as they are)."""
     factors = {"activation": activation, "pool": pool, "norm": norm}
     given = {k: v for k, v in factors.items() if v is not None}
     if given and name not in FACTOR_MODELS:
@@ -104,7 +108,9 @@ def build_model(name: str, num_classes: int, seed: int, pretrained: str | None =
         given["width"] = width
     with streams.global_torch("init", seed):  # layers initialise from torch's global generator
         if name.startswith(TIMM_PREFIX):
-            model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained)
+            model = timm_model(name[len(TIMM_PREFIX):], num_classes, pretrained, image_size)
+        elif name.startswith(TORCHVISION_PREFIX):
+            model = torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes)
         else:
             model = MODELS[name](num_classes=num_classes, pretrained=pretrained, **given)
     model.architecture = {"model": name, **model.architecture,
@@ -270,22 +276,36 @@ def _imagenet_state(pretrained: str) -> dict:
 
 # ---------------------------------------------------------------- any timm model
 
-class TimmFeatures(nn.Module):
-    """A timm model up to its classifier: forward_features, then the head's pooling (and norm,
-    for ConvNeXt-like heads) with pre_logits=True, i.e. exactly what its classifier reads."""
+class LibraryFeatures(nn.Module):
+    """A library's whole network `net` (its classifier included, shared with the Classifier's
+    `head`) as the `features` of a Classifier: `net` keeps the library's own layout, so its
+    state dict is the one the library's checkpoints hold (see `weights_module`)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
+
+def weights_module(model: Classifier) -> nn.Module:
+    """The module whose state dict a checkpoint of this architecture holds: the library's own
+    network for timm: and torchvision: models (their checkpoints know nothing of the features/head
+    split), the Classifier itself for the registry's models (this project's trials save that)."""
+    return model.features.net if isinstance(model.features, LibraryFeatures) else model
+
+
+class TimmFeatures(LibraryFeatures):
+    """A timm model up to its classifier: forward_features, then the head's pooling (and norm,
+    for ConvNeXt-like heads) with pre_logits=True, i.e. exactly what its classifier reads."""
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
 
-def timm_model(name: str, num_classes: int, pretrained: str | None = None) -> Classifier:
+def timm_model(name: str, num_classes: int, pretrained: str | None = None,
+               image_size: int = 32) -> Classifier:
     """timm's `name` with K outputs for 32x32 images: models with a fixed input size (ViT, Swin,
-    ...) are built for 32x32 (timm resamples pretrained position embeddings), the others take
-    any size as they are (an ImageNet stem shrinks 32x32 hard: timm's resnet18 ends at 1x1).
+    ...) are built for `image_size` (32; timm resamples pretrained position embeddings), the
+    others take any size as they are (an ImageNet stem shrinks 32x32 hard: timm's resnet18 ends at 1x1).
     `pretrained`: `imagenet` (timm's default weights, downloaded) or a local weights file; the
     classifier is always new. The classifier must be a linear layer (the logit decomposition
     reads its weights and bias); it becomes `head`, the rest `features`."""
@@ -296,7 +316,7 @@ def timm_model(name: str, num_classes: int, pretrained: str | None = None) -> Cl
     kwargs = {"num_classes": num_classes}
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.fixed_input_size:
-        kwargs["img_size"] = 32
+        kwargs["img_size"] = image_size
     if pretrained is not None and pretrained != "imagenet":
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -319,6 +339,51 @@ def timm_model(name: str, num_classes: int, pretrained: str | None = None) -> Cl
     model = Classifier(TimmFeatures(net), head.in_features, num_classes)
     model.head = head  # shared with net (timm's own forward stays intact); parameters() counts it once
     model.architecture = {"timm": timm.__version__}
+    return model
+
+
+class TorchvisionFeatures(LibraryFeatures):
+    """A torchvision classifier up to its last linear layer (`head_name`): what that layer reads.
+    torchvision's models have no forward_features, so the whole forward runs and the head's
+    input is taken on the way (the head itself costs one small matrix product more)."""
+
+    def __init__(self, net: nn.Module, head_name: str):
+        super().__init__(net)
+        self.head_name = head_name
+
+    def forward(self, x: Tensor) -> Tensor:
+        seen = []
+        head = self.net.get_submodule(self.head_name)
+        hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            self.net(x)
+        finally:
+            hook.remove()
+        return seen[-1]
+
+
+def torchvision_model(name: str, num_classes: int) -> Classifier:
+    """torchvision's classification model `name` with K outputs, random weights (a checkpoint's
+    are loaded into it afterwards: `weights_module`), as torchvision builds it: an ImageNet stem
+    takes 32x32 images down hard (torchvision's resnet18 ends at 1x1). Its last linear layer with
+    K outputs is the `head` (the logit decomposition reads its weights and bias)."""
+    import torchvision
+    from torchvision import models
+    names = models.list_models(module=models)  # the classification models (not detection, segmentation)
+    if name not in names:
+        raise InputError("model", "unknown torchvision model", "torchvision:<a name from "
+                         "torchvision.models.list_models(module=torchvision.models)>, e.g. torchvision:resnet18, "
+                         "torchvision:mobilenet_v3_small", TORCHVISION_PREFIX + name)
+    net = models.get_model(name, weights=None, num_classes=num_classes)
+    heads = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        raise InputError("model", f"torchvision model {name}'s classifier is not a linear layer (the "
+                         "logit decomposition needs its weights and bias)", "a torchvision model whose last "
+                         "layer is nn.Linear", TORCHVISION_PREFIX + name)
+    head_name, head = heads[-1]
+    model = Classifier(TorchvisionFeatures(net, head_name), head.in_features, num_classes)
+    model.head = head  # shared with net, as timm's
+    model.architecture = {"torchvision": torchvision.__version__}
     return model
 
 

@@ -68,15 +68,27 @@ def resolve_device(name: str, gpus: list | None = None) -> torch.device:
     return device
 
 
-class Normalizer:
-    """Pixel space [0, 1] -> the network's input: per-channel (x - mean) / std of the training set."""
+NATIVE_SIZE = 32   # CIFAR-10's images (and every noise bank) are 32x32
 
-    def __init__(self, mean, std, device: torch.device):
+
+class Normalizer:
+    """Pixel space [0, 1] -> the network's input: per-channel (x - mean) / std of the training set,
+    then, for a network that takes another input size (`image_size`), resized to it (bilinear,
+    antialiased when shrinking), so that data and noise, both made at 32x32, are resized alike."""
+
+    def __init__(self, mean, std, device: torch.device, image_size: int = NATIVE_SIZE):
         self.mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.as_tensor(np.asarray(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.image_size = image_size
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.image_size != NATIVE_SIZE:
+            # resizing averages neighbouring pixels with weights that sum to 1, so resizing before
+            # or after the per-channel normalization gives the same input
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return x
 
 
 class Precision:

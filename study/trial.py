@@ -2,7 +2,8 @@
 
 No Ray here. The sweep layer passes `on_epoch` (to report and checkpoint) and `resume` (the last
 checkpoint's state); run on its own, a trial needs neither. `setup` and `finish` are shared with
-the fused multi-seed trainer (study/fused.py), so both write the very same artifacts.
+the fused multi-seed trainer (study/fused.py) and with `noisesink probe` (study/checkpoints.py,
+which probes checkpoints trained elsewhere), so all write the very same artifacts.
 
 Read top to bottom: `setup` (an immutable TrialSetup), `run_trial` (the training half), `finish`
 (probe, then write), and the probe half as named steps that return what they measured:
@@ -144,6 +145,12 @@ def new_model(s: TrialSetup) -> torch.nn.Module:
     if hasattr(model, "fit_to_data"):  # a first layer made from the data (airbench's whitening)
         x = images_to_device(s.task.train_x[:WHITENING_IMAGES], s.device).float().div_(255)
         model.fit_to_data(s.normalize(x))
+    return placed(s, model)
+
+
+def placed(s: TrialSetup, model: torch.nn.Module) -> torch.nn.Module:
+    """The model on the trial's device, in its memory layout."""
+    model = model.to(s.device)
     return model.to(memory_format=torch.channels_last) if s.precision.channels_last else model
 
 
@@ -197,11 +204,15 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
     return finish(s, model, training, out)
 
 
-def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: ArtifactDir | str) -> dict:
-    """Probe a trained model (unless it diverged) and write its artifacts; returns trial.json."""
+def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: ArtifactDir | str,
+           record: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Probe a trained model (unless it diverged) and write its artifacts; returns trial.json.
+    `record`: more top-level keys for trial.json (a probed checkpoint's source, path and sha256);
+    `log`: gets a line as each probe step starts."""
     out = ArtifactDir.at(out) if isinstance(out, str) else out
     cfg = s.cfg
-    mean, std = s.noise_ctx.mean.tolist(), s.noise_ctx.std.tolist()
+    # the network's input normalization (the noise banks are made from the data's statistics)
+    mean, std = s.normalize.mean.flatten().tolist(), s.normalize.std.flatten().tolist()
     result = {
         "schema": SCHEMA_VERSION, "measurements": MEASUREMENTS, "status": training.status, "config": cfg,
         "config_digest": config_digest(cfg),
@@ -217,6 +228,7 @@ def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: Artif
         "diverged_at_epoch": training.epochs if training.status == DIVERGED else None,
         "intervention": {"kind": cfg["intervention"], "strength": cfg["intervention_strength"],
                          "class_intervention": training.data.class_intervention},
+        **(record or {}),
     }
     timing = {"data_seconds": s.data_seconds, "train_seconds": training.seconds}
     if training.fused_models is not None:
@@ -224,7 +236,7 @@ def finish(s: TrialSetup, model: torch.nn.Module, training: Training, out: Artif
     arrays, warnings = {}, list(s.warnings)
     if training.status == COMPLETED:  # a diverged model's outputs are NaN: nothing to probe
         t_probe = time.perf_counter()
-        probes = probe_model(s, model, training.data)
+        probes = probe_model(s, model, training.data, log)
         result.update(probes.measured)
         arrays, warnings = probes.arrays, warnings + probes.warnings
         timing.update(probes.seconds)
@@ -250,20 +262,31 @@ class Probes:
     seconds: dict        # the timing of steps worth their own entry (inside probe_seconds)
 
 
-def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData) -> Probes:
+def probe_model(s: TrialSetup, model: torch.nn.Module, trained: TrainedData,
+                log: Callable[[str], None] | None = None) -> Probes:
     """Everything measured on a trained model: the test set, every noise family, the held-out
-    classes, and why noise goes where it goes. Each step returns what it measured."""
+    classes, and why noise goes where it goes. Each step returns what it measured; `log` gets a
+    line as each step starts."""
+    log = log or (lambda line: None)
     predict = s.predictor(model)
+    log(f"test set ({len(s.task.test_y)} images)")
     test = test_set(s, predict)
     test.metrics["tta_accuracy"] = tta_accuracy(s, model)
     nodes = class_means(s, predict, test)
+    log(f"training sample (up to {s.cfg['sample_per_class']} images per class)")
     sample = trained_sample(s, predict, trained)
     head = (model.head.weight.detach().float().cpu().numpy(), model.head.bias.detach().float().cpu().numpy())
-    families = {f: noise_family(s, predict, f, nodes, test, head) for f in noise_families(s.cfg)}
+    families = {}
+    for f in noise_families(s.cfg):
+        log(f"noise {f} ({s.cfg['n_noise']} images)")
+        families[f] = noise_family(s, predict, f, nodes, test, head)
+    log(f"held-out classes ({len(s.task.heldout)})")
     heldout = heldout_classes(s, predict)
+    log("hypothesis probes (amplitude, BatchNorm modes)")
     started = time.perf_counter()
     explanations = hypothesis_probes(s, model, trained, test)
     seconds = {"hypothesis_probe_seconds": time.perf_counter() - started}
+    log("clutter, logit decomposition, band-limited noise, OOD detectors")
     measured = {
         **test.metrics, "noise_families": list(families),
         "absorption": {f: p.found["absorption"] for f, p in families.items()},
