@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import stats
-from .inference import result_row
+from .inference import PAIRED_MEAN, result_row
 from .document import Bullets, Emph, Link, Paragraph, Section, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none
@@ -87,14 +87,15 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                           f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
                           f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
                           f"absorber, {int(sub['baseline_is_absorber'].sum())}/{len(sub)} of their baselines",
-                          variable=kind, effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
+                          variable=kind, effect=float(d_share.mean()), effect_name=PAIRED_MEAN,
+                          p_min_of_n=stats.sign_flip_p_min))
         d_hit = (per_seed["hit"] - per_seed["base_hit"]).to_numpy()
         res = stats.sign_flip(d_hit)
         tests.append(result_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
                           label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
                           "sign-flip over seeds of the per-seed change in the share of targets that absorb "
                           "(paired with the same seed's network without intervention)", variable=kind,
-                          effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
+                          effect=float(d_hit.mean()), effect_name=PAIRED_MEAN, p_min_of_n=stats.sign_flip_p_min))
         for m, direction in INTENDED.get(kind, {}).items():
             per_seed_clutter = sub.groupby("seed")[[f"clutter_{m}", f"baseline_clutter_{m}"]].mean()
             diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()
@@ -104,7 +105,8 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
                                   f"{'up' if direction > 0 else 'down'}", label, NOISE,
                                   {**res, "statistic": float(diffs.mean()), "n_runs": len(diffs)},
                                   "sign-flip over seeds of paired differences", variable=m,
-                                  effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
+                                  effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
+                                  p_min_of_n=stats.sign_flip_p_min))
     for (group, kind), sub in pairs.groupby(["group", "kind"]):
         if sub["dose"].nunique() < 2:
             continue
@@ -122,7 +124,8 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             tests.append(result_row("causal_dose", f"the target's share of {NOISE} noise changes with the {kind} dose",
                               f"{group}: {kind}", NOISE, {**res, "statistic": float(np.mean(rhos)), "n_runs": len(rhos)},
                               "per seed, Spearman of dose (0 = none) vs the mean target share; sign-flip over seeds",
-                              effect_name="mean spearman rho", p_min_of_n=stats.sign_flip_p_min))
+                              effect=float(np.mean(rhos)), effect_name="mean spearman rho",
+                              p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 

@@ -10,7 +10,8 @@ whether a condition is too weak to interpret) and adjusted once more: Holm over 
 claims of the document (`p_all`), since a reader takes the document's claims together, across its
 studies. A claim of the exploratory family keeps its family's adjustment and gets no `p_all`.
 
-    python -m analysis.claims            # refresh docs/claims.csv from the tables, check the documents
+    python -m analysis.claims            # refresh docs/claims.csv from the tables, render the documents' tags
+    python -m analysis.claims --check    # write nothing: exit 2 when the register or a document is stale
 
 tests/test_claims.py fails when the register differs from what the tables give, when a selector
 matches no row or several, or when a document's tag differs from the register's rendering.
@@ -30,14 +31,14 @@ from statsmodels.stats.multitest import multipletests
 from .document import fmt_p
 from .errors import InputError, exit_code
 from .inference import PAIRED_MEAN
-from .stats import ALPHA
+from .stats import ALPHA, needed_p
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTER = ROOT / "docs" / "claims.csv"
 RESULTS = ROOT / "docs" / "results"
 SELECT = ["claim", "document", "study", "test", "condition", "noise", "variable"]
 FILLED = ["family", "n", "effect_name", "estimate", "ci_low", "ci_high", "p", "p_min", "p_family",
-          "p_all", "too_weak", "verdict"]
+          "p_all", "p_needed", "too_weak", "verdict"]
 COLUMNS = SELECT + FILLED
 CONFIRMATORY = ("confirmatory", "factors")   # families a study pre-registers with Holm (the factors family is a
                                              # factorial study's confirmatory one): these enter `p_all`
@@ -99,16 +100,18 @@ def source_row(claim: pd.Series, results: Path = RESULTS) -> pd.Series:
 def estimate(src: pd.Series) -> tuple[str, float]:
     """(name, value) of the row's estimate, the one its interval is about. Tables aggregated before
     the code reported it so (docs/results/cpu-*, see their REVISION) differ in two conventions,
-    applied here as the code applies them now: a sign-flip row with a t interval (and `bias_deal`)
-    reported the standardised difference (`mean diff / sd`, `... over its sd`) though the interval
-    is of the mean difference, which its `statistic` holds; the pair agreement was not truncated
-    to its parameter space [1/K, 1] (where it fell below, the interval's floor is 1/K)."""
+    applied here as the code applies them now: a sign-flip row (and `bias_deal`, `causal_dose`)
+    reported the standardised difference (`mean diff / sd`, `... over its sd`), 0 where every run
+    agreed, and beside a t interval of the mean difference, which its `statistic` holds; the pair
+    agreement was not truncated to its parameter space [1/K, 1] (where it fell below, the
+    interval's floor is 1/K)."""
     name, value = _text(src["effect_name"]), float(src["effect"]) if _text(src["effect"]) else np.nan
-    if np.isfinite(src["ci_low"]) and np.isfinite(src["ci_high"]):
-        if name == "mean diff / sd":
-            return PAIRED_MEAN, float(src["statistic"])
-        if name.endswith(" over its sd"):   # bias_deal: the statistic is the mean rank the interval is of
-            return name.removesuffix(" over its sd"), float(src["statistic"])
+    if name == "mean diff / sd":   # a sign-flip row: its statistic is the mean paired difference
+        return PAIRED_MEAN, float(src["statistic"])
+    if name.endswith(" over its sd"):   # bias_deal: the statistic is the mean rank the interval is of
+        return name.removesuffix(" over its sd"), float(src["statistic"])
+    if src["test"] == "causal_dose":   # its statistic is the mean rho (older tables' effect: standardised)
+        return name, float(src["statistic"])
     if name == "pair agreement" and np.isfinite(src["ci_low"]) and np.isfinite(value):
         return name, max(value, float(src["ci_low"]))   # the interval's floor is 1/K (stats.pair_agreement)
     return name, value
@@ -116,10 +119,12 @@ def estimate(src: pd.Series) -> tuple[str, float]:
 
 def verdict(row: dict) -> str:
     """Shown / not shown / cannot be tested / too weak to interpret, from the adjusted p that counts:
-    over all the document's confirmatory claims for a confirmatory one, its family's otherwise."""
+    over all the document's confirmatory claims for a confirmatory one, its family's otherwise. A
+    claim cannot be tested where its smallest attainable p cannot clear the level that adjustment
+    demands (`p_needed`: for a confirmatory claim, Holm over the document's, stats.needed_p)."""
     if row["too_weak"]:
         return "too weak to interpret"
-    if not row["can_reject"]:
+    if not row["can_reject"] or row["p_min"] > row["p_needed"] + 1e-12:
         return "cannot be tested"
     p = row["p_all"] if row["family"] in CONFIRMATORY else row["p_family"]
     return "shown" if p < ALPHA else "not shown"
@@ -141,12 +146,14 @@ def fill(register: pd.DataFrame, results: Path = RESULTS) -> pd.DataFrame:
                      "ci_low": src["ci_low"], "ci_high": src["ci_high"], "p": src["p_value"],
                      "p_min": src["p_min"], "p_family": src["p_adjusted"], "p_all": np.nan,
                      "too_weak": bool(src["too_weak"]),
-                     "can_reject": bool(src["can_reject"])})
+                     "can_reject": bool(src["can_reject"]), "p_needed": float(src["p_needed"])})
     out = pd.DataFrame(rows)
     for doc, idx in out.groupby("document").groups.items():   # Holm over each document's confirmatory claims
         conf = [i for i in idx if out.at[i, "family"] in CONFIRMATORY and not out.at[i, "too_weak"]]
         if conf:
-            out.loc[conf, "p_all"] = multipletests(out.loc[conf, "p"].to_numpy(float), method="holm")[1]
+            raw = out.loc[conf, "p"].to_numpy(float)
+            out.loc[conf, "p_all"] = multipletests(raw, method="holm")[1]
+            out.loc[conf, "p_needed"] = needed_p(raw, "holm")
     out["verdict"] = [verdict(r) for r in out.to_dict("records")]
     return out[COLUMNS]
 
@@ -236,15 +243,23 @@ def rewrite_document(path: Path, register: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    argparse.ArgumentParser(prog="noisesink claims", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    ap = argparse.ArgumentParser(prog="noisesink claims", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only check the register and the documents; write nothing")
+    args = ap.parse_args(argv)
 
     def run() -> None:
         register = fill(pd.read_csv(REGISTER, keep_default_na=False, na_values=[""]))
-        register.to_csv(REGISTER, index=False)
         problems = []
+        if args.check:
+            committed = pd.read_csv(REGISTER, keep_default_na=False, na_values=[""])
+            if not committed.astype(str).equals(register.astype(str)):
+                problems.append("docs/claims.csv differs from what the committed tables give")
+        else:
+            register.to_csv(REGISTER, index=False)
         for doc in sorted(register["document"].unique()):
             path = ROOT / "docs" / doc
-            rewrite_document(path, register)
+            if not args.check:
+                rewrite_document(path, register)
             problems += check_document(path, register)
         print(f"claims: {len(register)} registered, "
               f"{int(register['p_all'].notna().sum())} confirmatory; {len(problems)} problem(s)")

@@ -267,7 +267,8 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
                 tests.append(result_row("share_vs_condition", f"the share of {pooled} differs ({b} - {a})", label, f,
                                   {**sf, "n_runs": len(common)},
                                   f"sign-flip test on paired share differences ({pair_note})", variable=pooled,
-                                  effect_name="mean diff / sd", p_min_of_n=stats.sign_flip_p_min))
+                                  effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
+                                  p_min_of_n=stats.sign_flip_p_min))
             else:
                 indicator = np.array([[table[(c, s)][0] == pooled for c in conditions] for s in common], dtype=int)
                 q = stats.cochran_q(indicator)

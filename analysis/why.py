@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import stats
 from .contract import NOISE_CLASS
-from .inference import PRIMARY_CLUTTER, PRIMARY_NOISE, result_row, families_of
+from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, families_of, result_row
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none, run_ids
@@ -188,7 +188,8 @@ def intervention_tests(data) -> list[dict]:
                               iv, f, {**res, "n_runs": len(pairs), "statistic": float(diffs.mean())},
                               f"sign-flip on paired differences (seeds paired with none); single-class "
                               f"absorption (> 50%) in {sum(a for a, _ in single)}/{len(single)} runs without, "
-                              f"{sum(b for _, b in single)}/{len(single)} with", effect_name="mean diff / sd",
+                              f"{sum(b for _, b in single)}/{len(single)} with", effect=float(diffs.mean()),
+                              effect_name=PAIRED_MEAN,
                               p_min_of_n=stats.sign_flip_p_min))
     return tests
 

@@ -607,3 +607,8 @@ def test_the_release_check_runs_offline_and_catches_a_broken_readme_command(tmp_
     broken = subprocess.run(["bash", str(copy / "benchmarks" / "release_check.sh")], capture_output=True,
                             text=True, timeout=300)
     assert broken.returncode == 1 and "FAIL  README.md: a bash block does not parse" in broken.stdout
+    # a pin it cannot read fails the check (helm --version "" would install the latest chart)
+    (copy / "README.md").write_text(re.sub(r"helm install kuberay-operator .*", "", (ROOT / "README.md").read_text()))
+    unpinned = subprocess.run(["bash", str(copy / "benchmarks" / "release_check.sh")], capture_output=True,
+                              text=True, timeout=300)
+    assert unpinned.returncode == 1 and "FAIL  could not read kuberay" in unpinned.stdout

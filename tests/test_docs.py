@@ -95,3 +95,13 @@ def test_the_catdog_ladders_numbers_are_its_committed_tables():
     means = held.mean()
     assert f"deer {means['deer']:.2f}, truck {means['truck']:.2f}, bird {means['bird']:.2f}; airplane and ship " \
            f"{means['airplane']:.2f})" in text and round(means["ship"], 2) == round(means["airplane"], 2)
+
+
+def test_the_document_level_p_quoted_is_the_registers():
+    """findings-cpu.md quotes the p a confirmatory claim needs over the whole document (Holm):
+    the register's p_needed for the claims it speaks of."""
+    import pandas as pd
+    register = pd.read_csv(ROOT / "docs" / "claims.csv").set_index("claim")
+    text = " ".join((ROOT / "docs" / "findings-cpu.md").read_text().split())
+    for claim in ("C19", "C50", "C51"):
+        assert f"needs p <= {register.at[claim, 'p_needed']:.5f}" in text, claim

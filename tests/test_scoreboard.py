@@ -114,7 +114,7 @@ def test_literature_tests_pair_runs_and_skip_ties():
     assert lit[lit["family"] == "uniform"]["fpr95_comparable"].iloc[0]
 
 
-def result_row(test, statistic, p, *, variable="", p_min=0.001, condition="c", noise="gaussian", n=10):
+def planted_row(test, statistic, p, *, variable="", p_min=0.001, condition="c", noise="gaussian", n=10):
     return {"test": test, "family": "exploratory", "hypothesis": "h", "condition": condition, "noise": noise,
             "variable": variable, "statistic": statistic, "p_value": p, "p_min": p_min, "effect": None,
             "effect_name": "mean diff / sd", "ci_low": np.nan, "ci_high": np.nan, "n_runs": n, "method": "m",
@@ -127,12 +127,12 @@ def _verdicts(rows, conditions=("c",)) -> dict:
 
 
 def test_each_verdict_rule_from_a_planted_row():
-    v = _verdicts([result_row("amplitude_msp_trend", +0.3, 0.001),        # hein: rises as predicted
-                   result_row("amplitude_kl_trend", +0.2, 0.001),         # kang: KL rises, against the prediction
-                   result_row("literature_order", +0.1, 0.5, variable="oe_blobs > rademacher"),  # could reject, did not
-                   result_row("bias_deal", -0.1, 0.001),                  # head bias: dealt biases do better than trained
-                   result_row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),  # cannot reach its level
-                   result_row("epoch0_favourite_is_absorber", 9, 0.002)])  # one-sided: a rejection supports
+    v = _verdicts([planted_row("amplitude_msp_trend", +0.3, 0.001),        # hein: rises as predicted
+                   planted_row("amplitude_kl_trend", +0.2, 0.001),         # kang: KL rises, against the prediction
+                   planted_row("literature_order", +0.1, 0.5, variable="oe_blobs > rademacher"),  # could reject, did not
+                   planted_row("bias_deal", -0.1, 0.001),                  # head bias: dealt biases do better than trained
+                   planted_row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),  # cannot reach its level
+                   planted_row("epoch0_favourite_is_absorber", 9, 0.002)])  # one-sided: a rejection supports
     assert v[("hein", "c")] == H.SUPPORTED
     assert v[("kang", "c")] == H.CONTRADICTED
     assert v[("literature", "c")] == H.NOT_SHOWN
@@ -144,7 +144,7 @@ def test_each_verdict_rule_from_a_planted_row():
 
 
 def test_a_missing_test_says_what_the_design_lacks_and_every_condition_gets_a_row():
-    board = H.scoreboard(finalize([result_row("amplitude_msp_trend", +0.3, 0.001, condition="a")]), ["a", "b"])
+    board = H.scoreboard(finalize([planted_row("amplitude_msp_trend", +0.3, 0.001, condition="a")]), ["a", "b"])
     hein = board[board["hypothesis"] == "hein"].set_index("condition")
     assert hein.loc["a", "verdict"] == H.SUPPORTED and hein.loc["b", "verdict"] == H.NOT_TESTABLE
     assert "needs the amplitude probe" in hein.loc["b", "why"]
@@ -157,7 +157,7 @@ def test_hein_speaks_only_to_piecewise_affine_networks():
     """The same rejecting amplitude_msp_trend row: a verdict for the ReLU condition, none where the
     networks have GELU (Hein et al.'s theorem is about piecewise affine networks), and a verdict
     where the trial did not record it (results older than the record)."""
-    rows = [result_row("amplitude_msp_trend", +0.3, 0.001, condition=c) for c in ("relu", "gelu", "unrecorded")]
+    rows = [planted_row("amplitude_msp_trend", +0.3, 0.001, condition=c) for c in ("relu", "gelu", "unrecorded")]
     amp = pd.DataFrame({"condition": ["relu", "gelu", "gelu", "unrecorded"], "amplitude": [1.0, 1.0, 16.0, 1.0],
                         "mean_max_softmax": 0.5, "kl_label_frequencies": 0.1,
                         "not_piecewise_affine": ["", "GELU", "GELU, GroupNorm", None]})
@@ -181,8 +181,8 @@ def test_which_networks_are_piecewise_affine(model, factors, outside):
 
 
 def test_causal_rows_take_their_direction_from_the_kind():
-    rows = [result_row("causal_effect", -0.2, 0.001, variable="blur", condition="all: blur 2"),
-            result_row("causal_effect", -0.2, 0.001, variable="gaussian_noise", condition="all: gaussian_noise 0.1")]
+    rows = [planted_row("causal_effect", -0.2, 0.001, variable="blur", condition="all: blur 2"),
+            planted_row("causal_effect", -0.2, 0.001, variable="gaussian_noise", condition="all: gaussian_noise 0.1")]
     v = _verdicts(rows)
     assert v[("clutter_causal_blur", "all: blur 2")] == H.SUPPORTED
     assert v[("clutter_causal_noise", "all: gaussian_noise 0.1")] == H.CONTRADICTED
@@ -190,8 +190,8 @@ def test_causal_rows_take_their_direction_from_the_kind():
 
 
 def test_the_clutter_row_reads_the_primary_measure_only():
-    rows = [result_row("clutter_absorption", 0.8, 0.0001, variable="png_bits_per_pixel"),
-            result_row("clutter_absorption", -0.9, 0.0001, variable="gradient_energy")]
+    rows = [planted_row("clutter_absorption", 0.8, 0.0001, variable="png_bits_per_pixel"),
+            planted_row("clutter_absorption", -0.9, 0.0001, variable="gradient_energy")]
     board = H.scoreboard(finalize(rows), ["c"])
     clutter = board[board["hypothesis"] == "clutter"]
     assert len(clutter) == 1 and clutter["verdict"].iloc[0] == H.SUPPORTED
