@@ -173,8 +173,8 @@ def check_output(out: str) -> None:
     holds no earlier result, which the new one would replace."""
     from analysis.storage import check_writable
     from .artifacts import TRIAL_JSON, ArtifactDir, filesystem
-    from .config import _storage
-    _storage(out, "--out")  # a path, or a URI with a known scheme and a bucket
+    from .config import storage_value
+    storage_value(out, "--out")  # a path, or a URI with a known scheme and a bucket
     check_writable(out, "--out", "a writable folder or a bucket URI")
     if ArtifactDir(*filesystem(out)).exists(TRIAL_JSON):
         raise InputError("--out", f"already holds a trial's {TRIAL_JSON}, which this run would replace",

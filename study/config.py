@@ -232,9 +232,9 @@ def _factor_options(factor: str) -> Callable[[], list[str]]:
 def model_name(v, where):
     """A registry name, timm:<name> for any model timm knows, or torchvision:<name> for any of
     torchvision's classification models."""
-    from .models import TIMM_PREFIX, TORCHVISION_PREFIX, _timm
+    from .models import TIMM_PREFIX, TORCHVISION_PREFIX, import_timm
     if isinstance(v, str) and v.startswith(TIMM_PREFIX):
-        if not _timm().is_model(v[len(TIMM_PREFIX):]):
+        if not import_timm().is_model(v[len(TIMM_PREFIX):]):
             raise InputError(where, "unknown timm model", "timm:<a name from timm.list_models()>, e.g. "
                              "timm:resnet18, timm:convnext_atto, timm:vit_tiny_patch16_224", v)
         return v
@@ -646,7 +646,8 @@ STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "mock")
 SWEEP_SECTIONS = {"name", "trial", "grid", "resources", "run"}
 
 
-def _storage(v, where):
+def storage_value(v, where):
+    """run.storage (or --storage, --out): a local path or a URI of a known scheme with a bucket."""
     allowed = ("a local path, s3://bucket/prefix, gs://bucket/prefix (also " +
                ", ".join(f"{s}://" for s in STORAGE_SCHEMES if s not in ("file", "s3", "gs")) + "), file:///path")
     if not isinstance(v, str) or not v.strip():
@@ -693,7 +694,7 @@ def _gpu(v, where):
 
 RESOURCE_KEYS = {"cpu": (1, number(0, lo_open=True)), "gpu": (0, _gpu)}
 RUN_KEYS = {
-    "storage": ("results", _storage),          # local folder or URI holding every trial's artifacts
+    "storage": ("results", storage_value),          # local folder or URI holding every trial's artifacts
     "max_concurrent": (None, optional(integer(1))),   # null: as many as the resources allow
     "max_failures": (2, integer(-1)),          # retries per trial after a crash (-1: forever)
     "checkpoint_every": (1, integer(1)),       # epochs between checkpoints (cheap: small models)

@@ -309,7 +309,7 @@ def timm_model(name: str, num_classes: int, pretrained: str | None = None,
     `pretrained`: `imagenet` (timm's default weights, downloaded) or a local weights file; the
     classifier is always new. The classifier must be a linear layer (the logit decomposition
     reads its weights and bias); it becomes `head`, the rest `features`."""
-    timm = _timm()
+    timm = import_timm()
     if not timm.is_model(name):
         raise InputError("model", "unknown timm model", "timm:<a name from timm.list_models()>, e.g. "
                          "timm:resnet18, timm:convnext_atto, timm:vit_tiny_patch16_224", TIMM_PREFIX + name)
@@ -387,7 +387,8 @@ def torchvision_model(name: str, num_classes: int) -> Classifier:
     return model
 
 
-def _timm():
+def import_timm():
+    """timm, or one error naming the model key when it is not installed."""
     try:
         import timm
     except ImportError:

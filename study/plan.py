@@ -28,7 +28,7 @@ from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, MEASU
 from analysis.storage import check_writable
 
 from .artifacts import ArtifactDir, filesystem, json_safe
-from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, _storage, load_sweep, trained_classes
+from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, storage_value, load_sweep, trained_classes
 from .data import check_source, is_uri, load_cifar10
 from .errors import InputError
 from .task import check_task
@@ -321,7 +321,7 @@ def prepare(path: str, sets: list[str] | None = None, storage: str | None = None
     if name is not None:
         sweep.name = NAME_CHECK(name, "--name")
     if storage is not None:
-        sweep.run["storage"] = _storage(storage, "--storage")
+        sweep.run["storage"] = storage_value(storage, "--storage")
     if local:
         check_resources(sweep)
     points = sweep.points()

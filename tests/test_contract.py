@@ -110,3 +110,18 @@ def test_the_contract_file_names_are_spelled_only_in_the_contract():
              if p.name != "contract.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
     assert leaks == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name another module needs is public: `from .x import _y` (lazy imports included) would make a
+    module's private helper part of its interface without saying so."""
+    import ast
+    offenders = []
+    for pkg in ("study", "analysis"):
+        for path in sorted((ROOT / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in
+                                                         ("study", "analysis")):
+                    offenders += [f"{pkg}/{path.name}: {a.name}" for a in node.names
+                                  if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []
