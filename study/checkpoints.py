@@ -39,7 +39,7 @@ from analysis.load import NOT_TRIALS
 from analysis.storage import check_writable
 
 from .artifacts import ArtifactDir
-from .config import ARM_NAME, TRIAL_DEFAULTS, integer, parse_set, trained_classes, validate_trial
+from .config import ARM_NAME, IMAGE_SIZES, TRIAL_DEFAULTS, integer, parse_set, trained_classes, validate_trial
 from .errors import InputError
 from .plan import CHECKPOINT_FILE
 
@@ -49,13 +49,11 @@ from .plan import CHECKPOINT_FILE
 PROBE_KEYS = ("activation", "pool", "norm", "width", "batch_size", "tta", "test_subset", "noise_seed", "n_noise",
               "n_trajectory", "eval_batch_size", "sample_per_class", "n_frequency", "frequency_cutoffs",
               "amplitudes", "n_amplitude", "n_bn", "data_root", "data_verify", "device", "channels_last", "threads")
-FLAGS = {"model": "--model", "classes": "--classes", "noise": "--noise", "arm": "--condition"}  # trial key -> option
+FLAGS = {"model": "--model", "classes": "--classes", "noise": "--noise", "arm": "--condition",
+         "image_size": "--image-size"}  # trial key -> option
 # torchvision's ImageNet statistics; `cifar10` is the data's own, as every trial of this project normalizes
 NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 NORMALIZE_HELP = "cifar10 (the training set's own mean and std), imagenet, or MEAN1,MEAN2,MEAN3/STD1,STD2,STD3"
-# --image-size: below 8 pixels no network's downsampling is left a map; at 1024 one probe batch
-# (eval_batch_size 1024) is already 12 GB of float32
-IMAGE_SIZES = (8, 1024)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")   # where training scripts keep the state dict
 PREFIXES = ("module.", "model.", "_orig_mod.")   # DataParallel / DDP, Lightning-like wrappers, torch.compile
 WEIGHTS_HELP = ("a state dict (.pt/.pth saved with torch.save(model.state_dict()), or .safetensors), or a "
@@ -130,7 +128,8 @@ def probe_config(args) -> dict:
     if args.condition is not None and not re.fullmatch(ARM_NAME, args.condition):
         raise InputError("--condition", "invalid label", "1-60 letters, digits, _ . -", args.condition)
     condition = args.condition if args.condition is not None else re.sub(r"[^A-Za-z0-9_.-]", "-", args.model)[:60]
-    raw.update(model=args.model, classes=_names(args.classes), noise=_names(args.noise), arm=condition)
+    raw.update(model=args.model, classes=_names(args.classes), noise=_names(args.noise), arm=condition,
+               image_size=args.image_size)
     try:
         return validate_trial(raw)
     except InputError as e:
@@ -414,7 +413,7 @@ def probe(args) -> int:
         raise as_option(e) from None
     mean, std = stats if stats is not None else s.data.channel_stats()
     cfg = {**s.cfg, "epochs": 0}   # what each run records: trained here for no epoch
-    s = replace(s, cfg=cfg, normalize=Normalizer(mean, std, s.device, args.image_size))
+    s = replace(s, cfg=cfg, normalize=Normalizer(mean, std, s.device, cfg["image_size"]))
     model = placed(s, model)
 
     # seeds number a condition's checkpoints, after those an earlier probe gave it

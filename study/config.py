@@ -290,6 +290,9 @@ class Key:
         return self.default if self.absent is _AS_DEFAULT else self.absent
 
 
+# image_size: below 8 pixels no network's downsampling is left a map; at 1024 one probe batch
+# (eval_batch_size 1024) is already 12 GB of float32
+IMAGE_SIZES = (8, 1024)
 ARM_NAME = r"[A-Za-z0-9_.-]{1,60}"   # an arm's name labels its condition and its trial folders
 
 
@@ -370,6 +373,10 @@ TRIAL_KEYS = [
     Key("lookahead", False, "airbench's Lookahead (Zhang et al. 2019) as an EMA: every 5 steps the "
         "weights move to an average of their past that forgets less as training ends, and the "
         "last step takes the average; smooths the short schedule's end", boolean),
+    Key("image_size", 32, "the side of the images the network sees: 32 is CIFAR-10's own; larger resizes "
+        "training, test, held-out and noise images alike (bilinear, antialiased; the noise is generated at 32x32 "
+        "like the data) for a network made for bigger inputs, e.g. an ImageNet ResNet-18 fine-tuned as in the "
+        "original question; compute grows with its square", integer(*IMAGE_SIZES)),
     Key("tta", 0, "test-time augmentation of the test accuracy only (tta_accuracy beside the "
         "single-view test_accuracy): 0 none, 1 mirror, 2 mirror and 1-pixel translations "
         "(airbench); probes are always one plain forward pass", integer(0, 2)),

@@ -130,7 +130,7 @@ def setup(config: dict, gpus: list | None = None) -> TrialSetup:
     if cfg["compile"] and not compile_mode(cfg, device):
         warnings.append(f"compile: {cfg['compile']} applies on CUDA only; this trial ran on {device} "
                         "without torch.compile (results are the same, only slower)")
-    return TrialSetup(cfg, device, data, task, Normalizer(mean, std, device),
+    return TrialSetup(cfg, device, data, task, Normalizer(mean, std, device, cfg["image_size"]),
                       Precision(device, cfg["precision"], cfg["channels_last"]), noise_ctx, gaussian_bank,
                       started=started, data_seconds=data_seconds, applied={"compile": compile_mode(cfg, device)},
                       warnings=tuple(warnings))
@@ -141,7 +141,7 @@ WHITENING_IMAGES = 5000  # airbench fits its whitening layer to the first 5,000 
 
 def new_model(s: TrialSetup) -> torch.nn.Module:
     model = build_model(s.cfg["model"], len(s.classes), s.cfg["seed"], s.cfg["pretrained"],
-                        **factors_of(s.cfg)).to(s.device)
+                        image_size=s.cfg["image_size"], **factors_of(s.cfg)).to(s.device)
     if hasattr(model, "fit_to_data"):  # a first layer made from the data (airbench's whitening)
         x = images_to_device(s.task.train_x[:WHITENING_IMAGES], s.device).float().div_(255)
         model.fit_to_data(s.normalize(x))
