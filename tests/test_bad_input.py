@@ -599,7 +599,10 @@ except InputError as e:
     assert "error: resources: 2 trial(s) waited more than run.pending_timeout = 5 s for a node with cpu 2" in \
         res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
     # and once a node fits (here: trials that ask for what the node has), the resumed study completes
-    fits = driver.replace('plan.sweep.resources["cpu"] = 2', 'plan.sweep.resources["cpu"] = 1')
+    # (a trial is PENDING until its worker process has started, which takes more than the 5 s above
+    # on a loaded machine: here the watch gets room, as a real study's 1800 s default gives it)
+    fits = driver.replace('plan.sweep.resources["cpu"] = 2',
+                          'plan.sweep.resources["cpu"] = 1; plan.sweep.run["pending_timeout"] = 300')
     res = _driver(fits.replace("sweep.run(plan, report=False)", 'print("rc", sweep.run(plan, resume=True, report=False))'),
                   tmp_path)
     assert "rc 0" in res.stdout and "2 of 2 trials ended" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
