@@ -311,6 +311,7 @@ def test_a_sweeps_study_is_not_added_to(tiny_data, tmp_path, capsys):
 
 # ---------------------------------------------------------------- a study of checkpoints
 
+@pytest.mark.slow   # three probes and an aggregation: ~15 s
 def test_three_checkpoints_are_runs_of_one_condition_aggregated_with_the_guard(tiny_data, tmp_path):
     """Three seeds of one recipe's checkpoints -> `noisesink analyze DIR`: one condition of three
     runs, too weak to interpret (random weights), each run's file in runs.csv."""
@@ -331,6 +332,7 @@ def test_three_checkpoints_are_runs_of_one_condition_aggregated_with_the_guard(t
     assert "3 of the 3 runs are checkpoints trained elsewhere and probed by" in text and "too weak to interpret" in text
 
 
+@pytest.mark.slow   # two probes and an aggregation: ~11 s
 def test_a_second_condition_probed_into_the_same_folder(tiny_data, tmp_path):
     """Probing more checkpoints into DIR with another --condition adds a condition: study.json
     holds both, each run belongs to its point's config, seeds number each condition's files."""
