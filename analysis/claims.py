@@ -77,15 +77,20 @@ def _too_weak(tests: pd.DataFrame, study: str, results: Path) -> pd.Series:
     return tests["condition"].map(lambda c: involves(c, weak, conditions))
 
 
-def source_row(claim: pd.Series, results: Path = RESULTS) -> pd.Series:
-    """The one row of the study's tests.csv the claim selects; an InputError naming the claim when
-    none or several match."""
-    path = results / claim["study"] / "tests.csv"
+def study_tests(study: str, results: Path = RESULTS) -> pd.DataFrame:
+    """A study's committed tests.csv with each row's `too_weak`, read once per study (fill)."""
+    path = results / study / "tests.csv"
     if not path.exists():
-        raise InputError(f"docs/claims.csv, {claim['claim']}", "names a study with no committed tests.csv",
-                         "a folder of docs/results/ holding tests.csv", claim["study"])
+        raise InputError("docs/claims.csv", "names a study with no committed tests.csv",
+                         "a folder of docs/results/ holding tests.csv", study)
     tests = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    tests["too_weak"] = _too_weak(tests, claim["study"], results)
+    tests["too_weak"] = _too_weak(tests, study, results)
+    return tests
+
+
+def source_row(claim: pd.Series, tests: pd.DataFrame) -> pd.Series:
+    """The one row of the study's tests (study_tests) the claim selects; an InputError naming the
+    claim when none or several match."""
     hit = tests
     for key in ("test", "condition", "noise", "variable"):
         hit = hit[hit[key].map(_text) == _text(claim[key])]
@@ -138,9 +143,11 @@ def fill(register: pd.DataFrame, results: Path = RESULTS) -> pd.DataFrame:
     dup = register["claim"][register["claim"].duplicated()]
     if len(dup):
         raise InputError("docs/claims.csv", "holds a claim id twice", "one row per claim id", dup.iloc[0])
-    rows = []
+    rows, tables = [], {}
     for _, claim in register[SELECT].iterrows():
-        src = source_row(claim, results)
+        if claim["study"] not in tables:
+            tables[claim["study"]] = study_tests(claim["study"], results)
+        src = source_row(claim, tables[claim["study"]])
         rows.append({**{k: claim[k] for k in SELECT}, "family": src["family"], "n": int(src["n_runs"]),
                      **dict(zip(("effect_name", "estimate"), estimate(src))),
                      "ci_low": src["ci_low"], "ci_high": src["ci_high"], "p": src["p_value"],

@@ -64,7 +64,7 @@ from .anchors import published_orderings
 from .hypotheses import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
 from . import measures
-from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, write_trial
+from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, softmax_rows, write_trial
 from .why import PIXEL_MEASURES
 
 CIFAR10 = list(CIFAR10_CLASSES)
@@ -322,9 +322,7 @@ def absorption_summary(pred: np.ndarray, classes: list[str], rng) -> tuple[dict,
     (analysis/measures.py) from softmax rows whose confidence is drawn per run."""
     k = len(classes)
     confidence = float(rng.uniform(0.5, 0.95))
-    probs = np.full((len(pred), k), (1 - confidence) / (k - 1))
-    probs[np.arange(len(pred)), pred] = confidence
-    return measures.shares(pred, classes), measures.absorption_summary(pred, probs, classes)
+    return measures.shares(pred, classes), measures.absorption_summary(pred, softmax_rows(pred, k, confidence), classes)
 
 
 def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, overturn: bool, rng,

@@ -44,7 +44,7 @@ def _tree_distances(nodes: list[str], tree: list[tuple[str, str]] | None, rng) -
     return d + d.T
 
 
-def _softmax_rows(pred: np.ndarray, k: int, confidence: float) -> np.ndarray:
+def softmax_rows(pred: np.ndarray, k: int, confidence: float) -> np.ndarray:
     """Softmax rows for synthetic predictions: `confidence` on the predicted class, the rest spread
     evenly (a simulated network that is as sure of every image)."""
     probs = np.full((len(pred), k), (1 - confidence) / (k - 1))
@@ -66,7 +66,7 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
         pred = np.where(rng.random(n_noise) < top, a, np.where(rng.random(n_noise) < 0.5, image_pref,
                                                                  rng.integers(0, k, n_noise)))
         absorption[f] = measures.shares(pred, classes)
-        summary[f] = measures.absorption_summary(pred, _softmax_rows(pred, k, 0.8), classes)
+        summary[f] = measures.absorption_summary(pred, softmax_rows(pred, k, 0.8), classes)
         use_tree = cond.tree is not None and rng.random() < cond.p_tree
         d = _tree_distances(nodes, cond.tree if use_tree else None, rng)
         mst[f] = measures.minimum_spanning_tree(d, nodes)
