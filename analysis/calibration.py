@@ -130,9 +130,10 @@ def test_rows(design: Design, effects: Effects, seed: int) -> pd.DataFrame:
     (edge_frequency.csv), with its test id, p and whether the study's truth is its null."""
     from . import inference, pipeline
     from .load import load
+    from .topic import Inputs
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         data = load(str(write_null_study(Path(tmp), design, effects, seed=seed)))
-        out = pipeline.statistics(data, inference.by_condition(data))
+        out, _ = pipeline.statistics(Inputs(data, inference.by_condition(data)))
     tests, edges = out["tests"], out["edge_frequency"]
     keep = ["test", "p_value", "p_min", "n_runs", "condition", "noise", "variable"]
     rows = pd.concat([tests[keep], edges[[c for c in keep if c in edges]]], ignore_index=True)

@@ -5,6 +5,7 @@ clutter move as intended?
 The unit of replication is the seed: for each seed, the intervened networks of one kind and
 strength are compared with that seed's network without intervention, and the comparison is
 averaged over targets before any test, so networks sharing a baseline never count as independent.
+One topic of the analysis (`TOPIC`, analysis/topic.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .inference import PAIRED_MEAN, result_row
 from .document import Bullets, Emph, Link, Paragraph, Section, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none
+from .topic import Findings, Topic, measured
 
 AXIS = "class_intervention"
 NOISE = "gaussian"
@@ -205,3 +207,26 @@ def report_section(ctx: ReportContext) -> Section:
                  Paragraph(text("Tables: ", Link("causal_pairs.csv", "causal_pairs.csv"), ", ",
                                 Link("causal_dose.csv", "causal_dose.csv"), "."))]
     return s
+
+
+def study_tables(data) -> dict[str, pd.DataFrame]:
+    """The pairs and the dose table, where the study has a class_intervention axis."""
+    pairs = pairs_table(data)
+    return measured({"causal_pairs": pairs, "causal_dose": dose_table(pairs)})
+
+
+def methods_text() -> str:
+    """This topic's bullets of the Methods (authored markdown; report.methods_text joins them)."""
+    S = stats
+    return f"""- **Is clutter causal?**: per kind and strength, the per-seed mean over targets of the paired
+  change in the target's share (confirmatory) and absorber status; a dose-response trend (per-seed
+  Spearman of dose vs target share); manipulation checks of the target's clutter. Sign-flip tests
+  are exact over all 2^n patterns up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p 2^(1-n)), else
+  {S.PERMUTATIONS:,} at random."""
+
+
+TOPIC = Topic("causal", tables=lambda inputs, frames: study_tables(inputs.data),
+              tests=lambda inputs, frames: Findings(causal_tests(frames.get("causal_pairs", pd.DataFrame()))),
+              figures=lambda inputs, frames, folder: ([plot(frames["causal_dose"], folder)]
+                                                      if "causal_dose" in frames else []),
+              sections=(report_section,), methods=methods_text)

@@ -5,7 +5,7 @@ other axis equal: does it change the absorber, the top share, and the untrained 
 
 The unit of replication is the seed: in a factorial grid a seed's networks in different strata
 share its initial weights, so each test first reduces a seed's pairs to one number (or one vector),
-and its p comes from flipping whole seeds.
+and its p comes from flipping whole seeds. One topic of the analysis (`TOPIC`, analysis/topic.py).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .contract import show_value
 from .document import Bullets, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
 from .tables import completed, epoch0_favourite
+from .topic import Findings, Topic, measured
 
 NOISE = "gaussian"
 ARCHITECTURE_AXES = ("activation", "pool", "norm", "model")
@@ -221,3 +222,24 @@ def report_section(ctx: ReportContext) -> Section:
     s.blocks.append(Paragraph(text("Tables: ", Link("factors.csv", "factors.csv"), ", pairs: ",
                                    Link("factor_pairs.csv", "factor_pairs.csv"), ".")))
     return s
+
+
+def methods_text() -> str:
+    """This topic's bullets of the Methods (authored markdown; report.methods_text joins them)."""
+    S = stats
+    return f"""- **Which factor moves the absorber?** (own family, Holm): each level of an architecture factor
+  (activation, pool, norm, model) or of class frequency (class_intervention majority, subsample)
+  against the axis's first value, seeds paired and every other axis equal. Absorber: marginal
+  homogeneity of the paired absorbers, each seed's pairs (one per stratum of the other axes) swapped
+  as a whole, exact; top share and epoch-0 top share: sign-flip over seeds of the per-seed mean
+  paired difference, with a {S.LEVEL} t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
+  untrained network's favourite class is the absorber within runs, beyond how often each is which
+  class: pairing permutation across runs per condition (exploratory)."""
+
+
+TOPIC = Topic("factors", tables=lambda inputs, frames: measured({"factor_pairs": pairs_table(inputs.data)}),
+              tests=lambda inputs, frames: Findings(factor_tests(frames.get("factor_pairs", pd.DataFrame()))
+                                                    + favourite_tests(inputs.groups)),
+              summaries=lambda inputs, frames: measured({"factors": factor_table(
+                  frames.get("factor_pairs", pd.DataFrame()), frames["tests"])}),
+              sections=(report_section,), methods=methods_text)

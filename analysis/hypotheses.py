@@ -4,7 +4,8 @@ Each probe gets one tidy table (amplitude, batchnorm, handover, literature), its
 rows, the trained network the unit, all exploratory: none was pre-registered), and a figure.
 The report ends with the hypothesis scoreboard: each published explanation, what it predicts in
 this design, what the study measured, the test and its n, and a verdict derived from the
-tests.csv row by the rules in VERDICT_RULES, never written by hand.
+tests.csv row by the rules in VERDICT_RULES, never written by hand. One topic of the analysis
+(`TOPIC`, analysis/topic.py): the probes' section among the others, the scoreboard closing the report.
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pandas as pd
 
 from . import stats
 from .anchors import ORDER_GAP, PUBLISHED, published_orderings
+from .contract import BIAS_DEALS
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, Table, fmt_p, text
 from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, result_row
 from .report import ReportContext
 from .stats import ALPHA
 from .tables import completed, epoch0_favourite, run_ids
+from .topic import Findings, Topic, measured
 
 NOISE = PRIMARY_NOISE             # the probes use the question's noise (the `gaussian` family's definition)
 REFERENCE_AMPLITUDE = 1.0         # the data's own spread: the far field is compared with it
@@ -282,9 +285,10 @@ def literature_tests(ood: pd.DataFrame) -> list[dict]:
 
 
 def tests_of_study(frames: dict) -> list[dict]:
-    """Every test of this module, from the tables above (and the OOD and decomposition tables)."""
+    """Every test of this module, from the tables above (and the OOD and decomposition tables) the
+    study has."""
     empty = pd.DataFrame(columns=["condition", "noise", "detector", "ood_set", "auroc", "trial_id"])
-    return (amplitude_tests(frames["amplitude"]) + batchnorm_tests(frames["batchnorm"])
+    return (amplitude_tests(frames.get("amplitude", empty)) + batchnorm_tests(frames.get("batchnorm", empty))
             + bias_deal_tests(frames.get("logit_decomposition", pd.DataFrame()))
             + literature_tests(frames.get("ood", empty)))
 
@@ -496,9 +500,9 @@ def scoreboard(tests: pd.DataFrame, conditions: list[str], frames: dict | None =
 
 def plots(frames: dict, out) -> list[str]:
     from . import plots as P
-    figures = [P.amplitude_curves(frames["amplitude"], out) if not frames["amplitude"].empty else None,
-               P.batchnorm_modes(frames["batchnorm"], out) if not frames["batchnorm"].empty else None,
-               P.handover_epochs(frames["handover"], out) if not frames["handover"].empty else None]
+    figures = [P.amplitude_curves(frames["amplitude"], out) if "amplitude" in frames else None,
+               P.batchnorm_modes(frames["batchnorm"], out) if "batchnorm" in frames else None,
+               P.handover_epochs(frames["handover"], out) if "handover" in frames else None]
     return [f for f in figures if f]
 
 
@@ -614,3 +618,35 @@ def scoreboard_section(ctx: ReportContext) -> Section:
     s.blocks.append(Paragraph(text("Tables: ") + sum(links, ()) + text(". Verdict rules: ", Code("VERDICT_RULES"),
                                                                         " in analysis/hypotheses.py.")))
     return s
+
+
+# ---------------------------------------------------------------- the topic
+
+def study_tables(data, frames) -> dict[str, pd.DataFrame]:
+    """One table per probe, each only where the trials ran it; literature from why's OOD table."""
+    return measured({"amplitude": amplitude_table(data), "batchnorm": batchnorm_table(data),
+                     "handover": handover_table(data),
+                     "literature": literature_table(frames.get("ood", pd.DataFrame()))})
+
+
+def methods_text() -> str:
+    """This topic's bullets of the Methods (authored markdown; report.methods_text joins them)."""
+    S = stats
+    return f"""- **Probe-time experiments** (exploratory): per run a paired difference (the largest amplitude
+  minus 1x the data's std, for the mean max-softmax and for KL(mean prediction || training label
+  frequencies); a BatchNorm mode minus the running statistics, for the top share; the MSP AUROC of
+  two literature families a paper found {ORDER_GAP:g} or more points apart). H0: the differences are
+  symmetric about 0; sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p
+  2^(1-n)); the mean with a {S.LEVEL} t interval. The head bias: each run ranks its top share of
+  Gaussian noise among {BIAS_DEALS} random deals of its biases to the classes (ties broken at random); H0: the
+  trained deal is one more random one, so the ranks are independent and uniform; exact test of their
+  sum (smallest attainable p 2/{BIAS_DEALS + 1}^n); the estimate is the mean of rank/{BIAS_DEALS} - 1/2
+  with its {S.LEVEL} t interval, the top share as trained minus dealt beside it. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
+  row by the rules stated with it."""
+
+
+TOPIC = Topic("hypotheses", tables=lambda inputs, frames: study_tables(inputs.data, frames),
+              tests=lambda inputs, frames: Findings(tests_of_study(frames)),
+              summaries=lambda inputs, frames: {"scoreboard": scoreboard(frames["tests"], list(inputs.groups), frames)},
+              figures=lambda inputs, frames, folder: plots(frames, folder),
+              sections=(probes_section,), closing=(scoreboard_section,), methods=methods_text)

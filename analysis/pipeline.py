@@ -12,19 +12,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import causal, document, factors, guard, hypotheses, inference, plots, report, tables, trees, why
+from . import causal, core, document, factors, guard, hypotheses, inference, plots, report, tables, why
 from .contract import AGGREGATION_JSON, COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_same_study, load, load_many, open_study
 from .revision import AT_IMPORT
 from .storage import check_writable
+from .topic import Inputs, Topic, report_sections
 
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
-# the report's sections in reading order (each a function of report.ReportContext); add a new one here
-REPORT_SECTIONS = (report.absorber_section, report.condition_section, report.mst_section, report.distance_section,
-                   report.heldout_section, report.trajectory_section, report.learned_images_section,
-                   why.report_section, causal.report_section, factors.report_section, hypotheses.probes_section,
-                   report.problems_section, hypotheses.scoreboard_section)
+# the topics (analysis/topic.py) in the order their tables and tests are made, their sections read
+# and their Methods paragraphs joined; a topic may read the tables of those before it
+TOPICS: tuple[Topic, ...] = (core.TOPIC, why.TOPIC, causal.TOPIC, factors.TOPIC, hypotheses.TOPIC)
 
 
 def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
@@ -59,36 +58,38 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
     return counts, images
 
 
-def statistics(data: Loaded, groups: dict[str, list[dict]], counts: dict | None = None,
-               frames: dict | None = None, weak_margin: float = guard.WEAK_MARGIN) -> dict:
-    """Every test of a study: `tests` (tests.csv), `edge_frequency` (the per-edge MST tests),
-    `consistency`, `absorber_distribution`, `causal_pairs`, `causal_dose`, `factor_pairs`, and
-    the `notes` the report prints. The one path from loaded runs to p-values: aggregate() writes
-    its tables, and the whole-pipeline calibration (analysis/calibration.py) runs it on hundreds of
-    simulated studies. `counts`: per-image labels for the kappas (read_arrays; None leaves the
-    kappas out, which no test uses); `frames`: the `absorbers`, `clutter`, `logit_decomposition`,
-    `ood`, `amplitude` and `batchnorm` tables where already made (else made here)."""
-    frames = dict(frames or {})
-    for name, make in (("absorbers", tables.absorbers_table), ("clutter", why.clutter_table),
-                       ("logit_decomposition", why.decomposition_table), ("ood", why.ood_table),
-                       ("amplitude", hypotheses.amplitude_table), ("batchnorm", hypotheses.batchnorm_table)):
-        if name not in frames:
-            frames[name] = make(data)
-    consistency, distribution, tests = inference.consistency(groups, counts or {})
-    dependence, notes = inference.condition_dependence(groups)
-    edge_freq, geometry_tests = inference.tree_tests(groups)
-    pairs = causal.pairs_table(data)
-    factor_pairs = factors.pairs_table(data)
-    rows = (tests + dependence + inference.accuracy_trends(groups) + geometry_tests + why.clutter_tests(groups) + why.lookalike_tests(frames)
-            + why.intervention_tests(data) + causal.causal_tests(pairs)
-            + factors.factor_tests(factor_pairs) + factors.favourite_tests(groups) + hypotheses.tests_of_study(frames))
-    accuracy = guard.accuracy_guard(groups, weak_margin)
-    weak = guard.weak_conditions(accuracy)
-    consistency["too_weak"] = [c in weak for c in consistency["condition"]] if len(consistency) else []
-    return {"tests": inference.finalize(rows, weak, set(groups)), "accuracy_guard": accuracy, "edge_frequency": edge_freq,
-            "consistency": consistency,
-            "absorber_distribution": distribution, "causal_pairs": pairs, "causal_dose": causal.dose_table(pairs),
-            "factor_pairs": factor_pairs, "notes": notes}
+def statistics(inputs: Inputs, weak_margin: float = guard.WEAK_MARGIN) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Every table of a study, by name (tests.csv as `tests`), and the notes the report prints. The
+    topics' tables first, then their tests, corrected together under the weak-network guard
+    (`accuracy_guard`), then the tables the topics read off the corrected tests. The one path from
+    loaded runs to p-values: aggregate() writes its tables, and the whole-pipeline calibration
+    (analysis/calibration.py) runs it on hundreds of simulated studies."""
+    frames: dict[str, pd.DataFrame] = {}
+    owner: dict[str, str] = {}
+
+    def add(by: str, made: dict[str, pd.DataFrame]) -> None:
+        # a topic may remake its own table (the core marks consistency's weak conditions), never take
+        # another's: its file would overwrite theirs
+        taken = {name: owner[name] for name in made if owner.setdefault(name, by) != by}
+        if taken:
+            raise ValueError(f"topic {by!r} makes tables another already has: "
+                             + ", ".join(f"{name} ({other!r})" for name, other in taken.items()))
+        frames.update(made)
+
+    for topic in TOPICS:
+        add(topic.name, topic.tables(inputs, frames))
+    rows, notes = [], []
+    for topic in TOPICS:
+        found = topic.tests(inputs, frames)
+        add(topic.name, found.tables)
+        rows += found.rows
+        notes += found.notes
+    accuracy = guard.accuracy_guard(inputs.groups, weak_margin)
+    add("pipeline", {"accuracy_guard": accuracy,
+                     "tests": inference.finalize(rows, guard.weak_conditions(accuracy), set(inputs.groups))})
+    for topic in TOPICS:
+        add(topic.name, topic.summaries(inputs, frames))
+    return frames, notes
 
 
 def aggregate(results: str | list[str], out: str | None = None, log: Callable[[str], None] | None = print,
@@ -115,50 +116,22 @@ def aggregate(results: str | list[str], out: str | None = None, log: Callable[[s
     progress(f"loaded {len(data.runs)} runs ({sum(r['status'] == 'completed' for r in data.runs)} completed); "
              f"{len(data.problems)} trial folder(s) with problems")
     groups = inference.by_condition(data)
-
-    frames = {"runs": tables.runs_table(data), "absorption": tables.absorption_table(data),
-              "absorbers": tables.absorbers_table(data), "heldout": tables.heldout_table(data),
-              "mst_edges": tables.mst_edges_table(data), "trajectory": tables.trajectory_table(data)}
-    progress(f"tables: {sum(len(f) for f in frames.values())} rows; reading the arrays of "
-             f"{sum(len(r) for r in groups.values())} runs in {len(groups)} conditions")
+    progress(f"reading the arrays of {sum(len(r) for r in groups.values())} runs in {len(groups)} conditions")
     label_counts, gallery = read_arrays(data, groups, list(groups)[:plots.MAX_GALLERY_CONDITIONS])
-    why_frames = {"clutter": why.clutter_table(data), "logit_decomposition": why.decomposition_table(data),
-                  "ood": why.ood_table(data), "frequency": why.frequency_table(data)}
-    why_frames["ood_summary"] = why.ood_summary(why_frames["ood"])
-    probe_frames = {"amplitude": hypotheses.amplitude_table(data), "batchnorm": hypotheses.batchnorm_table(data),
-                    "handover": hypotheses.handover_table(data), "literature": hypotheses.literature_table(why_frames["ood"])}
-    tested = statistics(data, groups, label_counts, {"absorbers": frames["absorbers"], **why_frames, **probe_frames},
-                        weak_margin=weak_margin)
-    consistency, edge_freq, notes = tested["consistency"], tested["edge_frequency"], tested["notes"]
-    pairs, doses, factor_pairs = tested["causal_pairs"], tested["causal_dose"], tested["factor_pairs"]
-    frames.update({"consistency": consistency, "absorber_distribution": tested["absorber_distribution"],
-                   "edge_frequency": edge_freq, "tests": tested["tests"], "problems": tables.problems_table(data),
-                   "accuracy_guard": tested["accuracy_guard"]})
-    frames.update({k: v for k, v in why_frames.items() if not v.empty})
-    frames.update({k: v for k, v in probe_frames.items() if not v.empty})
-    frames["scoreboard"] = hypotheses.scoreboard(frames["tests"], list(groups), {**probe_frames, **why_frames})
-    if not pairs.empty:
-        frames.update({"causal_pairs": pairs, "causal_dose": doses})
-    factor_table = factors.factor_table(factor_pairs, frames["tests"])
-    if not factor_pairs.empty:
-        frames.update({"factor_pairs": factor_pairs, "factors": factor_table})
-    consensus = trees.consensus_trees(edge_freq) if len(edge_freq) else {}
-    progress(f"tests: {len(frames['tests'])} in tests.csv, {len(edge_freq)} MST edges; drawing figures")
+    inputs = Inputs(data, groups, label_counts, gallery)
+    frames, notes = statistics(inputs, weak_margin)
+    progress(f"tables: {len(frames)} ({sum(len(f) for f in frames.values())} rows); tests: {len(frames['tests'])} in "
+             "tests.csv; drawing figures")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        figures = [f for f in _figures(frames, groups, consensus, gallery, folder) if f]
-        with_why = {**frames, **why_frames}  # frames keeps only the non-empty why tables
-        figures += why.plots(with_why, folder, groups)
-        figures += [f for f in [causal.plot(doses, folder)] if f]
-        figures += hypotheses.plots(probe_frames, folder)
+        figures = [f for topic in TOPICS for f in topic.figures(inputs, frames, folder)]
         progress(f"figures: {len(figures)} drawn; writing {len(frames)} tables and the report")
         for name, df in frames.items():
             write_table(df, folder / name)
         name = (data.study or {}).get("name") or Path(data.root).name
-        ctx = report.ReportContext(name=name, root=" + ".join(parts), frames=frames, figures=figures, consensus=consensus,
-                                   notes=notes)
-        built = report.build(ctx, REPORT_SECTIONS)
+        ctx = report.ReportContext(name=name, root=" + ".join(parts), frames=frames, figures=figures, notes=notes)
+        built = report.build(ctx, report_sections(TOPICS), [topic.methods() for topic in TOPICS])
         (folder / REPORT_MD).write_text(document.to_markdown(built))
         (folder / REPORT_HTML).write_text(document.to_html(built, folder))
         (folder / AGGREGATION_JSON).write_text(json.dumps(aggregation_record(parts, data, weak_margin), indent=1))
@@ -219,22 +192,6 @@ def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
         return v is None or (isinstance(v, float) and np.isnan(v))
     mixed = [c for c in df.columns if df[c].dtype == object and len({type(v) for v in df[c] if not missing(v)}) > 1]
     return df.assign(**{c: df[c].map(lambda v: None if missing(v) else str(v)) for c in mixed})
-
-
-def _figures(frames, groups, consensus, gallery, folder: Path) -> list:
-    figures = []
-    if len(frames["absorption"]):
-        figures += [plots.absorption_heatmap(frames["absorption"], folder),
-                    plots.absorber_frequency(frames["absorbers"], {c: r[0]["classes"] for c, r in groups.items()}, folder),
-                    plots.consensus_mst(consensus, folder)]
-        shown = [c for c, runs in groups.items() if "gaussian" in inference.families_of(runs)]
-        distances = {c: tables.mean_distance(groups[c], "gaussian") for c in shown[:plots.MAX_PANELS]}
-        figures.append(plots.distance_heatmap(distances, folder))
-    figures += [plots.trajectory(frames["trajectory"], folder), plots.absorber_strips(frames["trajectory"], folder),
-                plots.accuracy_strip(frames["runs"], folder)]
-    families = dict.fromkeys(f for g in gallery.values() for f in g.noise)
-    figures += [plots.mean_image_gallery(gallery, f, folder) for f in families]
-    return figures
 
 
 def _upload(folder: Path, out: str) -> None:

@@ -2,9 +2,9 @@
 
 Built once as typed content (analysis/document.py) from a `ReportContext`, then rendered as
 report.md and as one self-contained report.html, so the two never disagree. A section is a
-function `ReportContext -> Section` (an empty Section when it has nothing to say); the order in
-which they are read is `pipeline.REPORT_SECTIONS`. To add one, write the function beside the
-numbers it reports and put it in that list.
+function `ReportContext -> Section` (an empty Section when it has nothing to say), written beside
+the numbers it reports and listed by its topic (analysis/topic.py); `pipeline.TOPICS` orders the
+topics, and with them the sections and the paragraphs of the Methods.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from . import inference, stats
-from .anchors import ORDER_GAP
-from .contract import BIAS_DEALS, COMPLETED, DIVERGED
+from .contract import COMPLETED, DIVERGED
 from .document import (Bullets, Code, Emph, Figure, Link, Paragraph, Report, Section, Strong, Table, authored,
                        fmt_p, md, text)
 from .stats import ALPHA, DISCORDANCE_MARGIN
+from .trees import consensus_trees
 
 __all__ = ["ALPHA", "ReportContext", "build", "fmt_p", "md", "significant", "tests_of", "verdict"]
 
@@ -35,7 +35,6 @@ class ReportContext:
     root: str                                   # where its trials were read from
     frames: Mapping[str, pd.DataFrame]          # every table written beside the report, by name
     figures: Sequence[str] = ()                 # PNG files beside the report
-    consensus: Mapping[tuple, list] = field(default_factory=dict)  # (condition, noise) -> [(u, v, support)]
     notes: Sequence[str] = ()                   # caveats from the tests (e.g. conditions not compared)
     generated: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
@@ -318,7 +317,7 @@ def mst_section(ctx: ReportContext) -> Section:
     s = Section("How stable is the minimum spanning tree, and where does the noise node hang?", key="mst")
     noise = inference.PRIMARY_NOISE
     items = []
-    for (condition, family), tree in ctx.consensus.items():
+    for condition, family in (consensus_trees(edge_freq) if len(edge_freq) else {}):
         if family != noise:
             continue
         cls = edge_freq[(edge_freq["condition"] == condition) & (edge_freq["test"] == "mst_edge")]
@@ -487,11 +486,12 @@ def files_section(ctx: ReportContext, shown: set[str]) -> Section:
     return s
 
 
-def methods_text() -> str:
-    """The Methods, as authored markdown; every count and level in it is the code's own setting."""
+def methods_text(paragraphs: Sequence[str]) -> str:
+    """The Methods, as authored markdown: what every test shares, each topic's paragraph (its
+    bullets) in turn, and the permutation counts; every count and level in it is the code's own setting."""
     S, I = stats, inference
     confirmatory = ", ".join(I.CONFIRMATORY)
-    return f"""The unit of replication is the trained network (a run); noise images are never counted as
+    shared = f"""The unit of replication is the trained network (a run); noise images are never counted as
 replicates, and where a covariate belongs to a class (clutter, measured on the same images in
 every run) the class is the unit. Every trial of a study probes the same noise banks (fixed
 `noise_seed`). Every test in tests.csv has a stable id (`test`), its smallest attainable p at its
@@ -502,89 +502,22 @@ reach its level is reported as "too few runs to test", never with a p that reads
 - **Families**: confirmatory, pre-registered, on {I.PRIMARY_NOISE} noise only: {confirmatory}
   (the clutter measure {I.PRIMARY_CLUTTER} only); Holm. The factor tests ({", ".join(I.FACTORS)}):
   their own family, Holm. Everything else exploratory, Benjamini-Hochberg. MST edges:
-  Benjamini-Yekutieli over all edges (edge_frequency.csv).
-- **Absorber consistency**: H0 each run's absorber is an independent uniform draw from the K
-  trained classes. Statistic: the modal absorber's count over the S runs, ties ordered by the
-  agreement sum n_c^2; p by Monte Carlo over {S.CONSISTENCY_DRAWS:,} simulated studies; smallest
-  attainable p K^(1-S). Rejecting it says the absorbers are not uniform; what they are is the
-  modal share with its simultaneous {1 - S.ALPHA:.0%} interval (Clopper-Pearson at level
-  1 - {S.ALPHA}/K per class, absorber_distribution.csv) and the pair agreement
-  A = (sum n_c^2 - S)/(S(S-1)) (unbiased, exactly 1/K by chance), shown truncated to [1/K, 1], the
-  values sum p_c^2 can take, so that it lies inside its score-type {1 - S.ALPHA:.0%} interval; the
-  truncated value is biased upward (exactly 1/K in about half of studies with uniform absorbers). Per-image
-  Fleiss' and Randolph's kappa are descriptive (images are not replicates).
-- **Per-run top share** (absorbers.csv, descriptive): Monte Carlo p under a uniform multinomial
-  ({S.TOP_SHARE_DRAWS:,} draws); with thousands of images it is always tiny and is not used for inference.
-- **Absorber vs condition**, among conditions that train the same classes: with the same seeds
-  (at least 2 and half of each condition's runs; runs without a partner are left out, not the
-  design), for 2 conditions marginal homogeneity by swapping each seed's two absorbers (exact over
-  the 2^m patterns of the m discordant seeds up to m = {S.EXACT_SIGN_FLIPS}; statistic the squared
-  differences of the marginal counts; Stuart-Maxwell's statistic for reference), for more Cochran's
-  Q with each seed's row permuted across conditions; otherwise the permutation chi-square of the
-  absorber x condition table ({S.PERMUTATIONS:,} relabellings; fewer, never under {S.CONDITION_LEAST_PERMUTATIONS:,}, for very large
-  studies). Estimate: the discordance rate of paired seeds with its Clopper-Pearson interval, and
-  an exact equivalence test (H0 rate >= {S.DISCORDANCE_MARGIN}).
-- **MST**: the tree over the K class means, classes relabelled: each class pair against its chance
-  2/K (one-sided binomial), the mean pairwise shared class edges against independent relabelling
-  of each run's tree (null mean 2(K-1)/K). The noise node is kept out of the relabelling (its mean
-  is far from every class, so it is a leaf): where it hangs, its nearest class, is tested with the
-  modal-count test and per class against 1/K. Consensus tree: maximum spanning tree of class-edge
-  frequencies, the noise node on its most frequent class.
-- **Noise neighbour**: the runs whose noise-nearest class is their absorber, against the pairing
-  of runs permuted ({S.PERMUTATIONS:,} permutations): a within-run link beyond what the two
-  distributions over runs imply.
-- **Distances**: Mantel-style mean pairwise Spearman correlation of the runs' class-class block
-  (once per condition) and of the noise row ({I.PERMUTATION_FAMILY} noise), classes relabelled.
-- **Clutter vs absorption**: per measure, the mean over runs of the Spearman correlation across
-  classes between the measure and the share of Gaussian noise a class absorbs; p with the K classes
-  of the measure relabelled, one relabelling for all runs (exact over all K! up to
-  {S.EXACT_CLASS_PERMUTATIONS:,} relabellings, else {S.PERMUTATIONS:,} at random): the smallest attainable p is 2/K!,
-  so with 3 classes nothing can be shown. Head bias and weight norm the same way (confounds).
-  Whether noise looks like its absorber: the class nearest to the noise bank in pixel clutter,
-  classes relabelled.
-- **Interventions**: each training intervention against `none`, seeds paired and every other axis
-  equal; sign-flip on the paired change of the top real-class share, per noise family.
-- **Is clutter causal?**: per kind and strength, the per-seed mean over targets of the paired
-  change in the target's share (confirmatory) and absorber status; a dose-response trend (per-seed
-  Spearman of dose vs target share); manipulation checks of the target's clutter. Sign-flip tests
-  are exact over all 2^n patterns up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p 2^(1-n)), else
-  {S.PERMUTATIONS:,} at random.
-- **Which factor moves the absorber?** (own family, Holm): each level of an architecture factor
-  (activation, pool, norm, model) or of class frequency (class_intervention majority, subsample)
-  against the axis's first value, seeds paired and every other axis equal. Absorber: marginal
-  homogeneity of the paired absorbers, each seed's pairs (one per stratum of the other axes) swapped
-  as a whole, exact; top share and epoch-0 top share: sign-flip over seeds of the per-seed mean
-  paired difference, with a {S.LEVEL} t interval. Smallest attainable p 2^(1-S) with S seeds. Whether the
-  untrained network's favourite class is the absorber within runs, beyond how often each is which
-  class: pairing permutation across runs per condition (exploratory).
-- **Probe-time experiments** (exploratory): per run a paired difference (the largest amplitude
-  minus 1x the data's std, for the mean max-softmax and for KL(mean prediction || training label
-  frequencies); a BatchNorm mode minus the running statistics, for the top share; the MSP AUROC of
-  two literature families a paper found {ORDER_GAP:g} or more points apart). H0: the differences are
-  symmetric about 0; sign-flip over runs, exact up to n = {S.EXACT_SIGN_FLIPS} (smallest attainable p
-  2^(1-n)); the mean with a {S.LEVEL} t interval. The head bias: each run ranks its top share of
-  Gaussian noise among {BIAS_DEALS} random deals of its biases to the classes (ties broken at random); H0: the
-  trained deal is one more random one, so the ranks are independent and uniform; exact test of their
-  sum (smallest attainable p 2/{BIAS_DEALS + 1}^n); the estimate is the mean of rank/{BIAS_DEALS} - 1/2
-  with its {S.LEVEL} t interval, the top share as trained minus dealt beside it. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
-  row by the rules stated with it.
-- **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
-  AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
-  threshold that accepts 95% of ID); reported as mean +- sd over runs.
-- Permutation counts shrink from {S.PERMUTATIONS:,} to no fewer than {S.LEAST_PERMUTATIONS} as studies grow
+  Benjamini-Yekutieli over all edges (edge_frequency.csv)."""
+    counts = f"""- Permutation counts shrink from {S.PERMUTATIONS:,} to no fewer than {S.LEAST_PERMUTATIONS} as studies grow
   (stated per row in tests.csv); p-values stay valid at any count. Diverged and unreadable runs
-  are excluded, and counted above.
-"""
+  are excluded, and counted above."""
+    # one markdown list: a blank line between the topics' bullets would start a new one
+    return "\n".join([shared, *(p.strip() for p in paragraphs if p.strip()), counts]) + "\n"
 
 
-def methods_section(ctx: ReportContext) -> Section:
-    return Section("Methods", key="methods", blocks=authored(methods_text()))
+def methods_section(paragraphs: Sequence[str]) -> Section:
+    return Section("Methods", key="methods", blocks=authored(methods_text(paragraphs)))
 
 
-def build(ctx: ReportContext, sections: Sequence[SectionFn]) -> Report:
+def build(ctx: ReportContext, sections: Sequence[SectionFn], methods: Sequence[str]) -> Report:
     """The report: the intro, the answer first, `sections` in order (empty ones left out), the
-    files, and the methods at the end."""
+    files, and at the end the methods, with the topics' paragraphs `methods` in order."""
     body = [s for s in (fn(ctx) for fn in sections) if s]
     shown = {b.file for s in body for b in s.blocks if isinstance(b, Figure)}
     return Report(title=f"noisesink report: {ctx.name}", intro=intro(ctx), answer=answer_first(ctx), sections=body,
-                  files=files_section(ctx, shown), methods=methods_section(ctx))
+                  files=files_section(ctx, shown), methods=methods_section(methods))

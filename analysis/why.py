@@ -1,5 +1,6 @@
 """Why this class? Tables, tests, figures and the report section for the per-trial "why"
-measurements: clutter, the logit decomposition, OOD detectors, frequency probes, interventions."""
+measurements: clutter, the logit decomposition, OOD detectors, frequency probes, interventions;
+with its paragraph of the Methods, one topic of the analysis (`TOPIC`, analysis/topic.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,7 @@ from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, families_of,
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, text
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none, run_ids
+from .topic import Findings, Topic, measured
 
 
 def has(r: dict, key: str) -> bool:
@@ -137,9 +139,9 @@ def lookalike_tests(frames, family: str = PRIMARY_NOISE) -> list[dict]:
     class the absorber more often than another class would be? Clutter is a class property
     (usually the same class is nearest in every run), so the classes are relabelled
     (stats.class_relabel_hits); counting runs against 1/K each would treat one class S times."""
-    c, absorbers = frames["clutter"], frames["absorbers"]
-    if c.empty:
+    if "clutter" not in frames:
         return []
+    c, absorbers = frames["clutter"], frames["absorbers"]
     per_run = []
     for trial_id, sub in c[c["measure"].isin(PIXEL_MEASURES)].groupby("trial_id", observed=True):
         cls = sub[sub["set"] == "class"].pivot(index="name", columns="measure", values="value")
@@ -199,12 +201,12 @@ def intervention_tests(data) -> list[dict]:
 def plots(frames: dict, out, groups: dict) -> list:
     from . import plots as P
     figures = []
-    if not frames["clutter"].empty:
+    if "clutter" in frames:
         figures.append(P.clutter_scatter(frames["clutter"], frames["absorption"],
                                          {c: r[0]["classes"] for c, r in groups.items()}, out))
-    if not frames["ood"].empty:
+    if "ood" in frames:
         figures.append(P.ood_bars(frames["ood"], out))
-    if not frames["frequency"].empty:
+    if "frequency" in frames:
         figures.append(P.frequency_curves(frames["frequency"], out))
     if "intervention" in frames["runs"].columns:
         figures.append(P.intervention_bars(frames["absorbers"], frames["runs"], out))
@@ -324,3 +326,36 @@ def _intervention_answer(ctx: ReportContext) -> list:
                           f"top real-class share {row['statistic']:+.2f} ({verdict(row)}, n = {row['n_runs']} pairs; "
                           f"{row['method']})") for _, row in t.iterrows()])] \
         + ctx.figure("interventions.png", "Training interventions: the top class's share per noise family")
+
+
+# ---------------------------------------------------------------- the topic
+
+def study_tables(data) -> dict[str, pd.DataFrame]:
+    """The why tables, each only where the trials measured it."""
+    ood = ood_table(data)
+    return measured({"clutter": clutter_table(data), "logit_decomposition": decomposition_table(data), "ood": ood,
+                     "frequency": frequency_table(data), "ood_summary": ood_summary(ood)})
+
+
+def methods_text() -> str:
+    """This topic's bullets of the Methods (authored markdown; report.methods_text joins them)."""
+    S = stats
+    return f"""- **Clutter vs absorption**: per measure, the mean over runs of the Spearman correlation across
+  classes between the measure and the share of Gaussian noise a class absorbs; p with the K classes
+  of the measure relabelled, one relabelling for all runs (exact over all K! up to
+  {S.EXACT_CLASS_PERMUTATIONS:,} relabellings, else {S.PERMUTATIONS:,} at random): the smallest attainable p is 2/K!,
+  so with 3 classes nothing can be shown. Head bias and weight norm the same way (confounds).
+  Whether noise looks like its absorber: the class nearest to the noise bank in pixel clutter,
+  classes relabelled.
+- **Interventions**: each training intervention against `none`, seeds paired and every other axis
+  equal; sign-flip on the paired change of the top real-class share, per noise family.
+- **OOD detectors**: in-distribution is the positive class (AUROC = P(ID score > OOD score);
+  AUPR-In with ID positive, AUPR-Out with OOD positive; FPR95 = share of OOD accepted at the
+  threshold that accepts 95% of ID); reported as mean +- sd over runs."""
+
+
+TOPIC = Topic("why", tables=lambda inputs, frames: study_tables(inputs.data),
+              tests=lambda inputs, frames: Findings(clutter_tests(inputs.groups) + lookalike_tests(frames)
+                                                    + intervention_tests(inputs.data)),
+              figures=lambda inputs, frames, folder: plots(frames, folder, inputs.groups),
+              sections=(report_section,), methods=methods_text)

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis import document, plots, report, stats, tables  # noqa: E402
-from analysis.pipeline import aggregate  # noqa: E402
+from analysis.pipeline import TOPICS, aggregate  # noqa: E402
 from analysis.synthetic import Condition, write_study  # noqa: E402
 from browser import find_chromium, open_page  # noqa: E402
 
@@ -297,7 +297,7 @@ def test_methods_quote_the_codes_own_settings(monkeypatch):
                "LEAST_PERMUTATIONS": 55, "EXACT_SIGN_FLIPS": 13, "LEVEL": "90%"}
     for name, value in changed.items():
         monkeypatch.setattr(stats, name, value)
-    text = report.methods_text()
+    text = report.methods_text([topic.methods() for topic in TOPICS])
     for shown in ("123,457 simulated studies", "4,321 relabellings", "never under 777", "no fewer than 55",
                   "up to n = 13", "90% t interval"):
         assert shown in text, shown
