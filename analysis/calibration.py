@@ -161,8 +161,12 @@ def _worker_start() -> None:
 
 
 def run(jobs: list, workers: int) -> pd.DataFrame:
-    if workers <= 1:
-        return pd.concat([_one(j) for j in jobs], ignore_index=True)
+    if workers <= 1:  # in this process (a test's): the same freeze, undone after
+        gc.freeze()
+        try:
+            return pd.concat([_one(j) for j in jobs], ignore_index=True)
+        finally:
+            gc.unfreeze()
     with ProcessPoolExecutor(workers, initializer=_worker_start) as pool:
         return pd.concat(list(pool.map(_one, jobs, chunksize=4)), ignore_index=True)
 

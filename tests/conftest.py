@@ -19,6 +19,18 @@ from study.data import CIFAR10_CLASSES  # noqa: E402
 
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
 
+# The files whose tests take minutes, longest first (pytest --durations on 2 cores). pytest-xdist
+# gives each worker a whole file at a time in collection order: a file of a quarter of an hour
+# (the calibration over 400 null studies) that started last would run alone while the other core
+# idles, so these start first and the short files fill in beside them.
+LONGEST_FIRST = ("test_nulls.py", "test_faults.py", "test_sweep.py", "test_bad_input.py", "test_cluster.py",
+                 "test_calibration.py", "test_gpu_check.py", "test_bench.py", "test_why_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = dict(zip(LONGEST_FIRST, range(len(LONGEST_FIRST))))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole, in order
+
 
 def class_images(label: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """n 32x32 RGB images whose colour and stripe orientation depend on the class, plus noise:

@@ -181,11 +181,12 @@ def test_tta_of_a_mirror_symmetric_model_is_its_single_view():
 
 def test_recipe_trial_runs_and_records_tta_beside_the_single_view(tiny_config, tmp_path):
     from study.trial import run_trial
-    result = run_trial(tiny_config(**AIRBENCH, epochs=2), str(tmp_path), log=lambda m: None)
+    result = run_trial(tiny_config(**AIRBENCH, epochs=1, noise=["gaussian"]), str(tmp_path), log=lambda m: None)
     assert result["status"] == "completed"
     assert 0 <= result["tta_accuracy"] <= 1
     assert result["architecture"]["widths"] == [16, 64, 64]
-    plain = run_trial(tiny_config(model="small_cnn"), str(tmp_path / "plain"), log=lambda m: None)
+    plain = run_trial(tiny_config(model="small_cnn", noise=["gaussian"], train_subset=50), str(tmp_path / "plain"),
+                      log=lambda m: None)
     assert plain["tta_accuracy"] is None
 
 
