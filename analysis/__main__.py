@@ -2,8 +2,9 @@
 
 RESULTS is a study folder written by `python -m study sweep` (<storage>/<name>), local or a URI
 pyarrow reads (s3://, gs://, file://). Several are the parts of one study, run on several machines
-(`noisesink sweep SWEEP --seeds ...` on each): aggregated as one, each run's folder in runs.csv. Writes tidy CSVs, PNG plots, report.md and report.html to --out
-(default RESULTS/report). Needs no torch and no Ray.
+(`noisesink sweep SWEEP --seeds ...` on each): aggregated as one, each run's folder in runs.csv.
+Writes tidy CSVs, PNG plots, report.md and report.html to --out (default RESULTS/report). Needs no
+torch and no Ray.
 
 Bad input (a folder that holds no study, a file, an unreachable URI, a malformed study.json, an
 --out that cannot be written) exits with code 2 and one message, before any table is computed;

@@ -20,7 +20,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +98,8 @@ POWER_SCENARIOS = [
     ("probes: second levels moved by 1 level sd, the absorber's head bias by 1 sd",
      dict(axis="augmentation", arms=2, families=NULL_FAMILIES),
      Effects(probes=1.0)),
-    ("arms alike: discordance 0.05, below the 0.25 margin", dict(axis="augmentation", arms=2,
-     coupling=coupling_at(10, Effects(), rate=0.05)), Effects()),
+    ("arms alike: discordance 0.05, below the 0.25 margin",
+     dict(axis="augmentation", arms=2, coupling=coupling_at(10, Effects(), rate=0.05)), Effects()),
 ]
 
 
@@ -226,7 +225,7 @@ def band_errors(fpr: pd.DataFrame) -> list[str]:
             continue
 
         def slack(edge: float) -> float:
-            se = max(r.se if np.isfinite(r.se) else 0.0, float(np.sqrt(edge * (1 - edge) / max(r.rows, 1))))
+            se = max(r.se if np.isfinite(r.se) else 0.0, float(np.sqrt(edge * (1 - edge) / max(r.rows, 1))))  # noqa: B023  (called in this iteration)
             return SE_SPAN * se if se > SE_FLOOR else 0.0
         if r.fpr > BAND[1] + slack(BAND[1]):
             errors.append(f"{r.test}: {r.fpr:.3f} > {BAND[1]} ({r.rejections}/{r.rows}, SE {r.se:.3f})")

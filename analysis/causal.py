@@ -14,8 +14,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import stats
-from .inference import PAIRED_MEAN, result_row
 from .document import Bullets, Emph, Link, Paragraph, Section, text
+from .inference import PAIRED_MEAN, result_row
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none
 from .topic import Findings, Topic, measured
@@ -84,31 +84,33 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
             continue
         d_share = (per_seed["share"] - per_seed["base"]).to_numpy()
         res = stats.sign_flip(d_share)
-        tests.append(result_row("causal_effect", f"{kind} at {strength:g} changes the share of {NOISE} noise its target absorbs",
-                          label, NOISE, {**res, "statistic": float(d_share.mean()), "n_runs": len(per_seed)},
-                          f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
-                          f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
-                          f"absorber, {int(sub['baseline_is_absorber'].sum())}/{len(sub)} of their baselines",
-                          variable=kind, effect=float(d_share.mean()), effect_name=PAIRED_MEAN,
-                          p_min_of_n=stats.sign_flip_p_min))
+        tests.append(result_row("causal_effect",
+                                f"{kind} at {strength:g} changes the share of {NOISE} noise its target absorbs",
+                                label, NOISE, {**res, "statistic": float(d_share.mean()), "n_runs": len(per_seed)},
+                                f"sign-flip over seeds of the per-seed mean (over targets) paired difference; "
+                                f"{int(sub['is_absorber'].sum())}/{len(sub)} intervened runs have the target as "
+                                f"absorber, {int(sub['baseline_is_absorber'].sum())}/{len(sub)} of their baselines",
+                                variable=kind, effect=float(d_share.mean()), effect_name=PAIRED_MEAN,
+                                p_min_of_n=stats.sign_flip_p_min))
         d_hit = (per_seed["hit"] - per_seed["base_hit"]).to_numpy()
         res = stats.sign_flip(d_hit)
-        tests.append(result_row("causal_absorber", f"{kind} at {strength:g} changes how often the target is the absorber",
-                          label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
-                          "sign-flip over seeds of the per-seed change in the share of targets that absorb "
-                          "(paired with the same seed's network without intervention)", variable=kind,
-                          effect=float(d_hit.mean()), effect_name=PAIRED_MEAN, p_min_of_n=stats.sign_flip_p_min))
+        tests.append(result_row("causal_absorber",
+                                f"{kind} at {strength:g} changes how often the target is the absorber",
+                                label, NOISE, {**res, "statistic": float(d_hit.mean()), "n_runs": len(per_seed)},
+                                "sign-flip over seeds of the per-seed change in the share of targets that absorb "
+                                "(paired with the same seed's network without intervention)", variable=kind,
+                                effect=float(d_hit.mean()), effect_name=PAIRED_MEAN, p_min_of_n=stats.sign_flip_p_min))
         for m, direction in INTENDED.get(kind, {}).items():
             per_seed_clutter = sub.groupby("seed")[[f"clutter_{m}", f"baseline_clutter_{m}"]].mean()
             diffs = (per_seed_clutter.iloc[:, 0] - per_seed_clutter.iloc[:, 1]).dropna().to_numpy()
             if len(diffs) >= 2:
                 res = stats.sign_flip(diffs)
                 tests.append(result_row("manipulation_check", f"{kind} at {strength:g} moves the target's {m} "
-                                  f"{'up' if direction > 0 else 'down'}", label, NOISE,
-                                  {**res, "statistic": float(diffs.mean()), "n_runs": len(diffs)},
-                                  "sign-flip over seeds of paired differences", variable=m,
-                                  effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
-                                  p_min_of_n=stats.sign_flip_p_min))
+                                        f"{'up' if direction > 0 else 'down'}", label, NOISE,
+                                        {**res, "statistic": float(diffs.mean()), "n_runs": len(diffs)},
+                                        "sign-flip over seeds of paired differences", variable=m,
+                                        effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
+                                        p_min_of_n=stats.sign_flip_p_min))
     for (group, kind), sub in pairs.groupby(["group", "kind"]):
         if sub["dose"].nunique() < 2:
             continue
@@ -124,10 +126,12 @@ def causal_tests(pairs: pd.DataFrame) -> list[dict]:
         if len(rhos) >= 2:
             res = stats.sign_flip(np.array(rhos))
             tests.append(result_row("causal_dose", f"the target's share of {NOISE} noise changes with the {kind} dose",
-                              f"{group}: {kind}", NOISE, {**res, "statistic": float(np.mean(rhos)), "n_runs": len(rhos)},
-                              "per seed, Spearman of dose (0 = none) vs the mean target share; sign-flip over seeds",
-                              effect=float(np.mean(rhos)), effect_name="mean spearman rho",
-                              p_min_of_n=stats.sign_flip_p_min))
+                                    f"{group}: {kind}", NOISE,
+                                    {**res, "statistic": float(np.mean(rhos)), "n_runs": len(rhos)},
+                                    "per seed, Spearman of dose (0 = none) vs the mean target share; "
+                                    "sign-flip over seeds",
+                                    effect=float(np.mean(rhos)), effect_name="mean spearman rho",
+                                    p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 
@@ -193,7 +197,8 @@ def report_section(ctx: ReportContext) -> Section:
                               for _, r in checks.iterrows()])]
     s.blocks += [Paragraph(text("Mean share of Gaussian noise absorbed by the target, by dose:")),
                  Bullets([text(f"{r.group}, {r.kind}, dose {r.dose:g}: {r.mean_target_share:.3f} "
-                               f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)") for r in doses.itertuples()]),
+                               f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n = {r.n_seeds} seeds)")
+                          for r in doses.itertuples()]),
                  *ctx.figure("causal_dose_response.png", "Per-class interventions: the target's share of Gaussian "
                              f"noise by dose (mean and {stats.LEVEL} CI over seeds)"),
                  Paragraph(text("What this cannot conclude: each intervention changes more than \"clutter\" (added "

@@ -54,6 +54,7 @@ def committed_weak(study: str, results: Path = RESULTS, margin: float | None = N
     guard: from its runs.csv (each run's test accuracy) and its sweep's test_subset, split over the
     classes as study/task.py does (docs/results/cpu-NAME/ is sweeps/NAME.yaml's study)."""
     import yaml
+
     from . import guard
     runs = pd.read_csv(results / study / "runs.csv")
     sweep = ROOT / "sweeps" / f"{study.removeprefix('cpu-')}.yaml"
@@ -139,7 +140,8 @@ def fill(register: pd.DataFrame, results: Path = RESULTS) -> pd.DataFrame:
     """The register's computed columns from the committed tables (SELECT columns kept as given)."""
     missing = [c for c in SELECT if c not in register.columns]
     if missing:
-        raise InputError("docs/claims.csv", f"lacks the column(s) {missing}", f"the columns {SELECT}", list(register.columns))
+        raise InputError("docs/claims.csv", f"lacks the column(s) {missing}", f"the columns {SELECT}",
+                         list(register.columns))
     dup = register["claim"][register["claim"].duplicated()]
     if len(dup):
         raise InputError("docs/claims.csv", "holds a claim id twice", "one row per claim id", dup.iloc[0])
@@ -155,7 +157,7 @@ def fill(register: pd.DataFrame, results: Path = RESULTS) -> pd.DataFrame:
                      "too_weak": bool(src["too_weak"]),
                      "can_reject": bool(src["can_reject"]), "p_needed": float(src["p_needed"])})
     out = pd.DataFrame(rows)
-    for doc, idx in out.groupby("document").groups.items():   # Holm over each document's confirmatory claims
+    for _doc, idx in out.groupby("document").groups.items():   # Holm over each document's confirmatory claims
         conf = [i for i in idx if out.at[i, "family"] in CONFIRMATORY and not out.at[i, "too_weak"]]
         if conf:
             raw = out.loc[conf, "p"].to_numpy(float)
@@ -178,8 +180,8 @@ def render(row: dict, n_confirmatory: int) -> str:
         parts.append(f"{row['effect_name']} {_num(row['estimate'])}{ci}")
     parts.append(f"p {fmt_p(row['p'])} (smallest attainable {fmt_p(row['p_min'])})")
     if np.isfinite(row["p_all"]):
-        parts.append(f"Holm {fmt_p(row['p_family'])} in its study's {row['family']} family, {fmt_p(row['p_all'])} over the "
-                     f"document's {n_confirmatory} confirmatory claims")
+        parts.append(f"Holm {fmt_p(row['p_family'])} in its study's {row['family']} family, {fmt_p(row['p_all'])} over "
+                     f"the document's {n_confirmatory} confirmatory claims")
     else:
         parts.append(f"{row['family']}, adjusted {fmt_p(row['p_family'])}")
     parts.append(row["verdict"])
@@ -189,7 +191,7 @@ def render(row: dict, n_confirmatory: int) -> str:
 def tags(register: pd.DataFrame) -> dict[str, str]:
     """claim id -> its rendered tag text."""
     out = {}
-    for doc, rows in register.groupby("document"):
+    for _doc, rows in register.groupby("document"):
         n_conf = int(rows["p_all"].notna().sum())
         out.update({r["claim"]: render(r, n_conf) for r in rows.to_dict("records")})
     return out

@@ -54,7 +54,8 @@ NOISE_NODE = "noise"          # the noise mean's node in the distance matrix and
 NOISE_CLASS = "noise_class"   # the extra output class of a model trained with intervention: noise_class
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")   # label order of CIFAR-10 itself
-BIAS_DEALS = 99               # random deals of the head's biases per noise family: a run's rank among them resolves 1/100
+BIAS_DEALS = 99               # random deals of the head's biases per noise family: a run's rank among them
+                              # resolves 1/100
 
 
 def show_value(v) -> str:

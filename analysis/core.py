@@ -81,8 +81,9 @@ def methods_text() -> str:
   the 2^m patterns of the m discordant seeds up to m = {S.EXACT_SIGN_FLIPS}; statistic the squared
   differences of the marginal counts; Stuart-Maxwell's statistic for reference), for more Cochran's
   Q with each seed's row permuted across conditions; otherwise the permutation chi-square of the
-  absorber x condition table ({S.PERMUTATIONS:,} relabellings; fewer, never under {S.CONDITION_LEAST_PERMUTATIONS:,}, for very large
-  studies). Estimate: the discordance rate of paired seeds with its Clopper-Pearson interval, and
+  absorber x condition table ({S.PERMUTATIONS:,} relabellings; fewer,
+  never under {S.CONDITION_LEAST_PERMUTATIONS:,}, for very large studies). Estimate: the
+  discordance rate of paired seeds with its Clopper-Pearson interval, and
   an exact equivalence test (H0 rate >= {S.DISCORDANCE_MARGIN}).
 - **MST**: the tree over the K class means, classes relabelled: each class pair against its chance
   2/K (one-sided binomial), the mean pairwise shared class edges against independent relabelling

@@ -13,7 +13,6 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -42,7 +41,7 @@ class Link:
     href: str
 
 
-Piece = Union[str, Strong, Emph, Code, Link]
+Piece = str | Strong | Emph | Code | Link
 Text = tuple  # of Piece
 
 
@@ -75,7 +74,7 @@ class Figure:
     caption: str
 
 
-Block = Union[Paragraph, Bullets, Table, Figure]
+Block = Paragraph | Bullets | Table | Figure
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sys
 
 from .contract import ARRAYS_NPZ, STUDY_JSON, TRIAL_JSON, open_filesystem
 from .errors import InputError, exit_code
-from .load import read_bytes, load, merged_study, open_study, same_design
+from .load import load, merged_study, open_study, read_bytes, same_design
 from .storage import check_writable
 
 

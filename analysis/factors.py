@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .inference import PAIRED_MEAN, result_row
 from .contract import show_value
 from .document import Bullets, Link, Paragraph, Section, Strong, text
+from .inference import PAIRED_MEAN, result_row
 from .report import ReportContext, verdict
 from .tables import completed, epoch0_favourite
 from .topic import Findings, Topic, measured
@@ -56,7 +56,7 @@ def pairs_table(data) -> pd.DataFrame:
         levels = _levels(data, axis)
         ref = levels[0]
         others = [a for a in data.axes if a not in (axis, "seed")]
-        key = lambda r: (tuple(show_value(r["axes"][a]) for a in others), r["seed"])  # noqa: E731
+        key = lambda r: (tuple(show_value(r["axes"][a]) for a in others), r["seed"])  # noqa: E731, B023  (used in this iteration)
         base = {key(r): r for r in runs if show_value(r["axes"][axis]) == show_value(ref)}
         for level in levels[1:]:
             if axis == "class_intervention" and not (isinstance(level, dict) and level.get("kind") in FREQUENCY_KINDS):
@@ -71,7 +71,8 @@ def pairs_table(data) -> pd.DataFrame:
                              "seed": r["seed"], "trial_id": r["trial_id"], "reference_id": b["trial_id"],
                              "absorber": r["absorber"][j], "reference_absorber": b["absorber"][i],
                              "top_share": float(r["top_share"][j]), "reference_top_share": float(b["top_share"][i]),
-                             "epoch0_top_share": _epoch0_top_share(r), "reference_epoch0_top_share": _epoch0_top_share(b),
+                             "epoch0_top_share": _epoch0_top_share(r),
+                             "reference_epoch0_top_share": _epoch0_top_share(b),
                              "test_accuracy": r["test_accuracy"], "reference_test_accuracy": b["test_accuracy"]})
     return pd.DataFrame(rows)
 
@@ -104,12 +105,12 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
         changed = float((sub["absorber"] != sub["reference_absorber"]).mean())
         modal = f"{sub['reference_absorber'].mode().iloc[0]} -> {sub['absorber'].mode().iloc[0]}"
         tests.append(result_row("factor_absorber", f"{label}: changes the absorber", label, NOISE,
-                          {"statistic": mh["statistic"], "p_value": mh["p_value"], "p_min": mh["p_min"],
-                           "effect": changed, "n_runs": seeds},
-                          f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; "
-                          f"{mh['contributing_clusters']} of {seeds} seeds contribute); modal absorber {modal}; "
-                          f"{len(sub)} pairs in {sub['stratum'].nunique()} strata",
-                          effect_name="share of pairs with another absorber", p_min_of_n=stats.sign_flip_p_min))
+                                {"statistic": mh["statistic"], "p_value": mh["p_value"], "p_min": mh["p_min"],
+                                 "effect": changed, "n_runs": seeds},
+                                f"marginal homogeneity of paired absorbers, whole seeds swapped (exact; "
+                                f"{mh['contributing_clusters']} of {seeds} seeds contribute); modal absorber {modal}; "
+                                f"{len(sub)} pairs in {sub['stratum'].nunique()} strata",
+                                effect_name="share of pairs with another absorber", p_min_of_n=stats.sign_flip_p_min))
         for value, test_id, what in (("top_share", "factor_top_share", f"the top share of {NOISE} noise"),
                                      ("epoch0_top_share", "factor_epoch0_bias",
                                       f"the untrained network's top share of {NOISE} noise (epoch 0)")):
@@ -121,11 +122,13 @@ def factor_tests(pairs: pd.DataFrame) -> list[dict]:
             res = stats.sign_flip(d)
             lo, hi = stats.t_interval(d)
             tests.append(result_row(test_id, f"{label}: changes {what}", label, NOISE,
-                              {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
-                              f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t interval "
-                              f"[{lo:+.3f}, {hi:+.3f}]; standardised mean difference {res['effect']:+.2f}",
-                              effect=float(d.mean()), effect_name=PAIRED_MEAN,
-                              p_min_of_n=stats.sign_flip_p_min))
+                                    {**res, "statistic": float(d.mean()), "n_runs": len(d),
+                                     "ci_low": lo, "ci_high": hi},
+                                    f"sign-flip over seeds of the per-seed mean paired difference; {stats.LEVEL} t "
+                                    f"interval [{lo:+.3f}, {hi:+.3f}]; standardised mean difference "
+                                    f"{res['effect']:+.2f}",
+                                    effect=float(d.mean()), effect_name=PAIRED_MEAN,
+                                    p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 
@@ -143,10 +146,10 @@ def favourite_tests(groups: dict[str, list[dict]]) -> list[dict]:
         classes = runs[0]["classes"]
         res = stats.pairing_test(np.array([classes.index(epoch0_favourite(r)) for r in runs]),
                                  np.array([classes.index(r["absorber"][r["families"].index(NOISE)]) for r in runs]))
-        tests.append(result_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the trained "
-                          "absorber", condition, NOISE, res,
-                          f"pairing permutation across runs ({res['permutations']}): hits vs the "
-                          f"{res['expected_hits']:.1f} the two's distributions imply"))
+        tests.append(result_row("epoch0_favourite_is_absorber", "the untrained network's favourite class is the "
+                                "trained absorber", condition, NOISE, res,
+                                f"pairing permutation across runs ({res['permutations']}): hits vs the "
+                                f"{res['expected_hits']:.1f} the two's distributions imply"))
     return tests
 
 
@@ -163,7 +166,8 @@ def factor_table(pairs: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
                "reference_modal_absorber": sub["reference_absorber"].mode().iloc[0],
                "modal_absorber": sub["absorber"].mode().iloc[0],
                "pairs_with_other_absorber": float((sub["absorber"] != sub["reference_absorber"]).mean()),
-               "reference_top_share": float(sub["reference_top_share"].mean()), "top_share": float(sub["top_share"].mean()),
+               "reference_top_share": float(sub["reference_top_share"].mean()),
+               "top_share": float(sub["top_share"].mean()),
                "reference_epoch0_top_share": float(sub["reference_epoch0_top_share"].mean()),
                "epoch0_top_share": float(sub["epoch0_top_share"].mean()),
                "reference_test_accuracy": float(sub["reference_test_accuracy"].mean()),
@@ -195,7 +199,7 @@ def report_section(ctx: ReportContext) -> Section:
         "seeds)? Holm over the factors family.")))
     items = []
     for r in table.itertuples():
-        def said(short):
+        def said(short, r=r):
             if short == "epoch0" and r.factor not in ARCHITECTURE_AXES:
                 return "unchanged by design (a data factor: seed s starts from the same network)"
             if not getattr(r, f"{short}_can_reject"):

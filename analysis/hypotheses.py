@@ -9,8 +9,8 @@ tests.csv row by the rules in VERDICT_RULES, never written by hand. One topic of
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -115,8 +115,9 @@ def literature_table(ood: pd.DataFrame) -> pd.DataFrame:
             auroc, fpr = 100 * sub["auroc"].to_numpy(dtype=float), 100 * sub["fpr95"].to_numpy(dtype=float)
             lo, hi = stats.t_interval(auroc)
             rows.append({"condition": condition, "family": a.family, "paper": a.paper, "network": a.network,
-                         "n_runs": len(sub), "msp_auroc": auroc.mean(), "msp_auroc_sd": auroc.std(ddof=1) if len(sub) > 1
-                         else np.nan, "msp_auroc_ci_low": lo, "msp_auroc_ci_high": hi,
+                         "n_runs": len(sub), "msp_auroc": auroc.mean(),
+                         "msp_auroc_sd": auroc.std(ddof=1) if len(sub) > 1 else np.nan,
+                         "msp_auroc_ci_low": lo, "msp_auroc_ci_high": hi,
                          "published_auroc": a.auroc, "msp_fpr95": fpr.mean(), "published_fpr95": a.fpr95,
                          "fpr95_comparable": a.fpr95_ours})
     return pd.DataFrame(rows, columns=["condition", "family", "paper", "network", "n_runs", "msp_auroc", "msp_auroc_sd",
@@ -136,10 +137,11 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
     res = stats.sign_flip(d)
     lo, hi = stats.t_interval(d)
     return result_row(test_id, hypothesis, condition, NOISE,
-                {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
-                f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval [{lo:+.3g}, {hi:+.3g}]; "
-                f"standardised mean difference {res['effect']:+.2f}; {method}",
-                variable=variable, effect=float(d.mean()), effect_name=PAIRED_MEAN, p_min_of_n=stats.sign_flip_p_min)
+                      {**res, "statistic": float(d.mean()), "n_runs": len(d), "ci_low": lo, "ci_high": hi},
+                      f"sign-flip over runs of the per-run difference; {stats.LEVEL} t interval "
+                      f"[{lo:+.3g}, {hi:+.3g}]; standardised mean difference {res['effect']:+.2f}; {method}",
+                      variable=variable, effect=float(d.mean()), effect_name=PAIRED_MEAN,
+                      p_min_of_n=stats.sign_flip_p_min)
 
 
 KANG_RATIO = 1.0   # Kang et al.'s premise: the OOD input's features are smaller than the data's
@@ -196,9 +198,9 @@ def amplitude_tests(amp: pd.DataFrame) -> list[dict]:
                            "features shrink, among amplitudes whose features are smaller than the test images'",
                            condition, pairs["kl_low"] - pairs["kl_high"],
                            f"KL {pairs['kl_high'].mean():.3f} at the largest and {pairs['kl_low'].mean():.3f} at the "
-                           f"smallest amplitude with noise features below the test images' (norm ratio < {KANG_RATIO:g}; "
-                           f"qualifying span per run: {spans or 'none'}; {runs - len(pairs)} of {runs} runs had fewer "
-                           "than two such amplitudes and drop out)")
+                           "smallest amplitude with noise features below the test images' "
+                           f"(norm ratio < {KANG_RATIO:g}; qualifying span per run: {spans or 'none'}; "
+                           f"{runs - len(pairs)} of {runs} runs had fewer than two such amplitudes and drop out)")
         tests += [row] if row else []
     return tests
 
@@ -250,17 +252,18 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
         identity = (f"; the absorber stays the trained placement's in {kept.mean():.3f} of random deals "
                     f"[{stats.LEVEL} t interval {klo:.3f}, {khi:.3f}] (near 1: the weights decide which class "
                     f"absorbs; near 1/K: the biases do)" if len(kept) >= 2 else "")
-        tests.append(result_row("bias_deal", f"the placement of the head's biases as trained changes the top share of {NOISE} "
-                          "noise against the same biases placed at random", condition, NOISE,
-                          {**res, "n_runs": len(sub), "ci_low": lo, "ci_high": hi},
-                          f"per-run rank of the trained placement among {deals} random deals (ties broken at random), "
-                          f"exact test of uniform ranks; top share {sub['absorber_share'].mean():.3f} as trained, "
-                          f"{sub['top_share_dealt_mean'].mean():.3f} dealt (mean over runs), difference "
-                          f"{diff.mean():+.3f} [{stats.LEVEL} t interval {dlo:+.3g}, {dhi:+.3g}]" + identity
-                          + f"; standardised {res['effect']:+.2f}"
-                          + (f"; {other} run(s) with another number of deals left out" if other else ""),
-                          effect=res["statistic"], effect_name="mean rank/deals - 1/2",
-                          p_min_of_n=lambda n, k=deals: stats.uniform_rank_p_min(n, k)))
+        tests.append(result_row("bias_deal", "the placement of the head's biases as trained changes the top share of "
+                                f"{NOISE} noise against the same biases placed at random", condition, NOISE,
+                                {**res, "n_runs": len(sub), "ci_low": lo, "ci_high": hi},
+                                f"per-run rank of the trained placement among {deals} random deals (ties broken at "
+                                "random), exact test of uniform ranks; top share "
+                                f"{sub['absorber_share'].mean():.3f} as trained, "
+                                f"{sub['top_share_dealt_mean'].mean():.3f} dealt (mean over runs), difference "
+                                f"{diff.mean():+.3f} [{stats.LEVEL} t interval {dlo:+.3g}, {dhi:+.3g}]" + identity
+                                + f"; standardised {res['effect']:+.2f}"
+                                + (f"; {other} run(s) with another number of deals left out" if other else ""),
+                                effect=res["statistic"], effect_name="mean rank/deals - 1/2",
+                                p_min_of_n=lambda n, k=deals: stats.uniform_rank_p_min(n, k)))
     return tests
 
 
@@ -296,7 +299,7 @@ def tests_of_study(frames: dict) -> list[dict]:
 # ---------------------------------------------------------------- the scoreboard
 
 SUPPORTED, CONTRADICTED, NOT_SHOWN, NOT_TESTABLE = ("supported", "contradicted", "not shown",
-                                                     "not testable with this design")
+                                                    "not testable with this design")
 VERDICT_RULES = {
     SUPPORTED: "the test can reach its family's level at its n, its adjusted p is below "
                f"{ALPHA}, and the effect goes the way the explanation predicts (for a one-sided test, "
@@ -341,39 +344,42 @@ def _outside_hein(frames: dict, condition: str) -> str:
 
 
 HYPOTHESES = (
-    Hypothesis("literature", "literature noise", "Literature noise as published: our networks rank the papers' noise families "
-               "as their MSP baselines did (ODIN; Outlier Exposure)",
+    Hypothesis("literature", "literature noise", "Literature noise as published: our networks rank the papers' noise "
+               "families as their MSP baselines did (ODIN; Outlier Exposure)",
                f"a paper's families whose MSP AUROCs differ by >= {ORDER_GAP:g} points keep that order (the "
                "published AUROCs of ODIN's two families are within 1 point: no order to test)", "literature_order",
                +1, "the oe_gaussian, oe_blobs and rademacher families probed, with the MSP detector, >= 2 runs"),
-    Hypothesis("kang", "reversion to the label marginal", "Reversion to the label marginal (Kang et al., ICLR 2024): far from the data, "
-               "predictions revert to the optimal constant solution",
+    Hypothesis("kang", "reversion to the label marginal", "Reversion to the label marginal (Kang et al., ICLR 2024): "
+               "far from the data, predictions revert to the optimal constant solution",
                "where the noise features are smaller than the test images' (Kang's premise), the mean prediction "
                "nears the training label frequencies as the amplitude, and with it the features, shrinks: KL(mean "
                "prediction || label frequencies) at the smallest such amplitude minus at the largest is negative",
                "amplitude_kl_trend", -1, "the amplitude probe with >= 2 amplitudes whose noise feature norm is below "
                "the test images' (per run), >= 2 such runs"),
-    Hypothesis("hein", "far-field overconfidence", "Far-field ReLU overconfidence (Hein et al., CVPR 2019): scaling an input up drives "
-               "a ReLU network's max-softmax to 1", "the mean max-softmax rises from 1x to the largest amplitude",
+    Hypothesis("hein", "far-field overconfidence", "Far-field ReLU overconfidence (Hein et al., CVPR 2019): scaling an "
+               "input up drives a ReLU network's max-softmax to 1",
+               "the mean max-softmax rises from 1x to the largest amplitude",
                "amplitude_msp_trend", +1, "the amplitude probe (amplitudes with 1 and a larger one), >= 2 runs",
                outside=_outside_hein),
-    Hypothesis("bn_batch", "BatchNorm: batch statistics", "BatchNorm statistics mismatch: normalising the noise by its own "
-               "statistics (not the training images' running ones) removes concentration. Narrow: without a "
+    Hypothesis("bn_batch", "BatchNorm: batch statistics", "BatchNorm statistics mismatch: normalising the noise by its "
+               "own statistics (not the training images' running ones) removes concentration. Narrow: without a "
                "no-BatchNorm control in the same design this says what recentring the noise does, not that "
-               "BatchNorm carries the absorption", "with BatchNorm on the noise batch's own statistics, the top share falls",
+               "BatchNorm carries the absorption",
+               "with BatchNorm on the noise batch's own statistics, the top share falls",
                "bn_mode_effect", -1, "a model with BatchNorm layers and the BatchNorm probe (n_bn > 0), >= 2 runs",
                variable=lambda v: v == "batch_stats"),
-    Hypothesis("bn_noise", "BatchNorm: re-estimated on noise", "BatchNorm statistics mismatch (running statistics re-estimated on noise)",
+    Hypothesis("bn_noise", "BatchNorm: re-estimated on noise",
+               "BatchNorm statistics mismatch (running statistics re-estimated on noise)",
                "with running statistics re-estimated on noise, the top share falls", "bn_mode_effect", -1,
                "a model with BatchNorm layers and the BatchNorm probe (n_bn > 0), >= 2 runs",
                variable=lambda v: v == "noise_stats"),
-    Hypothesis("initial_bias", "initial guessing bias", "Initial guessing bias carried over (Francazi et al., ICML 2024): the class "
-               "the untrained network favours becomes the absorber",
+    Hypothesis("initial_bias", "initial guessing bias", "Initial guessing bias carried over (Francazi et al., "
+               "ICML 2024): the class the untrained network favours becomes the absorber",
                "within runs, the untrained network's favourite (epoch 0) is the trained absorber more often than "
                "the two's distributions over runs imply", "epoch0_favourite_is_absorber", +1,
                "a trajectory from epoch 0 and >= 3 runs per condition", one_sided=True),
-    Hypothesis("head_bias", "head bias", "Head bias: where the head's biases sit among the classes sends the noise to the "
-               "absorber (a rejection says the placement adds to the concentration, not that the weights do not)",
+    Hypothesis("head_bias", "head bias", "Head bias: where the head's biases sit among the classes sends the noise to "
+               "the absorber (a rejection says the placement adds to the concentration, not that the weights do not)",
                "the biases as trained rank above the same bias values placed at random: the top share of noise "
                "falls when they are dealt at random", "bias_deal", +1,
                "the logit decomposition (random deals of the biases), >= 2 runs"),
@@ -382,16 +388,18 @@ HYPOTHESES = (
                f"across classes, the more cluttered a class ({PRIMARY_CLUTTER}), the more noise it absorbs",
                "clutter_absorption", +1, ">= 3 classes (2 classes have 2 relabellings: no test), >= 2 runs",
                variable=lambda v: v == PRIMARY_CLUTTER),
-    Hypothesis("clutter_causal_noise", "clutter, causal (noise added)", "Clutter causes absorption (per-class intervention: Gaussian noise "
-               "added to one class's training images)", "the target's share of noise rises",
-               "causal_effect", +1, "a class_intervention axis with kind gaussian_noise and paired seeds",
+    Hypothesis("clutter_causal_noise", "clutter, causal (noise added)", "Clutter causes absorption (per-class "
+               "intervention: Gaussian noise added to one class's training images)",
+               "the target's share of noise rises", "causal_effect", +1,
+               "a class_intervention axis with kind gaussian_noise and paired seeds",
                variable=lambda v: v == "gaussian_noise", per_condition=False),
-    Hypothesis("clutter_causal_blur", "clutter, causal (blur)", "Clutter causes absorption (per-class intervention: one class's "
-               "training images blurred)", "the target's share of noise falls", "causal_effect", -1,
+    Hypothesis("clutter_causal_blur", "clutter, causal (blur)", "Clutter causes absorption (per-class intervention: "
+               "one class's training images blurred)", "the target's share of noise falls", "causal_effect", -1,
                "a class_intervention axis with kind blur and paired seeds", variable=lambda v: v == "blur",
                per_condition=False),
-    Hypothesis("frequency_causal", "class prior, causal (majority)", "The prior decides (Kang et al.'s constant solution under a changed label "
-               "marginal: one class made the majority)", "the target's share of noise rises", "causal_effect", +1,
+    Hypothesis("frequency_causal", "class prior, causal (majority)", "The prior decides (Kang et al.'s constant "
+               "solution under a changed label marginal: one class made the majority)",
+               "the target's share of noise rises", "causal_effect", +1,
                "a class_intervention axis with kind majority and paired seeds", variable=lambda v: v == "majority",
                per_condition=False),
 )
@@ -450,8 +458,8 @@ def _levels(frames: dict, test: str, condition: str, variable: str) -> str:
         return (f"top share {mean('batchnorm', 'top_share', mode=BN_REFERENCE):.3f} on the running statistics, "
                 f"{mean('batchnorm', 'top_share', mode=variable):.3f} on {variable}")
     if test == "bias_deal":
-        return (f"top share {mean('logit_decomposition', 'absorber_share', noise=NOISE):.3f} with the biases as trained, "
-                f"{mean('logit_decomposition', 'top_share_dealt_mean', noise=NOISE):.3f} dealt at random")
+        return (f"top share {mean('logit_decomposition', 'absorber_share', noise=NOISE):.3f} with the biases as "
+                f"trained, {mean('logit_decomposition', 'top_share_dealt_mean', noise=NOISE):.3f} dealt at random")
     if test == "literature_order":
         hi, lo = variable.split(" > ")
         return (f"MSP AUROC {mean('ood', 'auroc', detector='msp', ood_set=hi):.3f} ({hi}) vs "
@@ -464,7 +472,8 @@ def _measured(row, frames: dict) -> str:
     ci = (f" [{stats.LEVEL} CI {row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
           if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]) else "")
     levels = _levels(frames, row["test"], row["condition"], row["variable"])
-    return f"{STATISTIC.get(row['test'], 'statistic')}: {row['statistic']:+.3g}{ci}" + (f" ({levels})" if levels else "")
+    return (f"{STATISTIC.get(row['test'], 'statistic')}: {row['statistic']:+.3g}{ci}"
+            + (f" ({levels})" if levels else ""))
 
 
 SCOREBOARD_COLUMNS = ["hypothesis", "name", "explanation", "prediction", "condition", "variable", "test", "n_runs",
@@ -531,8 +540,9 @@ def _literature_part(ctx: ReportContext) -> list:
                              for m, p, ok in zip(lit["msp_fpr95"], lit["published_fpr95"], lit["fpr95_comparable"])])
     return [Paragraph(text(Strong("Literature noise, as published."), " The families of ODIN and Outlier Exposure, "
                            "drawn as their reference code draws them (study/noise.py), scored by max-softmax as the "
-                           f"papers' baselines were: our AUROC (in %, mean and {stats.LEVEL} t interval over runs) beside the "
-                           "published one. Other networks and training, so compare the pattern, not the numbers:")),
+                           f"papers' baselines were: our AUROC (in %, mean and {stats.LEVEL} t interval over runs) "
+                           "beside the published one. Other networks and training, so compare the pattern, not the "
+                           "numbers:")),
             Table(show[["condition", "family", "paper", "network", "n_runs", "ours", "published", "fpr95"]],
                   caption=text("MSP AUROC and FPR95 (ours: share of noise accepted when 95% of test images are)"),
                   numeric=("n_runs", "ours", "published"))]
@@ -543,7 +553,7 @@ def _amplitude_part(ctx: ReportContext) -> list:
     if amp.empty:
         return []
     m = amp.groupby(["condition", "amplitude"], observed=True)[["mean_max_softmax", "kl_label_frequencies",
-                                                                 "top_share", "feature_norm_ratio"]].mean()
+                                                                "top_share", "feature_norm_ratio"]].mean()
     items = [text(Strong(str(c)), ": " + "; ".join(
         f"{a:g}x: MSP {r.mean_max_softmax:.2f}, KL {r.kl_label_frequencies:.2f}, top {r.top_share:.2f}, "
         f"norm ratio {r.feature_norm_ratio:.2f}" for (_, a), r in sub.iterrows()))
@@ -552,12 +562,12 @@ def _amplitude_part(ctx: ReportContext) -> list:
                            "around the data mean at multiples of the data's std (the same draw scaled), mean over "
                            "runs: mean max-softmax (MSP), KL(mean prediction || training label frequencies) in nats, "
                            "the top share, and the noise/test feature-norm ratio. Kang et al.'s reversion to the label "
-                           "marginal is about inputs whose features are smaller than the data's (norm ratio < 1): it is "
-                           "tested only among those amplitudes (amplitude_kl_trend). Far out, where the noise features "
-                           "dwarf the data's, Hein et al.'s theorem for piecewise-affine networks predicts MSP rising "
-                           "to 1 (amplitude_msp_trend) and the prediction concentrating (amplitude_far_kl, a sanity "
-                           "check of the far field). In a class-balanced design the label frequencies are uniform, so "
-                           "the KL is also the distance from uniform.")),
+                           "marginal is about inputs whose features are smaller than the data's (norm ratio < 1): it "
+                           "is tested only among those amplitudes (amplitude_kl_trend). Far out, where the noise "
+                           "features dwarf the data's, Hein et al.'s theorem for piecewise-affine networks predicts "
+                           "MSP rising to 1 (amplitude_msp_trend) and the prediction concentrating (amplitude_far_kl, "
+                           "a sanity check of the far field). In a class-balanced design the label frequencies are "
+                           "uniform, so the KL is also the distance from uniform.")),
             Bullets(items)] + ctx.figure("amplitude_curves.png", "The amplitude probe: one thin line per run")
 
 
@@ -567,7 +577,8 @@ def _batchnorm_part(ctx: ReportContext) -> list:
         return []
     m = bn.groupby(["condition", "mode"], observed=True, sort=False)[["top_share", "share_to_eval_absorber"]].mean()
     items = [text(Strong(str(c)), ": " + "; ".join(f"{mode}: top share {r.top_share:.2f}, to the eval absorber "
-                                                   f"{r.share_to_eval_absorber:.2f}" for (_, mode), r in sub.iterrows()))
+                                                   f"{r.share_to_eval_absorber:.2f}"
+                                                   for (_, mode), r in sub.iterrows()))
              for c, sub in m.groupby(level=0, sort=True)]
     return [Paragraph(text(Strong("BatchNorm statistics."), " The same Gaussian images with BatchNorm on its running "
                            "statistics (eval), on each noise batch's own statistics (batch_stats) and on running "
@@ -582,7 +593,8 @@ def _handover_part(ctx: ReportContext) -> list:
         return []
     items = [text(Strong(str(c)), f" (n = {len(sub)} runs): the favourite at epoch 0 is the trained absorber in "
                   f"{int(sub['favourite_is_absorber'].sum())} runs; hand-over epoch median "
-                  f"{sub['handover_epoch'].median():g} (range {sub['handover_epoch'].min()}-{sub['handover_epoch'].max()})")
+                  f"{sub['handover_epoch'].median():g} "
+                  f"(range {sub['handover_epoch'].min()}-{sub['handover_epoch'].max()})")
              for c, sub in h.groupby("condition", observed=True, sort=True)]
     return [Paragraph(text(Strong("Initial guessing bias carried over?"), " Per run, the untrained network's favourite "
                            "class (epoch 0 of the trajectory) against the trained absorber, and the hand-over epoch "
@@ -598,10 +610,11 @@ def scoreboard_section(ctx: ReportContext) -> Section:
         return s
     s.blocks.append(Paragraph(text(
         "Each published explanation, what it predicts in this design, what the study measured (the estimate with "
-        f"its {stats.LEVEL} interval where it has one), the test (its id in ", Link("tests.csv", "tests.csv"), ") and n, and "
-        "the verdict. Every test here is exploratory (Benjamini-Hochberg over the exploratory family) except "
-        "the clutter correlation and the causal share effect (confirmatory, Holm); the unit is the trained network "
-        "(the class, for the clutter correlation). The verdict is derived from the tests.csv row by these rules:")))
+        f"its {stats.LEVEL} interval where it has one), the test (its id in ", Link("tests.csv", "tests.csv"),
+        ") and n, and the verdict. Every test here is exploratory (Benjamini-Hochberg over the exploratory family) "
+        "except the clutter correlation and the causal share effect (confirmatory, Holm); the unit is the trained "
+        "network (the class, for the clutter correlation). The verdict is derived from the tests.csv row by these "
+        "rules:")))
     s.blocks.append(Bullets([text(Strong(v), f": {rule}") for v, rule in VERDICT_RULES.items()]))
     s.blocks.append(Paragraph(text("The explanations and what each predicts here:")))
     s.blocks.append(Bullets([text(Strong(h.name), f": {h.explanation}. Prediction: {h.prediction} (test ", Code(h.test),
@@ -616,7 +629,7 @@ def scoreboard_section(ctx: ReportContext) -> Section:
     links = [text(", " if i else "", Link(f"{t}.csv", f"{t}.csv")) for i, t in enumerate(TABLES)
              if not ctx.table(t).empty]
     s.blocks.append(Paragraph(text("Tables: ") + sum(links, ()) + text(". Verdict rules: ", Code("VERDICT_RULES"),
-                                                                        " in analysis/hypotheses.py.")))
+                                                                       " in analysis/hypotheses.py.")))
     return s
 
 
@@ -641,8 +654,8 @@ def methods_text() -> str:
   Gaussian noise among {BIAS_DEALS} random deals of its biases to the classes (ties broken at random); H0: the
   trained deal is one more random one, so the ranks are independent and uniform; exact test of their
   sum (smallest attainable p 2/{BIAS_DEALS + 1}^n); the estimate is the mean of rank/{BIAS_DEALS} - 1/2
-  with its {S.LEVEL} t interval, the top share as trained minus dealt beside it. The hypothesis scoreboard takes each explanation's verdict from its tests.csv
-  row by the rules stated with it."""
+  with its {S.LEVEL} t interval, the top share as trained minus dealt beside it. The hypothesis
+  scoreboard takes each explanation's verdict from its tests.csv row by the rules stated with it."""
 
 
 TOPIC = Topic("hypotheses", tables=lambda inputs, frames: study_tables(inputs.data, frames),

@@ -27,8 +27,10 @@ TESTS = {
     "absorber_vs_condition": ("tests", "the absorber's distribution differs between conditions that train the same "
                               "classes: paired seeds, the swap test (2 conditions) or Cochran's Q; else the "
                               "permutation chi-square"),
-    "absorber_vs_condition_chi2": ("tests", "the same by permutation chi-square over runs, in a paired design (secondary)"),
-    "share_vs_condition": ("tests", "two paired conditions differ in the share of noise the pooled modal class absorbs"),
+    "absorber_vs_condition_chi2": ("tests", "the same by permutation chi-square over runs, in a paired design "
+                                            "(secondary)"),
+    "share_vs_condition": ("tests", "two paired conditions differ in the share of noise the pooled modal class "
+                                    "absorbs"),
     "absorber_equivalence": ("tests", "a condition changes the absorber against the first condition (paired seeds) in "
                              "fewer than a stated share of the seeds (discordance rate, exact equivalence test)"),
     "mst_edge": ("edge_frequency", "a pair of classes is joined in the class tree more often than relabelled "
@@ -65,7 +67,8 @@ TESTS = {
                        "share against the running statistics"),
     "accuracy_trend": ("tests", "across conditions that train the same classes, a noise family's top share or mean "
                        "max-softmax goes with the networks' test accuracy (Spearman over runs, runs permuted); "
-                       "confirmatory for Gaussian noise where the conditions are arms of different networks (a ladder)"),
+                       "confirmatory for Gaussian noise where the conditions are arms of different networks "
+                       "(a ladder)"),
     "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
                   "biases dealt to the classes at random (per-run ranks among random deals)"),
 }
@@ -86,7 +89,8 @@ def family_of(test: str, noise: str, variable: str = "") -> str:
     if test in FACTORS:
         return "factors"
     primary = test in CONFIRMATORY and noise == PRIMARY_NOISE
-    return "confirmatory" if primary and (test != "clutter_absorption" or variable == PRIMARY_CLUTTER) else "exploratory"
+    return ("confirmatory" if primary and (test != "clutter_absorption" or variable == PRIMARY_CLUTTER)
+            else "exploratory")
 
 
 def by_condition(data) -> dict[str, list[dict]]:
@@ -106,7 +110,7 @@ PAIRED_MEAN = "mean paired difference"   # the effect of a row that carries a t 
 
 
 def result_row(test, hypothesis, condition, noise, res, method, *, variable="", effect=None, effect_name=None,
-         p_min_of_n=None):
+               p_min_of_n=None):
     """One tests.csv row. p_min_of_n: n -> the smallest attainable p with n runs (seeds, pairs),
     used to say how many a test that cannot reach its level would need."""
     assert test in TESTS and TESTS[test][0] == "tests", test
@@ -135,7 +139,8 @@ def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.D
             mass = np.array([r["absorber_softmax"][j] for r, j in zip(runs, i)])
             res = stats.absorber_consistency(absorbers, classes)
             row = {"condition": condition, "noise": f, "n_classes": k, **res,
-                   "mean_top_share": float(top.mean()), "sd_top_share": float(top.std(ddof=1)) if len(top) > 1 else np.nan,
+                   "mean_top_share": float(top.mean()),
+                   "sd_top_share": float(top.std(ddof=1)) if len(top) > 1 else np.nan,
                    # the softmax mass on each run's absorber beside its argmax share (NaN: not recorded)
                    "mean_absorber_softmax": float(np.nanmean(mass)) if np.isfinite(mass).any() else np.nan,
                    "fleiss_kappa": np.nan, "randolph_kappa": np.nan}
@@ -148,17 +153,19 @@ def consistency(groups: dict[str, list[dict]], kappa_counts: dict) -> tuple[pd.D
             dist += [{"condition": condition, "noise": f, "class": c, "count": int(n_c[j]), "n_runs": len(runs),
                       "share": n_c[j] / len(runs), "ci_low": bounds[j, 0], "ci_high": bounds[j, 1]}
                      for j, c in enumerate(classes)]
-            tests.append(result_row("absorber_consistency", "the absorbers are not uniform over the classes", condition, f,
-                              {"statistic": res["modal_count"], "p_value": res["p_value"], "p_min": res["p_min"],
-                               "effect": res["agreement"], "ci_low": res["agreement_ci_low"],
-                               "ci_high": res["agreement_ci_high"], "n_runs": res["n_runs"]},
-                              f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,} simulated studies) of the modal absorber "
-                              f"count (ties by agreement) vs {k} uniform classes; effect: pair agreement "
-                              f"(the unbiased A truncated to [1/K, 1], so biased upward: exactly 1/K in about half of chance studies; "
-                              f"1/K = {1 / k:.2f}) with its score interval",
-                              effect_name="pair agreement", p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
+            tests.append(result_row("absorber_consistency", "the absorbers are not uniform over the classes",
+                                    condition, f,
+                                    {"statistic": res["modal_count"], "p_value": res["p_value"], "p_min": res["p_min"],
+                                     "effect": res["agreement"], "ci_low": res["agreement_ci_low"],
+                                     "ci_high": res["agreement_ci_high"], "n_runs": res["n_runs"]},
+                                    f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,} simulated studies) of the modal "
+                                    f"absorber count (ties by agreement) vs {k} uniform classes; effect: pair "
+                                    "agreement (the unbiased A truncated to [1/K, 1], so biased upward: exactly 1/K in "
+                                    f"about half of chance studies; 1/K = {1 / k:.2f}) with its score interval",
+                                    effect_name="pair agreement",
+                                    p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
     return pd.DataFrame(rows), pd.DataFrame(dist, columns=["condition", "noise", "class", "count", "n_runs", "share",
-                                                          "ci_low", "ci_high"]), tests
+                                                           "ci_low", "ci_high"]), tests
 
 
 # ---------------------------------------------------------------- 3. absorber vs condition
@@ -189,9 +196,9 @@ def accuracy_trends(groups: dict[str, list[dict]]) -> list[dict]:
                 values = [r[variable][r["families"].index(f)] for r in runs]
                 res = stats.rank_trend(acc, values)
                 row = result_row("accuracy_trend", f"the {variable} of {f} noise goes with test accuracy",
-                           " vs ".join(conditions), f, res, "Spearman rho over runs, runs permuted "
-                           f"({stats.PERMUTATIONS} permutations); percentile bootstrap interval over runs",
-                           variable=variable, p_min_of_n=lambda n: stats.mc_floor(stats.PERMUTATIONS))
+                                 " vs ".join(conditions), f, res, "Spearman rho over runs, runs permuted "
+                                 f"({stats.PERMUTATIONS} permutations); percentile bootstrap interval over runs",
+                                 variable=variable, p_min_of_n=lambda n: stats.mc_floor(stats.PERMUTATIONS))
                 if ladder and f == PRIMARY_NOISE:
                     row["family"] = "confirmatory"
                 rows.append(row)
@@ -234,50 +241,54 @@ def condition_dependence(groups: dict[str, list[dict]]) -> tuple[list[dict], lis
             res = stats.permutation_chi2([a for _, _, a, _ in absorbers], [c for c, _, _, _ in absorbers])
             g = len(conditions)
             tests.append(result_row("absorber_vs_condition_chi2" if common else "absorber_vs_condition",
-                              "the absorber depends on the condition", label, f, res,
-                              f"permutation chi-square ({res['permutations']} relabellings of conditions over runs)",
-                              p_min_of_n=lambda n, g=g, b=res["permutations"]: stats.relabelling_p_min([n] * g, b)))
+                                    "the absorber depends on the condition", label, f, res,
+                                    f"permutation chi-square ({res['permutations']} relabellings of conditions "
+                                    "over runs)",
+                                    p_min_of_n=lambda n, g=g, b=res["permutations"]:
+                                        stats.relabelling_p_min([n] * g, b)))
             if not common:
                 continue
             table = {(c, s): (a, sh) for c, s, a, sh in absorbers}
             pooled = pd.Series([table[(c, s)][0] for c in conditions for s in common]).mode().sort_values().iloc[0]
             k = list(classes).index(pooled)
-            pair_note = f"{len(common)} complete pairs" + (f" of {max(sizes)} seeds" if len(common) < max(sizes) else "")
+            pair_note = (f"{len(common)} complete pairs"
+                         + (f" of {max(sizes)} seeds" if len(common) < max(sizes) else ""))
             for a, b in [(conditions[0], c) for c in conditions[1:]]:   # each against the first (reference)
                 eq = stats.discordance([table[(a, s)][0] for s in common], [table[(b, s)][0] for s in common])
                 tests.append(result_row("absorber_equivalence", f"{a} and {b} change the absorber in fewer than "
-                                  f"{eq['margin']:.0%} of the seeds", f"{a} vs {b}", f, eq,
-                                  f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson {stats.LEVEL} "
-                                  f"interval; exact binomial equivalence test, H0 rate >= {eq['margin']:.2f} "
-                                  f"({pair_note})",
-                                  p_min_of_n=lambda n, m=eq["margin"]: (1 - m) ** n))
+                                        f"{eq['margin']:.0%} of the seeds", f"{a} vs {b}", f, eq,
+                                        f"discordant seeds {eq['statistic']}/{eq['n_runs']} with a Clopper-Pearson "
+                                        f"{stats.LEVEL} interval; exact binomial equivalence test, H0 rate >= "
+                                        f"{eq['margin']:.2f} ({pair_note})",
+                                        p_min_of_n=lambda n, m=eq["margin"]: (1 - m) ** n))
             if len(conditions) == 2:
                 a, b = conditions
                 mh = stats.marginal_homogeneity([table[(a, s)][0] for s in common],
                                                 [table[(b, s)][0] for s in common])
                 tests.append(result_row("absorber_vs_condition", "the absorber depends on the condition (paired seeds)",
-                                  label, f, {**mh, "n_runs": len(common)},
-                                  f"marginal homogeneity, paired permutation (each seed's two absorbers "
-                                  f"swapped; {mh['discordant']} of {len(common)} seeds discordant; {pair_note}); "
-                                  f"statistic |d|^2; Stuart-Maxwell {mh['stuart_maxwell']:.2f} on {mh['df']} df "
-                                  f"for reference", effect=mh["discordant"] / len(common),
-                                  effect_name="discordance rate", p_min_of_n=stats.sign_flip_p_min))
+                                        label, f, {**mh, "n_runs": len(common)},
+                                        f"marginal homogeneity, paired permutation (each seed's two absorbers "
+                                        f"swapped; {mh['discordant']} of {len(common)} seeds discordant; {pair_note}); "
+                                        f"statistic |d|^2; Stuart-Maxwell {mh['stuart_maxwell']:.2f} on {mh['df']} df "
+                                        f"for reference", effect=mh["discordant"] / len(common),
+                                        effect_name="discordance rate", p_min_of_n=stats.sign_flip_p_min))
                 diffs = np.array([table[(b, s)][1][k] - table[(a, s)][1][k] for s in common])
                 sf = stats.sign_flip(diffs)
                 tests.append(result_row("share_vs_condition", f"the share of {pooled} differs ({b} - {a})", label, f,
-                                  {**sf, "n_runs": len(common)},
-                                  f"sign-flip test on paired share differences ({pair_note})", variable=pooled,
-                                  effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
-                                  p_min_of_n=stats.sign_flip_p_min))
+                                        {**sf, "n_runs": len(common)},
+                                        f"sign-flip test on paired share differences ({pair_note})", variable=pooled,
+                                        effect=float(diffs.mean()), effect_name=PAIRED_MEAN,
+                                        p_min_of_n=stats.sign_flip_p_min))
             else:
                 indicator = np.array([[table[(c, s)][0] == pooled for c in conditions] for s in common], dtype=int)
                 q = stats.cochran_q(indicator)
                 tests.append(result_row("absorber_vs_condition", f"P(absorber = {pooled}) differs between conditions "
-                                  "(paired seeds)", label, f, {**q, "n_runs": len(common)},
-                                  f"Cochran's Q, seeds paired ({pair_note}); p by permuting each seed's row across "
-                                  f"conditions ({q['permutations']} permutations)", variable=pooled,
-                                  effect=float(indicator.mean()), effect_name=f"share of runs absorbing to {pooled}",
-                                  p_min_of_n=lambda n, g=g: float(g) ** (1 - n)))
+                                        "(paired seeds)", label, f, {**q, "n_runs": len(common)},
+                                        f"Cochran's Q, seeds paired ({pair_note}); p by permuting each seed's row "
+                                        f"across conditions ({q['permutations']} permutations)", variable=pooled,
+                                        effect=float(indicator.mean()),
+                                        effect_name=f"share of runs absorbing to {pooled}",
+                                        p_min_of_n=lambda n, g=g: float(g) ** (1 - n)))
     if len(by_classes) > 1:
         notes.append("Conditions that train different class sets are not compared by absorber "
                      "identity (their absorbers are drawn from different sets).")
@@ -306,16 +317,16 @@ def tree_tests(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]
         if s >= 3 and k >= 3:  # pairwise statistics need 3 runs; a tree over 2 classes is one edge
             ov = trees.overlap(k, tree_list)
             tests.append(result_row("mst_overlap", "the class trees share edges beyond chance", condition,
-                              trees.ALL_FAMILIES, ov,
-                              f"class-relabelling permutation test of mean pairwise shared class-tree edges "
-                              f"(null mean 2(K-1)/K = {ov['null_mean']:.2f}, {ov['permutations']} perms)",
-                              p_min_of_n=lambda n, k=k, b=ov["permutations"]: stats.tree_overlap_p_min(k, n, b)))
+                                    trees.ALL_FAMILIES, ov,
+                                    f"class-relabelling permutation test of mean pairwise shared class-tree edges "
+                                    f"(null mean 2(K-1)/K = {ov['null_mean']:.2f}, {ov['permutations']} perms)",
+                                    p_min_of_n=lambda n, k=k, b=ov["permutations"]: stats.tree_overlap_p_min(k, n, b)))
             iu = np.triu_indices(k, 1)
             mantel = stats.mantel_test(block[:, iu[0], iu[1]], n_nodes=k)
             tests.append(result_row("distance_agreement", "class-class distances agree across runs", condition,
-                              trees.ALL_FAMILIES, mantel, f"Mantel: mean pairwise Spearman, class-label permutation "
-                              f"({mantel['permutations']})",
-                              p_min_of_n=lambda n, k=k, b=mantel["permutations"]: stats.mantel_p_min(k, n, b)))
+                                    trees.ALL_FAMILIES, mantel, "Mantel: mean pairwise Spearman, class-label "
+                                    f"permutation ({mantel['permutations']})",
+                                    p_min_of_n=lambda n, k=k, b=mantel["permutations"]: stats.mantel_p_min(k, n, b)))
         for f in families_of(runs):
             i = [r["families"].index(f) for r in runs]
             mats = np.array([r["distance"][j] for r, j in zip(runs, i)])
@@ -325,24 +336,27 @@ def tree_tests(groups: dict[str, list[dict]]) -> tuple[pd.DataFrame, list[dict]]
                 continue
             att = stats.modal_count_test(np.array(nearest), k)
             modal = classes[att["modal"]]
-            tests.append(result_row("noise_attachment", "the noise node hangs on the same class across runs", condition, f,
-                              {**att, "statistic": int(att["counts"].max()), "n_runs": s},
-                              f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,}) of the modal count of the noise node's "
-                              f"nearest class vs {k} uniform classes (classes relabelled, noise node fixed)",
-                              variable=modal, effect=att["counts"].max() / s, effect_name=f"share of runs on {modal}",
-                              p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
+            tests.append(result_row("noise_attachment", "the noise node hangs on the same class across runs",
+                                    condition, f, {**att, "statistic": int(att["counts"].max()), "n_runs": s},
+                                    f"Monte Carlo test ({stats.CONSISTENCY_DRAWS:,}) of the modal count of the noise "
+                                    f"node's nearest class vs {k} uniform classes "
+                                    "(classes relabelled, noise node fixed)",
+                                    variable=modal, effect=att["counts"].max() / s,
+                                    effect_name=f"share of runs on {modal}",
+                                    p_min_of_n=lambda n, k=k: stats.modal_count_p_min(n, k)))
             absorber_idx = [classes.index(r["absorber"][j]) for r, j in zip(runs, i)]
             pair = stats.pairing_test(np.array(nearest), np.array(absorber_idx))
             tests.append(result_row("noise_neighbour", "the class nearest to the noise mean is the run's absorber",
-                              condition, f, pair,
-                              f"pairing permutation across runs ({pair['permutations']}): hits vs the "
-                              f"{pair['expected_hits']:.1f} the two's distributions imply",
-                              p_min_of_n=lambda n, k=k, b=pair["permutations"]: _best_pairing_p_min(n, k, b)))
+                                    condition, f, pair,
+                                    f"pairing permutation across runs ({pair['permutations']}): hits vs the "
+                                    f"{pair['expected_hits']:.1f} the two's distributions imply",
+                                    p_min_of_n=lambda n, k=k, b=pair["permutations"]: _best_pairing_p_min(n, k, b)))
             if f == PERMUTATION_FAMILY:
                 row = stats.mantel_test(mats[:, k, :k], n_nodes=None)
-                tests.append(result_row("noise_distance_agreement", "noise-class distances agree across runs", condition, f,
-                                  row, f"Spearman of noise rows, class-label permutation ({row['permutations']})",
-                                  p_min_of_n=lambda n, k=k, b=row["permutations"]: stats.mantel_p_min(k, n, b)))
+                tests.append(result_row("noise_distance_agreement", "noise-class distances agree across runs",
+                                        condition, f, row,
+                                        f"Spearman of noise rows, class-label permutation ({row['permutations']})",
+                                        p_min_of_n=lambda n, k=k, b=row["permutations"]: stats.mantel_p_min(k, n, b)))
     return trees.edge_frequency(class_trees, attachments), tests
 
 

@@ -157,7 +157,8 @@ def _direction_prediction(summ, tests, factor, more, less, claim, source=PAPER) 
         low_set, high_set = (r.setting_a, r.setting_b) if sign > 0 else (r.setting_b, r.setting_a)
         parts.append(f"{low_set} -> {high_set}: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}] "
                      f"(n = {r.n_nets}, Holm p = {fmt_p(r.p_holm)})")
-        verdicts.append("holds" if r.p_holm < stats.ALPHA and diff > 0 else "fails" if r.p_holm < stats.ALPHA else "not shown")
+        verdicts.append("holds" if r.p_holm < stats.ALPHA and diff > 0
+                        else "fails" if r.p_holm < stats.ALPHA else "not shown")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else "mixed: " + ", ".join(verdicts)
     return {"prediction": claim, "source": source,
             "setting": "; ".join(f"{r.setting_a} vs {r.setting_b}" for r, _ in rows),
@@ -169,7 +170,8 @@ def predictions(summ: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     the measurement that checks it, on the test images with the head's bias zeroed."""
     rows = [
         _level_prediction(summ, "relu-max-none-centered", "ReLU + max-pooling: strong bias", strong=True),
-        _level_prediction(summ, "tanh-avg-none-centered", "tanh (centered inputs, no max-pooling): no bias", strong=False),
+        _level_prediction(summ, "tanh-avg-none-centered", "tanh (centered inputs, no max-pooling): no bias",
+                          strong=False),
         _direction_prediction(summ, tests, "activation", "relu", "tanh", "ReLU biases more than tanh"),
         _direction_prediction(summ, tests, "pool", "max", "avg", "max-pooling biases more than average pooling"),
         _direction_prediction(summ, tests, "inputs", "uncentered", "centered", "centering the inputs reduces the bias"),
@@ -222,14 +224,15 @@ def report(summ: pd.DataFrame, tests: pd.DataFrame, preds: pd.DataFrame, figures
     lines += _md_table(preds[["prediction", "verdict", "measured", "source"]])
     lines += ["", "## Per setting (head bias zeroed)", ""]
     show = t.assign(mean=t.apply(lambda r: f"{r.mean_max_f:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]", axis=1),
-                    strong=t.apply(lambda r: f"{r.share_strong:.0%} [{r.strong_ci_low:.0%}, {r.strong_ci_high:.0%}]", axis=1),
+                    strong=t.apply(lambda r: f"{r.share_strong:.0%} [{r.strong_ci_low:.0%}, {r.strong_ci_high:.0%}]",
+                                   axis=1),
                     neutral=t["neutral_mean_max_f"].map("{:.2f}".format),
                     uniform_p=t["top_class_uniform_p"].map(fmt_p),
                     same_top=t["same_top_test_noise"].map(lambda v: f"{v:.0%}"))
     lines += _md_table(show[["setting", "images", "n_nets", "mean", "strong", "neutral", "uniform_p", "same_top"]])
     lines += ["", f"mean: mean max_f [{stats.LEVEL} t interval over networks]; strong: share of networks with "
-              f"max_f >= {STRONG} [Wilson {stats.LEVEL}]; neutral: mean max_f if every image picked a class uniformly at random; "
-              "uniform_p: chi-square test that every class is the favourite equally often (the init is "
+              f"max_f >= {STRONG} [Wilson {stats.LEVEL}]; neutral: mean max_f if every image picked a class uniformly "
+              "at random; uniform_p: chi-square test that every class is the favourite equally often (the init is "
               "symmetric in the classes, so this should not reject); same_top: networks whose favourite "
               "class is the same for test images and noise.", "",
               "## Paired tests between settings that differ in one factor", "",
@@ -267,5 +270,6 @@ def analyse(df: pd.DataFrame, n_classes: int = 10) -> dict[str, bytes]:
              "initbias_predictions.csv": preds.to_csv(index=False).encode(),
              "initbias_max_f.png": histogram(df, summ, TESTED_BIAS),
              "initbias_max_f_initial_bias.png": histogram(df, summ, "initial")}
-    files["initbias.md"] = report(summ, tests, preds, ["initbias_max_f.png", "initbias_max_f_initial_bias.png"]).encode()
+    files["initbias.md"] = report(summ, tests, preds,
+                                  ["initbias_max_f.png", "initbias_max_f_initial_bias.png"]).encode()
     return files

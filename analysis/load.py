@@ -16,9 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.fs as pafs
 
-from .contract import (ARRAYS_NPZ, COMPLETED, FINAL_STATUSES, PROBED, READABLE_SCHEMAS, REPORT_DIR, STUDY_JSON,
-                       RUN_ONLY_KEYS, TRIAL_JSON, TUNE_ERROR_TXT, config_changes, config_digest,
-                       open_filesystem, show_value)
+from .contract import (
+    ARRAYS_NPZ,
+    COMPLETED,
+    FINAL_STATUSES,
+    PROBED,
+    READABLE_SCHEMAS,
+    REPORT_DIR,
+    RUN_ONLY_KEYS,
+    STUDY_JSON,
+    TRIAL_JSON,
+    TUNE_ERROR_TXT,
+    config_changes,
+    config_digest,
+    open_filesystem,
+    show_value,
+)
 from .errors import InputError
 
 NOT_TRIALS = {REPORT_DIR}

@@ -57,13 +57,12 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .contract import (CIFAR10_CLASSES, COMPLETED, DIVERGED, SCHEMA_VERSION, STUDY_JSON,
-                       TUNE_ERROR_TXT, trial_dirname)
-from .decomposition import bias_deal, margin_split
+from . import measures
 from .anchors import published_orderings
+from .contract import CIFAR10_CLASSES, COMPLETED, DIVERGED, SCHEMA_VERSION, STUDY_JSON, TUNE_ERROR_TXT, trial_dirname
+from .decomposition import bias_deal, margin_split
 from .hypotheses import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
-from . import measures
 from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, softmax_rows, write_trial
 from .why import PIXEL_MEASURES
 
@@ -109,7 +108,8 @@ class Design:
     k: int = 10
     seeds: int = 12
     axis: str = "augmentation"      # augmentation | intervention | activation | class_intervention
-    arms: int = 2                   # augmentation/intervention arms (none first); class_intervention: targets (x 2 strengths, + none)
+    arms: int = 2                   # augmentation/intervention arms (none first); class_intervention: targets
+                                    # (x 2 strengths, + none)
     families: tuple[str, ...] = ("gaussian", "uniform")
     coupling: float = 0.5           # P(a seed's run in an arm keeps that seed's absorber / nearest class / shares)
     diverged: int = 1               # runs that diverged (trial.json with status diverged)
@@ -139,7 +139,8 @@ class Effects:
     condition: float = 0.0            # last arm (augmentation, activation): P(absorber = another class m')
     clutter: bool = False             # the modal class is the class with the most PNG bits per pixel
     tree: float = 0.0                 # P(a run's class means follow the study's planted tree)
-    causal: float = 0.0               # class_intervention arms: P(the absorber is the target) at the top strength, half that at the lower
+    causal: float = 0.0               # class_intervention arms: P(the absorber is the target) at the top strength,
+                                      # half that at the lower
     intervention: float = 0.0         # intervention arms: the top share shrinks by this fraction
     manipulation: float = 1.0         # blur lowers the target's pixel clutter by this many class sds per unit strength
     probes: float = 0.0               # the probes' second levels move by this many level sds: the largest amplitude's
@@ -279,7 +280,8 @@ def _draw_study(design: Design, effects: Effects, rng) -> _Study:
     tree = [(int(order[rng.integers(i)]), int(order[i])) for i in range(1, k)]
     return _Study(classes, modal, other, _categorical(k, modal, q), _categorical(k, modal, effects.nearest_q),
                   _categorical(k, modal, effects.favourite_q), shared, dirs, clutter,
-                  {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal()) for m in CLUTTER_MEASURES}
+                  {f: {m: float(MEASURE_SCALE[m][0] + MEASURE_SCALE[m][1] * rng.standard_normal())
+                       for m in CLUTTER_MEASURES}
                    for f in design.families}, tree, float(rng.uniform(*OOD_SEPARATION)))
 
 
@@ -366,7 +368,7 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[on] * np.log(p[on] / q[on])))
 
 
-def _probes(st: "_Study", design: Design, effects: Effects, absorber: int, rng) -> tuple[dict, dict]:
+def _probes(st: _Study, design: Design, effects: Effects, absorber: int, rng) -> tuple[dict, dict]:
     """The run's amplitude and BatchNorm records (study/trial.py's hypothesis_probes): one
     response vector v for the run (its network; favouring its Gaussian absorber), the same white
     noise at every amplitude and other Gaussian images for the modes, a logit scale drawn per
@@ -428,7 +430,7 @@ def binormal_metrics(d: np.ndarray, id_share: np.ndarray) -> dict[str, np.ndarra
             "fpr95": ndtr(Z95 - d[..., 0])}
 
 
-def _ood(st: "_Study", design: Design, effects: Effects, heldout: list[str], rng) -> dict:
+def _ood(st: _Study, design: Design, effects: Effects, heldout: list[str], rng) -> dict:
     """The OOD rows (study/ood.py's evaluate): every detector against every noise family and
     held-out class, the binormal separation around the study's, shared by the run (a better
     detector network separates every set better), each set and detector its own draw; held-out
@@ -469,7 +471,7 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
     epoch0 = _seeded(st, ("epoch0", seed, favourite), design.coupling,
                      lambda: _shares_p(k, favourite, rng, top=(0.15, 0.9)), rng)
     planned = []
-    for i, f in enumerate(design.families):
+    for f in design.families:
         a = _seeded(st, ("absorber", seed, f), design.coupling, lambda: int(rng.choice(k, p=st.absorber_p)), rng)
         if effects.favourite_link and rng.random() < effects.favourite_link:
             a = favourite
@@ -478,7 +480,7 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
             a = st.other
         if target is not None and rng.random() < effects.causal * arm["strength"] / max(BLUR_STRENGTHS):
             a = target
-        p = _seeded(st, ("shares", seed, f, a), design.coupling, lambda: _shares_p(k, a, rng), rng)
+        p = _seeded(st, ("shares", seed, f, a), design.coupling, lambda: _shares_p(k, a, rng), rng)  # noqa: B023  (drawn at once)
         if effects.intervention and design.axis == "intervention" and arm_index > 0:
             p = p.copy()
             p[a] *= 1 - effects.intervention
@@ -518,7 +520,8 @@ def _run(st: _Study, design: Design, effects: Effects, arm, arm_index: int, seed
                "noise": {f: {m: v if m in PIXEL_MEASURES else v + 0.5 * MEASURE_SCALE[m][1] * rng.standard_normal()
                              for m, v in st.noise_clutter[f].items()} for f in design.families}}
     first = np.array([absorption[design.families[0]][c] for c in classes])
-    trajectory = [{"epoch": e, "shares": dict(zip(classes, ((1 - e / design.epochs) * epoch0 + e / design.epochs * first).tolist()))}
+    trajectory = [{"epoch": e, "shares": dict(zip(classes, ((1 - e / design.epochs) * epoch0
+                                                            + e / design.epochs * first).tolist()))}
                   for e in range(design.epochs + 1)]
     heldout = [c for c in CIFAR10 if c not in classes]
     amplitude, batchnorm = _probes(st, design, effects, classes.index(summary[design.families[0]]["absorber"]), rng)

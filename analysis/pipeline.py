@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from importlib import metadata
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,6 @@ from .load import Loaded, check_same_study, load, load_many, open_study
 from .revision import AT_IMPORT
 from .storage import check_writable
 from .topic import Inputs, Topic, report_sections
-
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 # the topics (analysis/topic.py) in the order their tables and tests are made, their sections read
@@ -44,7 +43,7 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
     with ThreadPoolExecutor(workers) as pool:
         for condition, runs in groups.items():
             pictures = condition in gallery
-            arrays = list(pool.map(lambda r: needed(r, pictures), runs))
+            arrays = list(pool.map(lambda r: needed(r, pictures), runs))  # noqa: B023  (all read in this iteration)
             if pictures:
                 images[condition] = tables.mean_images(runs, arrays)
             k = len(runs[0]["classes"])

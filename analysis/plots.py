@@ -17,18 +17,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FixedLocator, NullLocator
 
-from .contract import CIFAR10_CLASSES, COMPLETED, NOISE_NODE  # noqa: E402
-from .stats import LEVEL, wilson_interval  # noqa: E402
+from .contract import CIFAR10_CLASSES, COMPLETED, NOISE_NODE
+from .stats import LEVEL, wilson_interval
 
 STYLE = {"text.parse_math": False, "figure.dpi": 110, "axes.titlesize": 10, "axes.labelsize": 9,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8}
@@ -565,7 +565,8 @@ def clutter_scatter(clutter: pd.DataFrame, absorption: pd.DataFrame, class_sets:
         _legend_outside(fig, handles, list(colours) + [f"the {noise} bank"])
         return _save(fig, out, "clutter_vs_absorption.png",
                      f"Clutter of each class vs the share of {noise} noise it absorbs, per class set "
-                     f"(a dot per run and class; triangle on the axis: the {noise} noise bank's own value, or an arrowhead where it lies off the scale)")
+                     f"(a dot per run and class; triangle on the axis: the {noise} noise bank's own value, or an "
+                     "arrowhead where it lies off the scale)")
 
 
 def _mark_bank(ax, value: float, class_values: np.ndarray, label: str) -> None:
@@ -728,7 +729,7 @@ def batchnorm_modes(bn: pd.DataFrame, out: Path) -> str | None:
         fig, axes = _grid(len(conditions), max(3.0, 1.1 * len(modes) + 1.0), 3.2)
         for ax, cond in zip(axes, conditions):
             wide = bn[bn["condition"] == cond].pivot_table(index="trial_id", columns="mode", values="top_share",
-                                                            observed=True).reindex(columns=modes)
+                                                           observed=True).reindex(columns=modes)
             for _, row in wide.head(MAX_RUN_LINES).iterrows():
                 ax.plot(range(len(modes)), row.to_numpy(dtype=float), color="C0", lw=0.8, alpha=0.6, marker="o", ms=3)
             ax.plot(range(len(modes)), wide.mean().to_numpy(dtype=float), color="k", lw=2.2)

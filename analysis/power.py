@@ -182,8 +182,10 @@ def q_ref(k: int) -> float:
     return 0.5 if k > 2 else 0.75
 
 CHECK_CONDITIONS = 10              # larger paired groups: Cochran's Q is too slow to simulate in a check
-PAIRED_EFFECT = (0.75, 0.25, 0.5)  # q_a, q_b, agree: the modal class absorbs in 75% of seeds under one arm, 25% under another
-UNPAIRED_Q = 0.7                   # different networks' conditions: each absorbs to its own class in 70% of runs (the ladder's)
+PAIRED_EFFECT = (0.75, 0.25, 0.5)  # q_a, q_b, agree: the modal class absorbs in 75% of seeds under one arm, 25%
+                                   # under another
+UNPAIRED_Q = 0.7                   # different networks' conditions: each absorbs to its own class in 70% of runs
+                                   # (the ladder's)
 
 
 def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
@@ -192,7 +194,8 @@ def design(points: list[tuple[dict, list[str]]]) -> tuple[list[tuple[int, int]],
     (K, common seeds, conditions) of each group of >= 2 conditions that train the same classes on
     seeds the aggregation pairs (inference.paired_seeds)."""
     cells, groups, seeds, different = _conditions(points)
-    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items() if len(g) >= 2 and not different[cls]}
+    common = {cls: paired_seeds([seeds[c] for c in g]) for cls, g in groups.items()
+              if len(g) >= 2 and not different[cls]}
     paired = sorted({(len(cls), len(common[cls]), len(groups[cls])) for cls in common if common[cls]})
     return cells, paired
 
@@ -247,8 +250,8 @@ def design_block(points: list[tuple[dict, list[str]]], sims: int = 400) -> str:
     for k, s, c in paired:
         if c > CHECK_CONDITIONS:
             lines.append(f"  paired absorber test (Cochran's Q), K = {k}, {c} conditions on {s} seeds: not simulated "
-                         f"here (too slow for a check); `python -m analysis.power --k {k} --seeds {s} --conditions {c}` "
-                         "prints it")
+                         f"here (too slow for a check); `python -m analysis.power --k {k} --seeds {s} --conditions "
+                         f"{c}` prints it")
             continue
         pw = paired_power(k, s, q_a, q_b, agree, c, sims)
         need = seeds_needed(lambda n: paired_power(k, n, q_a, q_b, agree, c, sims), start=s)  # noqa: B023
@@ -286,12 +289,14 @@ def unpaired_power(k: int, s: int, q: float, conditions: int = 2, sims: int = 40
         modal = rng.random(len(groups)) < q
         other = (groups + 1 + rng.integers(0, k - 1, len(groups))) % k   # uniform over the K - 1 others
         absorbers = np.where(modal, groups, other)
-        rejections += stats.permutation_chi2(absorbers, groups, perms=perms, seed=int(rng.integers(2**31)))["p_value"] <= alpha
+        rejections += stats.permutation_chi2(absorbers, groups, perms=perms,
+                                             seed=int(rng.integers(2**31)))["p_value"] <= alpha
     return _estimate(int(rejections), sims)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.power", description="Power of the absorber tests by simulation.")
+    p = argparse.ArgumentParser(prog="python -m analysis.power",
+                                description="Power of the absorber tests by simulation.")
     p.add_argument("--k", type=int, nargs="+", default=[10])
     p.add_argument("--seeds", type=int, nargs="+", default=[5, 8, 12, 20])
     p.add_argument("--q", type=float, nargs="+", default=[0.3, 0.5, 0.7])

@@ -9,16 +9,30 @@ topics, and with them the sections and the paragraphs of the Methods.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import inference, stats
 from .contract import COMPLETED, DIVERGED
-from .document import (Bullets, Code, Emph, Figure, Link, Paragraph, Report, Section, Strong, Table, authored,
-                       fmt_p, md, text)
+from .document import (
+    Bullets,
+    Code,
+    Emph,
+    Figure,
+    Link,
+    Paragraph,
+    Report,
+    Section,
+    Strong,
+    Table,
+    authored,
+    fmt_p,
+    md,
+    text,
+)
 from .stats import ALPHA, DISCORDANCE_MARGIN
 from .trees import consensus_trees
 
@@ -160,10 +174,11 @@ def answer_first(ctx: ReportContext) -> list:
     too_weak = guard_table[guard_table["too_weak"]] if len(guard_table) else guard_table
     weak_names = set(too_weak["condition"]) if len(too_weak) else set()
     for r in too_weak.itertuples():
-        open_questions.append(text(Strong(f"{r.condition}: too weak to interpret"), f" (test accuracy {r.accuracy_mean:.3f}, "
-                                   f"pooled {stats.LEVEL} interval [{r.ci_low:.3f}, {r.ci_high:.3f}] against chance {r.chance:.3f}; "
-                                   f"{r.rule}): its networks barely learned, so where they send noise says little about "
-                                   "trained classifiers; its tests are exploratory."))
+        open_questions.append(text(Strong(f"{r.condition}: too weak to interpret"), " (test accuracy "
+                                   f"{r.accuracy_mean:.3f}, pooled {stats.LEVEL} interval [{r.ci_low:.3f}, "
+                                   f"{r.ci_high:.3f}] against chance {r.chance:.3f}; {r.rule}): its networks barely "
+                                   "learned, so where they send noise says little about trained classifiers; its tests "
+                                   "are exploratory."))
     for i, (condition, sub) in enumerate(cons.groupby("condition", sort=False)):
         parts, weak = [], []
         for r in sub.itertuples():
@@ -269,9 +284,11 @@ def absorber_section(ctx: ReportContext) -> Section:
     s.blocks += [
         Table(show[["condition", "noise", "modal_absorber", "runs", "modal_share", "p", "p_adjusted", "agreement",
                     "fleiss", "randolph"]],
-              caption=text(f"Every noise family, per condition (modal share with its simultaneous {stats.LEVEL} interval over "
-                           "the classes; p: Monte Carlo test of the modal absorber count against uniform absorbers, "
-                           f"adjusted within its family; agreement: pair agreement (the unbiased A truncated to [1/K, 1]: biased upward, 1/K in about half of chance studies) with its {stats.LEVEL} interval):"),
+              caption=text(f"Every noise family, per condition (modal share with its simultaneous {stats.LEVEL} "
+                           "interval over the classes; p: Monte Carlo test of the modal absorber count against uniform "
+                           "absorbers, adjusted within its family; agreement: pair agreement (the unbiased A truncated "
+                           f"to [1/K, 1]: biased upward, 1/K in about half of chance studies) with its {stats.LEVEL} "
+                           "interval):"),
               numeric=("runs", "modal_share", "p", "p_adjusted", "agreement", "fleiss", "randolph")),
         Paragraph(text("The distribution of absorbers over all classes, with simultaneous intervals: ",
                        Link("absorber_distribution.csv", "absorber_distribution.csv"), ". Kappas are per-image "
@@ -303,8 +320,9 @@ def condition_section(ctx: ReportContext) -> Section:
     for _, row in eq.iterrows():
         shown = (Strong("shown") if significant(row) else "not shown") if row["can_reject"] else "untested"
         items.append(text(f"{row['condition']}, {row['noise']}: the absorber differs in {int(row['statistic'])}"
-                          f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, {stats.LEVEL} CI [{row['ci_low']:.2f}, "
-                          f"{row['ci_high']:.2f}]); that it changes in fewer than {DISCORDANCE_MARGIN:.0%} of seeds is ",
+                          f"/{row['n_runs']} paired seeds (discordance {row['effect']:.2f}, {stats.LEVEL} CI "
+                          f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]); that it changes in fewer than "
+                          f"{DISCORDANCE_MARGIN:.0%} of seeds is ",
                           shown, f" ({verdict(row)})"))
     if items:
         s.blocks.append(Bullets(items))
@@ -341,8 +359,8 @@ def mst_section(ctx: ReportContext) -> Section:
                         if len(reliable) else "") + ". ")
         ov = _one(tests, "mst_overlap", condition=condition)
         if ov is not None:
-            line += text(f"Mean pairwise shared class edges {ov['statistic']:.2f} vs {ov['statistic'] / ov['effect']:.2f} "
-                         f"by chance ({verdict(ov)}). ")
+            line += text(f"Mean pairwise shared class edges {ov['statistic']:.2f} vs "
+                         f"{ov['statistic'] / ov['effect']:.2f} by chance ({verdict(ov)}). ")
         near = _one(tests, "noise_neighbour", condition=condition, noise=noise)
         if near is not None:
             line += text(f"The class nearest to the noise mean is the absorber in {int(near['statistic'])}/{n} runs; "
@@ -465,7 +483,8 @@ def problems_section(ctx: ReportContext) -> Section:
     diverged = runs[runs["status"] == DIVERGED] if len(runs) else runs
     s.blocks.append(Paragraph(text(
         f"{len(diverged)} diverged (excluded from all statistics)"
-        + (": " + ", ".join(f"{t} (epoch {int(e)})" for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
+        + (": " + ", ".join(f"{t} (epoch {int(e)})"
+                            for t, e in zip(diverged["trial_id"], diverged["diverged_at_epoch"]))
            if len(diverged) else "") + ".")))
     s.blocks.append(Paragraph(text(f"{len(problems)} problem(s) reading trial folders (see ",
                                    Link("problems.csv", "problems.csv"), "):")))
@@ -489,7 +508,7 @@ def files_section(ctx: ReportContext, shown: set[str]) -> Section:
 def methods_text(paragraphs: Sequence[str]) -> str:
     """The Methods, as authored markdown: what every test shares, each topic's paragraph (its
     bullets) in turn, and the permutation counts; every count and level in it is the code's own setting."""
-    S, I = stats, inference
+    S, I = stats, inference  # noqa: E741  (S and I: the modules, short in the text below)
     confirmatory = ", ".join(I.CONFIRMATORY)
     shared = f"""The unit of replication is the trained network (a run); noise images are never counted as
 replicates, and where a covariate belongs to a class (clutter, measured on the same images in
@@ -503,8 +522,8 @@ reach its level is reported as "too few runs to test", never with a p that reads
   (the clutter measure {I.PRIMARY_CLUTTER} only); Holm. The factor tests ({", ".join(I.FACTORS)}):
   their own family, Holm. Everything else exploratory, Benjamini-Hochberg. MST edges:
   Benjamini-Yekutieli over all edges (edge_frequency.csv)."""
-    counts = f"""- Permutation counts shrink from {S.PERMUTATIONS:,} to no fewer than {S.LEAST_PERMUTATIONS} as studies grow
-  (stated per row in tests.csv); p-values stay valid at any count. Diverged and unreadable runs
+    counts = f"""- Permutation counts shrink from {S.PERMUTATIONS:,} to no fewer than {S.LEAST_PERMUTATIONS} as studies
+  grow (stated per row in tests.csv); p-values stay valid at any count. Diverged and unreadable runs
   are excluded, and counted above."""
     # one markdown list: a blank line between the topics' bullets would start a new one
     return "\n".join([shared, *(p.strip() for p in paragraphs if p.strip()), counts]) + "\n"

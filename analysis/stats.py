@@ -14,8 +14,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as sps
-from scipy import signal as sps_signal
+from scipy import signal as sps_signal, stats as sps
 
 # ---------------------------------------------------------------- settings (Methods quotes these)
 ALPHA = 0.05                      # the level every test and interval is stated at
@@ -652,7 +651,8 @@ def class_permutation_correlation(measure: np.ndarray, share: np.ndarray, perms:
     zm, zs = _standardized_ranks(measure), _standardized_ranks(share)
     observed = float((zm * zs).sum(1).mean())
     orders, exact = class_permutations(k, perms, np.random.default_rng(seed))
-    null = np.concatenate([np.einsum("sbk,sk->b", zm[:, o], zs) / s for o in np.array_split(orders, max(1, len(orders) // 2000))])
+    null = np.concatenate([np.einsum("sbk,sk->b", zm[:, o], zs) / s
+                           for o in np.array_split(orders, max(1, len(orders) // 2000))])
     p = float(np.mean(at_least(np.abs(null), abs(observed)))) if exact else mc_pvalue(np.abs(null), abs(observed))
     return {"statistic": observed, "p_value": p, "p_min": class_permutation_p_min(k, perms),
             "effect": observed, "effect_name": "mean spearman rho", "n_runs": int(s), "n_classes": int(k),

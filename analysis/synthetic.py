@@ -16,8 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from . import measures
-from .contract import (ARRAYS_NPZ, CIFAR10_CLASSES, COMPLETED, NOISE_NODE, SCHEMA_VERSION, STUDY_JSON,
-                       TRIAL_JSON, show_value)
+from .contract import (
+    ARRAYS_NPZ,
+    CIFAR10_CLASSES,
+    COMPLETED,
+    NOISE_NODE,
+    SCHEMA_VERSION,
+    STUDY_JSON,
+    TRIAL_JSON,
+    show_value,
+)
 
 CIFAR10 = list(CIFAR10_CLASSES)
 
@@ -64,7 +72,7 @@ def _run(cond: Condition, seed: int, families: list[str], n_noise: int, epochs: 
         top = rng.uniform(0.5, 0.95)
         # each image goes to the run's absorber, or (sometimes) to its own preferred class
         pred = np.where(rng.random(n_noise) < top, a, np.where(rng.random(n_noise) < 0.5, image_pref,
-                                                                 rng.integers(0, k, n_noise)))
+                                                               rng.integers(0, k, n_noise)))
         absorption[f] = measures.shares(pred, classes)
         summary[f] = measures.absorption_summary(pred, softmax_rows(pred, k, 0.8), classes)
         use_tree = cond.tree is not None and rng.random() < cond.p_tree
@@ -110,7 +118,8 @@ def _why(trial: dict, arrays: dict, rng) -> None:
     trial["logit_decomposition"] = {f: {
         "absorber": trial["absorber"][f]["absorber"], "n_images": int(trial["config"]["n_noise"]),
         "absorber_share": trial["absorber"][f]["top_share"], "absorber_share_without_bias": float(rng.uniform(0, 0.6)),
-        "top_share_dealt_mean": float(rng.uniform(0.2, 0.6)), "bias_deal_rank": int(rng.integers(0, 100)), "bias_deals": 99,
+        "top_share_dealt_mean": float(rng.uniform(0.2, 0.6)), "bias_deal_rank": int(rng.integers(0, 100)),
+        "bias_deals": 99,
         "mean_margin": float(rng.uniform(1, 4)), "mean_bias_part": float(rng.uniform(0, 1)),
         "mean_weight_part": float(rng.uniform(0, 3)), "bias_share_of_margin": float(rng.uniform(0, 0.6)),
         "decided_by_bias": float(rng.uniform(0, 0.3)), "noise_feature_norm": float(rng.uniform(2, 5)),
@@ -136,7 +145,8 @@ def _why(trial: dict, arrays: dict, rng) -> None:
     for f in families:
         counts = np.bincount(arrays[f"pred_{f}"], minlength=k)
         tint = 0.5 + 0.1 * (colour - 0.5)[:, None, None] + rng.normal(0, 0.02, (k, 32, 32, 3))
-        arrays[f"noise_mean_images_{f}"] = (np.clip(tint, 0, 1) * 255).astype(np.uint8) * (counts > 0)[:, None, None, None]
+        arrays[f"noise_mean_images_{f}"] = ((np.clip(tint, 0, 1) * 255).astype(np.uint8)
+                                            * (counts > 0)[:, None, None, None])
         arrays[f"noise_mean_counts_{f}"] = counts
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 
 from . import stats
 from .contract import NOISE_CLASS
-from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, families_of, result_row
 from .document import Bullets, Code, Link, Paragraph, Section, Strong, text
+from .inference import PAIRED_MEAN, PRIMARY_CLUTTER, PRIMARY_NOISE, families_of, result_row
 from .report import ReportContext, verdict
 from .tables import completed, paired_with_none, run_ids
 from .topic import Findings, Topic, measured
@@ -28,15 +28,18 @@ def clutter_table(data) -> pd.DataFrame:
             continue
         c = r["extra"]["clutter"]
         for measure, per_class in c["classes"].items():
-            rows += [{**run_ids(r), "set": "class", "name": k, "measure": measure, "value": v} for k, v in per_class.items()]
+            rows += [{**run_ids(r), "set": "class", "name": k, "measure": measure, "value": v}
+                     for k, v in per_class.items()]
         for family, measures in c["noise"].items():
-            rows += [{**run_ids(r), "set": "noise", "name": family, "measure": m, "value": v} for m, v in measures.items()]
+            rows += [{**run_ids(r), "set": "noise", "name": family, "measure": m, "value": v}
+                     for m, v in measures.items()]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "set", "name", "measure", "value"])
 
 
-DECOMPOSITION_COLUMNS = ["absorber", "n_images", "absorber_share", "absorber_share_without_bias", "top_share_dealt_mean",
-                         "bias_deal_rank", "bias_deals", "absorber_kept_by_deals", "mean_margin", "mean_bias_part", "mean_weight_part",
-                         "bias_share_of_margin", "decided_by_bias", "noise_feature_norm", "test_feature_norm"]
+DECOMPOSITION_COLUMNS = ["absorber", "n_images", "absorber_share", "absorber_share_without_bias",
+                         "top_share_dealt_mean", "bias_deal_rank", "bias_deals", "absorber_kept_by_deals",
+                         "mean_margin", "mean_bias_part", "mean_weight_part", "bias_share_of_margin", "decided_by_bias",
+                         "noise_feature_norm", "test_feature_norm"]
 
 
 def _weight_norm_ratio(d: dict) -> float | None:
@@ -123,10 +126,11 @@ def clutter_tests(groups: dict[str, list[dict]], family: str = PRIMARY_NOISE) ->
                    else f"Monte Carlo over {res['permutations']:,} relabellings")
             k = len(classes)
             tests.append(result_row("clutter_absorption",
-                              f"{m} goes with the share of {family} noise a class absorbs", condition, family, res,
-                              f"mean over runs of the Spearman correlation across {k} classes; the classes of the "
-                              f"measure relabelled (one relabelling for all runs), {how}",
-                              variable=m, p_min_of_n=lambda n, k=k: stats.class_permutation_p_min(k)))
+                                    f"{m} goes with the share of {family} noise a class absorbs",
+                                    condition, family, res,
+                                    f"mean over runs of the Spearman correlation across {k} classes; the classes of "
+                                    f"the measure relabelled (one relabelling for all runs), {how}",
+                                    variable=m, p_min_of_n=lambda n, k=k: stats.class_permutation_p_min(k)))
     return tests
 
 
@@ -162,11 +166,13 @@ def lookalike_tests(frames, family: str = PRIMARY_NOISE) -> list[dict]:
         res = stats.class_relabel_hits(np.array([classes.index(r[2]) for r in rows]),
                                        np.array([classes.index(r[3]) if r[3] in classes else -1 for r in rows]), k)
         top = pd.Series([r[2] for r in rows]).value_counts()
-        tests.append(result_row("noise_lookalike", f"the class nearest to the {family} bank in pixel clutter is the absorber",
-                          condition, family, res,
-                          f"the nearest class is {top.index[0]} in {top.iloc[0]}/{len(rows)} runs; classes relabelled ({'exact over' if res['exact'] else 'Monte Carlo,'} "
-                          f"{res['maps']:,} relabellings)", variable=str(top.index[0]),
-                          p_min_of_n=lambda n, k=k: 1 / k))
+        tests.append(result_row("noise_lookalike",
+                                f"the class nearest to the {family} bank in pixel clutter is the absorber",
+                                condition, family, res,
+                                f"the nearest class is {top.index[0]} in {top.iloc[0]}/{len(rows)} runs; classes "
+                                f"relabelled ({'exact over' if res['exact'] else 'Monte Carlo,'} {res['maps']:,} "
+                                "relabellings)", variable=str(top.index[0]),
+                                p_min_of_n=lambda n, k=k: 1 / k))
     return tests
 
 
@@ -186,13 +192,14 @@ def intervention_tests(data) -> list[dict]:
             single = [(real_top_share(a, f) > 0.5, real_top_share(b, f) > 0.5) for a, b in pairs]
             res = stats.sign_flip(diffs)
             seen = "seen in training" if f == "gaussian" else "unseen in training"
-            tests.append(result_row("intervention_effect", f"{iv} changes the top real-class share of {f} noise ({seen})",
-                              iv, f, {**res, "n_runs": len(pairs), "statistic": float(diffs.mean())},
-                              f"sign-flip on paired differences (seeds paired with none); single-class "
-                              f"absorption (> 50%) in {sum(a for a, _ in single)}/{len(single)} runs without, "
-                              f"{sum(b for _, b in single)}/{len(single)} with", effect=float(diffs.mean()),
-                              effect_name=PAIRED_MEAN,
-                              p_min_of_n=stats.sign_flip_p_min))
+            tests.append(result_row("intervention_effect",
+                                    f"{iv} changes the top real-class share of {f} noise ({seen})",
+                                    iv, f, {**res, "n_runs": len(pairs), "statistic": float(diffs.mean())},
+                                    f"sign-flip on paired differences (seeds paired with none); single-class "
+                                    f"absorption (> 50%) in {sum(a for a, _ in single)}/{len(single)} runs without, "
+                                    f"{sum(b for _, b in single)}/{len(single)} with", effect=float(diffs.mean()),
+                                    effect_name=PAIRED_MEAN,
+                                    p_min_of_n=stats.sign_flip_p_min))
     return tests
 
 
@@ -248,7 +255,8 @@ def _clutter_answer(ctx: ReportContext) -> list:
         primary = t["variable"] == PRIMARY_CLUTTER
         blocks.append(Bullets([text(f"{row['condition']}: {row['variable']}: mean rho {row['statistic']:+.2f} "
                                     f"(n = {row['n_runs']} runs; {verdict(row)}; {row['family']})")
-                               for _, row in pd.concat([t[primary], t[~primary].sort_values("p_value")]).head(12).iterrows()]))
+                               for _, row in pd.concat([t[primary],
+                                                        t[~primary].sort_values("p_value")]).head(12).iterrows()]))
     return blocks + ctx.figure("clutter_vs_absorption.png", "Clutter of each class against the share of Gaussian "
                                "noise it absorbs, per class set")
 
@@ -279,8 +287,8 @@ def _learned_answer(ctx: ReportContext) -> list:
                            "the runner-up), and the mean feature norm of noise against test images (a ratio below 1: "
                            "noise features shrink toward a constant, as Kang et al. 2024 describe). Mean over runs:")),
             Bullets([text(f"{condition}: bias share {sub['bias_share_of_margin'].mean():.0%}, decided by the bias "
-                          f"{sub['decided_by_bias'].mean():.0%}, feature norm {sub['noise_feature_norm'].mean():.2f} vs "
-                          f"{sub['test_feature_norm'].mean():.2f} (ratio "
+                          f"{sub['decided_by_bias'].mean():.0%}, feature norm {sub['noise_feature_norm'].mean():.2f} "
+                          f"vs {sub['test_feature_norm'].mean():.2f} (ratio "
                           f"{(sub['noise_feature_norm'] / sub['test_feature_norm']).mean():.2f}; n = {len(sub)} runs)")
                      for condition, sub in d.groupby("condition", observed=True, sort=True)])]
 
@@ -312,7 +320,8 @@ def _frequency_answer(ctx: ReportContext) -> list:
     parts = [f"{r.kind} {r.cutoff:g}: {r.gaussian_absorber_share:.0%}" for r in m.itertuples()]
     return [Paragraph(text(Strong("5. Which frequencies carry the pull?"), " Share of band-limited Gaussian noise "
                            "going to the run's own Gaussian absorber (mean over runs): " + "; ".join(parts) + "."))] \
-        + ctx.figure("frequency_probes.png", "Band-limited Gaussian noise: the share going to the run's Gaussian absorber")
+        + ctx.figure("frequency_probes.png",
+                     "Band-limited Gaussian noise: the share going to the run's Gaussian absorber")
 
 
 def _intervention_answer(ctx: ReportContext) -> list:

@@ -55,7 +55,7 @@ def make_study(root: Path, trials: int, n_conditions: int, n_noise: int) -> Path
         for p in record["points"]:
             (folder / p["dir"]).rename(study / p["dir"])
     (study / STUDY_JSON).write_text(json.dumps({"name": "bench", "axes": ["augmentation", "seed"],
-                                                  "points": points}))
+                                                "points": points}))
     return study
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.decomposition import bias_deal  # noqa: E402
-from analysis.stats import uniform_rank_test  # noqa: E402
+from analysis.decomposition import bias_deal
+from analysis.stats import uniform_rank_test
 
 K, IMAGES, DEALS = 10, 300, 99   # the trials' classes, a probe bank's order of size, BIAS_DEALS
 
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             res = np.array([study(truth, s, rng) for _ in range(args.studies)])
             rate = float((res[:, 0] <= 0.05).mean())
             se = (rate * (1 - rate) / args.studies) ** 0.5
-            print(f"{truth:15s} S = {s:2d}: bias_deal rejects {rate:.3f} (+- {se:.3f}) of {args.studies} studies at 0.05; "
-                  f"absorber_kept_by_deals {res[:, 1].mean():.3f} (1/K = {1 / K:.2f})", flush=True)
+            print(f"{truth:15s} S = {s:2d}: bias_deal rejects {rate:.3f} (+- {se:.3f}) of {args.studies} studies at "
+                  f"0.05; absorber_kept_by_deals {res[:, 1].mean():.3f} (1/K = {1 / K:.2f})", flush=True)
     return 0
 
 

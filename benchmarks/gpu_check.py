@@ -236,8 +236,8 @@ def run_plan(args, out: Out, plan, time_limit: float | None) -> dict:
 def stage_recipe(args, out: Out) -> None:
     """The sweeps' ResNet-18 recipe over RECIPE_SEEDS seeds, as the study runs it (the local
     executor, gpu_one_call.yaml's resources): accuracy, absorbers, seconds, FLOPs, MFU."""
-    from study.speed import training_flops
     from study.plan import prepare
+    from study.speed import training_flops
     seeds = list(range(2 if args.dry_run else RECIPE_SEEDS))
     plan = prepare(str(SWEEP), sweep_sets(args, **{"grid.seed": seeds, "grid.classes": ["all"]}),
                    storage=str(scratch_paths(args)["studies"]), name="gpu-recipe")

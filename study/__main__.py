@@ -45,8 +45,7 @@ SHIPPED = ("sweeps", "configs")   # folders of YAML files that `noisesink init` 
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
+    from importlib.metadata import PackageNotFoundError, version as installed
     try:
         return installed("noisesink")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -101,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--time-limit", type=float, metavar="SECONDS",
                            help="local executor: start no trial after this long; running ones stop at "
                            "their next epoch (--resume finishes them)")
-    for name, (module, help_) in DELEGATED.items():
+    for name, (_module, help_) in DELEGATED.items():
         sub.add_parser(name, help=f"{help_} (noisesink {name} --help)", add_help=False)
     i = sub.add_parser("init", help="copy the shipped sweeps/ and configs/ into a folder, to run "
                        "and edit outside a git checkout")
@@ -172,6 +171,7 @@ def check_output(out: str) -> None:
     """--out of `study trial`, checked before training: a folder (or URI) that can be written and
     holds no earlier result, which the new one would replace."""
     from analysis.storage import check_writable
+
     from .artifacts import TRIAL_JSON, ArtifactDir, filesystem
     from .config import storage_value
     storage_value(out, "--out")  # a path, or a URI with a known scheme and a bucket

@@ -51,7 +51,7 @@ class ArtifactDir:
         self.fs, self.path = fs, path.rstrip("/")
 
     @classmethod
-    def at(cls, uri_or_path: str) -> "ArtifactDir":
+    def at(cls, uri_or_path: str) -> ArtifactDir:
         return cls(*filesystem(uri_or_path))
 
     def _p(self, name: str) -> str:

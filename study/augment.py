@@ -7,7 +7,7 @@ per-image PIL, no DataLoader workers, no `.item()`).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ def _affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
     s = sign * mag * 0.99                       # shear factor up to 0.99
     t = sign * mag * 32 * 2 / w                 # translation up to 32 px, in [-1, 1] units
     a = sign * mag * math.radians(135)          # rotation up to 135 degrees
-    is_ = lambda name: op == _TA_OPS.index(name)
+    is_ = lambda name: op == _TA_OPS.index(name)  # noqa: E731
     theta[:, 0, 1] = torch.where(is_("shear_x"), s, theta[:, 0, 1])
     theta[:, 1, 0] = torch.where(is_("shear_y"), s, theta[:, 1, 0])
     theta[:, 0, 2] = torch.where(is_("translate_x"), t, theta[:, 0, 2])

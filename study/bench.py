@@ -94,7 +94,8 @@ def run_processes(ctx, target, arg_list: list[tuple], queue) -> list:
             if dead:
                 for p in procs:
                     p.kill()
-                raise RuntimeError(f"{len(dead)} benchmark process(es) failed (exit code {dead[0].exitcode})")
+                raise RuntimeError(f"{len(dead)} benchmark process(es) failed "
+                                   f"(exit code {dead[0].exitcode})") from None
     for proc in procs:
         proc.join()
     return results
@@ -204,7 +205,7 @@ def accuracy(args) -> dict:
                "wall_seconds": wall, "seconds_per_training": wall / len(seeds),
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     print(f"accuracy ({args.mode}, {args.epochs} epochs, lr {args.lr}): "
-          f"{summary['mean']:.4f} +- {summary['sd']:.4f} over {len(seeds)} seeds {['%.4f' % a for a in accs]}; "
+          f"{summary['mean']:.4f} +- {summary['sd']:.4f} over {len(seeds)} seeds {[f'{a:.4f}' for a in accs]}; "
           f"{wall:.1f} s wall, {summary['seconds_per_training']:.1f} s per training (probes included)")
     return summary
 
@@ -228,8 +229,9 @@ def probe_cost(sweep_path: str, out: str | None = None) -> dict:
             rows[name] = {k: t.get(k, 0.0) for k in ("total_seconds", "train_seconds", "probe_seconds",
                                                      "hypothesis_probe_seconds")}
     added = rows["with"]["probe_seconds"] - rows["without"]["probe_seconds"]
-    summary = {"sweep": sweep_path, "config": {k: cfg[k] for k in ("model", "classes", "epochs", "train_subset", "n_noise",
-                                                                  "n_trajectory", "n_amplitude", "n_bn", "amplitudes")},
+    summary = {"sweep": sweep_path,
+               "config": {k: cfg[k] for k in ("model", "classes", "epochs", "train_subset", "n_noise", "n_trajectory",
+                                              "n_amplitude", "n_bn", "amplitudes")},
                "rows": rows, "added_seconds": added, "share_of_trial": added / rows["with"]["total_seconds"],
                "torch": torch.__version__, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"{'run':<10}{'total s':>9}{'train s':>9}{'probe s':>9}{'#19 probes s':>14}")

@@ -8,7 +8,7 @@ can be asked of the numbers.
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def spectral_slope(x: np.ndarray) -> float:
 def gradient_energy(x: np.ndarray) -> float:
     """Mean squared intensity gradient (edge density)."""
     g = _gray(x)
-    return float(((np.diff(g, axis=1) ** 2).mean() + (np.diff(g, axis=2) ** 2).mean()))
+    return float((np.diff(g, axis=1) ** 2).mean() + (np.diff(g, axis=2) ** 2).mean())
 
 
 @pixel("colorfulness")

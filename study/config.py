@@ -11,15 +11,15 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from .data import CIFAR10_CLASSES
 from .errors import InputError
-
 
 # ---------------------------------------------------------------- validators
 # Each takes (value, where) and returns the normalised value or raises InputError.
@@ -144,7 +144,8 @@ CLASS_INTERVENTION_RANGES = {"gaussian_noise": (0, 1), "blur": (0, 8), "label_no
 
 
 def class_intervention(v, where):
-    allowed = f"none, or a mapping {{target: <trained class>, kind: {'|'.join(CLASS_INTERVENTION_RANGES)}, strength: <number>}}"
+    allowed = (f"none, or a mapping {{target: <trained class>, kind: {'|'.join(CLASS_INTERVENTION_RANGES)}, "
+               "strength: <number>}")
     if v == "none":
         return "none"
     if not isinstance(v, dict) or set(v) != {"target", "kind", "strength"}:
@@ -193,8 +194,8 @@ def name_list(registry: Callable[[], dict]) -> Callable:
         if v == "all":
             return "all"
         if isinstance(v, str) and "," in v:  # `--set trial.noise=gaussian,uniform`: YAML reads one string
-            raise InputError(where, f"is one string; a YAML list is written [{', '.join(x.strip() for x in v.split(','))}]",
-                             allowed, v)
+            raise InputError(where, "is one string; a YAML list is written "
+                             f"[{', '.join(x.strip() for x in v.split(','))}]", allowed, v)
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list) or not v or not all(isinstance(n, str) for n in v):
@@ -348,7 +349,8 @@ TRIAL_KEYS = [
         "the model's own (small_cnn and airbench max, resnet18 avg): max-pooling biases them even with tanh",
         optional(choice(_factor_options("pool")))),
     Key("norm", None, "batch, group, layer (GroupNorm with 1 group) or none (small_cnn, "
-        "resnet18, airbench); null keeps the model's own (batch; airbench's with a frozen scale)", optional(choice(_factor_options("norm")))),
+        "resnet18, airbench); null keeps the model's own (batch; airbench's with a frozen scale)",
+        optional(choice(_factor_options("norm")))),
     Key("width", None, "channel multiplier of models that take one (airbench, resnet18): 0.25 costs "
         "~1/16 of the FLOPs of 1; null keeps the model's own (1)", optional(number(0, 8, lo_open=True))),
     Key("pretrained", None, "resnet18_imagenet and timm models: `imagenet` (the library's "
@@ -402,8 +404,8 @@ TRIAL_KEYS = [
         "each cutoff)", integer(10, MAX_PROBE_IMAGES)),
     Key("frequency_cutoffs", [0.125, 0.25, 0.5], "cutoffs of the frequency probes, as fractions "
         "of the Nyquist frequency", cutoff_list),
-    Key("amplitudes", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "Gaussian noise around the data mean at these multiples of "
-        "the data's std (one draw, scaled): far from the data, do predictions revert to the label frequencies "
+    Key("amplitudes", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "Gaussian noise around the data mean at these multiples "
+        "of the data's std (one draw, scaled): far from the data, do predictions revert to the label frequencies "
         "(Kang et al. 2024) or grow overconfident (Hein et al. 2019)? Holds 1 (the reference) and a larger one; "
         "[] turns the probe off", amplitude_list, absent=[]),
     Key("n_amplitude", None, "images per amplitude; null: n_trajectory (a Gaussian probe as large as the "
@@ -625,7 +627,8 @@ def read_trial_keys(path: str | Path, _seen: tuple = ()) -> dict:
         return data
     base = data[BASE]
     if not isinstance(base, str) or not base:
-        raise InputError(f"{path}: {BASE}", "must be the path of another trial config", "a path, relative to this file", base)
+        raise InputError(f"{path}: {BASE}", "must be the path of another trial config", "a path, relative to this file",
+                         base)
     file = (path.parent / base).resolve()
     if file in _seen or file == path.resolve():
         raise InputError(f"{path}: {BASE}", "the chain of bases comes back to a config already in it",
@@ -834,7 +837,7 @@ def validate_sweep(data: dict) -> Sweep:
 
 def _section(given: dict, schema: dict, section: str) -> dict:
     out = {}
-    for k, v in given.items():
+    for k in given:
         if k not in schema:
             raise InputError(f"{section}.{k}", "unknown key", ", ".join(schema))
     for k, (default, check) in schema.items():

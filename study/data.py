@@ -344,7 +344,7 @@ def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_torchvision(path: Path) -> tuple[np.ndarray, ...]:
     out = []
-    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+    for _split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
         xs, ys = [], []
         for name in names:
             file = path / name

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from analysis.decomposition import bias_deal, margin_split
-
 from analysis.measures import shares
+
 from . import streams
 from .noise import NoiseContext, radial_frequency
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import probe, streams
 from analysis.contract import COMPLETED, DIVERGED
 
+from . import probe, streams
 from .artifacts import ArtifactDir
 from .train import EpochLoop, images_to_device
 from .trial import TrainedData, Training, TrialSetup, finish, new_model, setup
@@ -93,7 +93,7 @@ class FusedClassifier(nn.Module):
         out = []
         for i, template in enumerate(templates):
             own = {}
-            for key, value in template.state_dict().items():
+            for key in template.state_dict():
                 fused = state[key]
                 own[key] = fused if fused.dim() == 0 else fused[i] if key.startswith("head.") \
                     else fused.chunk(self.m)[i]

@@ -21,15 +21,16 @@ from what a trial records anyway (trajectory, logit decomposition, clutter).
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import streams
 from analysis.measures import absorption_summary, shares
+
+from . import streams
 from .noise import NOISE_FAMILIES, NoiseContext
 
 Predict = Callable[[Tensor], tuple[np.ndarray, np.ndarray]]                 # images -> (logits, features)
@@ -135,7 +136,7 @@ class KeepModes(nn.Module):
         super().__init__()
         self.features, self.head = model.features, model.head
 
-    def train(self, mode: bool = True) -> "KeepModes":
+    def train(self, mode: bool = True) -> KeepModes:
         return self
 
 

@@ -22,16 +22,26 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Callable
 
 from analysis.contract import join_uri
 
 from .artifacts import ArtifactDir
 from .errors import InputError
-from .plan import (CHECKPOINT_FILE, LOCAL_CHECKPOINT, Plan, aggregate_study, drop_checkpoints, final_metrics,
-                   is_done, local_slots, seed_groups, start_study)
+from .plan import (
+    CHECKPOINT_FILE,
+    LOCAL_CHECKPOINT,
+    Plan,
+    aggregate_study,
+    drop_checkpoints,
+    final_metrics,
+    is_done,
+    local_slots,
+    seed_groups,
+    start_study,
+)
 from .units import read_state, run_group, run_point
 
 GRACE_SECONDS = 30   # past the time limit, trials still probing get this long before they are stopped

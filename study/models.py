@@ -12,9 +12,9 @@ models (its own architecture, as torchvision builds it), each split the same way
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from torch import Tensor
 from . import streams
 from .errors import InputError
 
-MODELS: dict[str, Callable[..., "Classifier"]] = {}
+MODELS: dict[str, Callable[..., Classifier]] = {}
 FACTOR_MODELS: set[str] = set()   # the registry entries that take activation / pool / norm
 WIDTH_MODELS: set[str] = set()    # the registry entries that take a width multiplier
 FITTED_MODELS: set[str] = set()   # the entries whose first layer is fitted to the data (fit_to_data)

@@ -16,15 +16,15 @@ line up with the published tables (analysis/hypotheses.py holds those tables):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from . import streams
 
-NOISE_FAMILIES: dict[str, Callable[[int, torch.Generator, "NoiseContext"], Tensor]] = {}
+NOISE_FAMILIES: dict[str, Callable[[int, torch.Generator, NoiseContext], Tensor]] = {}
 
 
 def register(name: str):

@@ -22,13 +22,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from analysis.contract import (CIFAR10_CLASSES, COMPLETED, FINAL_STATUSES, MEASUREMENT_CHANGES, MEASUREMENTS,
-                               REPORT_DIR, STUDY_JSON, TRIAL_JSON, config_changes, config_digest, join_uri,
-                               trial_dirname)
+from analysis.contract import (
+    CIFAR10_CLASSES,
+    COMPLETED,
+    FINAL_STATUSES,
+    MEASUREMENT_CHANGES,
+    MEASUREMENTS,
+    REPORT_DIR,
+    STUDY_JSON,
+    TRIAL_JSON,
+    config_changes,
+    config_digest,
+    join_uri,
+    trial_dirname,
+)
 from analysis.storage import check_writable
 
 from .artifacts import ArtifactDir, filesystem, json_safe
-from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, storage_value, load_sweep, trained_classes
+from .config import NAME_CHECK, TRIAL_BEFORE_KEY, Sweep, load_sweep, storage_value, trained_classes
 from .data import check_source, is_uri, load_cifar10
 from .errors import InputError
 from .task import check_task
@@ -233,7 +244,7 @@ def is_done(out: ArtifactDir, cfg: dict) -> bool:
     return changes == []
 
 
-def check_existing(plan: "Plan", workers: int = 16) -> int:
+def check_existing(plan: Plan, workers: int = 16) -> int:
     """The study folder may hold results of an earlier run: each grid point's result must belong
     to its config (reused), or be absent (run). A result of another config (a trial key changed
     since) is refused, never mixed in. Returns how many results are reused."""
@@ -296,7 +307,7 @@ class Plan:
                  f"resources per trial: cpu {s.resources['cpu']}, gpu {s.resources['gpu']}",
                  f"concurrency: {self.concurrency()}",
                  f"storage: {self.uri}" + (f" ({self.reused} finished trials of an earlier run are reused)"
-                                            if self.reused else ""),
+                                           if self.reused else ""),
                  f"data: {sorted({check_source(p['data_root']) for p in self.points})}",
                  f"first trial ({self.dirnames[0]}):"]
         lines += [f"  {k}: {json.dumps(v)}" for k, v in self.points[0].items()]
@@ -306,8 +317,8 @@ class Plan:
     def power(self) -> str:
         """The power of the absorber tests the aggregation will run on this design, and the seeds
         each needs for 80% (analysis/power.py, by simulating the tests themselves)."""
-        from analysis.power import design_block  # statsmodels and scipy: only when a check asks
         from analysis.contract import NETWORK_KEYS
+        from analysis.power import design_block  # statsmodels and scipy: only when a check asks
         return design_block([(self.sweep.axis_values(p), trained_classes(p), json.dumps([p[k] for k in NETWORK_KEYS]))
                              for p in self.points])
 
@@ -353,7 +364,7 @@ def study_record(plan: Plan) -> dict:
                       "trial": s.trial, "resources": s.resources, "run": s.run,
                       "resolved": resolved, "before_key": TRIAL_BEFORE_KEY,
                       "points": [{"dir": d, "axes": s.axis_values(p), **({"keys": {k: p[k] for k in sorted(varying)}}
-                                                                           if varying else {})}
+                                                                         if varying else {})}
                                  for d, p in zip(plan.dirnames, plan.points)]})
 
 

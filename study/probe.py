@@ -2,7 +2,7 @@
 become, and the class/noise geometry of the penultimate features (distances and the MST)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

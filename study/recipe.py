@@ -123,7 +123,8 @@ def measure(cfg: dict, config_path: str, log=print) -> dict:
     acc = float((logits.argmax(1) == s.task.test_y).mean())
     tta = tta_accuracy(s, model)
     return {"model": s.cfg["model"], "width": s.cfg["width"] if s.cfg["width"] is not None else 1.0,
-            "epochs": s.cfg["epochs"], "classes": len(s.task.classes), "train_images": len(s.task.train_x), "test_accuracy": round(acc, 4),
+            "epochs": s.cfg["epochs"], "classes": len(s.task.classes), "train_images": len(s.task.train_x),
+            "test_accuracy": round(acc, 4),
             "tta_accuracy": "" if tta is None else round(tta, 4), "seconds": round(seconds, 1),
             "cpu_seconds": round(cpu_seconds, 1), "config": config_path,
             "eval_seconds": round(time.perf_counter() - t1, 1),
@@ -181,7 +182,8 @@ def plot(csv_path: str = DEFAULT_CSV, png: str | None = None) -> str:
         # each row on the reference machine's scale by its own run's baseline (a slower machine counts less)
         minutes = [float(r["seconds"]) / 60 * float(r["baseline_img_s"]) / REFERENCE_BASELINE_IMG_S for r in rs]
         acc = [float(r["test_accuracy"]) for r in rs]
-        label = f"{model} x{width:g}" + (f", {k} classes" if k != 10 else "") + ("" if n >= 5000 * k else f", {n} images")
+        label = (f"{model} x{width:g}" + (f", {k} classes" if k != 10 else "")
+                 + ("" if n >= 5000 * k else f", {n} images"))
         ax.plot(minutes, acc, "o-" if k == 10 else "s--", label=label)
         for m, a, r in zip(minutes, acc, rs):
             ax.annotate(r["epochs"], (m, a), textcoords="offset points", xytext=(4, -10), fontsize=7)

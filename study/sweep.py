@@ -15,15 +15,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from analysis.contract import STOPPED_JSON
 
 from .artifacts import ArtifactDir
 from .errors import InputError
-from .plan import (ADDRESS_HELP, Plan, aggregate_study, cluster_address, environment, probe_address, seed_groups,
-                   start_study, worker_env)
+from .plan import (
+    ADDRESS_HELP,
+    Plan,
+    aggregate_study,
+    cluster_address,
+    environment,
+    probe_address,
+    seed_groups,
+    start_study,
+    worker_env,
+)
 from .tune_trial import DRIVER_TOKEN, INPUT_ERROR, storage_is_shared, tune_folder, tune_trial
 from .units import failure_reason
+
 # ---------------------------------------------------------------- the driver
 
 def init_ray(address: str | None) -> None:
@@ -141,7 +150,7 @@ class PendingWatch:
             if uri:
                 try:   # the stop itself must not fail on a storage error: the driver still reports it
                     ArtifactDir.at(uri).write_json(STOPPED_JSON, {"reason": "pending_timeout",
-                                                                   "pending_timeout": self.timeout_s})
+                                                                  "pending_timeout": self.timeout_s})
                 except Exception as e:
                     print(f"WARNING: could not record the stop in {uri} ({type(e).__name__}: {e}); a --resume "
                           "will restore the stopped trials as they are", file=sys.stderr)

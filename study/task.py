@@ -32,8 +32,8 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator, where:
     for v, q in zip(values, quota):
         pool = np.flatnonzero(labels == v)
         if q > len(pool):
-            raise InputError(where, f"asks for {q} images per class ({n} over {len(values)} classes); a class has only {len(pool)}",
-                             f"at most {len(pool) * len(values)}", n)
+            raise InputError(where, f"asks for {q} images per class ({n} over {len(values)} classes); a class has "
+                             f"only {len(pool)}", f"at most {len(pool) * len(values)}", n)
         picked.append(rng.choice(pool, size=q, replace=False))
     return np.sort(np.concatenate(picked))
 
@@ -46,7 +46,8 @@ def check_task(data: Cifar10, cfg: dict, classes: list[str]) -> None:
         quota = -(-cfg["train_subset"] // len(classes))
         if quota > counts.min():
             raise InputError("train_subset", f"asks for {quota} images per class ({cfg['train_subset']} over "
-                             f"{len(classes)} classes); a class has only {counts.min()}", f"at most {counts.min() * len(classes)}", cfg["train_subset"])
+                             f"{len(classes)} classes); a class has only {counts.min()}",
+                             f"at most {counts.min() * len(classes)}", cfg["train_subset"])
         n_train = cfg["train_subset"]
     if cfg["batch_size"] > n_train:
         raise InputError("batch_size", f"larger than the {n_train} training images",
@@ -56,7 +57,8 @@ def check_task(data: Cifar10, cfg: dict, classes: list[str]) -> None:
         quota = -(-cfg["test_subset"] // len(classes))
         if quota > tests.min():
             raise InputError("test_subset", f"asks for {quota} test images per class ({cfg['test_subset']} over "
-                             f"{len(classes)} classes); a class has only {tests.min()}", f"at most {tests.min() * len(classes)}", cfg["test_subset"])
+                             f"{len(classes)} classes); a class has only {tests.min()}",
+                             f"at most {tests.min() * len(classes)}", cfg["test_subset"])
 
 
 def make_task(data: Cifar10, classes: list[str], seed: int, noise_seed: int,

@@ -11,8 +11,8 @@ WANDB_API_KEY / WANDB_MODE. No Ray here: study/sweep.py builds the callbacks.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

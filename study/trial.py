@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
 
-from analysis.contract import (ARRAYS_NPZ, COMPLETED, DIVERGED, MEASUREMENTS, NOISE_CLASS, SCHEMA_VERSION, TRIAL_JSON,
-                               config_digest)
+from analysis.contract import (
+    ARRAYS_NPZ,
+    COMPLETED,
+    DIVERGED,
+    MEASUREMENTS,
+    NOISE_CLASS,
+    SCHEMA_VERSION,
+    TRIAL_JSON,
+    config_digest,
+)
 
 from . import hypotheses, probe, streams
 from .artifacts import ArtifactDir
@@ -36,8 +44,7 @@ from .noise import NoiseContext, make_bank, noise_families
 from .ood import Detectors, evaluate
 from .provenance import code_revision, versions
 from .task import Task, check_task, make_task
-from .train import (Normalizer, Precision, Trainer, compile_mode, images_to_device, predict, resolve_device,
-                    tta_logits)
+from .train import Normalizer, Precision, Trainer, compile_mode, images_to_device, predict, resolve_device, tta_logits
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
 Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # images -> (logits, features)
@@ -84,11 +91,11 @@ class TrainedData:
     class_intervention: dict | None    # what the class intervention did, or None
 
     @classmethod
-    def of(cls, trainer: Trainer) -> "TrainedData":
+    def of(cls, trainer: Trainer) -> TrainedData:
         return cls(trainer.x.cpu().permute(0, 2, 3, 1).numpy(), trainer.y.cpu().numpy(), trainer.class_intervention)
 
     @classmethod
-    def untouched(cls, task: Task) -> "TrainedData":
+    def untouched(cls, task: Task) -> TrainedData:
         """The task's training set, as trained on when no class intervention ran (fused training)."""
         return cls(task.train_x, task.train_y, None)
 
@@ -198,7 +205,8 @@ def run_trial(config: dict, out: ArtifactDir | str, *, on_epoch: OnEpoch | None 
             # the trajectory's new point is the absorber forming, reported live; the checkpoint is
             # a callable, copied only when the sweep keeps one this epoch
             on_epoch(trainer.epoch, {**metrics, "trajectory": trajectory[-1]},
-                     lambda: {"trainer": trainer.state_dict(), "trajectory": list(trajectory), "history": list(history)})
+                     lambda: {"trainer": trainer.state_dict(), "trajectory": list(trajectory),
+                              "history": list(history)})
     training = Training(status, history, trajectory, trainer.epoch, time.perf_counter() - t_train,
                         TrainedData.of(trainer), list(notes or []))
     return finish(s, model, training, out)
@@ -361,7 +369,8 @@ def noise_family(s: TrialSetup, predict: Predict, family: str, nodes: np.ndarray
     cfg = s.cfg
     # banks are made and dropped one at a time: at n_noise 5000 each is 60 MB; the gaussian one
     # was made with the setup, for the trajectory
-    bank = s.gaussian_bank if family == "gaussian" else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx)
+    bank = (s.gaussian_bank if family == "gaussian"
+            else make_bank(family, cfg["n_noise"], cfg["noise_seed"], s.noise_ctx))
     found = probe.probe_family(predict, bank, s.classes, nodes)
     logits, feats = found["arrays"]["logits"], found["arrays"]["features"]
     n = cfg["sample_per_class"]  # as many noise images as class images in the clutter measures

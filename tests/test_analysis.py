@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.inference import TESTS, result_row, finalize
+from analysis.inference import TESTS, finalize, result_row
 from analysis.pipeline import aggregate, write_table
 from analysis.synthetic import Condition, write_study
 from conftest import ROOT
@@ -34,8 +34,9 @@ COLUMNS = {
     "tests": ["test", "family", "hypothesis", "condition", "noise", "variable", "statistic", "p_value", "p_adjusted",
               "p_min", "p_needed", "can_reject", "n_needed", "effect", "effect_name", "ci_low", "ci_high", "n_runs",
               "method"],
-    "consistency": ["condition", "noise", "modal_absorber", "modal_count", "n_runs", "modal_share", "modal_share_ci_low",
-                    "modal_share_ci_high", "p_value", "p_min", "agreement", "agreement_ci_low", "agreement_ci_high"],
+    "consistency": ["condition", "noise", "modal_absorber", "modal_count", "n_runs", "modal_share",
+                    "modal_share_ci_low", "modal_share_ci_high", "p_value", "p_min", "agreement", "agreement_ci_low",
+                    "agreement_ci_high"],
     "absorber_distribution": ["condition", "noise", "class", "count", "n_runs", "share", "ci_low", "ci_high"],
     "problems": ["trial_id", "reason"],
 }
@@ -207,12 +208,12 @@ def test_n_needed_is_no_promise_where_the_design_not_n_holds_a_test_back():
     tests keep their n_needed: their p_min falls with the informative runs more seeds bring."""
     floor = lambda n: 0.5 ** n   # noqa: E731  (reaches 0.05 at n = 5)
     held = result_row("noise_neighbour", "h", "c", "gaussian", {"p_value": 1.0, "p_min": 1.0, "n_runs": 8}, "m",
-                p_min_of_n=floor)
+                      p_min_of_n=floor)
     short = result_row("noise_neighbour", "h", "d", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 2}, "m",
-                 p_min_of_n=floor)
+                       p_min_of_n=floor)
     # a paired absorber test with few discordant seeds: more seeds bring more of them, n_needed stands
-    swap = result_row("absorber_vs_condition", "h", "c", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 12}, "m",
-                p_min_of_n=floor)
+    swap = result_row("absorber_vs_condition", "h", "c", "gaussian", {"p_value": 0.25, "p_min": 0.25, "n_runs": 12},
+                      "m", p_min_of_n=floor)
     df = finalize([held, short, swap])
     assert not df["can_reject"].any()
     assert np.isnan(df.loc[0, "n_needed"])            # held back by the labels' distributions

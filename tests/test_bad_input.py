@@ -116,8 +116,10 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "subset of one class": (edit("trial.classes", ["cat"]), [], "at least two classes"),
     "epochs 0": (edit("trial.epochs", 0), [], "trial.epochs: out of range (got 0); allowed: x >= 1"),
     "negative learning rate": (edit("trial.lr", -0.1), [], "trial.lr: out of range (got -0.1)"),
-    "batch larger than subset": (edit("trial.train_subset", 10), [], "trial.batch_size: larger than the training subset"),
-    "batch larger than the data": (edit("trial.batch_size", 10_000), [], "trial.batch_size: larger than the 600 training images"),
+    "batch larger than subset": (edit("trial.train_subset", 10), [],
+                                 "trial.batch_size: larger than the training subset"),
+    "batch larger than the data": (edit("trial.batch_size", 10_000), [],
+                                   "trial.batch_size: larger than the 600 training images"),
     "gpu 1.5": (edit("resources.gpu", 1.5), [], "resources.gpu: Ray shares a GPU only in fractions <= 1 (got 1.5)"),
     "negative cpu": (edit("resources.cpu", -1), [], "resources.cpu: out of range"),
     "unknown storage scheme": (edit("run.storage", "ftp://host/x"), [], "run.storage: unknown storage scheme 'ftp'"),
@@ -125,13 +127,17 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "max_failures not a number": (edit("run.max_failures", "often"), [], "run.max_failures: must be a whole number"),
     "missing data source": (edit("trial.data_root", "/no/such/cifar"), [], "data_root: no such file or folder"),
     "tar with path traversal": (edit("trial.data_root", lambda d: str(d["evil"])), [], "unsafe tar member refused"),
-    "tree missing a class folder": (edit("trial.data_root", lambda d: str(d["missing"])), [], "missing class folder(s) deer"),
-    "tree with wrong image size": (edit("trial.data_root", lambda d: str(d["small"])), [], "24x24, CIFAR-10 images are 32x32"),
+    "tree missing a class folder": (edit("trial.data_root", lambda d: str(d["missing"])), [],
+                                    "missing class folder(s) deer"),
+    "tree with wrong image size": (edit("trial.data_root", lambda d: str(d["small"])), [],
+                                   "24x24, CIFAR-10 images are 32x32"),
     "--set on a missing key": (None, ["--set", "trial.epoch=2"], "--set trial.epoch: no such key"),
     "--set on a missing section": (None, ["--set", "training.epochs=2"], "--set training.epochs: no such key"),
-    "cuda without gpu resources": (edit("trial.device", "cuda"), [], "resources.gpu: is 0 but trials ask for device cuda"),
+    "cuda without gpu resources": (edit("trial.device", "cuda"), [],
+                                   "resources.gpu: is 0 but trials ask for device cuda"),
     "unknown activation": (edit("trial.activation", "swish"), [], "trial.activation: unknown value (got 'swish')"),
-    "unknown norm in the grid": (edit("grid.norm", ["batch", "weight"]), [], "grid.norm[1]: unknown value (got 'weight')"),
+    "unknown norm in the grid": (edit("grid.norm", ["batch", "weight"]), [],
+                                 "grid.norm[1]: unknown value (got 'weight')"),
     "factor on a model without factors": (lambda s, d: s["trial"].update(model="resnet18_imagenet", norm="group"), [],
                                           "trial.norm: model resnet18_imagenet has no architecture factors"),
     "unknown timm model": (edit("trial.model", "timm:resnet_nineteen"), [], "trial.model: unknown timm model"),
@@ -157,7 +163,8 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "grid of 20,000 points": (edit("grid", {"seed": list(range(200)), "noise_seed": list(range(100))}), [],
                               "grid: 20,000 grid points (100 noise_seed x 200 seed); allowed: at most 10,000"),
     "grid of a billion points": (edit("grid", {"seed": list(range(1000)), "noise_seed": list(range(1000)),
-                                               "momentum": [i / 1000 for i in range(1000)]}), [], "1,000,000,000 grid points"),
+                                               "momentum": [i / 1000 for i in range(1000)]}), [],
+                                 "1,000,000,000 grid points"),
     "axis longer than any study": (edit("grid.seed", list(range(20_000))), [], "grid.seed: 20,000 values"),
     "s3 without a bucket": (edit("run.storage", "s3://"), [], "run.storage: no bucket after s3://"),
     "--storage s3 without a bucket": (None, ["--storage", "s3:///results"], "--storage: no bucket after s3://"),
@@ -177,10 +184,12 @@ CASES = {  # id: (change to a valid sweep, or raw file text; extra CLI args; tex
     "nested too deep": ("name: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested deeper than a config can be"),
     "noise bank beyond memory": (edit("trial.n_noise", 10**8), [], "trial.n_noise: out of range (got 100000000); "
                                  "allowed: 10 <= x <= 100000"),
-    "cutoff twice": (edit("trial.frequency_cutoffs", [0.25, 0.25]), [], "trial.frequency_cutoffs: a cutoff is given twice"),
+    "cutoff twice": (edit("trial.frequency_cutoffs", [0.25, 0.25]), [],
+                     "trial.frequency_cutoffs: a cutoff is given twice"),
     # what `study check` passed and every trial then failed on: one check serves trial, check and sweep
     "test_subset beyond the data": (edit("trial.test_subset", 500), [], "trial.test_subset: asks for 50 test images "
-                                    "per class (500 over 10 classes); a class has only 20 (grid point {'seed': 0}) (got 500); allowed: at most 200"),
+                                    "per class (500 over 10 classes); a class has only 20 (grid point {'seed': 0}) "
+                                    "(got 500); allowed: at most 200"),
     "train_subset beyond the data": (edit("trial.train_subset", 1000), [], "trial.train_subset: asks for 100 images "
                                      "per class (1000 over 10 classes); a class has only 60"),
     "test_subset below the classes": (edit("trial.test_subset", 5), [], "trial.test_subset: fewer images than the "
@@ -292,7 +301,8 @@ TRIAL_CASES = {  # id: (change to a valid trial config, or raw text/bytes; extra
                                     "(500 over 10 classes); a class has only 20"),
     "pretrained weights missing": (lambda c, d: c.update(model="resnet18_imagenet", pretrained="/no/w.pth"), [],
                                    "pretrained: no such weights file"),
-    "truncated torchvision batch": (edit("data_root", lambda d: str(d["corrupt"])), [], "not a readable CIFAR-10 batch"),
+    "truncated torchvision batch": (edit("data_root", lambda d: str(d["corrupt"])), [],
+                                    "not a readable CIFAR-10 batch"),
 }
 
 
@@ -352,7 +362,8 @@ ANALYSIS_CASES = {  # id: (builder(tmp) -> CLI args, text the message must hold)
     "unknown URI scheme": (lambda tmp: ["ftp://host/study"], "ftp://host/study: cannot open"),
     "study.json without points": (lambda tmp: [str(_folder(tmp, {"study.json": '{"name": "x", "axes": ["seed"]}'}))],
                                   "study.json: lists no grid points"),
-    "study.json not JSON": (lambda tmp: [str(_folder(tmp, {"study.json": "name: x"}))], "study.json: unreadable or not JSON"),
+    "study.json not JSON": (lambda tmp: [str(_folder(tmp, {"study.json": "name: x"}))],
+                            "study.json: unreadable or not JSON"),
     "study.json pointing outside": (lambda tmp: [str(_folder(tmp, {"study.json": json.dumps(
         {"axes": ["seed"], "points": [{"dir": "../../etc", "axes": {"seed": 0}}]})}))],
         "points[0]: not {dir: <a folder in the study>"),
@@ -427,7 +438,8 @@ T0 = "augmentation=flip_seed=0"
 PROBLEM_CASES = {  # id: (change to trial T0 of a synthetic study, text its problems.csv row must hold)
     "NaN in trial.json": (_edit_json(T0, lambda r: r.replace('"test_accuracy": ', '"test_accuracy": NaN, "x": ', 1)),
                           "trial.json holds NaN"),
-    "Infinity in trial.json": (_edit_json(T0, lambda r: r.replace('"test_accuracy": ', '"test_accuracy": Infinity, "x": ', 1)),
+    "Infinity in trial.json": (_edit_json(T0, lambda r: r.replace('"test_accuracy": ',
+                                                                  '"test_accuracy": Infinity, "x": ', 1)),
                                "trial.json holds Infinity"),
     "unknown schema version": (_edit_field(T0, lambda t: t.update(schema=99)), "trial.json schema 99 is not one"),
     "share above 1": (_edit_field(T0, lambda t: t["absorption"]["gaussian"].update(bird=3.0)),
@@ -510,6 +522,7 @@ def test_a_fired_watch_records_why_in_the_study_and_a_restored_copy_watches_afre
     stop the resumed study at once, and the stop must be readable from the study's storage."""
     pytest.importorskip("ray")
     import cloudpickle
+
     from study.sweep import PendingWatch
     watch = PendingWatch(5, str(tmp_path))
     watch.observe(["PENDING"], now=0)
@@ -603,8 +616,8 @@ except InputError as e:
     # on a loaded machine: here the watch gets room, as a real study's 1800 s default gives it)
     fits = driver.replace('plan.sweep.resources["cpu"] = 2',
                           'plan.sweep.resources["cpu"] = 1; plan.sweep.run["pending_timeout"] = 300')
-    res = _driver(fits.replace("sweep.run(plan, report=False)", 'print("rc", sweep.run(plan, resume=True, report=False))'),
-                  tmp_path)
+    res = _driver(fits.replace("sweep.run(plan, report=False)",
+                               'print("rc", sweep.run(plan, resume=True, report=False))'), tmp_path)
     assert "rc 0" in res.stdout and "2 of 2 trials ended" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
     assert not (tmp_path / "storage" / "bad" / "stopped.json").exists()
 
@@ -662,10 +675,10 @@ def test_results_of_another_config_are_refused_not_mixed(tiny_data, tmp_path, ca
 
 
 def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
+    from analysis.contract import MEASUREMENTS
     from study.artifacts import ArtifactDir
     from study.config import TRIAL_DEFAULTS
     from study.errors import InputError
-    from analysis.contract import MEASUREMENTS
     from study.noise import noise_families
     from study.plan import is_done, join_uri, prepare
     path = tmp_path / "sweep.yaml"
@@ -694,7 +707,8 @@ def test_every_executor_skips_only_its_own_config(tiny_data, tmp_path):
     # at the default, and is at the value that turns the measurement off
     written_before("amplitudes", "n_bn")
     assert plan.points[0]["amplitudes"] == TRIAL_DEFAULTS["amplitudes"] != []
-    with pytest.raises(InputError, match=r"amplitudes: was absent \(as \[\]\), now \[0.25, .*n_bn: was absent \(as 0\)"):
+    with pytest.raises(InputError, match=r"amplitudes: was absent \(as \[\]\), now \[0.25, "
+                                         r".*n_bn: was absent \(as 0\)"):
         is_done(out, plan.points[0])
     assert is_done(out, {**plan.points[0], "amplitudes": [], "n_bn": 0}) is True
     # `noise: all` measured by code whose registry had fewer families

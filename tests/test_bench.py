@@ -47,6 +47,7 @@ def test_flop_counts_match_the_known_multiply_adds(model, mmac):
 
 def test_probe_cost_runs_the_first_grid_point_without_and_with_the_new_probes(tiny_config, tmp_path, capsys):
     import yaml
+
     from study.bench import probe_cost
     sweep = tmp_path / "probes.yaml"
     sweep.write_text(yaml.safe_dump({"name": "probes", "trial": tiny_config(classes=["cat", "dog", "ship"]),
@@ -68,5 +69,6 @@ def test_bias_deal_power_benchmark_tells_the_two_truths_apart_by_the_identity_es
     bdp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bdp)
     assert bdp.main(["--studies", "10", "--seeds", "8"]) == 0
-    kept = dict(re.findall(r"^(biases decide|weights decide) .*absorber_kept_by_deals (\d\.\d+)", capsys.readouterr().out, re.M))
+    kept = dict(re.findall(r"^(biases decide|weights decide) .*absorber_kept_by_deals (\d\.\d+)",
+                           capsys.readouterr().out, re.M))
     assert abs(float(kept["biases decide"]) - 0.1) < 0.03 and float(kept["weights decide"]) > 0.97

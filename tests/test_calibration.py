@@ -120,7 +120,8 @@ def _mst_rates(rng, s: int, studies: int, perms: int, old: bool = False):
             for t in full:
                 for e in t:
                     counts[e] = counts.get(e, 0) + 1
-            ps = {e: stats.edge_pvalue(counts.get(e, 0), s, 2 / (K + 1)) for e in itertools.combinations(range(K + 1), 2)}
+            ps = {e: stats.edge_pvalue(counts.get(e, 0), s, 2 / (K + 1))
+                  for e in itertools.combinations(range(K + 1), 2)}
             old_edge += sum(p <= ALPHA for p in ps.values())
             old_class_edge += sum(p <= ALPHA for e, p in ps.items() if K not in e)
             old_overlap += stats.tree_overlap_test(np.array(full), K + 1, perms=perms, seed=sim)["p_value"] <= ALPHA
@@ -180,7 +181,7 @@ def test_mst_tests_find_planted_class_structure_and_attachment():
     rng = np.random.default_rng(3)
     planted = [(0, 1), (2, 3), (4, 5)]
     found, overlap, attach = 0, 0, 0
-    for sim in range(20):
+    for _ in range(20):
         class_trees, nearest, _, _ = mst_study(rng, 20, planted=planted, p_planted=0.7, attach=0, p_attach=0.6)
         freq = trees.edge_frequency({"c": ([str(i) for i in range(K)], class_trees)},
                                     {("c", "gaussian"): ([str(i) for i in range(K)], nearest)})
@@ -193,7 +194,8 @@ def test_mst_tests_find_planted_class_structure_and_attachment():
 
 def test_edge_frequency_rows_and_consensus():
     class_trees = [[(0, 1), (1, 2)], [(0, 1), (0, 2)], [(0, 1), (1, 2)]]
-    freq = trees.edge_frequency({"c": (["a", "b", "c"], class_trees)}, {("c", "gaussian"): (["a", "b", "c"], [1, 1, 2])})
+    freq = trees.edge_frequency({"c": (["a", "b", "c"], class_trees)},
+                                {("c", "gaussian"): (["a", "b", "c"], [1, 1, 2])})
     edges = freq[freq["test"] == "mst_edge"].set_index(["u", "v"])
     assert edges.loc[("a", "b"), "count"] == 3 and edges.loc[("a", "b"), "null_frequency"] == pytest.approx(2 / 3)
     assert (edges["noise"] == trees.ALL_FAMILIES).all() and len(edges) == 3
@@ -209,7 +211,8 @@ def test_class_tree_matches_the_trials_mst_when_the_noise_node_is_a_leaf():
     nodes = [str(i) for i in range(K + 1)]
     for _ in range(50):
         dist = far_leaf_distances(rng)
-        full = {(int(u), int(v)) if int(u) < int(v) else (int(v), int(u)) for u, v, _ in minimum_spanning_tree(dist, nodes)}
+        full = {(int(u), int(v)) if int(u) < int(v) else (int(v), int(u))
+                for u, v, _ in minimum_spanning_tree(dist, nodes)}
         assert set(trees.class_tree(dist[:K, :K])) == {e for e in full if K not in e}
     # ties (here every distance zero) broken as the trial breaks them: by (weight, i, j)
     tied = np.zeros((K, K))
@@ -446,7 +449,7 @@ def test_needed_p_is_the_largest_p_the_correction_still_rejects():
         for method in ("holm", "fdr_bh"):
             need = stats.needed_p(p, method)
             for i in range(m):
-                def rejected(x):
+                def rejected(x, p=p, i=i, method=method):
                     q = p.copy()
                     q[i] = x
                     return _holm_bh(q, method)[i] <= ALPHA
@@ -475,7 +478,7 @@ def test_power_under_planted_effects():
         found = overlap = attach = 0
         for sim in range(200):
             class_trees, nearest, _, _ = mst_study(rng, s, planted=[(0, 1), (2, 3), (4, 5)], p_planted=0.7, attach=0,
-                                                p_attach=0.6)
+                                                   p_attach=0.6)
             counts = sum(1 for t in class_trees if (0, 1) in t)
             found += stats.edge_pvalue(counts, s, stats.relabel_chance(K - 1, K)) <= ALPHA
             overlap += stats.tree_overlap_test(np.array(class_trees), K, perms=299, seed=sim)["p_value"] <= ALPHA

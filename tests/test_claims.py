@@ -61,7 +61,7 @@ def _claim(i, test, condition="c=a", doc="d.md"):
 def test_holm_over_the_documents_confirmatory_claims_known_answer(tmp_path):
     """Three confirmatory p 0.01, 0.02, 0.04 give Holm 0.03, 0.04, 0.04 (3p, 2p, p, made monotone);
     a weak condition's row and an exploratory row take no part; another document is its own family."""
-    row = lambda t, fam, cond, p, weak=False: [t, fam, cond, "gaussian", "", p, p, 1e-4, True, 0.5, "share",
+    row = lambda t, fam, cond, p, weak=False: [t, fam, cond, "gaussian", "", p, p, 1e-4, True, 0.5, "share",  # noqa: E731
                                                0.2, 0.8, 8, weak]
     _study(tmp_path, [row("a", "confirmatory", "c=a", 0.01), row("b", "factors", "c=a", 0.02),
                       row("c", "confirmatory", "c=a", 0.04), row("d", "confirmatory", "c=weak", 0.001, True),
@@ -147,9 +147,9 @@ def test_the_aggregation_records_its_code(tmp_path):
     the parts it read."""
     import json
 
+    from analysis.load import Loaded
     from analysis.pipeline import aggregation_record
     from analysis.revision import AT_IMPORT
-    from analysis.load import Loaded
     data = Loaded.__new__(Loaded)
     data.runs = [{"status": "completed"}, {"status": "failed"}]
     rec = aggregation_record(["a", "b"], data, 0.1)

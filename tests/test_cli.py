@@ -79,7 +79,7 @@ def test_a_wheel_carries_the_command_the_license_and_the_shipped_files(tmp_path)
     for name in ("pyproject.toml", "README.md", "LICENSE", "study", "analysis", *SHIPPED):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                          if (ROOT / name).is_dir() else {}))
+                                         if (ROOT / name).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("noisesink-*.whl")
@@ -105,4 +105,5 @@ def test_a_wheel_carries_the_command_the_license_and_the_shipped_files(tmp_path)
     cmd = str(target / "bin" / "noisesink")
     res = subprocess.run([cmd, "init", "mystudy"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert (elsewhere / "mystudy" / "sweeps" / "smoke.yaml").read_bytes() == (ROOT / "sweeps" / "smoke.yaml").read_bytes()
+    assert ((elsewhere / "mystudy" / "sweeps" / "smoke.yaml").read_bytes()
+            == (ROOT / "sweeps" / "smoke.yaml").read_bytes())

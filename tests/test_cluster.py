@@ -134,7 +134,7 @@ def test_cluster_yaml_passes_rays_own_config_validator():
     # the image carries everything: each setup list is stated and empty (a key left out gets Ray's
     # AWS defaults, which pip-install Ray and boto3 on every node)
     assert all(CLUSTER.get(key, None) == [] for key in ("setup_commands", "head_setup_commands",
-                                                         "worker_setup_commands"))
+                                                        "worker_setup_commands"))
     # pull_before_run pulls on every host before Ray starts: the registry login comes first
     registry = CLUSTER["docker"]["image"].split("/")[0]
     assert CLUSTER["docker"]["pull_before_run"]
@@ -251,8 +251,8 @@ def test_the_launcher_bootstraps_launches_and_terminates_a_worker_on_a_mock_aws(
 
 
 def test_no_credentials_in_cluster_files():
-    for path in ("cluster.yaml", "k8s/rayjob.yaml", "k8s/serviceaccount.yaml", "k8s/Dockerfile", "cluster-iam-head.json",
-                 "cluster-iam-nodes.json"):
+    for path in ("cluster.yaml", "k8s/rayjob.yaml", "k8s/serviceaccount.yaml", "k8s/Dockerfile",
+                 "cluster-iam-head.json", "cluster-iam-nodes.json"):
         text = (ROOT / path).read_text()
         assert not re.search(r"aws_(access_key_id|secret_access_key)|AKIA[0-9A-Z]{16}|private_key", text, re.I), path
 
@@ -286,9 +286,11 @@ def test_the_readme_walks_a_new_account_through_every_prerequisite():
     is up); one placeholder per name in every file."""
     readme = (ROOT / "README.md").read_text()
     steps = ["aws s3 mb s3://CHANGE-bucket", "aws ecr create-repository --repository-name noisesink",
-             "aws ecr get-login-password", f"docker build --platform linux/amd64 -f k8s/Dockerfile -t {built_image()} .",
+             "aws ecr get-login-password",
+             f"docker build --platform linux/amd64 -f k8s/Dockerfile -t {built_image()} .",
              f"docker push {built_image()}"]
-    assert all(s in readme for s in steps) and [readme.index(s) for s in steps] == sorted(readme.index(s) for s in steps)
+    assert (all(s in readme for s in steps)
+            and [readme.index(s) for s in steps] == sorted(readme.index(s) for s in steps))
     assert built_image().split("/")[0] == "CHANGE-registry"
     pinned = re.search(r"helm install kuberay-operator kuberay/kuberay-operator --version (\d+)\.(\d+)\.(\d+)", readme)
     assert pinned and tuple(map(int, pinned.groups())) >= KUBERAY_MIN
@@ -455,7 +457,8 @@ def loopback_cluster(tmp_path_factory):
         agent_port = lambda: f"--dashboard-agent-listen-port={free_port('127.0.0.1')}"  # noqa: E731
         subprocess.run([ray_bin, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={gcs_port}",
                         f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash_port}",
-                        f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", agent_port(), *common],
+                        f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", agent_port(),
+                        *common],
                        env=env, check=True, capture_output=True, timeout=120)
         worker = [ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
                   '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", agent_port(), *common]
@@ -479,12 +482,13 @@ TINY = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "
         "trial.sample_per_class": 20, "trial.n_frequency": 40}
 
 
-def submit_and_wait(c: dict, entry: list[str], timeout: float = 300, runtime_env: dict | None = None) -> tuple[str, str]:
+def submit_and_wait(c: dict, entry: list[str], timeout: float = 300,
+                    runtime_env: dict | None = None) -> tuple[str, str]:
     """`ray job submit --working-dir <checkout> [--runtime-env-json ...]`; the job's final status and its logs."""
     ray_bin, env = c["ray"], c["env"]
     # A fresh head's job agent registers some seconds after `ray start` returns (longer on a loaded
-    # machine: CI runs two test files at once); until then the dashboard answers 500 "No available agent ... try again later" after
-    # waiting only 10 s itself. Retry that one answer, nothing else.
+    # machine: CI runs two test files at once); until then the dashboard answers 500 "No available
+    # agent ... try again later" after waiting only 10 s itself. Retry that one answer, nothing else.
     agent_deadline = time.time() + 180
     while True:
         extra = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
@@ -525,7 +529,8 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_c
     runtime_env = {"env_vars": {"NOISESINK_DATA": "s3://data/cifar10.tar", "AWS_ENDPOINT_URL": c["endpoint"]}}
     entry = ["python", "-m", "study", "sweep", "sweeps/smoke.yaml", "--storage", "s3://results/studies"]
     entry += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
-    status, logs = submit_and_wait(c, entry, timeout=600, runtime_env=runtime_env)   # 4 trials on 2 cores: ~75 s alone, 5 min under CI's load
+    # 4 trials on 2 cores: ~75 s alone, 5 min under CI's load
+    status, logs = submit_and_wait(c, entry, timeout=600, runtime_env=runtime_env)
     if status != "SUCCEEDED":
         pytest.fail(f"job ended {status or 'never'}; its logs:\n{logs[-6000:]}")
     assert not [ln for ln in logs.splitlines() if "DeprecationWarning" in ln]
@@ -539,7 +544,8 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_c
     runs = pd.read_csv(report / "runs.csv")
     assert len(runs) == 4 and (runs["status"] == "completed").all()
     assert pd.read_csv(report / "problems.csv").empty
-    assert len(pd.read_csv(report / "absorption.csv")) == (2 * 10 + 2 * 2) * len(NOISE_FAMILIES)  # runs x classes x noises
+    # runs x classes x noises
+    assert len(pd.read_csv(report / "absorption.csv")) == (2 * 10 + 2 * 2) * len(NOISE_FAMILIES)
     # the trials ran on both nodes (Tune records each trial's node in its result.json), and each
     # read the tar from the bucket: trial.json names the URI and the tar's own sha256
     import hashlib
@@ -584,8 +590,9 @@ def test_a_local_storage_the_worker_node_cannot_see_is_refused_before_any_trial(
 
 def test_one_bucket_placeholder_everywhere():
     """A user replaces one name: every cluster file and the README spell the bucket the same way."""
-    texts = {p: (ROOT / p).read_text() for p in ("README.md", "cluster.yaml", "k8s/rayjob.yaml", "k8s/serviceaccount.yaml",
-                                                  "cluster-iam-nodes.json", "cluster-iam-head.json")}
+    texts = {p: (ROOT / p).read_text() for p in ("README.md", "cluster.yaml", "k8s/rayjob.yaml",
+                                                 "k8s/serviceaccount.yaml", "cluster-iam-nodes.json",
+                                                 "cluster-iam-head.json")}
     names = {m for t in texts.values() for m in re.findall(r"(?:s3|gs)://([A-Za-z0-9._-]+)/", t)}
     assert names == {"CHANGE-bucket"}, names
 
@@ -597,7 +604,8 @@ def test_the_release_check_runs_offline_and_catches_a_broken_readme_command(tmp_
     res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert re.search(r"^PASS  README.md: all \d+ bash blocks parse$", res.stdout, re.M)
-    assert all(ln.split()[0] in ("PASS", "SKIP") for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith(" "))
+    assert all(ln.split()[0] in ("PASS", "SKIP") for ln in res.stdout.splitlines()
+               if ln.strip() and not ln.startswith(" "))
     copy = tmp_path / "repo"
     (copy / "benchmarks").mkdir(parents=True)
     (copy / "k8s").mkdir()

@@ -58,7 +58,7 @@ def test_an_unknown_schema_is_a_problem_by_name_and_the_rest_aggregates(tmp_path
     assert f"schema {contract.SCHEMA_VERSION + 1}" in problems["augmentation=flip_seed=2"]
     assert "lacks schema" in problems["augmentation=flip_seed=3"]
     assert sorted(pd.read_csv(report / "runs.csv")["trial_id"]) == ["augmentation=flip_seed=0",
-                                                                     "augmentation=flip_seed=1"]
+                                                                    "augmentation=flip_seed=1"]
 
 
 def test_ray_only_in_the_sweep_adapter():
@@ -106,7 +106,8 @@ def test_the_contract_file_names_are_spelled_only_in_the_contract():
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
     spelled = re.compile(r"""(/|glob\(|join_uri\([^)]*,)\s*f?["'][^"'\n]*\b(trial\.json|arrays\.npz|study\.json)["']""")
-    leaks = [f"{p.relative_to(root)}:{i}" for folder in ("study", "analysis", "benchmarks") for p in (root / folder).rglob("*.py")
+    leaks = [f"{p.relative_to(root)}:{i}"
+             for folder in ("study", "analysis", "benchmarks") for p in (root / folder).rglob("*.py")
              if p.name != "contract.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
     assert leaks == []

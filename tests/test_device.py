@@ -59,7 +59,8 @@ def test_the_reconstruction_check_would_catch_bf16_probes():
     with torch.no_grad(), bf16.autocast():
         f = model.eval().features(bf16.layout(norm(images)))
         z = model.head(f)
-    rounded = logit_decomposition(z.float().numpy(), f.float().numpy(), w, b, classes, feats, np.random.default_rng(0))["reconstruction_error"]
+    rounded = logit_decomposition(z.float().numpy(), f.float().numpy(), w, b, classes, feats,
+                                  np.random.default_rng(0))["reconstruction_error"]
     assert exact < 1e-4 < rounded, (exact, rounded)
 
 

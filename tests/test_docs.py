@@ -25,7 +25,8 @@ def test_every_sweep_key_is_documented():
 
 
 def test_the_two_setup_commands_are_there_and_ci_runs_the_test_command():
-    assert "bash .ci/install && NOISESINK_DATA=../shared/data/cifar10-jpg.tar .venv/bin/python -m study sweep sweeps/smoke.yaml" in README
+    assert ("bash .ci/install && NOISESINK_DATA=../shared/data/cifar10-jpg.tar .venv/bin/python -m study sweep "
+            "sweeps/smoke.yaml") in README
     assert "bash .ci/install && .venv/bin/python -m pytest" in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash .ci/install" in ci and ".venv/bin/python -m pytest" in ci
@@ -80,12 +81,17 @@ def test_the_catdog_ladders_numbers_are_its_committed_tables():
     assert f"the modal share {dist['count']}/{dist['n_runs']} = {dist['share']:.2f} [simultaneous 95% CI " \
            f"{dist['ci_low']:.2f}, {dist['ci_high']:.2f}]" in text
     share = pd.read_csv(folder / "absorption.csv").query("noise == 'gaussian' and `class` == 'cat'")["share"].to_numpy()
-    assert (share == 1).sum() == 14 and np.sort(share)[1] == pytest.approx(0.9865) and np.sort(share)[0] == pytest.approx(0.1185)
-    boot = stats.bootstrap((share,), np.mean, method="percentile", n_resamples=20000, random_state=0).confidence_interval
-    assert f"Mean share to cat {share.mean():.3f} [95% percentile bootstrap over networks {boot.low:.3f}, {boot.high:.2f}]" in text
+    assert ((share == 1).sum() == 14 and np.sort(share)[1] == pytest.approx(0.9865)
+            and np.sort(share)[0] == pytest.approx(0.1185))
+    boot = stats.bootstrap((share,), np.mean, method="percentile", n_resamples=20000,
+                           random_state=0).confidence_interval
+    assert (f"Mean share to cat {share.mean():.3f} [95% percentile bootstrap over networks {boot.low:.3f}, "
+            f"{boot.high:.2f}]") in text
     soft = pd.read_csv(folder / "absorbers.csv").query("noise == 'gaussian'")["absorber_softmax"].to_numpy()
-    sboot = stats.bootstrap((soft,), np.mean, method="percentile", n_resamples=20000, random_state=0).confidence_interval
-    assert f"mean softmax probability is {soft.mean():.3f} [{sboot.low:.3f}, {sboot.high:.3f}] (median {np.median(soft):.4f}" in text
+    sboot = stats.bootstrap((soft,), np.mean, method="percentile", n_resamples=20000,
+                            random_state=0).confidence_interval
+    assert (f"mean softmax probability is {soft.mean():.3f} [{sboot.low:.3f}, {sboot.high:.3f}] "
+            f"(median {np.median(soft):.4f}") in text
     held = pd.read_csv(folder / "heldout.csv").query("`class` == 'dog'").groupby("heldout_class")["share"]
     horse = held.get_group("horse").to_numpy()
     half = stats.t.ppf(0.975, len(horse) - 1) * horse.std(ddof=1) / np.sqrt(len(horse))

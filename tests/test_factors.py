@@ -11,11 +11,10 @@ import pytest
 
 from analysis import factors, stats
 from analysis.causal import causal_tests, dose_table, pairs_table
+from analysis.contract import trial_dirname
 from analysis.load import load
 from analysis.pipeline import aggregate
 from analysis.synthetic import CIFAR10, Condition, _run, write_trial
-from analysis.contract import trial_dirname
-
 
 # ---------------------------------------------------------------- the clustered paired test
 
@@ -130,7 +129,8 @@ def test_the_report_answers_per_factor(tmp_path):
     # every row with an interval reports the estimate the interval is about, inside it
     framed = tests.dropna(subset=["ci_low", "ci_high", "effect"])
     assert len(framed) and ((framed["ci_low"] <= framed["effect"] + 1e-12)
-                            & (framed["effect"] <= framed["ci_high"] + 1e-12)).all(), framed[["test", "effect", "ci_low", "ci_high"]]
+                            & (framed["effect"] <= framed["ci_high"] + 1e-12)).all(), \
+        framed[["test", "effect", "ci_low", "ci_high"]]
 
 
 # ---------------------------------------------------------------- class frequency

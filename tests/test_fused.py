@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from study.fused import FusedClassifier, FusedTrainer, check_fusable, run_fused_trials
-from study.config import validate_trial
-from study.models import FACTORS, MODELS, build_model
 from study import train
+from study.config import validate_trial
+from study.fused import FusedClassifier, FusedTrainer, check_fusable, run_fused_trials
+from study.models import FACTORS, MODELS, build_model
 from study.train import EpochLoop, Trainer
 from study.trial import new_model, run_trial, setup
 

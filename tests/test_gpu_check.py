@@ -20,8 +20,8 @@ import pytest
 from conftest import ROOT, write_image_tree
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
-import gpu_kit  # noqa: E402
+import gpu_check
+import gpu_kit
 
 PERFORMANCE = (ROOT / "docs" / "performance.md").read_text()
 

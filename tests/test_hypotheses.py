@@ -70,7 +70,8 @@ def test_a_linear_net_grows_overconfident_far_from_the_mean():
     net, classes = _linear_net(), list("abcd")
     z = H.white_noise(200, 0)
     freq = np.full(4, 0.25)
-    rows = H.amplitude_probe(lambda x: predict_with(net, x), z, CTX, [1, 4, 16, 64], classes, freq, test_feature_norm=1.0)
+    rows = H.amplitude_probe(lambda x: predict_with(net, x), z, CTX, [1, 4, 16, 64], classes, freq,
+                             test_feature_norm=1.0)
     msp = [r["mean_max_softmax"] for r in rows]
     assert msp[0] < msp[1] < msp[2] < msp[3] and msp[3] > 0.95
     logits1, _ = predict_with(net, H.around_the_mean(z, 1, CTX))
@@ -94,7 +95,8 @@ def test_a_constant_net_predicts_its_bias_at_every_amplitude():
     for r in rows:
         assert r["kl_label_frequencies"] == pytest.approx(0, abs=1e-6)
         assert r["kl_uniform"] == pytest.approx(H.kl_divergence(freq, np.full(3, 1 / 3)), rel=1e-5)
-        assert r["mean_max_softmax"] == pytest.approx(0.5, rel=1e-5) and r["absorber_softmax"] == pytest.approx(0.5, rel=1e-5)
+        assert (r["mean_max_softmax"] == pytest.approx(0.5, rel=1e-5)
+                and r["absorber_softmax"] == pytest.approx(0.5, rel=1e-5))
         assert r["absorber"] == "a" and r["top_share"] == 1.0 and r["feature_norm_ratio"] == 0.0
 
 

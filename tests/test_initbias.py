@@ -20,7 +20,8 @@ def probe(n: int) -> Probe:
     rng = np.random.default_rng(0)
     test = np.concatenate([class_images(c, n // 10, rng) for c in range(10)])
     test = torch.from_numpy(test).permute(0, 3, 1, 2).float() / 255
-    noise = MEAN.view(1, 3, 1, 1) + STD.view(1, 3, 1, 1) * torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noise = MEAN.view(1, 3, 1, 1) + STD.view(1, 3, 1, 1) * torch.randn(n, 3, 32, 32,
+                                                                       generator=torch.Generator().manual_seed(1))
     return Probe(test, noise, MEAN, STD, {})
 
 
@@ -30,7 +31,8 @@ def test_default_settings_parse_and_name_themselves(text):
 
 
 @pytest.mark.parametrize("bad", ["relu-max-none", "swish-max-none-centered", "relu-max-batch-centered",
-                                 "relu-max-none.train-centered", "relu-max-batch.test-centered", "relu-sum-none-centered"])
+                                 "relu-max-none.train-centered", "relu-max-batch.test-centered",
+                                 "relu-sum-none-centered"])
 def test_a_bad_setting_is_a_clear_error(bad):
     with pytest.raises(InputError, match="--settings"):
         parse_setting(bad)

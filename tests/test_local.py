@@ -73,7 +73,8 @@ def test_each_worker_sees_its_own_gpu(tmp_path, monkeypatch):
 def test_a_plan_with_gpus_fails_before_any_trial_where_there_is_no_cuda(tiny_data, tmp_path):
     plan = make_plan(tmp_path, {"seed": [0, 1]}, trial={"data_root": str(tiny_data), "device": "auto"},
                      resources={"cpu": 1, "gpu": 0.5})
-    with pytest.raises(InputError, match="resources.gpu: gives each trial 0.5 GPU, but torch sees no CUDA device on node"):
+    with pytest.raises(InputError, match="resources.gpu: gives each trial 0.5 GPU, but torch sees no CUDA device on "
+                                         "node"):
         local.execute(plan)
     assert not Path(plan.uri).exists()
 

@@ -6,8 +6,14 @@ import itertools
 import numpy as np
 import pytest
 
-from analysis.measures import (absorption_summary, cosine_distance_matrix, minimum_spanning_tree, noise_neighbour,
-                           normalized_entropy, shares)
+from analysis.measures import (
+    absorption_summary,
+    cosine_distance_matrix,
+    minimum_spanning_tree,
+    noise_neighbour,
+    normalized_entropy,
+    shares,
+)
 
 
 def spanning_trees(n):
@@ -16,7 +22,7 @@ def spanning_trees(n):
     for subset in itertools.combinations(edges, n - 1):
         parent = list(range(n))
 
-        def root(a):
+        def root(a, parent=parent):
             while parent[a] != a:
                 a = parent[a]
             return a

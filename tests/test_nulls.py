@@ -10,8 +10,17 @@ import pytest
 
 from analysis import calibration
 from analysis.load import load
-from analysis.nulls import (CONCENTRATED, FEATURE_MEASURES, INTERIOR, PIXEL_MEASURES, Design, Effects, coupling_at,
-                            null_holds, write_null_study)
+from analysis.nulls import (
+    CONCENTRATED,
+    FEATURE_MEASURES,
+    INTERIOR,
+    PIXEL_MEASURES,
+    Design,
+    Effects,
+    coupling_at,
+    null_holds,
+    write_null_study,
+)
 from analysis.pipeline import aggregate
 
 
@@ -158,13 +167,14 @@ def test_probe_records_have_the_trials_own_shapes(tmp_path):
     the decomposition comes from the same code as the trial's (analysis/decomposition.py); the binormal OOD metrics
     match study/ood.py's on a large sample drawn from the binormal model (a known answer)."""
     import json
+
     import torch
-    from study import explain, ood
-    from study import hypotheses as H
+
+    from analysis.nulls import binormal_metrics
+    from study import explain, hypotheses as H, ood
     from study.models import build_model
     from study.noise import NoiseContext
     from study.train import Normalizer, Precision, predict
-    from analysis.nulls import binormal_metrics
 
     study = write_null_study(tmp_path, Design(k=4, seeds=2, arms=1, diverged=0, missing=0, lacking=0.0,
                                               families=calibration.NULL_FAMILIES), Effects())
@@ -217,7 +227,7 @@ def test_probe_levels_are_alike_bounded_skewed_paired_by_run_and_sometimes_unpai
              "kl": amp.pivot(index="trial_id", columns="amplitude", values="kl_label_frequencies")[[1.0, top]],
              "bn": bn.pivot(index="trial_id", columns="mode", values="top_share")[["eval", "batch_stats"]],
              "auroc": ood[ood["detector"] == "msp"].pivot(index="trial_id", columns="ood_set",
-                                                         values="auroc")[["rademacher", "oe_gaussian"]]}
+                                                          values="auroc")[["rademacher", "oe_gaussian"]]}
     for name, p in pairs.items():
         assert p.isna().any(axis=1).sum() >= 1, name                 # a missing pair
         p = p.dropna()

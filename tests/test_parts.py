@@ -18,7 +18,6 @@ from analysis.synthetic import Condition, write_study
 from study.__main__ import parse_seeds
 
 
-
 @pytest.mark.parametrize("spec, seeds", [("0-5", [0, 1, 2, 3, 4, 5]), ("3", [3]), ("0,2,4-6", [0, 2, 4, 5, 6])])
 def test_seeds_are_read_as_lists_and_ranges(spec, seeds):
     assert parse_seeds(spec) == seeds
@@ -40,12 +39,13 @@ def _parts(tmp_path, seeds=8, split=4, change_b=None):
     config = json.loads((whole / study["points"][0]["dir"] / TRIAL_JSON).read_text())["config"]
     resolved = {k: v for k, v in config.items() if k not in study["axes"]}
     parts = []
-    for name, keep, resolved in (("a", range(split), resolved), ("b", range(split, seeds), {**resolved, **(change_b or {})})):
+    for name, keep, part_resolved in (("a", range(split), resolved),
+                                      ("b", range(split, seeds), {**resolved, **(change_b or {})})):
         part = tmp_path / name / "synthetic"
         points = [p for p in study["points"] if p["axes"]["seed"] in keep]
         for p in points:
             shutil.copytree(whole / p["dir"], part / p["dir"])
-        (part / STUDY_JSON).write_text(json.dumps({**study, "points": points, "resolved": resolved,
+        (part / STUDY_JSON).write_text(json.dumps({**study, "points": points, "resolved": part_resolved,
                                                    "grid": {"augmentation": ["flip", "none"], "seed": list(keep)}}))
         parts.append(part)
     return whole, parts
@@ -135,6 +135,7 @@ def test_bad_arms_are_one_clear_error(raw, message):
 
 def test_a_sweep_of_arms_records_each_points_keys_and_its_results_belong(tmp_path):
     import yaml
+
     from analysis.load import _belonging
     from study.config import load_sweep
     from study.plan import Plan, study_record
@@ -162,13 +163,14 @@ def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
     """Rungs of a ladder build different networks (model, width): seed s of one is no partner of seed
     s of another, so the confirmatory test of 'the absorber depends on the condition' is the
     permutation of condition labels over runs; arms of one network (augmentation) stay paired."""
-    rungs = write_study(tmp_path / "r", [Condition("small_cnn", absorber="frog"), Condition("airbench", absorber="bird")],
-                        seeds=8, axis="model")
+    rungs = write_study(tmp_path / "r", [Condition("small_cnn", absorber="frog"),
+                                         Condition("airbench", absorber="bird")], seeds=8, axis="model")
     for trial in rungs.glob("*/" + TRIAL_JSON):   # the rungs are arms, as a ladder's are (sweeps/ladder.yaml)
         t = json.loads(trial.read_text())
         t["config"]["arm"] = t["config"]["model"]
         trial.write_text(json.dumps(t))
-    same = write_study(tmp_path / "s", [Condition("flip", absorber="frog"), Condition("none", absorber="bird")], seeds=8)
+    same = write_study(tmp_path / "s", [Condition("flip", absorber="frog"), Condition("none", absorber="bird")],
+                       seeds=8)
     for study, method in ((rungs, "permutation chi-square"), (same, "marginal homogeneity")):
         aggregate(str(study), str(study / "report"), log=None)
         tests = pd.read_csv(study / "report" / "tests.csv")
@@ -183,6 +185,7 @@ def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
 
 def test_two_arms_of_one_name_are_refused_before_any_work(tmp_path):
     import yaml
+
     from study.plan import prepare
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "trial": {"model": "small_cnn", "device": "cpu"},

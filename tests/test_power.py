@@ -46,7 +46,8 @@ def test_discordance_of_the_paired_model_matches_simulation():
     rng = np.random.default_rng(0)
     x = np.concatenate([power.paired_absorbers(10, 1000, 0.75, 0.25, 0.5, 2, rng) for _ in range(20)])
     assert np.mean(x[:, 0] != x[:, 1]) == pytest.approx(power.discordance(10, 0.75, 0.25, 0.5), abs=0.01)
-    assert np.mean(x[:, 0] == 0) == pytest.approx(0.75, abs=0.01) and np.mean(x[:, 1] == 0) == pytest.approx(0.25, abs=0.01)
+    assert (np.mean(x[:, 0] == 0) == pytest.approx(0.75, abs=0.01)
+            and np.mean(x[:, 1] == 0) == pytest.approx(0.25, abs=0.01))
 
 
 def test_seeds_needed_finds_the_first_crossing():
@@ -63,7 +64,8 @@ def test_design_is_read_as_the_aggregation_pairs_it():
     points += [({"augmentation": "none", "classes": "cat.dog", "seed": s}, ["cat", "dog"]) for s in range(3)]
     cells, paired = power.design(points)
     assert cells == [(2, 3), (10, 8)] and paired == [(10, 8, 2)]
-    unpaired = [({"augmentation": a, "seed": s + (10 if a == "flip" else 0)}, ten) for a in ("none", "flip") for s in range(8)]
+    unpaired = [({"augmentation": a, "seed": s + (10 if a == "flip" else 0)}, ten)
+                for a in ("none", "flip") for s in range(8)]
     assert power.design(unpaired)[1] == []
     text = power.design_block(points, sims=200)
     assert "absorber consistency, K = 10, 8 seeds per condition" in text

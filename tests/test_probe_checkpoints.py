@@ -153,7 +153,7 @@ def test_every_weights_format_gives_the_same_run(tiny_data, tmp_path):
     quick = ["--set", "n_frequency=10", "--set", "amplitudes=[]", "--set", "n_bn=0"]   # eleven runs: the least probing
     assert probe(tiny_data, tmp_path / "out", *paths, extra=["--trust-code", "--classes", "cat,dog", *quick]) == 0
     runs = {name: trial(tmp_path / "out", name) for name in files}
-    for name, (path, key, stripped) in files.items():
+    for name, (_path, key, stripped) in files.items():
         t = runs[name]
         assert t["checkpoint"]["key"] == key and t["checkpoint"]["stripped_prefixes"] == stripped, name
         assert t["absorption"] == runs["plain"]["absorption"] and t["test_accuracy"] == runs["plain"]["test_accuracy"]

@@ -14,8 +14,17 @@ from study import recipe
 from study.config import validate_trial
 from study.errors import InputError
 from study.models import PatchWhitening, build_model, widths_at
-from study.train import (TRIANGLE_END, TRIANGLE_START, Lookahead, Normalizer, Precision, Trainer, lr_multiplier,
-                         make_optimizer, tta_views)
+from study.train import (
+    TRIANGLE_END,
+    TRIANGLE_START,
+    Lookahead,
+    Normalizer,
+    Precision,
+    Trainer,
+    lr_multiplier,
+    make_optimizer,
+    tta_views,
+)
 
 AIRBENCH = {"model": "airbench", "width": 0.25, "batch_size": 50, "lr": 0.1, "momentum": 0.85,
             "bias_lr_scale": 64.0, "label_smoothing": 0.2, "schedule": "triangle", "warmup": 0.23,
@@ -196,7 +205,8 @@ def test_recipe_bench_writes_a_row_per_config_and_keeps_them(tiny_config, tmp_pa
     path = tmp_path / "a.yaml"
     path.write_text(yaml.safe_dump(tiny_config(**AIRBENCH, epochs=1)))
     rows_file = tmp_path / "rows.yaml"
-    rows_file.write_text(yaml.safe_dump({"rows": [{"config": str(path)}, {"config": str(path), "set": {"width": 0.5}}]}))
+    rows_file.write_text(yaml.safe_dump({"rows": [{"config": str(path)},
+                                                  {"config": str(path), "set": {"width": 0.5}}]}))
     rows = recipe.read_row_specs([str(rows_file)])
     assert [r.label for r in rows] == [str(path), f"{path} --set width=0.5"]
     out = tmp_path / "pareto.csv"
@@ -238,7 +248,8 @@ def test_shipped_trial_configs_are_valid_and_the_cat_dog_point_takes_the_recipe_
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if set(read_yaml(path)) != {"rows"}:   # configs/pareto.yaml is the Pareto's list of rows
             load_trial_config(path)
-    catdog, ten = load_trial_config(ROOT / "configs/fast_cpu_catdog.yaml"), load_trial_config(ROOT / "configs/fast_cpu.yaml")
+    catdog, ten = (load_trial_config(ROOT / "configs/fast_cpu_catdog.yaml"),
+                   load_trial_config(ROOT / "configs/fast_cpu.yaml"))
     assert catdog["classes"] == ["cat", "dog"] and catdog["lookahead"] and catdog["schedule"] == ten["schedule"]
 
 

@@ -465,8 +465,8 @@ def _check_constant(x):
 
 DEFINING = {"gaussian": _check_gaussian, "gaussian_clipped": _check_clipped, "uniform": _check_uniform,
             "odin_gaussian": _check_odin_gaussian, "oe_gaussian": _check_oe_gaussian, "oe_blobs": _check_oe_blobs,
-            "rademacher": _check_rademacher_is_outlier_exposures, "blobs": _check_blobs, "salt_pepper": _check_salt_pepper,
-            "pink": _check_pink, "phase_scrambled": _check_phase_scrambled,
+            "rademacher": _check_rademacher_is_outlier_exposures, "blobs": _check_blobs,
+            "salt_pepper": _check_salt_pepper, "pink": _check_pink, "phase_scrambled": _check_phase_scrambled,
             "pixel_shuffled": _check_pixel_shuffled, "constant": _check_constant}
 
 

@@ -5,22 +5,22 @@ self-contained and, opened in headless Chromium, loads, decodes every image and 
 from __future__ import annotations
 
 import html
-import json
 import io
+import json
 import re
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
-from analysis import document, plots, report, stats, tables  # noqa: E402
-from analysis.pipeline import TOPICS, aggregate  # noqa: E402
-from analysis.synthetic import Condition, write_study  # noqa: E402
-from browser import find_chromium, open_page  # noqa: E402
+from analysis import document, plots, report, stats, tables
+from analysis.pipeline import TOPICS, aggregate
+from analysis.synthetic import Condition, write_study
+from browser import find_chromium, open_page
 
 TREE = [("airplane", "ship"), ("automobile", "truck"), ("ship", "truck"), ("bird", "airplane"), ("cat", "dog"),
         ("deer", "horse"), ("dog", "horse"), ("frog", "bird"), ("cat", "frog"), ("bird", "noise")]
@@ -54,7 +54,8 @@ def planted_figures(tmp_path_factory):
     studies = [
         write_study(root, [Condition("flip", absorber="bird", tree=TREE), Condition("none", absorber="cat", tree=TREE),
                            Condition("catdog", classes=["cat", "dog"], absorber="cat"),
-                           Condition("a_condition_label_long_enough_to_run_past_its_panel", classes=["cat", "dog", "ship"])],
+                           Condition("a_condition_label_long_enough_to_run_past_its_panel",
+                                     classes=["cat", "dog", "ship"])],
                     seeds=4, families=FAMILIES, epochs=6, why=True, name="conditions"),
         write_study(root, [Condition("none", absorber="cat"), Condition("outlier_exposure")], seeds=3,
                     axis="intervention", families=FAMILIES[:1], why=False, name="interventions"),
@@ -181,7 +182,8 @@ def test_mean_images_pool_the_runs_images_weighted_by_their_counts():
     assert m.runs == 2 and list(counts) == [4, 4] and list(runs_with) == [2, 1]
     assert images[0].mean() == pytest.approx((3 * 100 + 200) / 4 / 255)   # the images' mean, not the runs'
     assert images[1].mean() == pytest.approx(50 / 255)
-    assert m.class_images["cat"].mean() == pytest.approx(102 / 255) and m.class_images["dog"].mean() == pytest.approx(0.4)
+    assert (m.class_images["cat"].mean() == pytest.approx(102 / 255)
+            and m.class_images["dog"].mean() == pytest.approx(0.4))
 
 
 def test_contrast_stretch_maps_the_percentiles_to_black_and_white():
@@ -206,7 +208,8 @@ def test_markdown_and_html_carry_the_same_sections_figures_and_tables(planted_fi
         assert f">{html.escape(title)}</h2>" in page, title
     figures_md = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
     figures_html = re.findall(r'<figure id="fig-([^"]+)"', page)
-    assert sorted(figures_md) == sorted(f"{f}.png" for f in figures_html) == sorted(p.name for p in folder.glob("*.png"))
+    assert (sorted(figures_md) == sorted(f"{f}.png" for f in figures_html)
+            == sorted(p.name for p in folder.glob("*.png")))
     assert page.count("<table") == md.count("\n|---|")                    # every table in both
     toc = re.findall(r'<nav class="toc">.*?</nav>', page, flags=re.S)[0]
     assert re.findall(r'href="#([^"]+)"', toc) == re.findall(r'<section id="([^"]+)"', page)

@@ -127,11 +127,13 @@ def _verdicts(rows, conditions=("c",)) -> dict:
 
 
 def test_each_verdict_rule_from_a_planted_row():
-    v = _verdicts([planted_row("amplitude_msp_trend", +0.3, 0.001),        # hein: rises as predicted
-                   planted_row("amplitude_kl_trend", +0.2, 0.001),         # kang: KL rises, against the prediction
-                   planted_row("literature_order", +0.1, 0.5, variable="oe_blobs > rademacher"),  # could reject, did not
-                   planted_row("bias_deal", -0.1, 0.001),                  # head bias: dealt biases do better than trained
-                   planted_row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),  # cannot reach its level
+    v = _verdicts([planted_row("amplitude_msp_trend", +0.3, 0.001),     # hein: rises as predicted
+                   planted_row("amplitude_kl_trend", +0.2, 0.001),      # kang: KL rises, against the prediction
+                   # could reject, did not
+                   planted_row("literature_order", +0.1, 0.5, variable="oe_blobs > rademacher"),
+                   planted_row("bias_deal", -0.1, 0.001),               # head bias: dealt biases do better than trained
+                   # cannot reach its level
+                   planted_row("bn_mode_effect", -0.4, 0.25, variable="batch_stats", p_min=0.25),
                    planted_row("epoch0_favourite_is_absorber", 9, 0.002)])  # one-sided: a rejection supports
     assert v[("hein", "c")] == H.SUPPORTED
     assert v[("kang", "c")] == H.CONTRADICTED
@@ -173,7 +175,8 @@ def test_hein_speaks_only_to_piecewise_affine_networks():
 @pytest.mark.parametrize("model, factors, outside", [
     ("small_cnn", {}, []), ("resnet18", {}, []), ("small_cnn", {"pool": "avg"}, []),
     ("resnet18", {"activation": "gelu"}, ["GELU"]), ("small_cnn", {"activation": "tanh"}, ["Tanh"]),
-    ("small_cnn", {"norm": "group"}, ["GroupNorm"]), ("timm:test_convnext", {}, ["GELUTanh", "LayerNorm", "LayerNorm2d"])])
+    ("small_cnn", {"norm": "group"}, ["GroupNorm"]),
+    ("timm:test_convnext", {}, ["GELUTanh", "LayerNorm", "LayerNorm2d"])])
 def test_which_networks_are_piecewise_affine(model, factors, outside):
     from study.hypotheses import not_piecewise_affine
     from study.models import build_model
@@ -241,7 +244,8 @@ def _null_study(rng, n: int, conditions=(("ten", 10, 0.3), ("two", 2, 0.75))) ->
             for mode in ("eval", "batch_stats", "noise_stats"):   # exchangeable modes
                 bn.append({**ids, "mode": mode, "top_share": float(np.clip(level + rng.normal(0, scale), 0, 1))})
             # the biases as trained are one more random deal: the rank is uniform (analysis/decomposition.py bias_deal)
-            dec.append({**ids, "noise": "gaussian", "absorber_share": float(np.clip(level + rng.normal(0, scale), 0, 1)),
+            dec.append({**ids, "noise": "gaussian",
+                        "absorber_share": float(np.clip(level + rng.normal(0, scale), 0, 1)),
                         "top_share_dealt_mean": float(np.clip(level + rng.normal(0, scale / 3), 0, 1)),
                         "bias_deal_rank": int(rng.integers(0, 100)), "bias_deals": 99})
             run_auroc = rng.uniform(0.6, 0.95)

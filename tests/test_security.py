@@ -32,8 +32,9 @@ class _Payload:
 
 
 def test_pickled_checkpoint_code_is_not_run_and_the_trial_starts_over(tmp_path):
-    from ray import tune
     import os
+
+    from ray import tune
     target = "/tmp/noisesink-pwned-by-checkpoint"
     if os.path.exists(target):
         os.remove(target)

@@ -9,7 +9,6 @@ from scipy import stats as sps
 
 from analysis import stats
 
-
 # ---------------------------------------------------------------- libraries vs known answers
 
 def test_fleiss_kappa_matches_fleiss_1971_worked_example():
@@ -203,7 +202,8 @@ def test_condition_dependence_is_calibrated():
     for _ in range(SIMULATIONS):
         absorbers = rng.integers(0, 10, 40)        # 2 conditions x 20 runs, absorbers uniform
         groups = np.repeat([0, 1], 20)
-        rejections += stats.permutation_chi2(absorbers, groups, perms=499, seed=int(rng.integers(1 << 30)))["p_value"] <= ALPHA
+        rejections += stats.permutation_chi2(absorbers, groups, perms=499,
+                                             seed=int(rng.integers(1 << 30)))["p_value"] <= ALPHA
     assert 0.03 <= rejections / SIMULATIONS <= 0.07, rejections / SIMULATIONS
 
 

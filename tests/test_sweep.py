@@ -102,7 +102,7 @@ def test_smoke_sweep_runs_on_ray_and_writes_one_result_per_grid_point(tiny_data,
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns[3:] == ["classes", "seed", "gaussian noise ->", "share", "test acc"], columns
     assert "_fixed" not in res.stdout and "Study smoke: 4 trials (4 TERMINATED)" in res.stdout
-    for name, f in files.items():
+    for f in files.values():
         t = json.loads(f.read_text())
         params = json.loads((f.parent / "params.json").read_text())   # Tune's record of the trial's config
         assert params == {k: t["config"][k] for k in ("classes", "seed")}

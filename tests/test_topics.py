@@ -74,7 +74,7 @@ def test_a_topic_put_in_the_list_reaches_every_output(tmp_path, monkeypatch):
     assert "[toy.csv](toy.csv)" in report[report.index("\n## Files"):]
     methods = report[report.index("\n## Methods"):]
     assert methods.index("- **Probe-time experiments**") < methods.index("- **Toy**: the runs of each condition, "
-                                                                          "counted.") < methods.index("- Permutation")
+                                                                         "counted.") < methods.index("- Permutation")
     assert "How many runs has each condition?" in (out / "report.html").read_text()
 
 
@@ -89,7 +89,7 @@ def test_the_topics_are_topics_with_their_own_names():
 def test_every_topic_makes_its_tables_without_taking_anothers_name(tmp_path, axis, tables):
     """statistics refuses a table name a second topic makes; these studies exercise every topic."""
     design = Design(k=5, seeds=4, axis=axis, arms=2, n_noise=200, families=("gaussian", "uniform", "oe_gaussian",
-                                                                          "rademacher"))
+                                                                            "rademacher"))
     data = load(str(write_null_study(tmp_path, design, Effects())))
     frames, _ = pipeline.statistics(Inputs(data, inference.by_condition(data)))
     assert tables | {"runs", "consistency", "edge_frequency", "clutter", "ood", "amplitude", "literature", "scoreboard",

@@ -136,7 +136,8 @@ def test_the_bias_deal_rank_is_uniform_when_the_biases_do_not_matter_and_top_whe
     # elsewhere (about 4 in 5) ranks below the trained one, the rest tie with it
     weight_term = rng.normal(size=(300, 5)) + np.array([0.5, 0, 0, 0, 0])
     out = bias_deal(weight_term, np.array([2.0, 0, 0, 0, 0]), np.random.default_rng(0))
-    assert out["bias_deal_rank"] >= 70 and out["top_share_dealt_mean"] < _top_share(weight_term + [2.0, 0, 0, 0, 0]) - 0.1
+    assert (out["bias_deal_rank"] >= 70
+            and out["top_share_dealt_mean"] < _top_share(weight_term + [2.0, 0, 0, 0, 0]) - 0.1)
 
 
 

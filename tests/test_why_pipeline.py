@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.pipeline import aggregate
 from analysis.contract import trial_dirname
+from analysis.pipeline import aggregate
 from study.trial import run_trial
 
 pytestmark = pytest.mark.slow  # 24 (tiny) trainings and two aggregations
@@ -36,7 +36,8 @@ def interventions_report(tmp_path_factory, tiny_data):
     cfg = lambda **k: {"model": "small_cnn", "batch_size": 50, "lr": 0.05, "n_noise": 60, "n_trajectory": 20,  # noqa: E731
                        "data_root": str(tiny_data), "data_verify": "shapes", "device": "cpu", "threads": 1,
                        "sample_per_class": 20, "n_frequency": 40, **k}
-    return tiny_study(tmp_path_factory.mktemp("why"), "why", cfg, "intervention", ["none", "outlier_exposure", "noise_class"])
+    return tiny_study(tmp_path_factory.mktemp("why"), "why", cfg, "intervention",
+                      ["none", "outlier_exposure", "noise_class"])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def causal_report(tmp_path_factory, tiny_data):
     cfg = lambda **k: {"model": "small_cnn", "batch_size": 50, "lr": 0.05, "n_noise": 60, "n_trajectory": 20,  # noqa: E731
                        "data_root": str(tiny_data), "data_verify": "shapes", "device": "cpu", "threads": 1,
                        "sample_per_class": 20, "n_frequency": 40, **k}
-    values = ["none", {"target": "cat", "kind": "blur", "strength": 1.0}, {"target": "cat", "kind": "blur", "strength": 2.0},
+    values = ["none", {"target": "cat", "kind": "blur", "strength": 1.0},
+              {"target": "cat", "kind": "blur", "strength": 2.0},
               {"target": "ship", "kind": "blur", "strength": 1.0}, {"target": "ship", "kind": "blur", "strength": 2.0}]
     return tiny_study(tmp_path_factory.mktemp("causal"), "causal", cfg, "class_intervention", values)
 
@@ -77,7 +79,8 @@ def test_why_tests_figures_and_report(interventions_report):
     # 3 classes: the class-relabelling test has 6 relabellings, smallest p 1/3: it cannot show anything
     assert (clutter["p_min"] == 1 / 3).all() and not clutter["can_reject"].any()
     # the head's bias and weight norm are not class covariates (each is a factor of its own logit)
-    assert not (tests["test"] == "head_absorption").any() and not tests["variable"].astype(str).str.startswith("head_").any()
+    assert (not (tests["test"] == "head_absorption").any()
+            and not tests["variable"].astype(str).str.startswith("head_").any())
     assert (tests["test"] == "noise_lookalike").sum() == 3
     # the head biases: the rank test, and beside it the identity question's estimate
     deal = tests[tests["test"] == "bias_deal"]
@@ -89,8 +92,9 @@ def test_why_tests_figures_and_report(interventions_report):
         assert (r / png).exists(), png
     text = (r / "report.md").read_text()
     assert "## Why this class?" in text
-    for q in ("1. Is the absorbing class the most cluttered", "2. Does noise look like", "3. What did the network learn",
-              "4. Is this out-of-distribution detection", "6. Do interventions remove", "too few runs to test"):
+    for q in ("1. Is the absorbing class the most cluttered", "2. Does noise look like",
+              "3. What did the network learn", "4. Is this out-of-distribution detection", "6. Do interventions remove",
+              "too few runs to test"):
         assert q in text
     runs = pd.read_csv(r / "runs.csv")
     assert set(runs["intervention"]) == {"none", "outlier_exposure", "noise_class"}
@@ -111,7 +115,8 @@ def test_causal_tables_tests_figure_and_report(causal_report):
     assert len(effect) == 2 and (effect["family"] == "confirmatory").all() and effect["p_adjusted"].notna().all()
     assert (tests["test"] == "causal_absorber").sum() == 2 and (tests["test"] == "causal_dose").sum() == 1
     checks = tests[tests["test"] == "manipulation_check"]
-    assert len(checks) == 2 * 3 and set(checks["variable"]) == {"png_bits_per_pixel", "gradient_energy", "spectral_slope"}
+    assert len(checks) == 2 * 3 and set(checks["variable"]) == {"png_bits_per_pixel", "gradient_energy",
+                                                                "spectral_slope"}
     assert (r / "causal_dose_response.png").exists()
     text = (r / "report.md").read_text()
     assert "## Is clutter causal?" in text and "What this cannot conclude" in text
