@@ -281,7 +281,16 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     # the first results, and shows no text column such as the absorbing class); the variable is read
     # in ray.tune.experimental.output, pinned by tests/test_ray_usage.py (checked on Ray 2.60)
     with environment("RAY_AIR_NEW_OUTPUT", "0"):
-        results = build_tuner(plan, resume, watch, token).fit()
+        try:
+            results = build_tuner(plan, resume, watch, token).fit()
+        except OSError as e:
+            # Tune reads the storage back when the trials end (and when it restores): a bucket that
+            # stopped answering for longer than the trials' retries ends the study here
+            print(f"sweep {plan.name}: Tune could not read or write the storage {plan.uri} "
+                  f"({failure_reason(e)[:300]}), so the study stopped. Finished trials are kept there and "
+                  "are not recomputed; once the storage answers again, rerun with --resume (the others "
+                  "continue from the last checkpoint Tune recorded there, or start over)", file=sys.stderr)
+            return 1
     def name(r):
         return Path(r.path).name if r.path else "?"
     # counted in the study's trials (grid points): a fused group of k seeds is k of them

@@ -1,5 +1,6 @@
 """Faults survived with real processes: a killed trial worker, a corrupt checkpoint, storage
-that is read-only, full or unreachable, a diverging trial. Nothing lost, nothing counted twice."""
+that is read-only, full or unreachable, an object store that goes away mid-study and comes back,
+a driver killed twice in a row, a diverging trial. Nothing lost, nothing counted twice."""
 from __future__ import annotations
 
 import functools
@@ -274,3 +275,255 @@ def test_diverging_trial_is_recorded_reported_and_excluded(tiny_data, tmp_path):
     assert set(cons["condition"]) == {"lr=0.02"} and (cons["n_runs"] == 3).all()
     text = (report / "report.md").read_text()
     assert "3 diverged (excluded from all statistics)" in text
+
+
+# ---------------------------------------------------------------- the object store goes away and comes back
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CuttableProxy:
+    """A TCP forwarder from a loopback port to `target` (an S3 server), in threads of this
+    process. cut(): every live connection is closed and new ones are refused (the port stays
+    reserved by a socket that does not listen: a connect gets ECONNREFUSED, as from a store that
+    went away); restore(): it forwards again. The server behind keeps its state."""
+
+    def __init__(self, target_port: int):
+        import threading
+        self.target, self.port = ("127.0.0.1", target_port), free_port()
+        self.lock, self.live, self.opened = threading.Lock(), set(), []
+        self.listener = self.placeholder = self.thread = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _bound(self) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        return s
+
+    def restore(self) -> None:
+        import threading
+        if self.placeholder:
+            self.placeholder.close()
+            self.placeholder = None
+        self.listener = self._bound()
+        self.listener.listen(128)
+        self.listener.settimeout(0.1)
+        self.thread = threading.Thread(target=self._accept, args=(self.listener,), daemon=True)
+        self.thread.start()
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        self.thread.join()          # the accept loop sees listener gone within 0.1 s
+        listener.close()
+        self.placeholder = self._bound()   # bound, not listening: connections refused
+        with self.lock:
+            for s in self.live:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self.listener:
+            self.cut()
+        self.placeholder.close()
+        with self.lock:
+            for s in self.opened:
+                s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+        while self.listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.live |= {client, upstream}
+                self.opened += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self.lock:
+            self.live -= {a, b}
+
+
+@pytest.fixture
+def s3_behind_proxy():
+    """A moto S3 server on loopback with a bucket `results`, reached through a CuttableProxy."""
+    import boto3
+    port = free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        wait_for(up, timeout=60, every=0.2)
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="results")
+        proxy = CuttableProxy(port)
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        try:
+            yield proxy, s3, env
+        finally:
+            proxy.close()
+    finally:
+        moto.kill()
+        moto.wait()
+
+
+def bucket_keys(s3, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="results", Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_object_store_outage_mid_study_stops_it_with_a_message_and_resume_completes_it(
+        tiny_data, tmp_path, s3_behind_proxy):
+    """The bucket stops answering once a trial has checkpointed, and answers again only after the
+    driver has ended. What Ray 2.60 does then: every trial's next storage call fails (pyarrow:
+    "AWS Error NETWORK_CONNECTION ... Could not connect to server"), Tune retries each trial
+    run.max_failures times (all fail at once while the store is down: the retry's first call reads
+    the store), the trials end ERROR, and Tune's own read-back of the experiment folder raises
+    OSError out of Tuner.fit. The driver turns that into one message naming the storage and
+    --resume (no traceback through noisesink) and exits 1, nothing half-written is taken as
+    finished, and --resume once the store is back completes every grid point exactly once.
+    (An outage shorter than the retries is bridged by them: the study completes by itself; which
+    of the two a given outage gives depends on how long the retries take, so only the longer one,
+    whose outcome does not depend on timing, is asserted.)"""
+    start = time.perf_counter()
+    proxy, s3, env = s3_behind_proxy
+    trial = fault_trial(tiny_data, epochs=3)
+    sweep = {"name": "outage", "trial": {k: v for k, v in trial.items() if k != "seed"}, "grid": {"seed": [0, 1]},
+             "resources": {"cpu": 1, "gpu": 0},
+             "run": {"storage": "s3://results/studies", "max_failures": 2, "checkpoint_every": 1}}
+    path = tmp_path / "outage.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        driver = subprocess.Popen(sweep_cmd(path), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        wait_for(lambda: any("/checkpoint_" in k for k in bucket_keys(s3, "studies/outage/")), timeout=300, every=0.2)
+        proxy.cut()
+        cut = time.perf_counter()
+        print(f"cut after {cut - start:.0f} s")
+        driver.wait(timeout=400)
+        outage = time.perf_counter() - cut
+        proxy.restore()
+    finally:
+        if driver.poll() is None:
+            kill_session_now(driver.pid)
+    out = log.read_text()
+    assert driver.returncode == 1, out[-4000:]
+    assert "Could not connect to server" in out          # pyarrow's words for the refused connection
+    said = [ln for ln in out.splitlines() if ln.startswith("sweep outage: ")]
+    assert said and said[-1].startswith("sweep outage: Tune could not read or write the storage "
+                                        "s3://results/studies/outage (OSError: "), out[-4000:]
+    assert "rerun with --resume" in said[-1]
+    assert "study/__main__.py" not in out, out[-4000:]   # a message, not a traceback through noisesink
+    assert not [k for k in bucket_keys(s3, "studies/outage/") if k.endswith("/trial.json")]
+
+    res = subprocess.run(sweep_cmd(path, "--resume", "--no-report"), cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    print(f"resumed by {time.perf_counter() - start:.0f} s")
+    assert "resuming s3://results/studies/outage" in res.stdout
+    assert "sweep outage: 2 of 2 trials ended, 0 failed" in res.stdout
+    keys = bucket_keys(s3, "studies/outage/")
+    assert sorted(k for k in keys if k.endswith("/trial.json")) == [f"studies/outage/seed={s}/trial.json"
+                                                                    for s in (0, 1)]
+    report = tmp_path / "report"
+    res = subprocess.run([sys.executable, "-m", "analysis", "s3://results/studies/outage", "--out", str(report)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = pd.read_csv(report / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1] and (runs["status"] == "completed").all()
+    assert pd.read_csv(report / "problems.csv").empty
+    print(f"outage {outage:.0f} s; wall time {time.perf_counter() - start:.0f} s")
+
+
+# ---------------------------------------------------------------- the driver killed twice
+
+def test_driver_killed_twice_in_a_row_then_resume_completes_each_grid_point_once(tiny_data, tmp_path):
+    """The driver and its local Ray are killed at one instant (kill_session_now) once the first
+    trial has finished; the first --resume is killed too, while another trial is mid-way (it has
+    reported an epoch, two are left); a second --resume completes the study. Every grid point ends
+    with one completed trial.json, the first one untouched (same bytes, same mtime: not
+    recomputed), and the aggregation reads three runs and no problem."""
+    from analysis.load import load
+    start = time.perf_counter()
+    trial = fault_trial(tiny_data, epochs=3)
+    sweep = {"name": "twice", "trial": {k: v for k, v in trial.items() if k != "seed"}, "grid": {"seed": [0, 1, 2]},
+             "resources": {"cpu": 1, "gpu": 0},
+             "run": {"storage": str(tmp_path), "max_failures": 1, "checkpoint_every": 1, "max_concurrent": 1}}
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    study = tmp_path / "twice"
+
+    def finished() -> list[Path]:
+        return sorted(study.glob("*/trial.json"))
+
+    def run_until(condition, *args):
+        driver = subprocess.Popen(sweep_cmd(path, "--no-report", *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for(lambda: condition() or driver.poll() is not None, timeout=300)
+        finally:
+            kill_session_now(driver.pid)
+            driver.wait()
+        assert driver.returncode == -signal.SIGKILL, "the driver ended before it was killed"
+
+    run_until(finished)                                   # 1: killed once the first trial is done
+    (first,) = finished()
+    before = (first.read_bytes(), first.stat().st_mtime_ns)
+
+    def another_mid_way():
+        return [d for d in study.glob("seed=*") if not (d / "trial.json").exists()
+                and reported_pid(d, after_iteration=1)]
+    run_until(another_mid_way, "--resume")               # 2: the resume killed mid-trial
+    assert finished() == [first], "the trial killed mid-way must not have finished"
+
+    res = subprocess.run(sweep_cmd(path, "--resume", "--no-report"), cwd=ROOT, capture_output=True, text=True,
+                         timeout=400)                    # 3: the resume that completes it
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    assert "resuming" in res.stdout and "sweep twice: 3 of 3 trials ended, 0 failed" in res.stdout
+    assert [p.parent.name for p in finished()] == ["seed=0", "seed=1", "seed=2"]
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before, f"{first.parent.name} was recomputed"
+    for f in finished():
+        assert json.loads(f.read_text())["status"] == "completed"
+    loaded = load(str(study))
+    assert sorted(r["seed"] for r in loaded.runs) == [0, 1, 2] and not loaded.problems
+    print(f"wall time {time.perf_counter() - start:.0f} s")
