@@ -1,4 +1,5 @@
-"""Which explanation holds? The probe-time experiments of #19 across runs, and the scoreboard.
+"""Which explanation holds? The probe-time experiments (amplitude sweep, BatchNorm modes, literature
+noise families; study/explanation_probes.py) across runs, and the scoreboard.
 
 Each probe gets one tidy table (amplitude, batchnorm, handover, literature), its tests (tests.csv
 rows, the trained network the unit, all exploratory: none was pre-registered), and a figure.
@@ -333,7 +334,7 @@ class Hypothesis:
 
 def _outside_hein(frames: dict, condition: str) -> str:
     """Hein et al.'s theorem covers networks piecewise affine in their input: not a condition whose
-    networks have GELU, tanh, GroupNorm or LayerNorm (study/hypotheses.py PIECEWISE_AFFINE)."""
+    networks have GELU, tanh, GroupNorm or LayerNorm (study/explanation_probes.py PIECEWISE_AFFINE)."""
     amp = frames.get("amplitude")
     if amp is None or amp.empty or "not_piecewise_affine" not in amp:
         return ""
@@ -629,7 +630,7 @@ def scoreboard_section(ctx: ReportContext) -> Section:
     links = [text(", " if i else "", Link(f"{t}.csv", f"{t}.csv")) for i, t in enumerate(TABLES)
              if not ctx.table(t).empty]
     s.blocks.append(Paragraph(text("Tables: ") + sum(links, ()) + text(". Verdict rules: ", Code("VERDICT_RULES"),
-                                                                       " in analysis/hypotheses.py.")))
+                                                                       " in analysis/explanations.py.")))
     return s
 
 
@@ -658,7 +659,7 @@ def methods_text() -> str:
   scoreboard takes each explanation's verdict from its tests.csv row by the rules stated with it."""
 
 
-TOPIC = Topic("hypotheses", tables=lambda inputs, frames: study_tables(inputs.data, frames),
+TOPIC = Topic("explanations", tables=lambda inputs, frames: study_tables(inputs.data, frames),
               tests=lambda inputs, frames: Findings(tests_of_study(frames)),
               summaries=lambda inputs, frames: {"scoreboard": scoreboard(frames["tests"], list(inputs.groups), frames)},
               figures=lambda inputs, frames, folder: plots(frames, folder),
