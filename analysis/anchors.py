@@ -1,6 +1,6 @@
 """Published anchors: the MSP baselines of the papers whose noise families the study repeats, and
 which of their orderings a study with other networks can be expected to repeat. Data, no code of
-the analysis: the scoreboard (analysis/hypotheses.py), the report's methods (analysis/report.py)
+the analysis: the scoreboard (analysis/explanations.py), the report's methods (analysis/report.py)
 and the null studies (analysis/nulls.py) read them from here."""
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import pandas as pd
 from .nulls import CONCENTRATED, INTERIOR, Design, Effects, coupling_at, null_holds, write_null_study
 from .stats import ALPHA, wilson_interval
 
-BAND = (0.02, 0.07)   # the accepted false-positive rate at ALPHA (issue #15)
+BAND = (0.02, 0.07)   # the false-positive rate at ALPHA within which a test counts as calibrated
 # Tests whose false-positive rate under these nulls is below the band by design, and why (measured:
 # docs/statistics.md). Only the lower bound is excused: above the band nothing is.
 CONSERVATIVE = {
@@ -73,7 +73,7 @@ NULL_LAYOUTS = [dict(axis="augmentation", arms=2), dict(axis="augmentation", arm
                 dict(axis="activation", arms=2)]
 NULL_EFFECTS = {"uniform": Effects(), "concentrated": CONCENTRATED}
 # gaussian (the question's noise) and uniform, and at K = 10 (CIFAR-10 as the papers had it) the
-# literature families a published ordering compares (hypotheses.published_orderings: oe_gaussian and
+# literature families a published ordering compares (explanations.published_orderings: oe_gaussian and
 # oe_blobs above rademacher); every family adds its per-family tests, so K = 5 studies keep two
 NULL_FAMILIES = ("gaussian", "uniform", "oe_gaussian", "oe_blobs", "rademacher")
 NULL_SEEDS = (8, 13, 20)   # 13: with two runs lost, 11 complete pairs, the fewest the equivalence test can use

@@ -1,5 +1,5 @@
 """The measurement core: absorption, distances, the MST, from a model's outputs. Pure numpy, no torch:
-the trial (study/probe.py, study/hypotheses.py, study/explain.py) measures with these functions, and
+the trial (study/probe.py, study/explanation_probes.py, study/explain.py) measures with these functions, and
 the simulated studies (analysis/synthetic.py, analysis/nulls.py) build their records with the very
 same ones, so a simulated trial.json is measured as a real one is and no copy has to be kept equal."""
 from __future__ import annotations

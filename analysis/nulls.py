@@ -27,12 +27,13 @@ trainings show but no effect of the kind each test looks for:
   architecture factor (activation: relu as the reference), and per-class interventions
   (class_intervention: blur on a target at two strengths) that change the target's pixel clutter
   (the manipulation works) but not where noise goes.
-- **the probes of #19** (study/hypotheses.py, analysis/hypotheses.py), each pair of levels a paired
-  test compares alike in law within a run, so equal in expectation, with the values bounded and
-  skewed as real ones are: the amplitude rows and the BatchNorm modes come from one softmax
-  response per run (`v`, favouring the run's Gaussian absorber: the same network) to the same
-  images, at a scale drawn per level around a run effect, so the mean max-softmax and the top
-  share pile up near 1 and the KL to the label frequencies is >= 0 and right-skewed; the OOD
+- **the explanation probes** (amplitude, BatchNorm modes: study/explanation_probes.py,
+  analysis/explanations.py), each pair of levels a paired test compares alike in law within a run,
+  so equal in expectation, with the values bounded and skewed as real ones are: the amplitude rows
+  and the BatchNorm modes come from one softmax response per run (`v`, favouring the run's Gaussian
+  absorber: the same network) to the same images, at a scale drawn per level around a run effect,
+  so the mean max-softmax and the top share pile up near 1 and the KL to the label frequencies is
+  >= 0 and right-skewed; the OOD
   rows (every detector against every family and held-out class) follow the binormal ROC model
   around a run effect, so the literature families' MSP AUROCs crowd the ceiling of 1; and the
   head's biases are exchangeable noise (one vector per run, `head_biases`) added to per-image
@@ -61,7 +62,7 @@ from . import measures
 from .anchors import published_orderings
 from .contract import CIFAR10_CLASSES, COMPLETED, DIVERGED, SCHEMA_VERSION, STUDY_JSON, TUNE_ERROR_TXT, trial_dirname
 from .decomposition import bias_deal, margin_split
-from .hypotheses import BN_REFERENCE
+from .explanations import BN_REFERENCE
 from .stats import DISCORDANCE_MARGIN
 from .synthetic import AMPLITUDES, BN_MODES, CLUTTER_MEASURES, DETECTORS, softmax_rows, write_trial
 from .why import PIXEL_MEASURES
@@ -86,7 +87,7 @@ NOISE_SHARED = 0.1        # the noise mean: little of the shared component,
 NOISE_OWN = 2.0           # a direction of its own (orthogonal to the shared one), and
 NOISE_PULL = 1.5          # some of its nearest class's own variation
 
-# the probes of #19: per-run responses (see the module docstring)
+# the explanation probes (amplitude, BatchNorm modes): per-run responses (see the module docstring)
 PREFERENCE = 2.5          # the response's pull to the run's Gaussian absorber (logit units; classes N(0, 1))
 LEVEL_SD = 0.5            # each level's own shift of the response, per class (a BatchNorm mode, an amplitude
                           # changes the features: the absorber may change too)
@@ -348,7 +349,7 @@ def head_biases(planned: list[tuple[int, np.ndarray]], k: int, shift: float, ove
 
 
 def _response(v: np.ndarray, eps: np.ndarray, scale: float, classes: list[str]) -> tuple[dict, np.ndarray]:
-    """Where images go whose logits are scale * (v + eps) (study/hypotheses.py's `predictions`:
+    """Where images go whose logits are scale * (v + eps) (study/explanation_probes.py's `predictions`:
     absorber, top share, normalised entropy, mean max-softmax, shares), and their mean prediction."""
     z = scale * (v[None] + eps)
     e = np.exp(z - z.max(1, keepdims=True))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import causal, core, document, factors, guard, hypotheses, inference, plots, report, tables, why
+from . import causal, core, document, explanations, factors, guard, inference, plots, report, tables, why
 from .contract import AGGREGATION_JSON, COMPLETED, REPORT_DIR, join_uri, open_filesystem
 from .load import Loaded, check_same_study, load, load_many, open_study
 from .revision import AT_IMPORT
@@ -22,7 +22,7 @@ from .topic import Inputs, Topic, report_sections
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 # the topics (analysis/topic.py) in the order their tables and tests are made, their sections read
 # and their Methods paragraphs joined; a topic may read the tables of those before it
-TOPICS: tuple[Topic, ...] = (core.TOPIC, why.TOPIC, causal.TOPIC, factors.TOPIC, hypotheses.TOPIC)
+TOPICS: tuple[Topic, ...] = (core.TOPIC, why.TOPIC, causal.TOPIC, factors.TOPIC, explanations.TOPIC)
 
 
 def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],

@@ -669,7 +669,7 @@ def intervention_bars(absorbers: pd.DataFrame, runs: pd.DataFrame, out: Path) ->
                      "takes, per noise family (trained on Gaussian noise only)")
 
 
-# ---------------------------------------------------------------- the probe-time experiments (#19)
+# ---------------------------------------------------------------- the probe-time experiments (explanations)
 
 def _condition_colours(conditions: list[str]) -> dict[str, tuple]:
     return {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}

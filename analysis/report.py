@@ -39,7 +39,7 @@ from .trees import consensus_trees
 __all__ = ["ALPHA", "ReportContext", "build", "fmt_p", "md", "significant", "tests_of", "verdict"]
 
 ANSWER_CONDITIONS = 12   # conditions spelled out in the answer block (all are in the sections below)
-EMPTY = pd.DataFrame()
+EMPTY = pd.DataFrame()   # what ctx.table gives for a table the study did not produce
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class ReportContext:
 
 
 SectionFn = Callable[[ReportContext], Section]
+# inference.CORRECTION's method ids as the report names them
 CORRECTION_NAME = {"holm": "Holm", "fdr_bh": "BH", "fdr_by": "BY"}
 
 
@@ -108,6 +109,7 @@ def verdict(row) -> str:
 
 
 def significant(row) -> bool:
+    # a row that cannot reach its level never counts, whatever its adjusted p
     return row is not None and bool(row["can_reject"]) and np.isfinite(row["p_adjusted"]) and row["p_adjusted"] < ALPHA
 
 
@@ -136,6 +138,7 @@ def _hangs(ctx: ReportContext, condition: str):
     att = ef[(ef["condition"] == condition) & (ef["noise"] == inference.PRIMARY_NOISE) & (ef["test"] == "noise_edge")]
     if att.empty:
         return None
+    # most frequent first; a tie goes to the alphabetically first class, as in trees.consensus_trees
     top = att.sort_values(["frequency", "u"], ascending=[False, True]).iloc[0]
     return top["u"], int(top["count"]), int(top["n_runs"])
 
@@ -155,6 +158,7 @@ def intro(ctx: ReportContext) -> list:
             pieces += [" ", Code(src), f": {n}."]
         blocks.append(Paragraph(text(*pieces)))
     if len(done):
+        # a condition of one run has no sd (NaN): shown as 0
         acc = done.groupby("condition")["test_accuracy"].agg(["mean", "std", "count"])
         blocks.append(Paragraph(text("Test accuracy (trained classes): " + "; ".join(
             f"{c} {r['mean']:.3f} +- {0 if not np.isfinite(r['std']) else r['std']:.3f} (n = {int(r['count'])})"
@@ -184,6 +188,7 @@ def answer_first(ctx: ReportContext) -> list:
         for r in sub.itertuples():
             t = _one(tests, "absorber_consistency", condition=condition, noise=r.noise)
             sure = significant(t)
+            # the verdict only for the primary noise, the confirmatory one; the others are exploratory
             parts.append(text(f"{r.noise} → ", Strong(r.modal_absorber) if sure else r.modal_absorber,
                               f" ({r.modal_count}/{r.n_runs}"
                               + (f", {verdict(t)}" if t is not None and r.noise == inference.PRIMARY_NOISE else "")
@@ -191,6 +196,7 @@ def answer_first(ctx: ReportContext) -> list:
             if not sure:
                 weak.append(r.noise)
         n = int(sub["n_runs"].max())
+        # every condition's open questions are kept; only the first ANSWER_CONDITIONS get a bullet
         if i < ANSWER_CONDITIONS:
             flag = " (too weak to interpret)" if condition in weak_names else ""
             items.append(text(Strong(condition), f" (n = {n} runs){flag}: ") + _joined(parts))
@@ -204,14 +210,14 @@ def answer_first(ctx: ReportContext) -> list:
     if n_conditions > ANSWER_CONDITIONS:
         items.append(text(f"... and {n_conditions - ANSWER_CONDITIONS} more conditions: see the table in the next "
                           "section."))
-        if len(open_questions) > ANSWER_CONDITIONS:
+        if len(open_questions) > ANSWER_CONDITIONS:  # capped too: the sections below have them all
             more = len(open_questions) - ANSWER_CONDITIONS
             open_questions = open_questions[:ANSWER_CONDITIONS] + [text(f"... and {more} more conditions like these.")]
     blocks = [Paragraph(text("Which class absorbs each noise family (modal absorber and the runs in which it absorbs; ",
                              Strong("bold"), ": the absorbers are not uniform over the classes, confirmatory for "
                              f"{inference.PRIMARY_NOISE} noise, exploratory for the others):")), Bullets(items)]
     trees = []
-    for condition in list(dict.fromkeys(cons["condition"]))[:ANSWER_CONDITIONS]:
+    for condition in list(dict.fromkeys(cons["condition"]))[:ANSWER_CONDITIONS]:  # each once, in table order
         hang = _hangs(ctx, condition)
         if hang is None:
             continue
@@ -269,12 +275,14 @@ def absorber_section(ctx: ReportContext) -> Section:
             + (f"; per-image Fleiss kappa {r['fleiss_kappa']:.2f}" if np.isfinite(r["fleiss_kappa"]) else "") + "."))
     s.blocks.append(Bullets(items))
     t = tests_of(tests, "absorber_consistency")
+    # no such rows: an empty frame with the columns, so the merge below still adds them
     t = t[["condition", "noise", "p_adjusted", "can_reject"]] if len(t) else \
         pd.DataFrame(columns=["condition", "noise", "p_adjusted", "can_reject"])
     show = cons.merge(t, on=["condition", "noise"], how="left")
     show = show.assign(runs=show["modal_count"].astype(str) + "/" + show["n_runs"].astype(str),
                        modal_share=[f"{a:.2f} [{b:.2f}, {c:.2f}]" for a, b, c in
                                     zip(show["modal_share"], show["modal_share_ci_low"], show["modal_share_ci_high"])],
+                       # after the left merge can_reject may be a bool, a numpy bool or a float (NaN: no test)
                        p=[fmt_p(p) if ok is True or ok == 1 else "too few runs"
                           for p, ok in zip(show["p_value"], show["can_reject"])],
                        p_adjusted=show["p_adjusted"].map(fmt_p),
@@ -336,14 +344,15 @@ def mst_section(ctx: ReportContext) -> Section:
     noise = inference.PRIMARY_NOISE
     items = []
     for condition, family in (consensus_trees(edge_freq) if len(edge_freq) else {}):
-        if family != noise:
+        if family != noise:  # the trees are reported for the primary noise only
             continue
         cls = edge_freq[(edge_freq["condition"] == condition) & (edge_freq["test"] == "mst_edge")]
+        # q_value: Benjamini-Yekutieli over all edges (edge_frequency.csv)
         reliable = cls[cls["q_value"] < ALPHA].sort_values("frequency", ascending=False)
         att = edge_freq[(edge_freq["condition"] == condition) & (edge_freq["noise"] == noise)
                         & (edge_freq["test"] == "noise_edge")].sort_values("frequency", ascending=False)
         n = int(cls["n_runs"].iloc[0]) if len(cls) else 0
-        k = len(att)
+        k = len(att)  # K: one noise_edge row per class; a relabelled tree joins a pair with chance 2/K
         line = text(Strong(condition), f" (n = {n} runs): ")
         if len(att):
             top = att.iloc[0]
@@ -359,6 +368,7 @@ def mst_section(ctx: ReportContext) -> Section:
                         if len(reliable) else "") + ". ")
         ov = _one(tests, "mst_overlap", condition=condition)
         if ov is not None:
+            # effect = statistic / null mean (stats.tree_overlap_test): the quotient is the null mean 2(K-1)/K
             line += text(f"Mean pairwise shared class edges {ov['statistic']:.2f} vs "
                          f"{ov['statistic'] / ov['effect']:.2f} by chance ({verdict(ov)}). ")
         near = _one(tests, "noise_neighbour", condition=condition, noise=noise)
@@ -418,7 +428,7 @@ def trajectory_section(ctx: ReportContext, per_seed_up_to: int = 12) -> Section:
     items = []
     for condition, sub in traj.groupby("condition", sort=False, observed=True):
         wide = sub.pivot_table(index=["seed", "epoch"], columns="class", values="share", observed=True)
-        seeds = list(dict.fromkeys(wide.index.get_level_values(0)))
+        seeds = list(dict.fromkeys(wide.index.get_level_values(0)))  # each once, in table order
         first = {seed: wide.loc[seed].iloc[0] for seed in seeds}
         last = {seed: wide.loc[seed].dropna(how="all").iloc[-1] for seed in seeds}
         final = int(wide.index.get_level_values(1).max())
@@ -465,6 +475,7 @@ def learned_images_section(ctx: ReportContext) -> Section:
         "Each image is contrast-stretched on its own (its 1st-99th percentile to black-white), so compare "
         "patterns, not brightness. The pixel mean of many unrelated noise images is close to flat: a visible "
         "structure is what the images a class receives have in common.")))
+    # the noise family: the file name less `mean_images_` and `.png`
     s.blocks += [Figure(f, f"Mean {f[len('mean_images_'):-4]} noise image per class beside the class's mean "
                         "training image") for f in galleries]
     return s
@@ -473,6 +484,7 @@ def learned_images_section(ctx: ReportContext) -> Section:
 def problems_section(ctx: ReportContext) -> Section:
     runs, problems = ctx.runs, ctx.table("problems")
     s = Section("Runs: accuracy, failed, diverged and unreadable trials", key="problems")
+    # runs.csv has the column only where some run was probed from a checkpoint
     probed = int(runs["checkpoint"].notna().sum()) if "checkpoint" in runs else 0
     if probed:
         s.blocks.append(Paragraph(text(

@@ -164,7 +164,7 @@ def _where(shares: np.ndarray, classes: list[str], msp: float) -> dict:
 
 
 def _probes(trial: dict, rng) -> None:
-    """The probe-time experiments of #19 (study/hypotheses.py), drawn at random: an amplitude
+    """The probe-time experiments (study/explanation_probes.py), drawn at random: an amplitude
     curve whose max-softmax rises or falls with the amplitude, and the three BatchNorm modes."""
     classes = trial["classes"]
     k = len(classes)

@@ -2,7 +2,7 @@
 
 Each topic module exposes one `Topic` as `TOPIC`: analysis/core.py (what every trial records: the
 absorbers, the trees, training, the runs), analysis/why.py, analysis/causal.py, analysis/factors.py
-and analysis/hypotheses.py. analysis/pipeline.py holds the one ordered list, `pipeline.TOPICS`, and
+and analysis/explanations.py. analysis/pipeline.py holds the one ordered list, `pipeline.TOPICS`, and
 runs every topic through each phase in turn, in its order:
 
 1. `tables(inputs, frames)`: the topic's tables from the loaded runs;
@@ -18,7 +18,7 @@ runs every topic through each phase in turn, in its order:
 So the list fixes the order of everything a topic adds: its tables among the files, its rows in
 tests.csv, its figures, its sections, its paragraph. `frames` holds every table made so far, by
 name (the file stem it is written under): a topic's tables may read those of the topics before it
-(hypotheses' literature table reads why's OOD table); its tests, summaries and figures read every
+(explanations' literature table reads why's OOD table); its tests, summaries and figures read every
 topic's. A name belongs to one topic (pipeline.statistics refuses a second), and every table in
 `frames` is written: a topic whose tables exist only where the trials measured something returns
 them through `measured`, and reads such a table of another topic with `frames.get`. Adding a topic

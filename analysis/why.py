@@ -107,7 +107,7 @@ def clutter_tests(groups: dict[str, list[dict]], family: str = PRIMARY_NOISE) ->
     run each goes with the class's share even where it carries no class effect (the calibration
     rejected 0.688 of null rows for the bias; with norms that enter the logits, 18-32% for the norm
     at 8-20 seeds). The weight norms stay descriptive in logit_decomposition.csv; bias_deal tests
-    the biases (analysis/hypotheses.py)."""
+    the biases (analysis/explanations.py)."""
     tests = []
     for condition, runs in groups.items():
         runs = [r for r in runs if has(r, "clutter") and has(r, "logit_decomposition") and family in r["families"]]

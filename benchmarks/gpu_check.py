@@ -1,7 +1,7 @@
 """Every GPU measurement of noisesink, prepared to run in one call on a bare, offline GPU machine.
 
-    python3 benchmarks/gpu_check.py check --kit .device --out $OUT    # #13: <= 480 s
-    python3 benchmarks/gpu_check.py study --kit .device --out $OUT    # #14: <= 540 s
+    python3 benchmarks/gpu_check.py check --kit .device --out $OUT    # the device check: <= 480 s
+    python3 benchmarks/gpu_check.py study --kit .device --out $OUT    # the GPU study: <= 540 s
     python benchmarks/gpu_check.py all --dry-run --kit KIT --out DIR   # both, CPU, tiny sizes (CI)
 
 The kit (benchmarks/gpu_kit.py) carries CIFAR-10 and the wheels the machine lacks; the exact
@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from analysis.contract import COMPLETED, TRIAL_JSON  # noqa: E402  (the contract's names, not spelled here)
 
-PEAK_FLOPS = 790e12           # the H200's dense bf16 FLOP/s that #13 quotes the MFU against
+PEAK_FLOPS = 790e12           # the H200's dense bf16 FLOP/s, the peak the recipe's MFU is quoted against
 SWEEP = ROOT / "sweeps" / "gpu_one_call.yaml"
 ROWS, LOG, SUMMARY = "rows.jsonl", "log.txt", "summary.md"
 ARCHIVE = SWEEP.stem + ".tar.gz"   # the study (named as its file), to aggregate here (docs/performance.md)

@@ -14,10 +14,10 @@ throughput measures, on whatever device is present:
 and prints images/s, s/epoch, trainings per device-hour at the recipe (probes included) and each
 ratio against (a). On a CPU it runs a reduced size (small_cnn, few batches) so CI can run it.
 
-probes measures what the probe-time experiments of #19 cost: the sweep's first grid point as one
-trial without them (amplitudes [], n_bn 0, noise without the literature families #19 added) and
-with them, in one process one after the other; the difference of the probe phases against the
-trial's wall time.
+probes measures what the probe-time experiments (study/explanation_probes.py) cost: the sweep's
+first grid point as one trial without them (amplitudes [], n_bn 0, noise without the literature
+families ODIN and Outlier Exposure use) and with them, in one process one after the other; the
+difference of the probe phases against the trial's wall time.
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def accuracy(args) -> dict:
     return summary
 
 
-NEW_FAMILIES = ("odin_gaussian", "oe_gaussian", "oe_blobs")   # the literature families #19 added
+NEW_FAMILIES = ("odin_gaussian", "oe_gaussian", "oe_blobs")   # the literature families the probes added
 
 
 def probe_cost(sweep_path: str, out: str | None = None) -> dict:
@@ -234,11 +234,11 @@ def probe_cost(sweep_path: str, out: str | None = None) -> dict:
                                               "n_amplitude", "n_bn", "amplitudes")},
                "rows": rows, "added_seconds": added, "share_of_trial": added / rows["with"]["total_seconds"],
                "torch": torch.__version__, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"{'run':<10}{'total s':>9}{'train s':>9}{'probe s':>9}{'#19 probes s':>14}")
+    print(f"{'run':<10}{'total s':>9}{'train s':>9}{'probe s':>9}{'expl. probes s':>16}")
     for name, r in rows.items():
         print(f"{name:<10}{r['total_seconds']:>9.1f}{r['train_seconds']:>9.1f}{r['probe_seconds']:>9.1f}"
-              f"{r['hypothesis_probe_seconds']:>14.1f}")
-    print(f"added by #19 (literature families, amplitude, BatchNorm): {added:.1f} s = "
+              f"{r['hypothesis_probe_seconds']:>16.1f}")
+    print(f"added by the explanation probes (literature families, amplitude, BatchNorm): {added:.1f} s = "
           f"{100 * summary['share_of_trial']:.1f}% of the trial's {rows['with']['total_seconds']:.1f} s wall time")
     if out:
         Path(out).write_text(json.dumps(summary, indent=1))

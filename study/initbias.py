@@ -18,7 +18,7 @@ the architecture can favour a class).
     python -m study initbias [--nets 200] [--images 100] [--out results/initbias] [--settings ...]
 
 writes initbias.csv (one row per setting x network x image set x head bias), the summary, tests,
-predictions, a histogram of max_f per setting and initbias.md (analysis/initbias.py), and
+predictions, a histogram of max_f per setting and initbias.md (analysis/initbias_report.py), and
 initbias.json (arguments, versions, code revision, timing) last.
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ def run(settings: list[str], nets: int, n_images: int, out: str, noise_seed: int
 
     import pandas as pd
 
-    from analysis.initbias import analyse
+    from analysis.initbias_report import analyse
     files = analyse(pd.DataFrame(rows), n_classes=len(CIFAR10_CLASSES))
     for name, content in files.items():
         target.write_bytes(name, content)

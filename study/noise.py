@@ -6,7 +6,7 @@ Some families are deliberately not clipped to [0, 1] (gaussian, pink, phase_scra
 would change the statistic that defines them.
 
 The literature's families are here exactly as their reference code draws them, so our numbers
-line up with the published tables (analysis/hypotheses.py holds those tables):
+line up with the published tables (analysis/explanations.py holds those tables):
 - ODIN (Liang, Li & Srikant, ICLR 2018; facebookresearch/odin, code/calData.py, testGaussian and
   testUni): `odin_gaussian` and `uniform`, drawn in pixel space and normalised like the data;
 - Outlier Exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019; hendrycks/outlier-exposure,

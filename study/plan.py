@@ -199,6 +199,30 @@ def check_resources(sweep: Sweep) -> None:
                              f"{'0 (CPU trials)' if not gpus else f'at most {gpus}'} here, {cluster}", gpu)
 
 
+def fit_warning(nodes: list[dict], resources: dict) -> str | None:
+    """On a running cluster: a warning when none of the live nodes (their resources, {"CPU": n,
+    "GPU": n} as Ray lists them) could hold one trial now (an autoscaler may still add one;
+    run.pending_timeout then ends the wait)."""
+    need_cpu, need_gpu = resources["cpu"], resources["gpu"]
+    if any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
+        return None
+    have = ", ".join(f"cpu {n.get('CPU', 0):g} gpu {n.get('GPU', 0):g}" for n in nodes) or "no live node"
+    return (f"no node of the cluster can hold one trial now (a trial asks for cpu {need_cpu:g}, gpu "
+            f"{need_gpu:g}; nodes: {have}). An autoscaler may add one; trials still waiting after "
+            "run.pending_timeout seconds end the study")
+
+
+def pending_timeout_error(plan: Plan, waiting: int) -> InputError:
+    """Why a study stopped by run.pending_timeout failed: `waiting` of its trials found no node."""
+    r = plan.sweep.resources
+    return InputError("resources", f"{waiting} trial(s) waited more than run.pending_timeout = "
+                      f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "
+                      f"{r['gpu']:g} free while none ran, so the study was stopped (finished trials are "
+                      f"kept in {plan.uri}; rerun with --resume)",
+                      "resources that a node of the cluster can hold, or a larger run.pending_timeout "
+                      "(null waits forever)", {"cpu": r["cpu"], "gpu": r["gpu"]})
+
+
 def result_state(out: ArtifactDir, cfg: dict) -> list[str] | None:
     """What a grid point's folder holds, for every executor (skip-if-complete, --resume, fused
     seeds): None when no finished result (run the trial); [] when a finished result of this very
@@ -371,6 +395,11 @@ def study_record(plan: Plan) -> dict:
 def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
     """The seeds of one condition in groups of `size`, each trained as one array (run.fuse_seeds)."""
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+def grid_points(config: dict) -> int:
+    """How many of the study's trials (grid points) one executor's trial holds: a fused group, its seeds."""
+    return len(config.get("seeds") or [None])
 
 
 # ---------------------------------------------------------------- what every executor does

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from analysis.contract import STOPPED_JSON
@@ -25,6 +26,9 @@ from .plan import (
     aggregate_study,
     cluster_address,
     environment,
+    fit_warning,
+    grid_points,
+    pending_timeout_error,
     probe_address,
     seed_groups,
     start_study,
@@ -33,7 +37,6 @@ from .plan import (
 from .tune_trial import DRIVER_TOKEN, INPUT_ERROR, storage_is_shared, tune_folder, tune_trial
 from .units import failure_reason
 
-# ---------------------------------------------------------------- the driver
 
 def init_ray(address: str | None) -> None:
     address, where = cluster_address(address)
@@ -95,17 +98,9 @@ def check_shared_storage(plan: Plan) -> str | None:
 
 
 def node_fit_warning(resources: dict) -> str | None:
-    """On a running cluster: a warning when no live node could hold one trial now (an autoscaler
-    may still add one; run.pending_timeout then ends the wait)."""
+    """On a running cluster: plan.fit_warning against the live nodes' resources now."""
     import ray
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    need_cpu, need_gpu = resources["cpu"], resources["gpu"]
-    if any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
-        return None
-    have = ", ".join(f"cpu {n.get('CPU', 0):g} gpu {n.get('GPU', 0):g}" for n in nodes) or "no live node"
-    return (f"no node of the cluster can hold one trial now (a trial asks for cpu {need_cpu:g}, gpu "
-            f"{need_gpu:g}; nodes: {have}). An autoscaler may add one; trials still waiting after "
-            "run.pending_timeout seconds end the study")
+    return fit_warning([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")], resources)
 
 
 class PendingWatch:
@@ -172,11 +167,6 @@ def tune_dirname(trial, axes: list[str]) -> str:
     return tune_folder(trial.config, axes)
 
 
-def grid_points(config: dict) -> int:
-    """How many of the study's trials (grid points) a Tune trial holds: a fused group, its seeds."""
-    return len(config.get("seeds") or [None])
-
-
 def study_reporter(plan: Plan):
     """Tune's status table with the study's axes and the absorber forming (each epoch's top
     class of the trajectory's Gaussian noise and its share), headed by the count of the study's
@@ -216,8 +206,6 @@ def tracker_callbacks(names: list[str], study: str) -> list:
 
 
 def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, token: str | None = None):
-    from functools import partial
-
     from ray import tune
 
     s = plan.sweep
@@ -314,13 +302,7 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     # reported before may count as ended: every trial that did not finish counts)
     waiting = n_never or sum(size[name(r)] for r in results if r.error is None and not (r.metrics or {}).get("done"))
     if fired and waiting:
-        r = plan.sweep.resources
-        raise InputError("resources", f"{waiting} trial(s) waited more than run.pending_timeout = "
-                         f"{plan.sweep.run['pending_timeout']:g} s for a node with cpu {r['cpu']:g} and gpu "
-                         f"{r['gpu']:g} free while none ran, so the study was stopped (finished trials are "
-                         f"kept in {plan.uri}; rerun with --resume)",
-                         "resources that a node of the cluster can hold, or a larger run.pending_timeout "
-                         "(null waits forever)", {"cpu": r["cpu"], "gpu": r["gpu"]})
+        raise pending_timeout_error(plan, waiting)
     if report and aggregate_study(plan):
         return 1
     return 0 if not failed else 1

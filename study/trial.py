@@ -32,7 +32,7 @@ from analysis.contract import (
     config_digest,
 )
 
-from . import hypotheses, probe, streams
+from . import explanation_probes, probe, streams
 from .artifacts import ArtifactDir
 from .clutter import measure_all
 from .config import trained_classes, validate_trial
@@ -463,9 +463,9 @@ def why_measures(s: TrialSetup, predict: Predict, test: TestSet, sample: Trained
 
 
 def hypothesis_probes(s: TrialSetup, model: torch.nn.Module, trained: TrainedData, test: TestSet) -> dict:
-    """The probe-time experiments that tell the published explanations apart (study/hypotheses.py):
-    the amplitude probe (unless `amplitudes` is []) and the BatchNorm modes (unless n_bn is 0);
-    n_amplitude and n_bn left null take n_trajectory."""
+    """The probe-time experiments that tell the published explanations apart
+    (study/explanation_probes.py): the amplitude probe (unless `amplitudes` is []) and the BatchNorm
+    modes (unless n_bn is 0); n_amplitude and n_bn left null take n_trajectory."""
     cfg, out = s.cfg, {}
     if cfg["amplitudes"]:
         # the label frequencies as trained on: a class intervention's, and a noise_class model's extra class
@@ -473,22 +473,23 @@ def hypothesis_probes(s: TrialSetup, model: torch.nn.Module, trained: TrainedDat
                                   s.noise_ctx.mean, s.noise_ctx.std)
         batch = min(cfg["batch_size"], len(trained.y))
         extra = iv.extra_per_batch(batch)
-        freq = hypotheses.label_frequencies(trained.y, len(s.task.classes), extra / (batch + extra))
+        freq = explanation_probes.label_frequencies(trained.y, len(s.task.classes), extra / (batch + extra))
         norm = float(np.linalg.norm(np.asarray(test.feats, dtype=np.float64), axis=1).mean())
         n = cfg["n_amplitude"] or cfg["n_trajectory"]
-        z = hypotheses.white_noise(n, cfg["noise_seed"])
+        z = explanation_probes.white_noise(n, cfg["noise_seed"])
         out["amplitude"] = {"n_images": n, "label_frequencies": dict(zip(s.classes, freq.tolist())),
-                            "test_feature_norm": norm, "not_piecewise_affine": hypotheses.not_piecewise_affine(model),
-                            "rows": hypotheses.amplitude_probe(s.predictor(model), z, s.noise_ctx, cfg["amplitudes"],
-                                                               s.classes, freq, norm)}
+                            "test_feature_norm": norm,
+                            "not_piecewise_affine": explanation_probes.not_piecewise_affine(model),
+                            "rows": explanation_probes.amplitude_probe(s.predictor(model), z, s.noise_ctx,
+                                                                       cfg["amplitudes"], s.classes, freq, norm)}
     n_bn = cfg["n_trajectory"] if cfg["n_bn"] is None else cfg["n_bn"]
     if n_bn:
         # BatchNorm's batch statistics depend on the batch: the probe uses the batch size the
         # network was trained with (a key of the config), never eval_batch_size (a speed setting)
         predict_with = partial(_predict_with, s)
-        images, again = hypotheses.batchnorm_images(n_bn, cfg["noise_seed"], s.noise_ctx)
-        out["batchnorm"] = hypotheses.batchnorm_probe(predict_with, model, images, again, s.classes,
-                                                      cfg["batch_size"])
+        images, again = explanation_probes.batchnorm_images(n_bn, cfg["noise_seed"], s.noise_ctx)
+        out["batchnorm"] = explanation_probes.batchnorm_probe(predict_with, model, images, again, s.classes,
+                                                              cfg["batch_size"])
     return out
 
 

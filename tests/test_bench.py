@@ -57,7 +57,7 @@ def test_probe_cost_runs_the_first_grid_point_without_and_with_the_new_probes(ti
     assert rows["without"]["hypothesis_probe_seconds"] < rows["with"]["hypothesis_probe_seconds"]
     assert summary["added_seconds"] == pytest.approx(rows["with"]["probe_seconds"] - rows["without"]["probe_seconds"])
     assert json.loads((tmp_path / "probes.json").read_text())["share_of_trial"] == summary["share_of_trial"]
-    assert "added by #19" in capsys.readouterr().out
+    assert "added by the explanation probes" in capsys.readouterr().out
 
 
 def test_bias_deal_power_benchmark_tells_the_two_truths_apart_by_the_identity_estimate(capsys):

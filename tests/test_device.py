@@ -1,5 +1,5 @@
 """The device path without a GPU: probes are fp32 whatever training used, and a trial that should
-run on CUDA but sees none fails at once, naming the node and the torch build (#13, points 1 and 3).
+run on CUDA but sees none fails at once, naming the node and the torch build.
 
 The "no CUDA" tests only mean something where torch sees no CUDA device (CI, laptops); on a GPU
 machine they are skipped.

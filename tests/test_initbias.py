@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import initbias as A
+from analysis import initbias_report as A
 from conftest import class_images
 from study.errors import InputError
 from study.initbias import DEFAULT_SETTINGS, Probe, measure, parse_setting

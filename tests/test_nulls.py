@@ -159,11 +159,11 @@ def test_every_test_keeps_its_size_under_realistic_nulls():
     assert len(invalid) == len(calibration.KNOWN_INVALID) and (invalid["ci_low"] > calibration.BAND[1]).all()
 
 
-# ---------------------------------------------------------------- the probes of #19
+# ---------------------------------------------------------------- the explanation probes
 
 def test_probe_records_have_the_trials_own_shapes(tmp_path):
     """The null trial's amplitude rows, BatchNorm record and modes, OOD rows and logit
-    decomposition carry the keys study/hypotheses.py, study/ood.py and study/explain.py write;
+    decomposition carry the keys study/explanation_probes.py, study/ood.py and study/explain.py write;
     the decomposition comes from the same code as the trial's (analysis/decomposition.py); the binormal OOD metrics
     match study/ood.py's on a large sample drawn from the binormal model (a known answer)."""
     import json
@@ -171,7 +171,7 @@ def test_probe_records_have_the_trials_own_shapes(tmp_path):
     import torch
 
     from analysis.nulls import binormal_metrics
-    from study import explain, hypotheses as H, ood
+    from study import explain, explanation_probes as H, ood
     from study.models import build_model
     from study.noise import NoiseContext
     from study.train import Normalizer, Precision, predict
@@ -216,7 +216,7 @@ def test_probe_levels_are_alike_bounded_skewed_paired_by_run_and_sometimes_unpai
     biases are exchangeable (overturn: drawn free of the weights), yet zeroing them lowers the
     absorber's share (the selection that made the old bias_removal test invalid), while the rank of
     the biases as given among random deals of them (bias_deal) stays uniform."""
-    from analysis import hypotheses as hyp, why
+    from analysis import explanations as hyp, why
     design = Design(k=10, seeds=80, arms=1, diverged=0, missing=0, lacking=0.1, families=calibration.NULL_FAMILIES,
                     overturn=True)
     data = _runs(tmp_path, design, Effects())[0]
@@ -253,7 +253,7 @@ def test_known_invalid_tests_are_named_with_a_reason_and_no_verdict_rests_on_the
     """A test the calibration finds invalid is excused from the band only by name, with its
     reason, and the scoreboard takes no verdict from it. None is listed today: the one found,
     head_absorption's head-bias row, was taken out of that test (checked below)."""
-    from analysis import hypotheses as hyp
+    from analysis import explanations as hyp
     for test, why in calibration.KNOWN_INVALID.items():
         assert len(why) > 80 and test in null_holds(Effects(), Design())
         name, _, variable = test.partition(":")

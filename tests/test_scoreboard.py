@@ -1,4 +1,4 @@
-"""The aggregation side of #19 (analysis/hypotheses.py): the hand-over epoch, the published
+"""The aggregation side of the explanation probes (analysis/explanations.py): the hand-over epoch, the published
 orderings, the paired tests (they find a planted effect, and under a realistic null they reject
 no more often than their level), and the scoreboard's verdicts, each rule from a planted
 tests.csv row."""
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import hypotheses as H
+from analysis import explanations as H
 from analysis.inference import finalize
 
 CLASSES = ["cat", "dog", "ship"]
@@ -178,7 +178,7 @@ def test_hein_speaks_only_to_piecewise_affine_networks():
     ("small_cnn", {"norm": "group"}, ["GroupNorm"]),
     ("timm:test_convnext", {}, ["GELUTanh", "LayerNorm", "LayerNorm2d"])])
 def test_which_networks_are_piecewise_affine(model, factors, outside):
-    from study.hypotheses import not_piecewise_affine
+    from study.explanation_probes import not_piecewise_affine
     from study.models import build_model
     assert not_piecewise_affine(build_model(model, 10, 0, **factors)) == outside
 

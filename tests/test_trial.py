@@ -56,7 +56,7 @@ def test_trial_json_holds_every_measurement(subset_trial):
     assert [p["epoch"] for p in on_disk["trajectory"]] == [0, 1, 2]
     assert on_disk["versions"]["torch"] and on_disk["code_revision"]["source_sha256"]
     assert on_disk["config"]["seed"] == on_disk["seed"] == 0
-    # the probe-time experiments of #19 (n_amplitude and n_bn default to n_trajectory): one row per
+    # the probe-time experiments (n_amplitude and n_bn default to n_trajectory): one row per
     # amplitude, every BatchNorm mode, their seconds
     amp = on_disk["amplitude"]
     assert [r["amplitude"] for r in amp["rows"]] == [0.25, 0.5, 1, 2, 4, 8, 16] and amp["n_images"] == 20

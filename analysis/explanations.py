@@ -1,4 +1,5 @@
-"""Which explanation holds? The probe-time experiments of #19 across runs, and the scoreboard.
+"""Which explanation holds? The probe-time experiments (amplitude sweep, BatchNorm modes, literature
+noise families; study/explanation_probes.py) across runs, and the scoreboard.
 
 Each probe gets one tidy table (amplitude, batchnorm, handover, literature), its tests (tests.csv
 rows, the trained network the unit, all exploratory: none was pre-registered), and a figure.
@@ -51,8 +52,10 @@ def amplitude_table(data) -> pd.DataFrame:
         if not has(r, "amplitude"):
             continue
         probe = r["extra"]["amplitude"]
+        # the run's Gaussian absorber; None where the trial did not probe that family
         g = r["absorber"][r["families"].index(NOISE)] if NOISE in r["families"] else None
         outside = ", ".join(probe["not_piecewise_affine"]) if "not_piecewise_affine" in probe else None
+        # the columns as recorded, but the last two, computed here
         rows += [{**run_ids(r), **{k: x.get(k) for k in AMPLITUDE_COLUMNS[:-2]},
                   "share_to_gaussian_absorber": x["shares"].get(g) if g else np.nan, "not_piecewise_affine": outside}
                  for x in probe["rows"]]
@@ -98,6 +101,7 @@ def handover(epochs: np.ndarray, shares: np.ndarray, classes: list[str]) -> dict
 def handover_table(data) -> pd.DataFrame:
     """Per run whose trajectory starts at epoch 0 (the untrained network)."""
     rows = [{**run_ids(r), **handover(r["trajectory_epochs"], r["trajectory"], r["classes"])}
+            # a hand-over needs at least two epochs
             for r in completed(data) if epoch0_favourite(r) is not None and len(r["trajectory"]) > 1]
     return pd.DataFrame(rows, columns=["trial_id", "condition", "seed", "epoch0_favourite", "epoch0_share",
                                        "trained_absorber", "favourite_is_absorber", "handover_epoch",
@@ -112,11 +116,12 @@ def literature_table(ood: pd.DataFrame) -> pd.DataFrame:
     for a in PUBLISHED:
         for condition, sub in (msp[msp["ood_set"] == a.family].groupby("condition", observed=True, sort=True)
                                if len(msp) else []):
+            # in %, as the papers report them
             auroc, fpr = 100 * sub["auroc"].to_numpy(dtype=float), 100 * sub["fpr95"].to_numpy(dtype=float)
             lo, hi = stats.t_interval(auroc)
             rows.append({"condition": condition, "family": a.family, "paper": a.paper, "network": a.network,
                          "n_runs": len(sub), "msp_auroc": auroc.mean(),
-                         "msp_auroc_sd": auroc.std(ddof=1) if len(sub) > 1 else np.nan,
+                         "msp_auroc_sd": auroc.std(ddof=1) if len(sub) > 1 else np.nan,  # sample sd: none for one run
                          "msp_auroc_ci_low": lo, "msp_auroc_ci_high": hi,
                          "published_auroc": a.auroc, "msp_fpr95": fpr.mean(), "published_fpr95": a.fpr95,
                          "fpr95_comparable": a.fpr95_ours})
@@ -131,6 +136,7 @@ def _paired_test(test_id: str, hypothesis: str, condition: str, diffs: pd.Series
                  variable: str = "") -> dict | None:
     """Sign-flip over runs of per-run paired differences (H0: symmetric about 0), with the mean
     and its 95% t interval; None with fewer than 2 runs."""
+    # runs without a finite difference drop out (and from n)
     d = diffs.replace([np.inf, -np.inf], np.nan).dropna().to_numpy(dtype=float)
     if len(d) < 2:
         return None
@@ -178,10 +184,11 @@ def amplitude_tests(amp: pd.DataFrame) -> list[dict]:
       such amplitudes drop out; the row's method says which amplitudes qualified in how many runs."""
     tests = []
     for condition, sub in amp.groupby("condition", observed=True, sort=True):
-        top = float(sub["amplitude"].max())
+        top = float(sub["amplitude"].max())   # the far field: the largest amplitude probed
         ref = sub[sub["amplitude"] == REFERENCE_AMPLITUDE].set_index("trial_id")
         far = sub[sub["amplitude"] == top].set_index("trial_id")
         common = ref.index.intersection(far.index)
+        # a paired test over runs: an amplitude beyond 1x, and two runs with both levels
         if top > REFERENCE_AMPLITUDE and len(common) >= 2:
             for test_id, column, what in (("amplitude_msp_trend", "mean_max_softmax", "the mean max-softmax"),
                                           ("amplitude_far_kl", "kl_label_frequencies",
@@ -211,6 +218,7 @@ def batchnorm_tests(bn: pd.DataFrame) -> list[dict]:
     tests = []
     for condition, sub in bn.groupby("condition", observed=True, sort=True):
         ref = sub[sub["mode"] == BN_REFERENCE].set_index("trial_id")
+        # each mode once, in the order the trials recorded them, each against the reference
         for mode in [m for m in dict.fromkeys(sub["mode"]) if m != BN_REFERENCE]:
             m = sub[sub["mode"] == mode].set_index("trial_id")
             common = ref.index.intersection(m.index)
@@ -237,6 +245,7 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
         return tests
     for condition, sub in d.dropna(subset=["bias_deal_rank"]).groupby("condition", observed=True, sort=True):
         deals = int(sub["bias_deals"].mode().iloc[-1])  # one setting per code revision (BIAS_DEALS); ties: the finer
+        # a run with another number of deals ranks on another scale: left out, and counted in `method`
         other = int((sub["bias_deals"] != deals).sum())
         sub = sub[sub["bias_deals"] == deals]
         if len(sub) < 2:
@@ -248,6 +257,7 @@ def bias_deal_tests(decomposition: pd.DataFrame) -> list[dict]:
         dlo, dhi = stats.t_interval(diff)
         # the identity question (an estimate, see decomposition.bias_deal): deals that keep the absorber
         kept = pd.to_numeric(sub.get("absorber_kept_by_deals", pd.Series(dtype=float)), errors="coerce").dropna()
+        # a t interval needs two runs
         klo, khi = stats.t_interval(kept.to_numpy(dtype=float)) if len(kept) >= 2 else (np.nan, np.nan)
         identity = (f"; the absorber stays the trained placement's in {kept.mean():.3f} of random deals "
                     f"[{stats.LEVEL} t interval {klo:.3f}, {khi:.3f}] (near 1: the weights decide which class "
@@ -271,6 +281,7 @@ def literature_tests(ood: pd.DataFrame) -> list[dict]:
     """Per condition and published ordering (a paper's families whose MSP AUROCs differ by >=
     ORDER_GAP points): our MSP AUROC of the higher minus the lower, per run."""
     tests = []
+    # the papers' baselines score by max-softmax (MSP)
     msp = ood[ood["detector"] == "msp"] if len(ood) else ood
     if msp.empty:
         return tests
@@ -290,6 +301,7 @@ def literature_tests(ood: pd.DataFrame) -> list[dict]:
 def tests_of_study(frames: dict) -> list[dict]:
     """Every test of this module, from the tables above (and the OOD and decomposition tables) the
     study has."""
+    # a table the study lacks: no rows, but the columns the tests select on
     empty = pd.DataFrame(columns=["condition", "noise", "detector", "ood_set", "auroc", "trial_id"])
     return (amplitude_tests(frames.get("amplitude", empty)) + batchnorm_tests(frames.get("batchnorm", empty))
             + bias_deal_tests(frames.get("logit_decomposition", pd.DataFrame()))
@@ -333,7 +345,7 @@ class Hypothesis:
 
 def _outside_hein(frames: dict, condition: str) -> str:
     """Hein et al.'s theorem covers networks piecewise affine in their input: not a condition whose
-    networks have GELU, tanh, GroupNorm or LayerNorm (study/hypotheses.py PIECEWISE_AFFINE)."""
+    networks have GELU, tanh, GroupNorm or LayerNorm (study/explanation_probes.py PIECEWISE_AFFINE)."""
     amp = frames.get("amplitude")
     if amp is None or amp.empty or "not_piecewise_affine" not in amp:
         return ""
@@ -417,6 +429,7 @@ def verdict_of(row, h: Hypothesis, outside: str = "") -> tuple[str, str]:
                               f"n = {row['n_runs']}")
     if not (np.isfinite(row["p_adjusted"]) and row["p_adjusted"] < ALPHA):
         return NOT_SHOWN, f"adjusted p {fmt_p(row['p_adjusted'])} >= {ALPHA}"
+    # a one-sided test rejects only in the predicted direction: it cannot contradict
     if h.one_sided or np.sign(row["statistic"]) == h.direction:
         return SUPPORTED, f"adjusted p {fmt_p(row['p_adjusted'])} < {ALPHA}, in the predicted direction"
     return CONTRADICTED, f"adjusted p {fmt_p(row['p_adjusted'])} < {ALPHA}, against the predicted direction"
@@ -489,9 +502,11 @@ def scoreboard(tests: pd.DataFrame, conditions: list[str], frames: dict | None =
         hit = tests[(tests["test"] == h.test) & tests["variable"].map(h.variable)] if len(tests) else tests
         if h.noise is not None and len(hit):
             hit = hit[hit["noise"] == h.noise]
+        # intervention groups come from the rows themselves; none: one "all" row saying what is missing
         wanted = conditions if h.per_condition else list(dict.fromkeys(hit["condition"])) or ["all"]
         for condition in wanted:
             found = hit[hit["condition"] == condition] if len(hit) else hit
+            # no row: one NOT_TESTABLE row that says what the design lacks
             for row in ([r for _, r in found.iterrows()] or [None]):
                 verdict, why = verdict_of(row, h, h.outside(frames or {}, condition))
                 base = {"hypothesis": h.key, "name": h.name, "explanation": h.explanation, "prediction": h.prediction,
@@ -536,6 +551,7 @@ def _literature_part(ctx: ReportContext) -> list:
     show = lit.assign(ours=[f"{m:.1f} [{lo:.1f}, {hi:.1f}]" for m, lo, hi in
                             zip(lit["msp_auroc"], lit["msp_auroc_ci_low"], lit["msp_auroc_ci_high"])],
                       published=lit["published_auroc"].map(lambda v: f"{v:.1f}"),
+                      # a paper's FPR95 with OOD as the positive class is another quantity: shown, not compared
                       fpr95=[f"{m:.1f} vs {p:.1f}" if ok else f"{m:.1f} (paper: OOD-positive FPR95 {p:.1f})"
                              for m, p, ok in zip(lit["msp_fpr95"], lit["published_fpr95"], lit["fpr95_comparable"])])
     return [Paragraph(text(Strong("Literature noise, as published."), " The families of ODIN and Outlier Exposure, "
@@ -619,6 +635,7 @@ def scoreboard_section(ctx: ReportContext) -> Section:
     s.blocks.append(Paragraph(text("The explanations and what each predicts here:")))
     s.blocks.append(Bullets([text(Strong(h.name), f": {h.explanation}. Prediction: {h.prediction} (test ", Code(h.test),
                                   f"; needs {h.needs}).") for h in HYPOTHESES]))
+    # a row without a test has no n
     show = board.assign(n=board["n_runs"].map(lambda v: "" if pd.isna(v) else str(int(v))),
                         p=board["p_value"].map(fmt_p), p_adj=board["p_adjusted"].map(fmt_p),
                         test_id=[f"{t} ({v})" if v else t for t, v in zip(board["test"], board["variable"])])
@@ -629,7 +646,7 @@ def scoreboard_section(ctx: ReportContext) -> Section:
     links = [text(", " if i else "", Link(f"{t}.csv", f"{t}.csv")) for i, t in enumerate(TABLES)
              if not ctx.table(t).empty]
     s.blocks.append(Paragraph(text("Tables: ") + sum(links, ()) + text(". Verdict rules: ", Code("VERDICT_RULES"),
-                                                                       " in analysis/hypotheses.py.")))
+                                                                       " in analysis/explanations.py.")))
     return s
 
 
@@ -658,7 +675,7 @@ def methods_text() -> str:
   scoreboard takes each explanation's verdict from its tests.csv row by the rules stated with it."""
 
 
-TOPIC = Topic("hypotheses", tables=lambda inputs, frames: study_tables(inputs.data, frames),
+TOPIC = Topic("explanations", tables=lambda inputs, frames: study_tables(inputs.data, frames),
               tests=lambda inputs, frames: Findings(tests_of_study(frames)),
               summaries=lambda inputs, frames: {"scoreboard": scoreboard(frames["tests"], list(inputs.groups), frames)},
               figures=lambda inputs, frames, folder: plots(frames, folder),

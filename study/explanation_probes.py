@@ -1,7 +1,7 @@
-"""Probe-time experiments that tell the published explanations of noise absorption apart (#19).
+"""Probe-time experiments that tell the published explanations of noise absorption apart.
 
 No training: each probe takes the trained model (through `predict`) and noise, and returns what
-trial.json records; analysis/hypotheses.py tests the records across runs and writes the scoreboard.
+trial.json records; analysis/explanations.py tests the records across runs and writes the scoreboard.
 
 - **Amplitude** (Kang et al., ICLR 2024, against Hein et al., CVPR 2019): Gaussian noise around
   the data mean at multiples of the data's std (the same white noise at every amplitude). As

@@ -1,4 +1,4 @@
-"""The probe-time experiments of #19 (study/hypotheses.py) as pure functions, each against a known
+"""The probe-time experiments (study/explanation_probes.py) as pure functions, each against a known
 answer: KL and label frequencies, the amplitude probe on models whose far field is known (a linear
 net whose logits scale with the input, a constant net that always predicts its bias), and the
 BatchNorm modes on a model whose only layer is a BatchNorm with planted running statistics."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from study import hypotheses as H
+from study import explanation_probes as H
 from study.models import build_model
 from study.noise import NoiseContext
 from study.train import Normalizer, Precision, predict
