@@ -212,6 +212,21 @@ def fit_warning(nodes: list[dict], resources: dict) -> str | None:
             "run.pending_timeout seconds end the study")
 
 
+# what a resumed study says when its last run was stopped by run.pending_timeout (sweep.run)
+PENDING_RESTART_NOTE = ("note: the last run of {name} was stopped by run.pending_timeout; the trials that had not "
+                        "finished start anew, from epoch 0 (completed ones are reused; a trial that had failed and "
+                        "kept a checkpoint does not continue from it)")
+
+
+def storage_lost_message(plan: Plan, reason: str) -> str:
+    """Why a study ended when Tune could not read or write its storage: a bucket that stopped
+    answering for longer than the trials' retries (`reason`: the error, in one line)."""
+    return (f"sweep {plan.name}: Tune could not read or write the storage {plan.uri} ({reason[:300]}), so the "
+            "study stopped. Finished trials are kept there and are not recomputed; once the storage answers "
+            "again, rerun with --resume (the others continue from the last checkpoint Tune recorded there, or "
+            "start over)")
+
+
 def pending_timeout_error(plan: Plan, waiting: int) -> InputError:
     """Why a study stopped by run.pending_timeout failed: `waiting` of its trials found no node."""
     r = plan.sweep.resources

@@ -22,6 +22,7 @@ from .artifacts import ArtifactDir
 from .errors import InputError
 from .plan import (
     ADDRESS_HELP,
+    PENDING_RESTART_NOTE,
     Plan,
     aggregate_study,
     cluster_address,
@@ -32,6 +33,7 @@ from .plan import (
     probe_address,
     seed_groups,
     start_study,
+    storage_lost_message,
     worker_env,
 )
 from .tune_trial import DRIVER_TOKEN, INPUT_ERROR, storage_is_shared, tune_folder, tune_trial
@@ -213,10 +215,9 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, tok
         tune.with_parameters(tune_trial, fixed=s.trial, axes=list(s.grid),
                              checkpoint_every=s.run["checkpoint_every"], experiment=plan.uri, token=token),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
-    exp = plan.uri
-    if resume and tune.Tuner.can_restore(exp):
-        print(f"resuming {exp}")
-        return tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+    if resume and tune.Tuner.can_restore(plan.uri):
+        print(f"resuming {plan.uri}")
+        return tune.Tuner.restore(plan.uri, trainable=trainable, resume_errored=True)
     fuse = s.run["fuse_seeds"]
     param_space = {axis: tune.grid_search(values) for axis, values in s.grid.items()
                    if not (fuse > 1 and axis == "seed")}
@@ -248,21 +249,17 @@ def build_tuner(plan: Plan, resume: bool, watch: PendingWatch | None = None, tok
 def run(plan: Plan, resume: bool = False, report: bool = True, address: str | None = None) -> int:
     start = time.perf_counter()
     init_ray(address)  # first: a cluster that does not answer ends the sweep before anything is written
-    if cluster_address(address)[0]:
-        warning = node_fit_warning(plan.sweep.resources)
-        if warning:
-            print(f"WARNING: {warning}")
+    warning = cluster_address(address)[0] and node_fit_warning(plan.sweep.resources)
+    if warning:
+        print(f"WARNING: {warning}")
     start_study(plan, resume)
     token = check_shared_storage(plan)
-    print(f"TensorBoard (each trial's training curves and Gaussian-noise trajectory): "
-          f"tensorboard --logdir {plan.uri}")
+    print(f"TensorBoard (each trial's training curves and Gaussian-noise trajectory): tensorboard --logdir {plan.uri}")
     watch = PendingWatch(plan.sweep.run["pending_timeout"], plan.uri)
     if resume and PendingWatch.stopped(plan.uri):
         # Tune marked the trials the watch stopped as terminated, and a restored experiment never
         # starts them again: run the study afresh instead (its completed trials are reused)
-        print(f"note: the last run of {plan.name} was stopped by run.pending_timeout; the trials that had not "
-              "finished start anew, from epoch 0 (completed ones are reused; a trial that had failed and kept a "
-              "checkpoint does not continue from it)")
+        print(PENDING_RESTART_NOTE.format(name=plan.name))
         resume = False
     PendingWatch.clear(plan.uri)   # a stop recorded by an earlier run is not this run's
     # Tune's console reporter whose columns can be chosen (the default output infers them from
@@ -271,13 +268,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
     with environment("RAY_AIR_NEW_OUTPUT", "0"):
         try:
             results = build_tuner(plan, resume, watch, token).fit()
-        except OSError as e:
-            # Tune reads the storage back when the trials end (and when it restores): a bucket that
-            # stopped answering for longer than the trials' retries ends the study here
-            print(f"sweep {plan.name}: Tune could not read or write the storage {plan.uri} "
-                  f"({failure_reason(e)[:300]}), so the study stopped. Finished trials are kept there and "
-                  "are not recomputed; once the storage answers again, rerun with --resume (the others "
-                  "continue from the last checkpoint Tune recorded there, or start over)", file=sys.stderr)
+        except OSError as e:  # Tune reads the storage back when trials end and when it restores
+            print(storage_lost_message(plan, failure_reason(e)), file=sys.stderr)
             return 1
     def name(r):
         return Path(r.path).name if r.path else "?"
