@@ -230,8 +230,18 @@ def methods_text() -> str:
   {S.PERMUTATIONS:,} at random."""
 
 
+# this topic's test ids -> (table, what a small p says); README's table of test ids is checked
+# against every topic's (pipeline.catalog_of_test_ids)
+TESTS = {
+    "causal_effect": ("tests", "a per-class intervention changes the share of noise its target absorbs (seeds paired)"),
+    "causal_absorber": ("tests", "a per-class intervention makes its target the absorber more often (seeds paired)"),
+    "causal_dose": ("tests", "the target's share changes with the intervention's dose (per-seed trend)"),
+    "manipulation_check": ("tests", "a per-class intervention moved the target's clutter the intended way"),
+}
+
 TOPIC = Topic("causal", tables=lambda inputs, frames: study_tables(inputs.data),
               tests=lambda inputs, frames: Findings(causal_tests(frames.get("causal_pairs", pd.DataFrame()))),
               figures=lambda inputs, frames, folder: ([plot(frames["causal_dose"], folder)]
                                                       if "causal_dose" in frames else []),
-              sections=(report_section,), methods=methods_text)
+              sections=(report_section,), methods=methods_text,
+              test_ids=TESTS)

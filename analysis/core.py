@@ -98,7 +98,37 @@ def methods_text() -> str:
   (once per condition) and of the noise row ({inference.PERMUTATION_FAMILY} noise), classes relabelled."""
 
 
+# this topic's test ids -> (table, what a small p says); README's table of test ids is checked
+# against every topic's (pipeline.catalog_of_test_ids)
+TESTS = {
+    "absorber_consistency": ("tests", "a condition's absorbers are not uniform over its K classes (modal-count test); "
+                             "how concentrated they are is the modal share and its interval"),
+    "absorber_vs_condition": ("tests", "the absorber's distribution differs between conditions that train the same "
+                              "classes: paired seeds, the swap test (2 conditions) or Cochran's Q; else the "
+                              "permutation chi-square"),
+    "absorber_vs_condition_chi2": ("tests", "the same by permutation chi-square over runs, in a paired design "
+                                            "(secondary)"),
+    "share_vs_condition": ("tests", "two paired conditions differ in the share of noise the pooled modal class "
+                                    "absorbs"),
+    "absorber_equivalence": ("tests", "a condition changes the absorber against the first condition (paired seeds) in "
+                             "fewer than a stated share of the seeds (discordance rate, exact equivalence test)"),
+    "mst_edge": ("edge_frequency", "a pair of classes is joined in the class tree more often than relabelled "
+                 "trees join it (2/K)"),
+    "noise_edge": ("edge_frequency", "the noise node hangs on this class more often than 1/K"),
+    "mst_overlap": ("tests", "the runs' class trees share more edges than relabelled class trees"),
+    "noise_attachment": ("tests", "the class the noise node hangs on is not uniform over the runs (modal-count test)"),
+    "noise_neighbour": ("tests", "within a run, the class nearest to the noise mean is the absorber more often "
+                        "than the two's distributions over runs imply"),
+    "distance_agreement": ("tests", "the runs' class-class distances agree beyond relabelled classes (Mantel)"),
+    "noise_distance_agreement": ("tests", "the runs' noise-to-class distances agree beyond relabelled classes"),
+    "accuracy_trend": ("tests", "across conditions that train the same classes, a noise family's top share or mean "
+                       "max-softmax goes with the networks' test accuracy (Spearman over runs, runs permuted); "
+                       "confirmatory for Gaussian noise where the conditions are arms of different networks "
+                       "(a ladder)"),
+}
+
 TOPIC = Topic("core", tables=study_tables, tests=study_tests, summaries=weak_marked, figures=figures,
               sections=(report.absorber_section, report.condition_section, report.mst_section, report.distance_section,
                         report.heldout_section, report.trajectory_section, report.learned_images_section),
-              closing=(report.problems_section,), methods=methods_text)
+              closing=(report.problems_section,), methods=methods_text,
+              test_ids=TESTS)

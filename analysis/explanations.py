@@ -675,8 +675,26 @@ def methods_text() -> str:
   scoreboard takes each explanation's verdict from its tests.csv row by the rules stated with it."""
 
 
+# this topic's test ids -> (table, what a small p says); README's table of test ids is checked
+# against every topic's (pipeline.catalog_of_test_ids)
+TESTS = {
+    "literature_order": ("tests", "two of a paper's noise families keep their published MSP AUROC order in our "
+                         "networks (runs paired)"),
+    "amplitude_msp_trend": ("tests", "the mean max-softmax changes from 1x the data's std to the largest amplitude "
+                            "(Hein et al. predict a rise)"),
+    "amplitude_far_kl": ("tests", "KL(mean prediction || training label frequencies) changes from 1x to the largest "
+                         "amplitude, where noise features dwarf the data's: a sanity check of Hein et al.'s far field"),
+    "amplitude_kl_trend": ("tests", "among amplitudes whose noise features are smaller than the test images' (Kang et "
+                           "al.'s premise), KL(mean prediction || training label frequencies) falls as they shrink"),
+    "bn_mode_effect": ("tests", "BatchNorm on the noise batch's own, or on re-estimated, statistics changes the top "
+                       "share against the running statistics"),
+    "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
+                  "biases dealt to the classes at random (per-run ranks among random deals)"),
+}
+
 TOPIC = Topic("explanations", tables=lambda inputs, frames: study_tables(inputs.data, frames),
               tests=lambda inputs, frames: Findings(tests_of_study(frames)),
               summaries=lambda inputs, frames: {"scoreboard": scoreboard(frames["tests"], list(inputs.groups), frames)},
               figures=lambda inputs, frames, folder: plots(frames, folder),
-              sections=(probes_section,), closing=(scoreboard_section,), methods=methods_text)
+              sections=(probes_section,), closing=(scoreboard_section,), methods=methods_text,
+              test_ids=TESTS)

@@ -241,9 +241,20 @@ def methods_text() -> str:
   class: pairing permutation across runs per condition (exploratory)."""
 
 
+# this topic's test ids -> (table, what a small p says); README's table of test ids is checked
+# against every topic's (pipeline.catalog_of_test_ids)
+TESTS = {
+    "factor_absorber": ("tests", "a factor level changes the absorber against the axis's reference (seeds paired)"),
+    "factor_top_share": ("tests", "a factor level changes the top share of noise (seeds paired)"),
+    "factor_epoch0_bias": ("tests", "a factor level changes the untrained network's top share (seeds paired)"),
+    "epoch0_favourite_is_absorber": ("tests", "within a run, the untrained network's favourite class is the trained "
+                                     "absorber more often than the two's distributions over runs imply"),
+}
+
 TOPIC = Topic("factors", tables=lambda inputs, frames: measured({"factor_pairs": pairs_table(inputs.data)}),
               tests=lambda inputs, frames: Findings(factor_tests(frames.get("factor_pairs", pd.DataFrame()))
                                                     + favourite_tests(inputs.groups)),
               summaries=lambda inputs, frames: measured({"factors": factor_table(
                   frames.get("factor_pairs", pd.DataFrame()), frames["tests"])}),
-              sections=(report_section,), methods=methods_text)
+              sections=(report_section,), methods=methods_text,
+              test_ids=TESTS)

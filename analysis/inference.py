@@ -1,11 +1,11 @@
 """The study's tests, run per condition and noise family, collected as tests.csv rows.
 
-Every row carries a stable `test` id (TESTS; tools and the report find rows by it, never by the
-hypothesis text), its family and correction, its smallest attainable p and whether that can clear
-the level the correction asks of it. The confirmatory family is small and fixed in advance
-(CONFIRMATORY, on the question's noise only) and corrected by Holm; the factor tests
-(analysis/factors.py) are their own Holm family; everything else is exploratory,
-Benjamini-Hochberg. MST edges are in edge_frequency.csv, Benjamini-Yekutieli.
+Every row carries a stable `test` id (each topic declares its own: Topic.test_ids; tools and the
+report find rows by it, never by the hypothesis text), its family and correction, its smallest
+attainable p and whether that can clear the level the correction asks of it. The confirmatory
+family is small and fixed in advance (CONFIRMATORY, on the question's noise only) and corrected
+by Holm; the factor tests (analysis/factors.py) are their own Holm family; everything else is
+exploratory, Benjamini-Hochberg. MST edges are in edge_frequency.csv, Benjamini-Yekutieli.
 """
 from __future__ import annotations
 
@@ -20,58 +20,6 @@ from . import guard, stats, trees
 from .contract import NETWORK_KEYS
 from .tables import completed
 
-# id -> (table, what a small p says). README's table of test ids is checked against this.
-TESTS = {
-    "absorber_consistency": ("tests", "a condition's absorbers are not uniform over its K classes (modal-count test); "
-                             "how concentrated they are is the modal share and its interval"),
-    "absorber_vs_condition": ("tests", "the absorber's distribution differs between conditions that train the same "
-                              "classes: paired seeds, the swap test (2 conditions) or Cochran's Q; else the "
-                              "permutation chi-square"),
-    "absorber_vs_condition_chi2": ("tests", "the same by permutation chi-square over runs, in a paired design "
-                                            "(secondary)"),
-    "share_vs_condition": ("tests", "two paired conditions differ in the share of noise the pooled modal class "
-                                    "absorbs"),
-    "absorber_equivalence": ("tests", "a condition changes the absorber against the first condition (paired seeds) in "
-                             "fewer than a stated share of the seeds (discordance rate, exact equivalence test)"),
-    "mst_edge": ("edge_frequency", "a pair of classes is joined in the class tree more often than relabelled "
-                 "trees join it (2/K)"),
-    "noise_edge": ("edge_frequency", "the noise node hangs on this class more often than 1/K"),
-    "mst_overlap": ("tests", "the runs' class trees share more edges than relabelled class trees"),
-    "noise_attachment": ("tests", "the class the noise node hangs on is not uniform over the runs (modal-count test)"),
-    "noise_neighbour": ("tests", "within a run, the class nearest to the noise mean is the absorber more often "
-                        "than the two's distributions over runs imply"),
-    "distance_agreement": ("tests", "the runs' class-class distances agree beyond relabelled classes (Mantel)"),
-    "noise_distance_agreement": ("tests", "the runs' noise-to-class distances agree beyond relabelled classes"),
-    "clutter_absorption": ("tests", "a class's clutter goes with the share of noise it absorbs (classes relabelled)"),
-    "noise_lookalike": ("tests", "the class nearest to the noise bank in pixel-clutter space absorbs more often "
-                        "than another class would (classes relabelled)"),
-    "intervention_effect": ("tests", "a training intervention changes the top real-class share (seeds paired)"),
-    "causal_effect": ("tests", "a per-class intervention changes the share of noise its target absorbs (seeds paired)"),
-    "causal_absorber": ("tests", "a per-class intervention makes its target the absorber more often (seeds paired)"),
-    "causal_dose": ("tests", "the target's share changes with the intervention's dose (per-seed trend)"),
-    "manipulation_check": ("tests", "a per-class intervention moved the target's clutter the intended way"),
-    "factor_absorber": ("tests", "a factor level changes the absorber against the axis's reference (seeds paired)"),
-    "factor_top_share": ("tests", "a factor level changes the top share of noise (seeds paired)"),
-    "factor_epoch0_bias": ("tests", "a factor level changes the untrained network's top share (seeds paired)"),
-    "epoch0_favourite_is_absorber": ("tests", "within a run, the untrained network's favourite class is the trained "
-                                     "absorber more often than the two's distributions over runs imply"),
-    "literature_order": ("tests", "two of a paper's noise families keep their published MSP AUROC order in our "
-                         "networks (runs paired)"),
-    "amplitude_msp_trend": ("tests", "the mean max-softmax changes from 1x the data's std to the largest amplitude "
-                            "(Hein et al. predict a rise)"),
-    "amplitude_far_kl": ("tests", "KL(mean prediction || training label frequencies) changes from 1x to the largest "
-                         "amplitude, where noise features dwarf the data's: a sanity check of Hein et al.'s far field"),
-    "amplitude_kl_trend": ("tests", "among amplitudes whose noise features are smaller than the test images' (Kang et "
-                           "al.'s premise), KL(mean prediction || training label frequencies) falls as they shrink"),
-    "bn_mode_effect": ("tests", "BatchNorm on the noise batch's own, or on re-estimated, statistics changes the top "
-                       "share against the running statistics"),
-    "accuracy_trend": ("tests", "across conditions that train the same classes, a noise family's top share or mean "
-                       "max-softmax goes with the networks' test accuracy (Spearman over runs, runs permuted); "
-                       "confirmatory for Gaussian noise where the conditions are arms of different networks "
-                       "(a ladder)"),
-    "bias_deal": ("tests", "the head's biases as trained concentrate noise on one class more (or less) than the same "
-                  "biases dealt to the classes at random (per-run ranks among random deals)"),
-}
 PRIMARY_NOISE = "gaussian"                # the question's noise: the confirmatory family covers only it
 PRIMARY_CLUTTER = "png_bits_per_pixel"    # the one clutter measure in the confirmatory family
 CONFIRMATORY = ("absorber_consistency", "absorber_vs_condition", "clutter_absorption", "causal_effect")
@@ -113,7 +61,6 @@ def result_row(test, hypothesis, condition, noise, res, method, *, variable="", 
                p_min_of_n=None):
     """One tests.csv row. p_min_of_n: n -> the smallest attainable p with n runs (seeds, pairs),
     used to say how many a test that cannot reach its level would need."""
-    assert test in TESTS and TESTS[test][0] == "tests", test
     return {"test": test, "family": family_of(test, noise, variable), "hypothesis": hypothesis,
             "condition": condition, "noise": noise, "variable": variable,
             "statistic": res.get("statistic"), "p_value": res.get("p_value"), "p_min": res.get("p_min"),

@@ -57,6 +57,18 @@ def read_arrays(data: Loaded, groups: dict[str, list[dict]], gallery: list[str],
     return counts, images
 
 
+def catalog_of_test_ids(topics: tuple[Topic, ...] | None = None) -> dict[str, tuple[str, str]]:
+    """Every test id of the topics (default: TOPICS) -> (its table, what a small p says): the
+    catalog README's table of test ids is checked against. An id belongs to one topic."""
+    catalog: dict[str, tuple[str, str]] = {}
+    for topic in TOPICS if topics is None else topics:
+        taken = sorted(set(topic.test_ids) & set(catalog))
+        if taken:
+            raise ValueError(f"topic {topic.name!r} declares test ids another topic has: {', '.join(taken)}")
+        catalog.update(topic.test_ids)
+    return catalog
+
+
 def statistics(inputs: Inputs, weak_margin: float = guard.WEAK_MARGIN) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Every table of a study, by name (tests.csv as `tests`), and the notes the report prints. The
     topics' tables first, then their tests, corrected together under the weak-network guard
@@ -80,6 +92,11 @@ def statistics(inputs: Inputs, weak_margin: float = guard.WEAK_MARGIN) -> tuple[
     rows, notes = [], []
     for topic in TOPICS:
         found = topic.tests(inputs, frames)
+        undeclared = sorted({r["test"] for r in found.rows} - {t for t, (table, _) in topic.test_ids.items()
+                                                                  if table == "tests"})
+        if undeclared:  # an id no catalog names would reach tests.csv unexplained and uncalibrated
+            raise ValueError(f"topic {topic.name!r} emits tests.csv rows of test ids it does not declare in its "
+                             f"test_ids: {', '.join(undeclared)}")
         add(topic.name, found.tables)
         rows += found.rows
         notes += found.notes

@@ -78,7 +78,7 @@ CORRECTION_NAME = {"holm": "Holm", "fdr_bh": "BH", "fdr_by": "BY"}
 
 
 def tests_of(tests: pd.DataFrame, test: str, **where) -> pd.DataFrame:
-    """The tests.csv rows of one test id (inference.TESTS), optionally where column == value."""
+    """The tests.csv rows of one test id (Topic.test_ids), optionally where column == value."""
     if tests.empty:
         return tests
     hit = tests[tests["test"] == test]

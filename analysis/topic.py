@@ -22,8 +22,8 @@ name (the file stem it is written under): a topic's tables may read those of the
 topic's. A name belongs to one topic (pipeline.statistics refuses a second), and every table in
 `frames` is written: a topic whose tables exist only where the trials measured something returns
 them through `measured`, and reads such a table of another topic with `frames.get`. Adding a topic
-is writing its module with a `TOPIC` and putting it in the list; a new test id also goes in
-inference.TESTS, the catalog README's table of test ids is checked against.
+is writing its module with a `TOPIC` (its test ids declared in `test_ids`) and putting it in the
+list; README's table of test ids is checked against every topic's (pipeline.catalog_of_test_ids).
 """
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ class Topic:
     closing: tuple[SectionFn, ...] = ()
     # authored markdown (report.methods_text), built when called so that it quotes the current settings
     methods: Callable[[], str] = lambda: ""
+    # the test ids its tests emit -> (the table they are written to, what a small p says): a row of
+    # an id its topic does not declare is refused (pipeline.statistics)
+    test_ids: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def measured(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -363,8 +363,18 @@ def methods_text() -> str:
   threshold that accepts 95% of ID); reported as mean +- sd over runs."""
 
 
+# this topic's test ids -> (table, what a small p says); README's table of test ids is checked
+# against every topic's (pipeline.catalog_of_test_ids)
+TESTS = {
+    "clutter_absorption": ("tests", "a class's clutter goes with the share of noise it absorbs (classes relabelled)"),
+    "noise_lookalike": ("tests", "the class nearest to the noise bank in pixel-clutter space absorbs more often "
+                        "than another class would (classes relabelled)"),
+    "intervention_effect": ("tests", "a training intervention changes the top real-class share (seeds paired)"),
+}
+
 TOPIC = Topic("why", tables=lambda inputs, frames: study_tables(inputs.data),
               tests=lambda inputs, frames: Findings(clutter_tests(inputs.groups) + lookalike_tests(frames)
                                                     + intervention_tests(inputs.data)),
               figures=lambda inputs, frames, folder: plots(frames, folder, inputs.groups),
-              sections=(report_section,), methods=methods_text)
+              sections=(report_section,), methods=methods_text,
+              test_ids=TESTS)

@@ -137,9 +137,9 @@ def test_every_results_folder_records_the_code_that_aggregated_it(folder):
     strict=True, reason="aggregated before head_absorption was withdrawn; regenerate by rerunning its sweep"))
     if f in STALE else f for f in FOLDERS])
 def test_a_results_folder_holds_only_tests_the_code_computes(folder):
-    from analysis.inference import TESTS
+    from analysis.pipeline import catalog_of_test_ids
     held = set(pd.read_csv(ROOT / "docs" / "results" / folder / "tests.csv")["test"])
-    assert held <= set(TESTS), sorted(held - set(TESTS))
+    assert held <= set(catalog_of_test_ids()), sorted(held - set(catalog_of_test_ids()))
 
 
 def test_the_aggregation_records_its_code(tmp_path):

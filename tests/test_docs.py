@@ -33,9 +33,9 @@ def test_the_two_setup_commands_are_there_and_ci_runs_the_test_command():
 
 
 def test_every_test_id_is_documented_and_only_those():
-    from analysis.inference import TESTS
+    from analysis.pipeline import catalog_of_test_ids
     documented = re.findall(r"^\| `(\w+)` \| (tests|edge_frequency) \|", README, flags=re.M)
-    assert dict(documented) == {k: table for k, (table, _) in TESTS.items()}
+    assert dict(documented) == {k: table for k, (table, _) in catalog_of_test_ids().items()}
 
 
 def test_the_clutter_verdict_counts_every_study_that_tested_it():

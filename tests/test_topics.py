@@ -1,7 +1,7 @@
 """Topics as plug-ins (analysis/topic.py): a topic written here and put in pipeline.TOPICS reaches
 every output (its table, its tests.csv row, its figure, its report section and its Methods
-paragraph) with no other file edited; the shipped topics are Topics, each with its own name and
-its own tables."""
+paragraph) with no other file edited, its test id declared by itself; the shipped topics are
+Topics, each with its own name, its own tables and its own test ids."""
 from __future__ import annotations
 
 import pandas as pd
@@ -47,13 +47,13 @@ def toy_section(ctx) -> Section:
 
 
 TOY = Topic("toy", tables=toy_tables, tests=toy_tests, figures=toy_figures, sections=(toy_section,),
-            methods=lambda: "- **Toy**: the runs of each condition, counted.")
+            methods=lambda: "- **Toy**: the runs of each condition, counted.",
+            test_ids={TOY_TEST: ("tests", "the condition has runs")})
 
 
 def test_a_topic_put_in_the_list_reaches_every_output(tmp_path, monkeypatch):
-    # a new test id is registered in the catalog of test ids (README's table is checked against it)
-    monkeypatch.setitem(inference.TESTS, TOY_TEST, ("tests", "the condition has runs"))
     monkeypatch.setattr(pipeline, "TOPICS", (*pipeline.TOPICS, TOY))
+    assert pipeline.catalog_of_test_ids()[TOY_TEST] == ("tests", "the condition has runs")
     study = write_study(tmp_path, [Condition("flip", absorber="bird"), Condition("none", absorber="cat")], seeds=3)
     pipeline.aggregate(str(study), log=None)
     out = study / "report"
@@ -78,10 +78,24 @@ def test_a_topic_put_in_the_list_reaches_every_output(tmp_path, monkeypatch):
     assert "How many runs has each condition?" in (out / "report.html").read_text()
 
 
-def test_the_topics_are_topics_with_their_own_names():
+def test_the_topics_are_topics_with_their_own_names_and_test_ids():
     assert all(isinstance(t, Topic) for t in pipeline.TOPICS)
     names = [t.name for t in pipeline.TOPICS]
     assert len(set(names)) == len(names)
+    assert len(pipeline.catalog_of_test_ids()) == sum(len(t.test_ids) for t in pipeline.TOPICS)   # none declared twice
+    twice = Topic("twice", test_ids={"bias_deal": ("tests", "again")})
+    with pytest.raises(ValueError, match=r"topic 'twice' declares test ids another topic has: bias_deal"):
+        pipeline.catalog_of_test_ids((*pipeline.TOPICS, twice))
+
+
+def test_a_row_of_a_test_id_its_topic_does_not_declare_is_refused(tmp_path, monkeypatch):
+    undeclared = Topic("undeclared", tables=toy_tables, tests=toy_tests)   # emits toy_runs, declares nothing
+    monkeypatch.setattr(pipeline, "TOPICS", (*pipeline.TOPICS, undeclared))
+    study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=2)
+    data = load(str(study))
+    with pytest.raises(ValueError, match=r"topic 'undeclared' emits tests.csv rows of test ids it does not declare "
+                                         r"in its test_ids: toy_runs"):
+        pipeline.statistics(Inputs(data, inference.by_condition(data)))
 
 
 @pytest.mark.parametrize("axis, tables", [("class_intervention", {"causal_pairs", "causal_dose"}),
