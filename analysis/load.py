@@ -388,8 +388,11 @@ def same_design(a: dict, b: dict, where: str) -> None:
                          f"{b['axes']})", allowed)
     ra, rb = a.get("resolved"), b.get("resolved")
     if isinstance(ra, dict) and isinstance(rb, dict):
-        changes = config_changes(rb, ra, a.get("before_key", a.get("defaults")) or {})
-        if changes:
+        # a part written before a key existed lacks it: no change where the other part holds the
+        # key's before-value (either part may be the older one; the newer one's before_key knows it)
+        before = {**(a.get("before_key", a.get("defaults")) or {}), **(b.get("before_key", b.get("defaults")) or {})}
+        changes = config_changes(rb, ra, before)
+        if changes and config_changes(ra, rb, before):
             raise InputError(where, f"are not parts of one study: their configs differ outside the grid ({changes[0]})",
                              allowed)
 

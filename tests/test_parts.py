@@ -74,6 +74,20 @@ def test_parts_of_different_configs_are_refused_naming_both_and_the_key(tmp_path
     assert not (tmp_path / "report").exists()   # refused before any work
 
 
+def test_parts_written_before_and_after_a_key_existed_are_one_study_in_either_order():
+    """A part run by code that predates a key (its study.json lacks it) and a part that records the
+    key at its before-value (the newer study.json's before_key says so) are one study, whichever is
+    named first; another value of the key is a difference."""
+    from analysis.load import same_design
+    old = {"axes": ["seed"], "resolved": {"n_noise": 200}, "before_key": {"n_noise": 2000}, "points": []}
+    new = {"axes": ["seed"], "resolved": {"n_noise": 200, "image_size": 32},
+           "before_key": {"n_noise": 2000, "image_size": 32}, "points": []}
+    same_design(old, new, "here")
+    same_design(new, old, "here")
+    with pytest.raises(InputError, match=r"image_size"):
+        same_design(old, {**new, "resolved": {"n_noise": 200, "image_size": 64}}, "here")
+
+
 def test_a_grid_point_in_two_parts_counts_once_if_identical_else_is_refused(tmp_path):
     _, (a, b) = _parts(tmp_path)
     shutil.copytree(a / "augmentation=flip_seed=0", b / "augmentation=flip_seed=0")
