@@ -19,12 +19,14 @@ from study.data import CIFAR10_CLASSES  # noqa: E402
 
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
 
-# The files whose tests take minutes, longest first (pytest --durations on 2 cores). pytest-xdist
-# gives each worker a whole file at a time in collection order: a file of a quarter of an hour
-# (the calibration over 400 null studies) that started last would run alone while the other core
-# idles, so these start first and the short files fill in beside them.
+# The files whose tests take minutes (then those the fast subset spends most on), longest first
+# (pytest --durations on 2 cores). pytest-xdist gives each worker a whole file at a time in
+# collection order: a file of many minutes (the calibration over null studies) that started last
+# would run alone while the other core idles, so these start first and short files fill in beside.
 LONGEST_FIRST = ("test_nulls.py", "test_faults.py", "test_sweep.py", "test_bad_input.py", "test_cluster.py",
-                 "test_calibration.py", "test_gpu_check.py", "test_bench.py", "test_why_pipeline.py")
+                 "test_calibration.py", "test_gpu_check.py", "test_bench.py", "test_why_pipeline.py",
+                 "test_report.py", "test_trial.py", "test_probe_checkpoints.py", "test_analysis.py",
+                 "test_registries.py")
 
 
 def pytest_collection_modifyitems(config, items):

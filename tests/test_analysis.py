@@ -181,6 +181,7 @@ def test_analysis_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     study = write_study(tmp_path, [Condition("flip", absorber="bird")], seeds=3)
     out = tmp_path / "elsewhere"

@@ -85,6 +85,7 @@ def test_pixel_clutter_is_fixed_per_class_and_blur_moves_only_its_target(tmp_pat
     assert len(moved) == 1 and blurred["png_bits_per_pixel"][moved.pop()] < max(none["png_bits_per_pixel"].values())
 
 
+@pytest.mark.slow
 def test_one_run_diverged_one_missing_and_the_report_is_written(tmp_path):
     study = write_null_study(tmp_path, Design(k=10, seeds=4, axis="class_intervention", arms=1), CONCENTRATED)
     summary = aggregate(str(study), log=None)

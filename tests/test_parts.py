@@ -173,6 +173,7 @@ def test_a_sweep_of_arms_records_each_points_keys_and_its_results_belong(tmp_pat
     assert _belonging(stale, record, problems) == [] and "epochs: was 5, now 6" in problems[0]["reason"]
 
 
+@pytest.mark.slow
 def test_conditions_of_different_networks_are_compared_unpaired(tmp_path):
     """Rungs of a ladder build different networks (model, width): seed s of one is no partner of seed
     s of another, so the confirmatory test of 'the absorber depends on the condition' is the

@@ -122,6 +122,7 @@ def test_the_input_is_resized_after_normalizing_as_if_before(size):
 
 # ---------------------------------------------------------------- weights formats
 
+@pytest.mark.slow
 def test_every_weights_format_gives_the_same_run(tiny_data, tmp_path):
     """One network's weights in every accepted form: each is a run, and all measure the same
     (a cat/dog network: two classes' probes are the quickest)."""

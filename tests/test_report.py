@@ -78,6 +78,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study,figure", [(s, f) for s, names in EXPECTED.items() for f in names])
 def test_every_figure_is_drawn_and_passes_the_layout_checks(planted_figures, study, figure):
     studies, checked = planted_figures
@@ -265,6 +266,7 @@ TOC_CHECK = """[...document.querySelectorAll('nav.toc a')].map(a => a.getAttribu
   .filter(h => !document.getElementById(h.slice(1)))"""
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_html_opens_in_chromium_with_every_image_and_no_error(planted_figures, tmp_path):
     folder = _report(planted_figures)

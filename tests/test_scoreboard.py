@@ -200,6 +200,7 @@ def test_the_clutter_row_reads_the_primary_measure_only():
     assert len(clutter) == 1 and clutter["verdict"].iloc[0] == H.SUPPORTED
 
 
+@pytest.mark.slow
 def test_a_planted_study_ends_its_report_with_the_scoreboard(tmp_path):
     from analysis.pipeline import aggregate
     from analysis.synthetic import Condition, write_study
