@@ -160,8 +160,8 @@ def _worker_start() -> None:
 
 
 def run(jobs: list, workers: int) -> pd.DataFrame:
-    if workers <= 1:  # in this process (a test's): the same freeze, undone after
-        gc.freeze()
+    if workers <= 1:  # in this process (a test's): as a pool worker starts, its freeze undone after
+        _worker_start()
         try:
             return pd.concat([_one(j) for j in jobs], ignore_index=True)
         finally:
