@@ -100,6 +100,9 @@ POWER_SCENARIOS = [
      Effects(probes=1.0)),
     ("arms alike: discordance 0.05, below the 0.25 margin",
      dict(axis="augmentation", arms=2, coupling=coupling_at(10, Effects(), rate=0.05)), Effects()),
+    # last, so the scenarios above keep their seeds: the restricted Kang test (amplitude_kl_trend)
+    *((f"Kang: the smallest amplitude's logit scale down by {k:g} level sds", dict(axis="augmentation", arms=2,
+       families=NULL_FAMILIES), Effects(kang=k)) for k in (1.0, 2.0)),
 ]
 
 

@@ -30,7 +30,7 @@ def neutral_max_f(n_images: int, k: int, draws: int = 20_000, seed: int = 0) -> 
     return float(top.mean()), float(np.quantile(top, 0.95))
 
 
-def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
+def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
     """Mean and the t interval over networks, cut to [0, 1] where a fraction can lie."""
     m = float(np.mean(x))
     if len(x) < 2:
@@ -45,7 +45,7 @@ def summary(df: pd.DataFrame, n_classes: int) -> pd.DataFrame:
     for (setting, images, bias), sub in df.groupby(["setting", "images", "head_bias"], sort=False):
         x = sub["max_f"].to_numpy()
         n_img = int(sub["n_images"].iloc[0])
-        mean, lo, hi = _mean_ci(x)
+        mean, lo, hi = mean_ci(x)
         strong = int((x >= STRONG).sum())
         s_lo, s_hi = stats.wilson_interval(strong, len(x))
         counts = sub["top_class"].value_counts().reindex(sorted(df["top_class"].unique()), fill_value=0)
@@ -219,17 +219,22 @@ def report(summ: pd.DataFrame, tests: pd.DataFrame, preds: pd.DataFrame, figures
              f"the trials), no training; each sees {n_img} class-balanced CIFAR-10 test images and {n_img} "
              f"Gaussian noise images. max_f: the share of a set's images sent to the network's top class; "
              f"strongly biased: max_f >= {STRONG}. As in {PAPER}, the head's bias is zeroed for the tests "
-             "(the table at the end has the head as initialised, which is what a trial sees at epoch 0).", "",
+             "(the per-setting table also has the head as initialised, which is what a trial sees at epoch 0).", "",
              "## The paper's predictions beside the measurement (test images)", ""]
     lines += _md_table(preds[["prediction", "verdict", "measured", "source"]])
-    lines += ["", "## Per setting (head bias zeroed)", ""]
-    show = t.assign(mean=t.apply(lambda r: f"{r.mean_max_f:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]", axis=1),
-                    strong=t.apply(lambda r: f"{r.share_strong:.0%} [{r.strong_ci_low:.0%}, {r.strong_ci_high:.0%}]",
-                                   axis=1),
-                    neutral=t["neutral_mean_max_f"].map("{:.2f}".format),
-                    uniform_p=t["top_class_uniform_p"].map(fmt_p),
-                    same_top=t["same_top_test_noise"].map(lambda v: f"{v:.0%}"))
-    lines += _md_table(show[["setting", "images", "n_nets", "mean", "strong", "neutral", "uniform_p", "same_top"]])
+    # both conventions side by side: the paper's (bias zeroed, tested) and a trial's epoch 0 (as initialised)
+    lines += ["", "## Per setting: head bias zeroed (the paper's convention) and as initialised "
+              "(a trial's epoch 0)", ""]
+    init = summ[summ["head_bias"] == "initial"].set_index(["setting", "images"])
+
+    def cells(r, prefix=""):
+        return {f"{prefix}mean": f"{r.mean_max_f:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]",
+                f"{prefix}strong": f"{r.share_strong:.0%} [{r.strong_ci_low:.0%}, {r.strong_ci_high:.0%}]"}
+    show = pd.DataFrame([{"setting": r.setting, "images": r.images, "n_nets": r.n_nets, **cells(r),
+                          **cells(init.loc[(r.setting, r.images)], "initial bias: "),
+                          "neutral": f"{r.neutral_mean_max_f:.2f}", "uniform_p": fmt_p(r.top_class_uniform_p),
+                          "same_top": f"{r.same_top_test_noise:.0%}"} for r in t.itertuples()])
+    lines += _md_table(show)
     lines += ["", f"mean: mean max_f [{stats.LEVEL} t interval over networks]; strong: share of networks with "
               f"max_f >= {STRONG} [Wilson {stats.LEVEL}]; neutral: mean max_f if every image picked a class uniformly "
               "at random; uniform_p: chi-square test that every class is the favourite equally often (the init is "
@@ -242,11 +247,6 @@ def report(summ: pd.DataFrame, tests: pd.DataFrame, preds: pd.DataFrame, figures
     show = tests.assign(diff=tests.apply(lambda r: f"{r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", axis=1),
                         p=tests["p_value"].map(fmt_p), holm=tests["p_holm"].map(fmt_p))
     lines += _md_table(show[["factor", "setting_a", "setting_b", "images", "n_nets", "diff", "p", "holm"]])
-    init = summ[summ["head_bias"] == "initial"]
-    lines += ["", "## With the head's bias as initialised (what a trial's epoch 0 sees)", ""]
-    show = init.assign(mean=init.apply(lambda r: f"{r.mean_max_f:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]", axis=1),
-                       strong=init["share_strong"].map("{:.0%}".format))
-    lines += _md_table(show[["setting", "images", "n_nets", "mean", "strong"]])
     lines += ["", "Figures:", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 

@@ -147,6 +147,8 @@ class Effects:
     probes: float = 0.0               # the probes' second levels move by this many level sds: the largest amplitude's
                                       # scale up, the other BatchNorm modes' scale and pull to the absorber down, the
                                       # higher published literature families' separation up, the absorber's head bias up
+    kang: float = 0.0                 # the smallest amplitude's logit scale down by this many level sds: its features
+                                      # shrink and its mean prediction reverts to the label frequencies (Kang et al.)
 
 
 # the realistic null of the tests that link two per-run labels (noise neighbour, epoch-0 favourite)
@@ -190,7 +192,7 @@ def null_holds(effects: Effects, design: Design) -> dict[str, bool | str]:
         "causal_dose": effects.causal == 0,
         "manipulation_check": effects.manipulation == 0,
         "amplitude_msp_trend": effects.probes == 0,
-        "amplitude_kl_trend": effects.probes == 0,
+        "amplitude_kl_trend": effects.probes == 0 and effects.kang == 0,
         "amplitude_far_kl": effects.probes == 0,
         "bn_mode_effect": effects.probes == 0,
         "literature_order": effects.probes == 0,
@@ -388,7 +390,7 @@ def _probes(st: _Study, design: Design, effects: Effects, absorber: int, rng) ->
     z = IMAGE_SD * rng.standard_normal((n, k))    # the same draw at every amplitude
     rows = []
     for a in AMPLITUDES:
-        s = scale(effects.probes if a == max(AMPLITUDES) else 0.0)
+        s = scale((effects.probes if a == max(AMPLITUDES) else 0.0) - (effects.kang if a == min(AMPLITUDES) else 0.0))
         where, mean_prediction = _response(v + LEVEL_SD * rng.standard_normal(k), z, s, classes)
         norm = test_norm * s * float(rng.uniform(0.3, 0.6))
         rows.append({"amplitude": float(a), **where, "mean_prediction": dict(zip(classes, mean_prediction.tolist())),

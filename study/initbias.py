@@ -110,15 +110,18 @@ def load_probe(n_images: int, noise_seed: int, data_root: str | None) -> Probe:
 
 @torch.no_grad()
 def measure(setting: Setting, probe: Probe, nets: int, model: str = "small_cnn", n_classes: int = 10,
-            log=print) -> list[dict]:
+            log=print, edit=None) -> list[dict]:
     """Rows (one per network x image set x head bias) of top class and max_f for `nets` networks
-    of one setting, seeds 0..nets-1."""
+    of one setting, seeds 0..nets-1. `edit(net)`, where given, changes each network after its
+    initialisation (benchmarks/initbias_pooling.py swaps pooling layers, keeping the weights)."""
     rows = []
     sets = {"test": probe.inputs(probe.test, setting.inputs), "noise": probe.inputs(probe.noise, setting.inputs)}
     started = time.perf_counter()
     for seed in range(nets):
         net = build_model(model, n_classes, seed, activation=setting.activation, pool=setting.pool,
                           norm=setting.norm).to(memory_format=torch.channels_last)
+        if edit is not None:
+            edit(net)
         # train mode only changes BatchNorm (no dropout anywhere): batch statistics of each set
         net.train(setting.bn_mode == "train")
         w, b = net.head.weight, net.head.bias

@@ -473,6 +473,20 @@ def drop_checkpoints(out: ArtifactDir) -> None:
             out.fs.delete_dir(info.path)
 
 
+def drop_finished_checkpoints(plan: Plan, workers: int = 16) -> None:
+    """The driver's tidy-up after Tune's fit: the checkpoints of every grid point whose result is
+    complete. A trial drops its own after its final report, but Tune often ends the trial at that
+    report (the result says `done`) before the line after it runs."""
+    fs, root = filesystem(plan.uri)
+
+    def tidy(dirname: str, cfg: dict) -> None:
+        out = ArtifactDir(fs, f"{root}/{dirname}")
+        if result_state(out, cfg) == []:
+            drop_checkpoints(out)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(tidy, plan.dirnames, plan.points))
+
+
 def aggregate_study(plan: Plan) -> int:
     """The report after the trials: 0, or 1 when the aggregation failed (the trials are kept and
     the message names the command that aggregates them again)."""

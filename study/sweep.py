@@ -26,6 +26,7 @@ from .plan import (
     Plan,
     aggregate_study,
     cluster_address,
+    drop_finished_checkpoints,
     environment,
     fit_warning,
     grid_points,
@@ -271,6 +272,8 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         except OSError as e:  # Tune reads the storage back when trials end and when it restores
             print(storage_lost_message(plan, failure_reason(e)), file=sys.stderr)
             return 1
+    drop_finished_checkpoints(plan)
+
     def name(r):
         return Path(r.path).name if r.path else "?"
     # counted in the study's trials (grid points): a fused group of k seeds is k of them

@@ -110,7 +110,9 @@ def _tune_trial(config: dict, fixed: dict, axes: list[str], checkpoint_every: in
     result = run_point(cfg, out, state=tune_state(tune.get_checkpoint(), notes), notes=notes, gpus=gpus,
                        checkpoint_every=checkpoint_every, after_epoch=after_epoch)
     tune.report(final_metrics(result))
-    drop_checkpoints(out)   # after the report: a trial Tune saw unfinished is restored from its checkpoint
+    # after the report: a trial Tune saw unfinished is restored from its checkpoint. Tune may end the
+    # trial at that report; the driver then drops them (plan.drop_finished_checkpoints)
+    drop_checkpoints(out)
 
 
 def _fused_tune_trial(config: dict, fixed: dict, axes: list[str], experiment: str, gpus: list) -> None:

@@ -9,8 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
+# numpy's OpenBLAS starts one thread per core when numpy is first imported: beside pytest-xdist's
+# other worker (and Ray's) those threads spin against each other on 2 cores (a 512-d eigvalsh of the
+# trial's clutter measures took seconds under load). Trials set their own torch threads; numpy gets one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -2,34 +2,48 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
 
 
-@pytest.mark.slow  # 4 spawned processes (2 DataLoader workers, 2 packed trainers) import torch
-def test_cpu_benchmark_prints_and_writes_every_setup(tiny_data, tmp_path):
-    """Every setup of the CPU size (its model and probe banks; packing and fusing at k = 2, the
-    CPU size's k = 4 being the same code) at one timed step on the tiny fixture: the test checks
-    that each setup runs, is timed, printed and written; the figures themselves come from real
-    CIFAR-10 (docs/performance.md), not from CI. The timeout only guards against a hang (a
-    loaded 2-core machine took 5 minutes at k = 2 and 4)."""
+def test_cpu_benchmark_prints_and_writes_every_setup(tmp_path, monkeypatch, capsys):
+    """`study.bench throughput --size cpu`: the command line, the table and the files, around
+    measurements with known rates (each setup's own measurement runs for real, at tiny sizes, in
+    tests/test_gpu_check.py's dry run of the device script): every setup of the CPU size in order,
+    packing and fusing at each --ks, the ratios against (a), the per-model epoch time and the
+    trainings per hour from the recipe's 50,000 images and the probes' seconds."""
+    from study import bench, speed
+    seen = {}
+
+    def fake(name, models, images_per_s):
+        def measure(p, k=None):
+            seen[name.format(k=k)] = p
+            return speed.rate(name.format(k=k), images_per_s * p["steps"], p["steps"], models if k is None else k)
+        return measure
+    monkeypatch.setattr(bench, "baseline", fake("a_baseline_dataloader_fp32", 1, 100.0))
+    monkeypatch.setattr(bench, "project", fake("b_project_trainer", 1, 150.0))
+    monkeypatch.setattr(bench, "packed", fake("c_packed_k{k}", None, 240.0))
+    monkeypatch.setattr(bench, "fused", fake("c_fused_k{k}", None, 300.0))
+    monkeypatch.setattr(bench, "probe_seconds", lambda p: 10.0)
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "-m", "study.bench", "throughput", "--size", "cpu", "--steps", "1",
-                          "--ks", "2", "--data-root", str(tiny_data), "--data-verify", "shapes", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert bench.main(["throughput", "--size", "cpu", "--steps", "1", "--ks", "2", "--data-root", "somewhere",
+                       "--data-verify", "shapes", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     record = json.loads(out.read_text())
-    names = [r["name"] for r in record["rows"]]
-    assert names == ["a_baseline_dataloader_fp32", "b_project_trainer", "c_packed_k2", "c_fused_k2"]
-    for r in record["rows"]:
-        assert r["images_per_s"] > 0 and r["trainings_per_hour"] > 0
-    assert record["rows"][0]["speedup_vs_a"] == pytest.approx(1.0)
-    assert "x (a)" in res.stdout and "b_project_trainer" in res.stdout and "1 timed steps" in res.stdout
-    assert (tmp_path / "bench.csv").exists()
+    rows = {r["name"]: r for r in record["rows"]}
+    assert list(rows) == ["a_baseline_dataloader_fp32", "b_project_trainer", "c_packed_k2", "c_fused_k2"]
+    assert all(p["steps"] == 1 and p["data_root"] == "somewhere" and p["data_verify"] == "shapes"
+               for p in seen.values())
+    assert [rows[n]["speedup_vs_a"] for n in rows] == pytest.approx([1.0, 1.5, 2.4, 3.0])
+    epochs = speed.sizes("cpu")["epochs"]
+    assert rows["c_packed_k2"]["s_per_epoch"] == pytest.approx(50_000 / 240 * 2)        # per model, wall
+    assert rows["b_project_trainer"]["seconds_per_training"] == pytest.approx(epochs * 50_000 / 150 + 10)
+    assert rows["a_baseline_dataloader_fp32"]["trainings_per_hour"] == pytest.approx(
+        3600 / (epochs * 50_000 / 100 + 10))
+    assert "x (a)" in printed and "b_project_trainer" in printed and "1 timed steps" in printed
+    assert (tmp_path / "bench.csv").read_text().splitlines()[0].startswith("name,")
 
 
 @pytest.mark.parametrize("model, mmac", [("small_cnn", 67.0), ("resnet18", 556.0)])

@@ -156,4 +156,8 @@ def test_analyse_writes_every_file():
     assert {"initbias.csv", "initbias_summary.csv", "initbias_tests.csv", "initbias_predictions.csv",
             "initbias_max_f.png", "initbias_max_f_initial_bias.png", "initbias.md"} == set(files)
     assert files["initbias_max_f.png"][:4] == b"\x89PNG"
-    assert "## The paper's predictions" in files["initbias.md"].decode()
+    md = files["initbias.md"].decode()
+    assert "## The paper's predictions" in md
+    # both conventions side by side, one row per setting and image set
+    header = next(ln for ln in md.splitlines() if ln.startswith("| setting | images | n_nets | mean"))
+    assert "| initial bias: mean | initial bias: strong |" in header
