@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-# numpy's OpenBLAS starts one thread per core when numpy is first imported: beside pytest-xdist's
-# other worker (and Ray's) those threads spin against each other on 2 cores (a 512-d eigvalsh of the
-# trial's clutter measures took seconds under load). Trials set their own torch threads; numpy gets one.
+# torch and numpy's OpenBLAS start one thread per core (read from these at import): beside
+# pytest-xdist's other worker (and Ray's) those threads spin against each other on 2 cores (a 512-d
+# eigvalsh of a trial's clutter measures took seconds under load; the device script's dry run probed 3x
+# slower in-process than in worker processes). Every process of the tests, subprocesses too, gets one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

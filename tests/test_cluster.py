@@ -485,6 +485,11 @@ TINY = {"trial.train_subset": 100, "trial.test_subset": 40, "trial.epochs": 1, "
 def submit_and_wait(c: dict, entry: list[str], timeout: float = 300,
                     runtime_env: dict | None = None) -> tuple[str, str]:
     """`ray job submit --working-dir <checkout> [--runtime-env-json ...]`; the job's final status and its logs."""
+    return wait_job(c, submit_job(c, entry, runtime_env), timeout)
+
+
+def submit_job(c: dict, entry: list[str], runtime_env: dict | None = None) -> str:
+    """`ray job submit --no-wait`: the job's id."""
     ray_bin, env = c["ray"], c["env"]
     # A fresh head's job agent registers some seconds after `ray start` returns (longer on a loaded
     # machine: CI runs two test files at once); until then the dashboard answers 500 "No available
@@ -502,7 +507,12 @@ def submit_and_wait(c: dict, entry: list[str], timeout: float = 300,
     agent_log = c["head_logs"] / "dashboard_agent.log"
     assert submitted.returncode == 0, said[-4000:] + (
         f"\n--- {agent_log} (tail):\n" + agent_log.read_text()[-3000:] if agent_log.exists() else "")
-    job_id = re.search(r"raysubmit_\w+", said).group(0)
+    return re.search(r"raysubmit_\w+", said).group(0)
+
+
+def wait_job(c: dict, job_id: str, timeout: float = 300) -> tuple[str, str]:
+    """The job's final status and its logs."""
+    ray_bin, env = c["ray"], c["env"]
     status, deadline = "", time.time() + timeout
     while time.time() < deadline:
         res = subprocess.run([ray_bin, "job", "status", "--address", c["dashboard"], job_id], env=env,
@@ -620,3 +630,64 @@ def test_the_release_check_runs_offline_and_catches_a_broken_readme_command(tmp_
     unpinned = subprocess.run(["bash", str(copy / "benchmarks" / "release_check.sh")], capture_output=True,
                               text=True, timeout=300)
     assert unpinned.returncode == 1 and "FAIL  could not read kuberay" in unpinned.stdout
+
+
+def s3_filesystem(c: dict):
+    import pyarrow.fs as pafs
+    return pafs.S3FileSystem(endpoint_override=c["endpoint"], access_key="testing", secret_key="testing",
+                             region="us-east-1")
+
+
+@pytest.mark.slow
+def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other_node(loopback_cluster, tmp_path):
+    """The worker node's raylet killed (SIGKILL) while both trials run, one on each node, each past
+    its first checkpoint: Ray declares the node dead, Tune restores the lost trial from its last
+    checkpoint in the bucket on the node that is left (run.max_failures), and the study completes:
+    every grid point once, nothing half-written, no problem in the aggregation. Runs last in this
+    module: the cluster has one node afterwards."""
+    c = loopback_cluster
+    runtime_env = {"env_vars": {"NOISESINK_DATA": "s3://data/cifar10.tar", "AWS_ENDPOINT_URL": c["endpoint"]}}
+    # two trials, long enough (500 images x 8 epochs) that the kill falls mid-training
+    trial = {k.split(".", 1)[1]: v for k, v in TINY.items()}
+    sweep = {"name": "nodekill", "trial": {**trial, "model": "small_cnn", "train_subset": 500, "epochs": 8,
+                                           "noise": ["gaussian"], "lr": 0.05},
+             "grid": {"seed": [0, 1]}, "resources": {"cpu": 1, "gpu": 0},
+             "run": {"storage": "s3://results/studies", "checkpoint_every": 1, "max_failures": 2}}
+    path = tmp_path / "nodekill.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    entry = ["python", "-m", "study", "sweep", str(path)]
+    job = submit_job(c, entry, runtime_env)
+    fs, base = s3_filesystem(c), "results/studies/nodekill"
+    import pyarrow.fs as pafs
+
+    def checkpointed() -> set[str]:
+        found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {Path(i.path).parent.parent.name for i in found if i.base_name == "state.pt"}
+    deadline = time.time() + 400
+    while len(checkpointed()) < 2 and time.time() < deadline:
+        time.sleep(0.3)
+    assert len(checkpointed()) == 2, f"both trials should have checkpointed; {checkpointed()}"
+    raylet = subprocess.run(["pgrep", "-f", f"raylet.*--node_ip_address={WORKER_IP}"], capture_output=True,
+                            text=True).stdout.split()
+    assert len(raylet) == 1, raylet
+    os.kill(int(raylet[0]), 9)
+    status, logs = wait_job(c, job, timeout=600)
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "resumed from the checkpoint of epoch" in logs, logs[-6000:]
+    assert "sweep nodekill: 2 of 2 trials ended, 0 failed" in logs, logs[-4000:]
+    # the lost trial: its results came from both nodes; every trial completed once, checkpoints dropped
+    nodes = {}
+    for info in fs.get_file_info(pafs.FileSelector(base)):
+        if info.type == pafs.FileType.Directory and info.base_name != "report":
+            with fs.open_input_stream(f"{info.path}/result.json") as f:
+                nodes[info.base_name] = {json.loads(ln)["node_ip"] for ln in f.read().decode().splitlines() if ln}
+            with fs.open_input_stream(f"{info.path}/trial.json") as f:
+                assert json.loads(f.read())["status"] == "completed"
+    assert len(nodes) == 2 and {HEAD_IP, WORKER_IP} in nodes.values(), nodes
+    assert not checkpointed()
+    env = {**c["env"], "AWS_ENDPOINT_URL": c["endpoint"]}
+    report = tmp_path / "report"
+    res = subprocess.run([sys.executable, "-m", "analysis", f"s3://{base}", "--out", str(report)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(pd.read_csv(report / "runs.csv")) == 2 and pd.read_csv(report / "problems.csv").empty

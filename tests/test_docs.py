@@ -103,6 +103,20 @@ def test_the_catdog_ladders_numbers_are_its_committed_tables():
            f"{means['airplane']:.2f})" in text and round(means["ship"], 2) == round(means["airplane"], 2)
 
 
+def test_the_initial_guessing_bias_table_is_its_committed_summary():
+    """findings-cpu.md's table of untrained networks: each setting's row, in both head-bias
+    conventions, is docs/results/initbias/initbias_summary.csv's (test images)."""
+    import pandas as pd
+    summ = pd.read_csv(ROOT / "docs" / "results" / "initbias" / "initbias_summary.csv").query("images == 'test'")
+    text = (ROOT / "docs" / "findings-cpu.md").read_text()
+    cell = {(r.setting, r.head_bias): f"{r.mean_max_f:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] | {r.share_strong:.0%}"
+            for r in summ.itertuples()}
+    settings = list(dict.fromkeys(summ["setting"]))
+    assert len(settings) == 11
+    for setting in settings:
+        assert f"| `{setting}` | {cell[setting, 'zero']} | {cell[setting, 'initial']} |" in text, setting
+
+
 def test_the_document_level_p_quoted_is_the_registers():
     """findings-cpu.md quotes the p a confirmatory claim needs over the whole document (Holm):
     the register's p_needed for the claims it speaks of."""

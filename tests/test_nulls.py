@@ -266,3 +266,23 @@ def test_known_invalid_tests_are_named_with_a_reason_and_no_verdict_rests_on_the
                         "rows": 100, "conservative": False})
     assert calibration.band_errors(fpr) == []
     assert calibration.band_errors(fpr.assign(test="head_absorption")) != []
+
+
+def test_the_kang_effect_breaks_only_the_restricted_kang_tests_null(tmp_path):
+    """Effects(kang=...) plants Kang et al.'s reversion (the smallest amplitude's logit scale down,
+    so its mean prediction nears the label frequencies): it is the power scenario of
+    amplitude_kl_trend alone, and a null study drawn with it differs from the plain null in the
+    smallest amplitude's rows only, where the KL to the label frequencies falls."""
+    import json
+    design = Design(k=4, seeds=2, arms=1, diverged=0, missing=0, lacking=0.0, families=calibration.NULL_FAMILIES)
+    plain, kang = null_holds(Effects(), design), null_holds(Effects(kang=2.0), design)
+    assert {t for t in plain if plain[t] != kang[t]} == {"amplitude_kl_trend"} and kang["amplitude_kl_trend"] is False
+    assert any(e.kang for _, _, e in calibration.POWER_SCENARIOS)
+
+    def amplitudes(root, effects):
+        study = write_null_study(root, design, effects)
+        return [json.loads(p.read_text())["amplitude"]["rows"] for p in sorted(study.glob("*/trial.json"))]
+    for a, b in zip(amplitudes(tmp_path / "a", Effects()), amplitudes(tmp_path / "b", Effects(kang=2.0))):
+        smallest = min(range(len(a)), key=lambda i: a[i]["amplitude"])
+        assert [r for i, r in enumerate(a) if i != smallest] == [r for i, r in enumerate(b) if i != smallest]
+        assert b[smallest]["kl_label_frequencies"] < a[smallest]["kl_label_frequencies"]
