@@ -29,10 +29,9 @@ SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
 # (pytest --durations on 2 cores). pytest-xdist gives each worker a whole file at a time in
 # collection order: a file of many minutes (the calibration over null studies) that started last
 # would run alone while the other core idles, so these start first and short files fill in beside.
-LONGEST_FIRST = ("test_nulls.py", "test_faults.py", "test_sweep.py", "test_bad_input.py", "test_cluster.py",
-                 "test_calibration.py", "test_gpu_check.py", "test_bench.py", "test_why_pipeline.py",
-                 "test_report.py", "test_trial.py", "test_probe_checkpoints.py", "test_analysis.py",
-                 "test_registries.py")
+LONGEST_FIRST = ("test_faults.py", "test_cluster.py", "test_nulls.py", "test_bad_input.py", "test_gpu_check.py",
+                 "test_sweep.py", "test_why_pipeline.py", "test_calibration.py", "test_report.py", "test_trial.py",
+                 "test_probe_checkpoints.py", "test_analysis.py", "test_registries.py")
 
 
 def pytest_collection_modifyitems(config, items):
