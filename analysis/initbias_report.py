@@ -170,7 +170,7 @@ def predictions(summ: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     the measurement that checks it, on the test images with the head's bias zeroed."""
     rows = [
         _level_prediction(summ, "relu-max-none-centered", "ReLU + max-pooling: strong bias", strong=True),
-        _level_prediction(summ, "tanh-avg-none-centered", "tanh (centered inputs, no max-pooling): no bias",
+        _level_prediction(summ, "tanh-avg-none-centered", "tanh (centered inputs, no max-pooling): no strong bias",
                           strong=False),
         _direction_prediction(summ, tests, "activation", "relu", "tanh", "ReLU biases more than tanh"),
         _direction_prediction(summ, tests, "pool", "max", "avg", "max-pooling biases more than average pooling"),

@@ -473,18 +473,24 @@ def drop_checkpoints(out: ArtifactDir) -> None:
             out.fs.delete_dir(info.path)
 
 
-def drop_finished_checkpoints(plan: Plan, workers: int = 16) -> None:
-    """The driver's tidy-up after Tune's fit: the checkpoints of every grid point whose result is
-    complete. A trial drops its own after its final report, but Tune often ends the trial at that
-    report (the result says `done`) before the line after it runs."""
+def drop_finished_checkpoints(plan: Plan, done: set[str], workers: int = 16) -> None:
+    """The driver's tidy-up after Tune's fit: the checkpoints of the grid points in `done` (the
+    trials Tune itself recorded as finished, so no resume will ask for their checkpoints) whose
+    result is complete. A trial drops its own after its final report, but Tune often ends the
+    trial at that report (the result says `done`) before the line after it runs. Storage errors
+    only cost the space: a warning, and the other points are tidied."""
     fs, root = filesystem(plan.uri)
 
     def tidy(dirname: str, cfg: dict) -> None:
         out = ArtifactDir(fs, f"{root}/{dirname}")
-        if result_state(out, cfg) == []:
-            drop_checkpoints(out)
+        try:
+            if result_state(out, cfg) == []:
+                drop_checkpoints(out)
+        except OSError as e:   # gone already (the trial's own drop), or the store away
+            print(f"WARNING: {join_uri(plan.uri, dirname)}: its checkpoints are kept ({type(e).__name__}: {e})")
+    todo = [(d, p) for d, p in zip(plan.dirnames, plan.points) if d in done]
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(tidy, plan.dirnames, plan.points))
+        list(pool.map(lambda dp: tidy(*dp), todo))
 
 
 def aggregate_study(plan: Plan) -> int:

@@ -272,10 +272,10 @@ def run(plan: Plan, resume: bool = False, report: bool = True, address: str | No
         except OSError as e:  # Tune reads the storage back when trials end and when it restores
             print(storage_lost_message(plan, failure_reason(e)), file=sys.stderr)
             return 1
-    drop_finished_checkpoints(plan)
 
     def name(r):
         return Path(r.path).name if r.path else "?"
+    drop_finished_checkpoints(plan, {name(r) for r in results if r.error is None and (r.metrics or {}).get("done")})
     # counted in the study's trials (grid points): a fused group of k seeds is k of them
     size = {name(r): grid_points(r.config or {}) for r in results}
     failed = [(name(r), failure_reason(r.error)) for r in results if r.error is not None]

@@ -653,6 +653,34 @@ def _finished(plan, index: int, **changed) -> Path:
     return Path(plan.uri) / plan.dirnames[index] / "trial.json"
 
 
+def test_the_driver_drops_only_the_checkpoints_of_trials_tune_finished_and_complete(tiny_data, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """plan.drop_finished_checkpoints after Tune's fit: a grid point loses its checkpoint_* folders
+    only where Tune recorded the trial done *and* its trial.json is complete for its config; a
+    complete trial Tune did not record done (stopped at the final report) keeps them for --resume,
+    and a result of another config is left alone; a storage error is a warning, not the sweep's end."""
+    from study import plan as P
+    sweep = {**base_sweep(tiny_data, tmp_path / "storage"), "grid": {"seed": [0, 1, 2, 3]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    plan = P.prepare(str(path))
+    _finished(plan, 0)                       # complete, Tune done: dropped
+    _finished(plan, 1)                       # complete, Tune not done: kept
+    _finished(plan, 3, epochs=3)             # another config: kept
+    folders = [Path(plan.uri) / d for d in plan.dirnames]
+    for f in folders:                        # seed 2: no trial.json (unfinished): kept
+        (f / "checkpoint_000001").mkdir(parents=True)
+        (f / "checkpoint_000001" / "state.pt").write_bytes(b"x")
+    P.drop_finished_checkpoints(plan, {plan.dirnames[i] for i in (0, 2, 3)})
+    assert [(f / "checkpoint_000001").exists() for f in folders] == [False, True, True, True]
+
+    def store_away(out):
+        raise OSError("Could not connect to server")
+    monkeypatch.setattr(P, "drop_checkpoints", store_away)
+    P.drop_finished_checkpoints(plan, {plan.dirnames[1]})
+    assert "bad/seed=1: its checkpoints are kept (OSError: Could not connect to server)" in capsys.readouterr().out
+
+
 def test_results_of_another_config_are_refused_not_mixed(tiny_data, tmp_path, capsys):
     from study.plan import prepare
     sweep = base_sweep(tiny_data, tmp_path / "storage")

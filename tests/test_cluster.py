@@ -402,6 +402,28 @@ def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment holds `marker` (NAME=VALUE), until none is left."""
+    needle = marker.encode() + b"\0"
+    for _ in range(20):
+        found = []
+        for env_file in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if needle in env_file.read_bytes() + b"\0":
+                    found.append(int(env_file.parent.name))
+            except OSError:   # gone, or not ours to read
+                continue
+        found = [pid for pid in found if pid != os.getpid()]
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        time.sleep(0.5)
+
+
 def can_give_a_node_its_own_disk() -> bool:
     """Whether a process here may have a private mount (a Linux mount namespace, as root)."""
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
@@ -418,6 +440,10 @@ def loopback_cluster(tmp_path_factory):
     worker cannot see, like a local disk on another machine."""
     root = tmp_path_factory.mktemp("cluster")
     bin_dir = Path(sys.executable).parent
+    # every process of this cluster (nodes, their workers, the jobs' drivers) inherits this marker,
+    # and the teardown stops exactly those: `ray stop` would also stop the local Ray of a test that
+    # pytest-xdist runs beside this module (its trials then fail with ActorUnavailableError)
+    marker = f"NOISESINK_TEST_CLUSTER={secrets.token_hex(8)}"
     s3_port, gcs_port, dash_port = free_port("127.0.0.1"), free_port(HEAD_IP), free_port(HEAD_IP)
     endpoint = f"http://127.0.0.1:{s3_port}"
     env = {**os.environ,
@@ -425,7 +451,8 @@ def loopback_cluster(tmp_path_factory):
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",   # each node's identity
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_DEDUP_LOGS": "0",
-           "PYTHONWARNINGS": "default::DeprecationWarning", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "1"}
+           "PYTHONWARNINGS": "default::DeprecationWarning", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "1",
+           marker.split("=")[0]: marker.split("=")[1]}
     for var in ("RAY_ADDRESS", "NOISESINK_DATA", "AWS_ENDPOINT_URL"):
         env.pop(var, None)
     # one temp dir per node (short: Ray's socket paths live there). Two nodes sharing one would
@@ -460,17 +487,20 @@ def loopback_cluster(tmp_path_factory):
                         f"--ray-client-server-port={free_port(HEAD_IP)}", f"--temp-dir={temp_dirs[0]}", agent_port(),
                         *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        worker = [ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
-                  '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", agent_port(), *common]
-        if isolated:
-            worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                      f'mount -t tmpfs tmpfs "{private_dir}" && exec "$@"', "sh", *worker]
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+
+        def start_worker() -> None:
+            worker = [ray_bin, "start", f"--address={HEAD_IP}:{gcs_port}", f"--node-ip-address={WORKER_IP}",
+                      '--resources={"second_node": 1}', f"--temp-dir={temp_dirs[1]}", agent_port(), *common]
+            if isolated:
+                worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f'mount -t tmpfs tmpfs "{private_dir}" && exec "$@"', "sh", *worker]
+            subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        start_worker()
         yield {"env": env, "dashboard": f"http://{HEAD_IP}:{dash_port}", "ray": ray_bin, "endpoint": endpoint,
                "data_tar": data_tar, "private_dir": private_dir if isolated else None,
-               "head_logs": Path(temp_dirs[0]) / "session_latest" / "logs"}
+               "head_logs": Path(temp_dirs[0]) / "session_latest" / "logs", "start_worker": start_worker}
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        kill_marked(marker)
         moto.kill()
         moto.wait()
         for d in temp_dirs:
@@ -643,8 +673,8 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other_node(loop
     """The worker node's raylet killed (SIGKILL) while both trials run, one on each node, each past
     its first checkpoint: Ray declares the node dead, Tune restores the lost trial from its last
     checkpoint in the bucket on the node that is left (run.max_failures), and the study completes:
-    every grid point once, nothing half-written, no problem in the aggregation. Runs last in this
-    module: the cluster has one node afterwards."""
+    every grid point once, nothing half-written, no problem in the aggregation. The worker node
+    is started again afterwards."""
     c = loopback_cluster
     runtime_env = {"env_vars": {"NOISESINK_DATA": "s3://data/cifar10.tar", "AWS_ENDPOINT_URL": c["endpoint"]}}
     # two trials, long enough (500 images x 8 epochs) that the kill falls mid-training
@@ -671,7 +701,10 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other_node(loop
                             text=True).stdout.split()
     assert len(raylet) == 1, raylet
     os.kill(int(raylet[0]), 9)
-    status, logs = wait_job(c, job, timeout=600)
+    try:
+        status, logs = wait_job(c, job, timeout=600)
+    finally:   # the module's other tests keep their two nodes, whatever the order
+        c["start_worker"]()
     assert status == "SUCCEEDED", logs[-6000:]
     assert "resumed from the checkpoint of epoch" in logs, logs[-6000:]
     assert "sweep nodekill: 2 of 2 trials ended, 0 failed" in logs, logs[-4000:]

@@ -115,6 +115,32 @@ def test_the_initial_guessing_bias_table_is_its_committed_summary():
     assert len(settings) == 11
     for setting in settings:
         assert f"| `{setting}` | {cell[setting, 'zero']} | {cell[setting, 'initial']} |" in text, setting
+    # the prose beside it: the two conventions in the default small_cnn, the favourite class, the pooling
+    flat = " ".join(text.split())
+    mean = summ.set_index(["setting", "head_bias"])["mean_max_f"]
+    both = pd.read_csv(ROOT / "docs" / "results" / "initbias" / "initbias_summary.csv").set_index(
+        ["setting", "images", "head_bias"])
+    bn, tanh_avg = "relu-max-batch.eval-centered", "tanh-avg-none-centered"
+    noise = both.xs("noise", level="images")["mean_max_f"]
+    assert (f"raises max_f from {mean[bn, 'zero']:.2f} to {mean[bn, 'initial']:.2f} on test images and from "
+            f"{noise[bn, 'zero']:.2f} to {noise[bn, 'initial']:.2f} on noise") in flat
+    assert (f"tanh + avg goes from {noise[tanh_avg, 'zero']:.2f} to {noise[tanh_avg, 'initial']:.2f} "
+            "with the bias") in flat
+    zero = both.xs("zero", level="head_bias")
+    same = zero.xs("test", level="images")["same_top_test_noise"]
+    rest = same.drop(tanh_avg)
+    assert (f"in {rest.min() * 100:.0f}-{rest.max():.0%} of the networks of every setting but "
+            f"tanh + avg ({same[tanh_avg]:.0%})") in flat
+    from statsmodels.stats.multitest import multipletests
+    p = zero["top_class_uniform_p"]
+    assert f"(smallest p {p.min():.3f}, Holm {multipletests(p, method='holm')[1].min():.3f})" in flat
+    pooled = {line.split("|")[0].strip(): line for line in
+              (ROOT / "docs" / "results" / "initbias" / "pooling.txt").read_text().splitlines() if "|" in line}
+    for variant, said in (("2x2 max, global avg", "2x2 max with a global average"),
+                          ("2x2 avg, global max", "2x2 average with a global max"),
+                          ("2x2 max, global max (tanh-max)", "both (the setting)")):
+        interval = pooled[variant].split("test ")[1].split(" strong")[0]
+        assert f"{said} {interval}" in flat, variant
 
 
 def test_the_document_level_p_quoted_is_the_registers():

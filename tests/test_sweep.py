@@ -1,5 +1,5 @@
-"""Sweeps through real Ray Tune (local, 2 CPUs): the shipped smoke sweep at a tiny size, resume
-after the driver is killed, and `study check`."""
+"""Sweeps through real Ray Tune (local, 2 CPUs): the shipped smoke sweep at a tiny size, fused
+seeds, trackers, interruption and `study check` (the driver killed and resumed: tests/test_faults.py)."""
 from __future__ import annotations
 
 import json
