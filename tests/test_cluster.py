@@ -402,9 +402,9 @@ def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
-def kill_marked(marker: str) -> None:
-    """SIGKILL every process whose environment holds `marker` (NAME=VALUE), until none is left."""
-    needle = marker.encode() + b"\0"
+def kill_marked(marker: tuple[str, str]) -> None:
+    """SIGKILL every process whose environment holds `marker` (NAME, VALUE), until none is left."""
+    needle = f"{marker[0]}={marker[1]}".encode() + b"\0"
     for _ in range(20):
         found = []
         for env_file in Path("/proc").glob("[0-9]*/environ"):
@@ -443,7 +443,7 @@ def loopback_cluster(tmp_path_factory):
     # every process of this cluster (nodes, their workers, the jobs' drivers) inherits this marker,
     # and the teardown stops exactly those: `ray stop` would also stop the local Ray of a test that
     # pytest-xdist runs beside this module (its trials then fail with ActorUnavailableError)
-    marker = f"NOISESINK_TEST_CLUSTER={secrets.token_hex(8)}"
+    marker = ("NOISESINK_TEST_CLUSTER", secrets.token_hex(8))
     s3_port, gcs_port, dash_port = free_port("127.0.0.1"), free_port(HEAD_IP), free_port(HEAD_IP)
     endpoint = f"http://127.0.0.1:{s3_port}"
     env = {**os.environ,
@@ -452,7 +452,7 @@ def loopback_cluster(tmp_path_factory):
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",   # each node's identity
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_DEDUP_LOGS": "0",
            "PYTHONWARNINGS": "default::DeprecationWarning", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "1",
-           marker.split("=")[0]: marker.split("=")[1]}
+           marker[0]: marker[1]}
     for var in ("RAY_ADDRESS", "NOISESINK_DATA", "AWS_ENDPOINT_URL"):
         env.pop(var, None)
     # one temp dir per node (short: Ray's socket paths live there). Two nodes sharing one would
@@ -591,8 +591,7 @@ def test_job_submit_to_a_two_node_cluster_with_s3_storage_and_s3_data(loopback_c
     import hashlib
 
     import pyarrow.fs as pafs
-    fs = pafs.S3FileSystem(endpoint_override=c["endpoint"], access_key="testing", secret_key="testing",
-                           region="us-east-1")
+    fs = s3_filesystem(c)
     base = "results/studies/smoke"
     node_ips, sources = set(), set()
     tar_sha = hashlib.sha256(c["data_tar"].read_bytes()).hexdigest()
